@@ -1,0 +1,62 @@
+# Conventional operator targets. Everything installs what it needs first:
+# a Python virtual environment in .venv and the control plane binaries, built
+# once from Go modules into ~/.cache/hybrid-compute.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install toolchain dev dev-down run crds crds-check lint fmt unit test clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "Python 3.11 or newer is needed (found $$($(PYTHON) --version))"; exit 1; }
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || \
+	  { echo "the venv module is missing: apt-get install python3-venv"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(STAMP) ## create .venv and install the package with its test tools
+
+toolchain: install ## build the control plane binaries (once per version)
+	@start=$$(date +%s); $(BIN)/hybrid-compute dev build && \
+	  echo "toolchain ready in $$(( $$(date +%s) - start ))s"
+
+dev: toolchain ## start the local cluster with the operator and the samples
+	$(BIN)/hybrid-compute dev up
+
+dev-down: install ## stop the local cluster
+	$(BIN)/hybrid-compute dev down
+
+run: install ## run the operator against the current kubeconfig
+	$(BIN)/hybrid-compute run
+
+crds: install ## regenerate crds/ and the chart's CRD templates from the models
+	$(BIN)/hybrid-compute crds
+
+crds-check: install ## fail when crds/ differs from what the models generate
+	$(BIN)/hybrid-compute crds --check
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check operator tests
+	$(BIN)/mypy
+
+fmt: install ## apply ruff's fixes
+	$(BIN)/ruff check --fix operator tests
+
+unit: install ## tests that need no cluster
+	$(BIN)/pytest -m 'not cluster'
+
+test: toolchain lint crds-check ## everything: lint, CRD check, unit and cluster tests
+	@start=$$(date +%s); $(BIN)/pytest; status=$$?; \
+	  echo "tests took $$(( $$(date +%s) - start ))s"; exit $$status
+
+clean: ## remove the virtual environment (the binary cache stays)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,27 @@
+"""What ``dev up`` installs into a fresh cluster: the CRDs and the samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hybrid_compute.crdgen import all_crds
+
+SAMPLES_FOLDER = "manifests/samples"
+
+
+def sample_manifests(repository_root: Path) -> list[dict[str, Any]]:
+    """Every object in the samples folder, in file order."""
+    documents: list[dict[str, Any]] = []
+    for path in sorted((repository_root / SAMPLES_FOLDER).glob("*.yaml")):
+        documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return documents
+
+
+def bootstrap_manifests(repository_root: Path | None, samples: bool) -> list[dict[str, Any]]:
+    manifests = all_crds()
+    if samples and repository_root is not None:
+        manifests += sample_manifests(repository_root)
+    return manifests

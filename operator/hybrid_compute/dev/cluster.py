@@ -1,0 +1,462 @@
+"""A local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and a kwok controller that plays the GPU nodes.
+
+Every process runs from the cached toolchain, listens on loopback only and keeps
+its files in the cluster's own folder, including its kubeconfig; nothing reads or
+writes ``~/.kube/config``. A cluster that is already up is reused.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hybrid_compute.dev import nodes, pki, toolchain
+
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"
+_PROCESS_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+                  "operator")
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not be started or reached; the message says why."""
+
+
+@dataclass
+class ClusterState:
+    """What ``dev up`` wrote down so ``status``, ``down`` and reuse can find it."""
+
+    name: str
+    ports: dict[str, int]
+    pids: dict[str, int] = field(default_factory=dict)
+    nodes: dict[str, str] = field(default_factory=dict)
+
+
+def clusters_home() -> Path:
+    return toolchain.cache_home() / "clusters"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        if "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]:
+            return False
+    return True
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    """Processes whose command line mentions ``text`` (the cluster folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and _pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+class DevCluster:
+    """One named local cluster; ``dev`` for users, ``test`` for the test suite."""
+
+    def __init__(self, name: str = "dev", root: Path | None = None) -> None:
+        self.name = name
+        self.folder = (root or clusters_home()) / name
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.folder / "kubeconfig"
+
+    @property
+    def context_name(self) -> str:
+        return f"hybrid-compute-{self.name}"
+
+    @property
+    def _state_file(self) -> Path:
+        return self.folder / "state.json"
+
+    def state(self) -> ClusterState | None:
+        try:
+            data = json.loads(self._state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return ClusterState(**data)
+
+    def _save(self, state: ClusterState) -> None:
+        self._state_file.write_text(json.dumps(asdict(state), indent=2))
+
+    @property
+    def server(self) -> str | None:
+        state = self.state()
+        return f"https://127.0.0.1:{state.ports['apiserver']}" if state else None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def is_running(self) -> bool:
+        state = self.state()
+        if state is None:
+            return False
+        control_plane = [name for name in _PROCESS_ORDER if name != "operator"]
+        if not all(_pid_alive(state.pids.get(name, -1)) for name in control_plane):
+            return False
+        return self._readyz(state)
+
+    def up(
+        self,
+        extra_nodes: Sequence[tuple[str, str]] = (),
+        manifests: Sequence[dict[str, Any]] = (),
+        operator: bool = False,
+        log: bool = True,
+    ) -> float:
+        """Starts the cluster (or reuses a running one); returns seconds taken."""
+        started = time.monotonic()
+        tools = toolchain.ensure_toolchain(log=log)
+        if not self.is_running():
+            self.down(quiet=True)
+            self._start_control_plane(tools)
+        state = self.state()
+        assert state is not None
+        wanted = [(nodes.DEFAULT_NODE_NAME, nodes.DEFAULT_PROFILE), *extra_nodes]
+        for node_name, profile in wanted:
+            if node_name not in state.nodes:
+                self.add_node(node_name, profile)
+        self.wait_nodes_ready(timeout=60)
+        if manifests:
+            self.apply(manifests)
+        if operator:
+            self.start_operator()
+        return time.monotonic() - started
+
+    def _start_control_plane(self, tools: toolchain.Toolchain) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "logs").mkdir(exist_ok=True)
+        keys = pki.create_pki(self.folder / "pki", SERVICE_IP)
+        state = ClusterState(
+            name=self.name,
+            ports={name: _free_port() for name in
+                   ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler",
+                    "kwok")},
+        )
+        self._write_kubeconfig(keys, state.ports["apiserver"])
+        self._save(state)
+
+        etcd_url = f"http://127.0.0.1:{state.ports['etcd']}"
+        peer_url = f"http://127.0.0.1:{state.ports['etcd-peer']}"
+        self._spawn(state, "etcd", [
+            str(tools.binary("etcd")),
+            f"--name={self.name}",
+            f"--data-dir={self.folder / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster={self.name}={peer_url}",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
+        ])
+        self._wait(lambda: self._http_ok(f"{etcd_url}/health"), 30, "etcd", state)
+
+        self._spawn(state, "kube-apiserver", [
+            str(tools.binary("kube-apiserver")),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={state.ports['apiserver']}",
+            f"--tls-cert-file={keys.serving_cert}",
+            f"--tls-private-key-file={keys.serving_key}",
+            f"--client-ca-file={keys.ca_cert}",
+            f"--service-account-key-file={keys.service_account_pub}",
+            f"--service-account-signing-key-file={keys.service_account_key}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+            "--profiling=false",
+            f"--cert-dir={self.folder / 'pki'}",
+        ])
+        self._wait(lambda: self._readyz(state), 90, "kube-apiserver", state)
+
+        kubeconfig = str(self.kubeconfig)
+        self._spawn(state, "kube-controller-manager", [
+            str(tools.binary("kube-controller-manager")),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={state.ports['controller-manager']}",
+            "--leader-elect=false",
+            f"--service-account-private-key-file={keys.service_account_key}",
+            f"--root-ca-file={keys.ca_cert}",
+            f"--cluster-signing-cert-file={keys.ca_cert}",
+            f"--cluster-signing-key-file={keys.ca_key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--controllers=*",
+            "--profiling=false",
+        ])
+        self._spawn(state, "kube-scheduler", [
+            str(tools.binary("kube-scheduler")),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={state.ports['scheduler']}",
+            "--leader-elect=false",
+            "--profiling=false",
+        ])
+        stages = self.folder / "kwok-stages.yaml"
+        stages.write_text(
+            resources.files("hybrid_compute.dev").joinpath("kwok-stages.yaml").read_text()
+        )
+        self._spawn(state, "kwok", [
+            str(tools.binary("kwok")),
+            f"--kubeconfig={kubeconfig}",
+            f"--config={stages}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector="
+            f"{nodes.KWOK_ANNOTATION}={nodes.KWOK_ANNOTATION_VALUE}",
+            "--node-lease-duration-seconds=40",
+            f"--server-address=127.0.0.1:{state.ports['kwok']}",
+            "--cidr=10.244.0.1/16",
+            "--node-ip=10.240.0.1",
+        ])
+        self._wait(lambda: self._default_service_account_exists(), 60,
+                   "kube-controller-manager", state)
+
+    def down(self, quiet: bool = False) -> list[int]:
+        """Stops every process of this cluster and removes its data."""
+        state = self.state()
+        stopped: list[int] = []
+        if state:
+            for name in reversed(_PROCESS_ORDER):
+                pid = state.pids.get(name)
+                if pid and _pid_alive(pid):
+                    self._terminate(pid)
+                    stopped.append(pid)
+        for pid in _pids_mentioning(str(self.folder)):
+            self._terminate(pid)
+            stopped.append(pid)
+        if self.folder.exists():
+            subprocess.run(["rm", "-rf", str(self.folder)], check=False)
+        if not quiet and stopped:
+            print(f"stopped {len(stopped)} processes of cluster {self.name}", file=sys.stderr)
+        return stopped
+
+    @staticmethod
+    def _terminate(pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM) if _is_group_leader(pid) else os.kill(
+                pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while _pid_alive(pid):
+                time.sleep(0.05)
+
+    def _spawn(self, state: ClusterState, name: str, argv: list[str],
+               env: dict[str, str] | None = None) -> None:
+        log = (self.folder / "logs" / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=self.folder, env=env,
+        )
+        log.close()
+        state.pids[name] = process.pid
+        self._save(state)
+
+    def _wait(self, ready: Any, timeout: float, what: str, state: ClusterState) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready():
+                return
+            pid = state.pids.get(what)
+            if pid and not _pid_alive(pid):
+                break
+            time.sleep(0.2)
+        log = self.folder / "logs" / f"{what}.log"
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
+        self.down(quiet=True) if what != "operator" else None
+        raise ClusterError(f"{what} did not become ready within {timeout:.0f}s; last log lines:"
+                           f"\n{tail}")
+
+    # ------------------------------------------------------------------ access
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        keys = pki.Pki(self.folder / "pki")
+        context = ssl.create_default_context(cafile=str(keys.ca_cert))
+        context.load_cert_chain(str(keys.admin_cert), str(keys.admin_key))
+        return context
+
+    @staticmethod
+    def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def _readyz(self, state: ClusterState) -> bool:
+        try:
+            context = self._ssl_context()
+        except OSError:
+            return False
+        return self._http_ok(f"https://127.0.0.1:{state.ports['apiserver']}/readyz", context)
+
+    def _write_kubeconfig(self, keys: pki.Pki, port: int) -> None:
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": self.context_name, "cluster": {
+                "server": f"https://127.0.0.1:{port}",
+                "certificate-authority-data": b64(keys.ca_cert)}}],
+            "users": [{"name": f"{self.context_name}-admin", "user": {
+                "client-certificate-data": b64(keys.admin_cert),
+                "client-key-data": b64(keys.admin_key)}}],
+            "contexts": [{"name": self.context_name, "context": {
+                "cluster": self.context_name, "user": f"{self.context_name}-admin"}}],
+            "current-context": self.context_name,
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.chmod(0o600)
+
+    def kubectl(self, *args: str, input_text: str | None = None,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Runs the cached kubectl against this cluster only."""
+        tools = toolchain.default_toolchain()
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        result = subprocess.run([str(tools.binary("kubectl")), *args], input=input_text,
+                                capture_output=True, text=True, env=env)
+        if check and result.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def _default_service_account_exists(self) -> bool:
+        return self.kubectl("get", "serviceaccount", "default", "-n", "default",
+                            check=False).returncode == 0
+
+    def apply(self, manifests: Sequence[dict[str, Any]]) -> None:
+        """Server-side applies objects; CRDs first, established before the rest."""
+        crds = [m for m in manifests if m.get("kind") == "CustomResourceDefinition"]
+        others = [m for m in manifests if m.get("kind") != "CustomResourceDefinition"]
+        for batch in (crds, others):
+            if batch:
+                self.kubectl("apply", "--server-side", "--force-conflicts",
+                             "--field-manager=hybrid-compute-dev", "-f", "-",
+                             input_text=yaml.safe_dump_all(batch))
+            if batch is crds and crds:
+                self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                             *(f"crd/{m['metadata']['name']}" for m in crds))
+
+    def add_node(self, name: str, profile_name: str) -> None:
+        """Registers a simulated GPU node with one of :data:`nodes.PROFILES`."""
+        profile = nodes.PROFILES.get(profile_name)
+        if profile is None:
+            raise ClusterError(f"unknown node profile {profile_name!r}; known: "
+                               f"{', '.join(sorted(nodes.PROFILES))}")
+        manifest = yaml.safe_dump(nodes.node_manifest(name, profile))
+        existing = self.kubectl("get", "node", name, "-o", "name", check=False)
+        if existing.returncode != 0:
+            self.kubectl("create", "-f", "-", input_text=manifest)
+        state = self.state()
+        assert state is not None
+        state.nodes[name] = profile_name
+        self._save(state)
+
+    def wait_nodes_ready(self, timeout: float) -> None:
+        state = self.state()
+        assert state is not None
+        for node_name in state.nodes:
+            result = self.kubectl("wait", "--for=condition=Ready", f"node/{node_name}",
+                                  f"--timeout={int(timeout)}s", check=False)
+            if result.returncode != 0:
+                raise ClusterError(f"node {node_name} did not become Ready: "
+                                   f"{result.stderr.strip()}")
+
+    def start_operator(self) -> None:
+        """Runs the operator against this cluster as a background process."""
+        state = self.state()
+        assert state is not None
+        pid = state.pids.get("operator")
+        if pid and _pid_alive(pid):
+            return
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        state.ports["operator-health"] = _free_port()
+        self._spawn(state, "operator", [
+            sys.executable, "-m", "hybrid_compute", "run",
+            f"--kubeconfig={self.kubeconfig}", f"--dev-cluster={self.folder}",
+            f"--health-port={state.ports['operator-health']}",
+        ], env=env)
+        health = f"http://127.0.0.1:{state.ports['operator-health']}/healthz"
+        self._wait(lambda: self._http_ok(health), 60, "operator", state)
+
+    def stop_operator(self) -> None:
+        state = self.state()
+        if state and (pid := state.pids.pop("operator", None)):
+            if _pid_alive(pid):
+                self._terminate(pid)
+            self._save(state)
+
+    def describe(self) -> dict[str, Any]:
+        state = self.state()
+        if state is None:
+            return {"name": self.name, "running": False}
+        return {
+            "name": self.name,
+            "running": self.is_running(),
+            "server": self.server,
+            "kubeconfig": str(self.kubeconfig),
+            "processes": {name: {"pid": pid, "alive": _pid_alive(pid)}
+                          for name, pid in state.pids.items()},
+            "nodes": state.nodes,
+            "logs": str(self.folder / "logs"),
+        }
+
+    def processes(self) -> Iterator[int]:
+        yield from _pids_mentioning(str(self.folder))
+
+
+def _is_group_leader(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False

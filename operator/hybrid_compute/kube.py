@@ -1,0 +1,35 @@
+"""The operator's only writer: server-side apply under one field manager."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client, config
+
+from hybrid_compute.api.common import API_VERSION, CrdInfo
+
+FIELD_MANAGER = "hybrid-compute"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+def load_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """An API client from a kubeconfig file, ``$KUBECONFIG``, or the pod's account."""
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def apply_status(api: client.ApiClient, crd: CrdInfo, namespace: str, name: str,
+                 status: dict[str, Any]) -> None:
+    """Server-side applies ``status`` (only the fields this manager owns) to an object."""
+    body = {"apiVersion": API_VERSION, "kind": crd.kind,
+            "metadata": {"name": name, "namespace": namespace}, "status": status}
+    group, version = API_VERSION.split("/")
+    client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+        group, version, namespace, crd.plural, name, body,
+        field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
+    )
