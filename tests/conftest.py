@@ -3,10 +3,17 @@ local control plane, started once per session (or reused when already up)."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -62,11 +69,75 @@ def k8s() -> Iterator[TestCluster]:
         cluster.down(quiet=True)
 
 
+@dataclass(frozen=True)
+class OperatorHandle:
+    """The operator process the cluster tests share, and how to reach its API."""
+
+    cluster: DevCluster
+    health_port: int
+    api_port: int
+    token: str
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             token: str | None = None) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.api_port}{path}", method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {token if token is not None else self.token}",
+                     "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def demand(self, alias: str) -> None:
+        status, body = self.call("POST", "/v1/demand", {"alias": alias})
+        assert status == 202, (status, body)
+
+    def restart(self, kill: bool = False) -> None:
+        state = self.cluster.state()
+        assert state is not None
+        pid = state.pids["operator"]
+        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        while True:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+                os.kill(pid, 0)
+            except (ChildProcessError, ProcessLookupError):
+                break
+            time.sleep(0.05)
+        self.cluster.start_operator(extra_args=OPERATOR_ARGS, ports=state.ports)
+
+
+# Short enough that tests need not wait, long enough to show it works.
+OPERATOR_ARGS = ("--min-residency=2s",)
+
+
+@pytest.fixture(scope="session")
+def operator(k8s: TestCluster) -> Iterator[OperatorHandle]:
+    """``hybrid-compute run`` as a separate process against the test cluster."""
+    k8s.cluster.stop_operator()
+    k8s.cluster.start_operator(extra_args=OPERATOR_ARGS)
+    state = k8s.cluster.state()
+    assert state is not None
+    yield OperatorHandle(k8s.cluster, state.ports["operator-health"],
+                         state.ports["operator-api"],
+                         k8s.cluster.api_token_file.read_text().strip())
+    k8s.cluster.stop_operator()
+
+
 @pytest.fixture
 def namespace(k8s: TestCluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace per test, deleted afterwards."""
+    """A fresh namespace per test, deleted (and waited for) afterwards."""
     readable = "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower())
     name = f"t-{readable[:40].strip('-')}-{uuid.uuid4().hex[:6]}"
     k8s.kubectl("create", "namespace", name)
     yield name
+    # Free the GPU before the next test: delete the slots and wait for their pods,
+    # then let the namespace go in the background.
+    k8s.kubectl("delete", "modelslots,gpuworkloads", "--all", "-n", name, "--wait=false",
+                check=False)
+    k8s.kubectl("wait", "--for=delete", "pods", "--all", "-n", name, "--timeout=60s",
+                check=False)
     k8s.kubectl("delete", "namespace", name, "--wait=false", check=False)

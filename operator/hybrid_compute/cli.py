@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from hybrid_compute.dev.toolchain import (
     default_toolchain,
     ensure_toolchain,
 )
+
+API_TOKEN_ENV = "HYBRID_COMPUTE_API_TOKEN"
 
 
 def _repository_root() -> Path | None:
@@ -107,10 +110,26 @@ def _dev_kubectl(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from hybrid_compute.api.common import parse_bytes, parse_duration
     from hybrid_compute.main import run_operator
+    from hybrid_compute.view import PlanSettings
 
+    token = os.environ.get(API_TOKEN_ENV)
+    if args.api_token_file:
+        try:
+            token = Path(args.api_token_file).read_text().strip()
+        except OSError as error:
+            print(f"error: cannot read --api-token-file: {error}", file=sys.stderr)
+            return 2
+    try:
+        settings = PlanSettings(min_residency=parse_duration(args.min_residency),
+                                headroom_bytes=parse_bytes(args.headroom))
+    except (ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return run_operator(kubeconfig=args.kubeconfig, namespace=args.namespace,
-                        health_port=args.health_port, standalone=args.standalone)
+                        health_port=args.health_port, standalone=args.standalone,
+                        api_port=args.api_port, api_token=token or None, settings=settings)
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -144,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="port of the /healthz liveness endpoint (0 disables it)")
     run.add_argument("--standalone", action="store_true",
                      help="skip peering with other operator replicas")
+    run.add_argument("--api-port", type=int, default=8081,
+                     help="port of the demand/state API for the router (default 8081)")
+    run.add_argument("--api-token-file",
+                     help=f"file with the API's bearer token (default: ${API_TOKEN_ENV})")
+    run.add_argument("--min-residency", default="30s",
+                     help="default shortest stay of a loaded slot (default 30s)")
+    run.add_argument("--headroom", default="1Gi",
+                     help="VRAM kept free on every GPU (default 1Gi)")
     run.add_argument("--dev-cluster", help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
 

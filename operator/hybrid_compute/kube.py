@@ -23,6 +23,20 @@ def load_client(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient()
 
 
+def apply(api: client.ApiClient, manifest: dict[str, Any]) -> None:
+    """Server-side applies a Deployment or a Service."""
+    metadata = manifest["metadata"]
+    options = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY_PATCH}
+    if manifest["kind"] == "Deployment":
+        client.AppsV1Api(api).patch_namespaced_deployment(
+            metadata["name"], metadata["namespace"], manifest, **options)
+    elif manifest["kind"] == "Service":
+        client.CoreV1Api(api).patch_namespaced_service(
+            metadata["name"], metadata["namespace"], manifest, **options)
+    else:
+        raise ValueError(f"cannot apply kind {manifest['kind']}")
+
+
 def apply_status(api: client.ApiClient, crd: CrdInfo, namespace: str, name: str,
                  status: dict[str, Any]) -> None:
     """Server-side applies ``status`` (only the fields this manager owns) to an object."""

@@ -4,6 +4,7 @@ quantities, durations, aliases and the CRD metadata each kind declares."""
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -177,6 +178,7 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_duration(text: str) -> datetime.timedelta:
     """Parses the Duration format (``1h30m``, ``45s``, ``250ms``)."""
     if not re.fullmatch(DURATION_PATTERN, text):
@@ -186,6 +188,7 @@ def parse_duration(text: str) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_bytes(quantity: str) -> int:
     """A Kubernetes memory quantity in bytes."""
     value: Decimal = parse_quantity(quantity)

@@ -145,6 +145,11 @@ class ModelSlotSpec(ApiModel):
     cloud/mid."""
     embedding: bool = False
     """Serve embeddings (--embedding) instead of chat completions."""
+    pod_annotations: dict[
+        Annotated[str, StringConstraints(max_length=253)],
+        Annotated[str, StringConstraints(max_length=4096)],
+    ] = Field(default_factory=dict, max_length=64)
+    """Extra annotations for the llama-server pod (changing them reloads the model)."""
     server: ServerSettings = Field(default_factory=ServerSettings,
                                    json_schema_extra={"default": {}})
     """llama-server settings."""
@@ -176,7 +181,13 @@ class ModelSlotStatus(ApiModel):
     swaps: Annotated[int, Field(ge=0)] | None = None
     """How many times the slot has been loaded."""
     last_swap_seconds: float | None = None
-    """How long the last load took, from scale-up to Ready."""
+    """How long the last load took, from the decision to load it to Ready."""
+    ready_since: datetime.datetime | None = None
+    """When the slot last became Ready (the minimum residency counts from here)."""
+    loading_since: datetime.datetime | None = None
+    """When the current load was decided."""
+    evicting: list[str] | None = None
+    """Aliases unloaded to make room for the current load."""
 
 
 class ModelSlot(CustomObject):

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -412,7 +413,13 @@ class DevCluster:
                 raise ClusterError(f"node {node_name} did not become Ready: "
                                    f"{result.stderr.strip()}")
 
-    def start_operator(self) -> None:
+    @property
+    def api_token_file(self) -> Path:
+        return self.folder / "operator-api-token"
+
+    def start_operator(self, extra_args: Sequence[str] = (),
+                       extra_env: dict[str, str] | None = None,
+                       ports: dict[str, int] | None = None) -> None:
         """Runs the operator against this cluster as a background process."""
         state = self.state()
         assert state is not None
@@ -420,12 +427,19 @@ class DevCluster:
         if pid and _pid_alive(pid):
             return
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        state.ports["operator-health"] = _free_port()
+        for name in ("operator-health", "operator-api"):
+            state.ports[name] = (ports or {}).get(name) or _free_port()
+        if not self.api_token_file.exists():
+            self.api_token_file.write_text(secrets.token_urlsafe(32))
+            self.api_token_file.chmod(0o600)
         self._spawn(state, "operator", [
             sys.executable, "-m", "hybrid_compute", "run",
             f"--kubeconfig={self.kubeconfig}", f"--dev-cluster={self.folder}",
             f"--health-port={state.ports['operator-health']}",
-        ], env=env)
+            f"--api-port={state.ports['operator-api']}",
+            f"--api-token-file={self.api_token_file}",
+            *extra_args,
+        ], env={**env, **(extra_env or {})})
         health = f"http://127.0.0.1:{state.ports['operator-health']}/healthz"
         self._wait(lambda: self._http_ok(health), 60, "operator", state)
 

@@ -1,0 +1,95 @@
+"""Applies a plan: server-side apply of children and statuses, Events.
+
+Only differences are written: a Deployment whose replicas and template already
+match, or a status that already reads as planned, is left alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from hybrid_compute import kube
+from hybrid_compute.api.common import API_VERSION
+from hybrid_compute.api.modelslot import ModelSlot
+from hybrid_compute.children import template_hash
+from hybrid_compute.plan import EventIntent, Plan, SlotDecision
+from hybrid_compute.view import View
+
+logger = logging.getLogger("hybrid_compute.act")
+
+REPORTING_COMPONENT = "hybrid-compute"
+
+
+def _deployment_matches(decision: SlotDecision, view: View) -> bool:
+    observed = next((d for d in view.deployments
+                     if (d.namespace, d.slot) == (decision.namespace, decision.name)), None)
+    desired = decision.deployment
+    if observed is None or desired is None:
+        return False
+    template = desired["spec"]["template"]
+    node = template["spec"].get("nodeSelector", {}).get("kubernetes.io/hostname")
+    return (observed.replicas == desired["spec"]["replicas"]
+            and observed.template_hash == template_hash(template)
+            and observed.node == node)
+
+
+def act(api: client.ApiClient, plan: Plan, view: View, now: datetime.datetime) -> list[str]:
+    """Writes what differs; returns one line per write, for logs and tests."""
+    writes: list[str] = []
+    stored = {slot.key: slot for slot in view.slots}
+    # Scale-downs first, so VRAM is released before anything else asks for it.
+    ordered = sorted(plan.slots, key=lambda d: d.replicas)
+    for decision in ordered:
+        key = (decision.namespace, decision.name)
+        try:
+            if decision.deployment is not None and not _deployment_matches(decision, view):
+                kube.apply(api, decision.deployment)
+                writes.append(f"deployment {key[0]}/{key[1]} replicas="
+                              f"{decision.deployment['spec']['replicas']}")
+            if decision.service is not None and key not in view.services:
+                kube.apply(api, decision.service)
+                writes.append(f"service {key[0]}/{key[1]}")
+            slot = stored.get(key)
+            current = slot.status.model_dump(by_alias=True, mode="json", exclude_none=True) \
+                if slot else {}
+            if current != decision.status:
+                kube.apply_status(api, ModelSlot.crd, key[0], key[1], decision.status)
+                writes.append(f"status {key[0]}/{key[1]} phase={decision.phase}")
+        except ApiException as error:
+            if error.status == 404:
+                continue  # deleted meanwhile; the next plan will not see it
+            logger.warning("applying %s/%s failed: %s %s", key[0], key[1], error.status,
+                           error.reason)
+    for event in plan.events:
+        post_event(api, event, now)
+        writes.append(f"event {event.reason} {event.namespace}/{event.name}")
+    return writes
+
+
+def post_event(api: client.ApiClient, event: EventIntent, now: datetime.datetime) -> None:
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{event.name}.", "namespace": event.namespace},
+        "involvedObject": {"apiVersion": API_VERSION, "kind": "ModelSlot",
+                           "name": event.name, "namespace": event.namespace},
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message,
+        "source": {"component": REPORTING_COMPONENT},
+        "reportingComponent": REPORTING_COMPONENT,
+        "reportingInstance": REPORTING_COMPONENT,
+        "firstTimestamp": now.isoformat().replace("+00:00", "Z"),
+        "lastTimestamp": now.isoformat().replace("+00:00", "Z"),
+        "count": 1,
+    }
+    try:
+        client.CoreV1Api(api).create_namespaced_event(event.namespace, body)
+    except ApiException as error:
+        logger.warning("posting event %s on %s/%s failed: %s", event.reason,
+                       event.namespace, event.name, error.status)

@@ -1,0 +1,191 @@
+"""Pure builders of a ModelSlot's children: the llama-server Deployment and Service."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from typing import Any
+
+from hybrid_compute.api.common import API_VERSION
+from hybrid_compute.api.modelslot import ModelSlotSpec
+from hybrid_compute.view import (
+    GPUS_ANNOTATION,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    SLOT_LABEL,
+    TEMPLATE_HASH_ANNOTATION,
+    VRAM_ANNOTATION,
+    PlanSettings,
+)
+
+GPU_RESOURCE = "nvidia.com/gpu"
+SERVER_CONTAINER = "llama-server"
+MODEL_VOLUME = "models"
+DEFAULT_HOST_PATH = "/models"
+# Loading a 20 GB model from a slow disk can take minutes; /health answers 503
+# until it is done, so liveness only starts once the startup probe has passed.
+STARTUP_PROBE_SECONDS = 900
+RUN_AS_USER = 1000
+
+
+def served_name(spec: ModelSlotSpec) -> str:
+    if spec.model.served_name:
+        return spec.model.served_name
+    return posixpath.basename(spec.model.path).removesuffix(".gguf")
+
+
+def model_file(spec: ModelSlotSpec, settings: PlanSettings) -> str:
+    path = spec.model.path
+    if path.startswith(settings.model_root + "/"):
+        return path
+    return posixpath.join(settings.model_root, path.lstrip("/"))
+
+
+def server_args(spec: ModelSlotSpec, settings: PlanSettings) -> list[str]:
+    """llama-server's command line from the spec (flags in the seed's order)."""
+    server = spec.server
+    layers = server.n_gpu_layers
+    if layers is None:
+        layers = 99 if spec.device == "gpu" else 0
+    args = [
+        "--model", model_file(spec, settings),
+        "--alias", served_name(spec),
+        "--host", "0.0.0.0",
+        "--port", str(server.port),
+        "--n-gpu-layers", str(layers),
+        "--ctx-size", str(server.ctx_size),
+        "--parallel", str(server.parallel),
+    ]
+    if server.flash_attn:
+        args += ["--flash-attn", "on"]
+    if server.threads is not None:
+        args += ["--threads", str(server.threads)]
+    if server.cont_batching:
+        args.append("--cont-batching")
+    if spec.embedding:
+        args.append("--embedding")
+    if spec.gpus > 1:
+        args += ["--split-mode", "layer"]
+    args.append("--metrics")
+    return [*args, *server.extra_args]
+
+
+def child_name(slot_name: str) -> str:
+    """Deployment and Service name: the slot's name, so `kubectl get deploy` reads well."""
+    return slot_name
+
+
+def labels(slot_name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "llama-server",
+        "app.kubernetes.io/instance": slot_name,
+        "app.kubernetes.io/component": "model-slot",
+        MANAGED_BY_LABEL: MANAGED_BY,
+        SLOT_LABEL: slot_name,
+    }
+
+
+def owner_reference(slot_name: str, uid: str) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "ModelSlot", "name": slot_name, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def pod_template(slot_name: str, spec: ModelSlotSpec, vram_bytes: int,
+                 settings: PlanSettings) -> dict[str, Any]:
+    """The pod template without node placement; its hash identifies a model version."""
+    server = spec.server
+    image = server.image or (settings.gpu_image if spec.device == "gpu" else settings.cpu_image)
+    container: dict[str, Any] = {
+        "name": SERVER_CONTAINER,
+        "image": image,
+        "args": server_args(spec, settings),
+        "ports": [{"name": "http", "containerPort": server.port, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"},
+                           "periodSeconds": 2, "failureThreshold": 2},
+        "startupProbe": {"httpGet": {"path": "/health", "port": "http"},
+                         "periodSeconds": 2,
+                         "failureThreshold": STARTUP_PROBE_SECONDS // 2},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"},
+                          "periodSeconds": 10, "failureThreshold": 6},
+        "volumeMounts": [{"name": MODEL_VOLUME, "mountPath": settings.model_root,
+                          "readOnly": True}],
+        "securityContext": {"allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    if spec.device == "gpu":
+        container["resources"] = {"limits": {GPU_RESOURCE: str(spec.gpus)}}
+    if spec.model.persistent_volume_claim:
+        volume: dict[str, Any] = {"name": MODEL_VOLUME, "persistentVolumeClaim": {
+            "claimName": spec.model.persistent_volume_claim, "readOnly": True}}
+    else:
+        volume = {"name": MODEL_VOLUME, "hostPath": {
+            "path": spec.model.host_path or DEFAULT_HOST_PATH, "type": "Directory"}}
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [volume],
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER,
+                            "runAsGroup": RUN_AS_USER,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "terminationGracePeriodSeconds": 30,
+        "enableServiceLinks": False,
+    }
+    template = {
+        "metadata": {
+            "labels": labels(slot_name),
+            "annotations": {**spec.pod_annotations, VRAM_ANNOTATION: str(vram_bytes),
+                            GPUS_ANNOTATION: str(spec.gpus if spec.device == "gpu" else 0)},
+        },
+        "spec": pod_spec,
+    }
+    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+    template["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] = digest
+    return template
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    return str(template["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION])
+
+
+def deployment(namespace: str, slot_name: str, uid: str, template: dict[str, Any],
+               replicas: int, node: str | None) -> dict[str, Any]:
+    """The slot's Deployment. ``Recreate`` keeps a model change break-before-make."""
+    placed = json.loads(json.dumps(template))
+    if node is not None:
+        placed["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+        placed["spec"]["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists",
+                                          "effect": "NoSchedule"}]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": child_name(slot_name), "namespace": namespace,
+                     "labels": labels(slot_name),
+                     "ownerReferences": [owner_reference(slot_name, uid)]},
+        "spec": {
+            "replicas": replicas,
+            "strategy": {"type": "Recreate"},
+            "revisionHistoryLimit": 2,
+            "selector": {"matchLabels": {SLOT_LABEL: slot_name}},
+            "template": placed,
+        },
+    }
+
+
+def service(namespace: str, slot_name: str, uid: str, port: int) -> dict[str, Any]:
+    """A stable name for the slot: swaps never change LiteLLM's config."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": child_name(slot_name), "namespace": namespace,
+                     "labels": labels(slot_name),
+                     "ownerReferences": [owner_reference(slot_name, uid)]},
+        "spec": {
+            "selector": {SLOT_LABEL: slot_name},
+            "ports": [{"name": "http", "port": port, "targetPort": "http",
+                       "protocol": "TCP"}],
+        },
+    }
+
+
+def endpoint(namespace: str, slot_name: str, port: int) -> str:
+    return f"http://{child_name(slot_name)}.{namespace}.svc:{port}/v1"

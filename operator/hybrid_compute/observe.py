@@ -1,0 +1,181 @@
+"""Builds the :class:`~hybrid_compute.view.View` from the API server.
+
+Every plan starts from fresh lists of slots, pods, Deployments and GPU nodes, so
+the loop is level-based: after a restart it sees exactly what exists, Terminating
+pods included. The parsing functions are pure and tested on their own.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+from pydantic import ValidationError
+
+from hybrid_compute.acceptance import describe_validation_error
+from hybrid_compute.api.common import GROUP, VERSION
+from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
+from hybrid_compute.view import (
+    GPUS_ANNOTATION,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MIB,
+    REQUESTED_AT_ANNOTATION,
+    SLOT_LABEL,
+    TEMPLATE_HASH_ANNOTATION,
+    VRAM_ANNOTATION,
+    DeploymentInfo,
+    GpuNode,
+    PlanSettings,
+    PodInfo,
+    SlotInfo,
+    View,
+)
+
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def parse_time(value: Any) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def slot_from_object(body: Mapping[str, Any]) -> SlotInfo:
+    """A ModelSlot object as the plan sees it; a bad spec becomes ``invalid_reason``."""
+    metadata = body.get("metadata", {})
+    spec: ModelSlotSpec | None = None
+    invalid = None
+    try:
+        spec = ModelSlotSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        invalid = describe_validation_error(error)
+    try:
+        status = ModelSlotStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        status = ModelSlotStatus()
+    annotations = metadata.get("annotations") or {}
+    return SlotInfo(
+        namespace=metadata.get("namespace", "default"),
+        name=metadata["name"],
+        uid=metadata.get("uid", ""),
+        generation=int(metadata.get("generation", 1)),
+        spec=spec,
+        status=status,
+        invalid_reason=invalid,
+        requested_at=parse_time(annotations.get(REQUESTED_AT_ANNOTATION)),
+    )
+
+
+def pod_from_object(body: Mapping[str, Any]) -> PodInfo | None:
+    metadata = body.get("metadata", {})
+    labels = metadata.get("labels") or {}
+    slot = labels.get(SLOT_LABEL)
+    if not slot:
+        return None
+    annotations = metadata.get("annotations") or {}
+    status = body.get("status") or {}
+    ready_condition: dict[str, Any] = next((c for c in status.get("conditions") or []
+                            if c.get("type") == "Ready"), {})
+    phase = status.get("phase", "Pending")
+    return PodInfo(
+        name=metadata["name"],
+        namespace=metadata.get("namespace", "default"),
+        slot=slot,
+        node=(body.get("spec") or {}).get("nodeName"),
+        vram_bytes=int(annotations.get(VRAM_ANNOTATION, 0) or 0),
+        gpus=int(annotations.get(GPUS_ANNOTATION, 0) or 0),
+        template_hash=annotations.get(TEMPLATE_HASH_ANNOTATION, ""),
+        ready=ready_condition.get("status") == "True",
+        # A finished pod holds no GPU memory any more.
+        terminating=bool(metadata.get("deletionTimestamp")),
+        phase=phase,
+        ready_since=parse_time(ready_condition.get("lastTransitionTime")),
+    ) if phase not in ("Succeeded", "Failed") else None
+
+
+def deployment_from_object(body: Mapping[str, Any]) -> DeploymentInfo | None:
+    metadata = body.get("metadata", {})
+    slot = (metadata.get("labels") or {}).get(SLOT_LABEL)
+    if not slot:
+        return None
+    spec = body.get("spec") or {}
+    template = spec.get("template") or {}
+    annotations = template.get("metadata", {}).get("annotations") or {}
+    node_selector = (template.get("spec") or {}).get("nodeSelector") or {}
+    return DeploymentInfo(
+        namespace=metadata.get("namespace", "default"),
+        slot=slot,
+        replicas=int(spec.get("replicas", 1)),
+        template_hash=annotations.get(TEMPLATE_HASH_ANNOTATION, ""),
+        vram_bytes=int(annotations.get(VRAM_ANNOTATION, 0) or 0),
+        node=node_selector.get("kubernetes.io/hostname"),
+    )
+
+
+def node_from_object(body: Mapping[str, Any]) -> GpuNode | None:
+    """A GPU node from device-plugin capacity and GPU Feature Discovery labels."""
+    metadata = body.get("metadata", {})
+    labels = metadata.get("labels") or {}
+    status = body.get("status") or {}
+    allocatable = int(str((status.get("allocatable") or {}).get(GPU_RESOURCE, "0")) or 0)
+    memory = labels.get("nvidia.com/gpu.memory")
+    if allocatable <= 0 or not memory:
+        return None
+    count = int(labels.get("nvidia.com/gpu.count", "1") or 1)
+    replicas = int(labels.get("nvidia.com/gpu.replicas", "1") or 1)
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or [])
+    unschedulable = bool((body.get("spec") or {}).get("unschedulable"))
+    return GpuNode(
+        name=metadata["name"],
+        gpu_count=count,
+        gpu_memory_bytes=int(memory) * MIB,
+        replicas=replicas,
+        allocatable=allocatable,
+        ready=ready and not unschedulable,
+        product=labels.get("nvidia.com/gpu.product", ""),
+    )
+
+
+def _raw(response: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(response.data)
+    return data
+
+
+def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
+            settings: PlanSettings,
+            foreign_vram: Mapping[str, int] | None = None) -> View:
+    """Lists what the plan needs, cluster-wide."""
+    core = client.CoreV1Api(api)
+    apps = client.AppsV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    slots = custom.list_cluster_custom_object(GROUP, VERSION, "modelslots")["items"]
+    pods = _raw(core.list_pod_for_all_namespaces(label_selector=SLOT_LABEL,
+                                                 _preload_content=False))["items"]
+    deployments = _raw(apps.list_deployment_for_all_namespaces(
+        label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY},{SLOT_LABEL}",
+        _preload_content=False))["items"]
+    services = _raw(core.list_service_for_all_namespaces(
+        label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY},{SLOT_LABEL}",
+        _preload_content=False))["items"]
+    nodes = _raw(core.list_node(_preload_content=False))["items"]
+    return View(
+        nodes=tuple(n for n in map(node_from_object, nodes) if n),
+        slots=tuple(slot_from_object(s) for s in slots
+                    if not s.get("metadata", {}).get("deletionTimestamp")),
+        pods=tuple(p for p in map(pod_from_object, pods) if p),
+        deployments=tuple(d for d in map(deployment_from_object, deployments) if d),
+        services=frozenset((s["metadata"]["namespace"], s["metadata"]["labels"][SLOT_LABEL])
+                           for s in services),
+        demands=dict(demands),
+        foreign_vram=dict(foreign_vram or {}),
+        settings=settings,
+    )

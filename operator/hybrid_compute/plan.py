@@ -1,0 +1,639 @@
+"""The pure decision: which slots hold which GPU, and what every object should say.
+
+``plan(view, now)`` reads a :class:`~hybrid_compute.view.View` and returns a
+:class:`Plan`; it does no I/O, so the same view and clock always give the same
+plan. The rules are the seed's swap strategy:
+
+* Always slots are resident when they fit; the default slot holds the GPU when no
+  one else claims it; an OnDemand slot is wanted while requests keep coming
+  (its last request is younger than ``idleTimeout``).
+* Wanted slots are placed by rank: slots pinned by their minimum residency first,
+  then Always and demanded OnDemand slots by priority, then the default slot.
+* Swaps are break-before-make. VRAM is counted from what exists: every pod of a
+  slot (Terminating ones too) and every Deployment still asking for replicas. An
+  incoming slot is scaled up only when that count plus its own VRAM fits the GPU,
+  so the budget holds at every instant, across operator restarts too.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+from hybrid_compute import children
+from hybrid_compute.api.common import parse_bytes, parse_duration
+from hybrid_compute.api.modelslot import ModelSlotSpec
+from hybrid_compute.conditions import set_condition
+from hybrid_compute.view import (
+    DeploymentInfo,
+    GpuNode,
+    PlanSettings,
+    PodInfo,
+    SlotInfo,
+    View,
+    gib,
+)
+
+Phase = Literal["Pending", "Standby", "Loading", "Ready", "Unloading", "Unschedulable",
+                "Failed"]
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass
+class Gpu:
+    """One device's VRAM ledger during a plan."""
+
+    id: str
+    node: GpuNode
+    capacity: int
+    exclusive: bool
+    held: int = 0
+    """Bytes held now by existing pods and Deployments asking for replicas."""
+    reserved: int = 0
+    """Bytes the plan assigns to wanted slots."""
+    holders: list[str] = field(default_factory=list)
+    residents: list[str] = field(default_factory=list)
+
+    @property
+    def free_for_plan(self) -> int:
+        return self.capacity - self.reserved
+
+
+@dataclass(frozen=True)
+class EventIntent:
+    """An Event the act layer posts on a slot."""
+
+    namespace: str
+    name: str
+    type: EventType
+    reason: str
+    message: str
+
+
+ConditionUpdate = tuple[str, "bool | None", str, str]
+
+
+@dataclass
+class SlotDecision:
+    """Everything act applies for one slot. The status and the children are
+    rendered on first use, so planning many unchanged slots stays cheap."""
+
+    slot: SlotInfo
+    settings: PlanSettings
+    now: datetime.datetime
+    phase: Phase
+    reason: str
+    replicas: int
+    gpu: str | None = None
+    node: str | None = None
+    vram: int | None = None
+    template: dict[str, Any] | None = None
+    status_updates: dict[str, Any] = field(default_factory=dict)
+    condition_updates: list[ConditionUpdate] = field(default_factory=list)
+
+    @property
+    def namespace(self) -> str:
+        return self.slot.namespace
+
+    @property
+    def name(self) -> str:
+        return self.slot.name
+
+    @property
+    def alias(self) -> str | None:
+        return self.slot.spec.alias if self.slot.spec else None
+
+    @property
+    def fallback(self) -> str | None:
+        return self.slot.spec.fallback if self.slot.spec else None
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "Ready"
+
+    @property
+    def endpoint(self) -> str | None:
+        spec = self.slot.spec
+        if spec is None:
+            return None
+        return children.endpoint(self.namespace, self.name, spec.server.port)
+
+    @cached_property
+    def status(self) -> dict[str, Any]:
+        """The whole status this plan wants on the slot."""
+        previous = self.slot.status
+        conditions = list(previous.conditions)
+        for type_, value, reason, message in self.condition_updates:
+            text = "Unknown" if value is None else ("True" if value else "False")
+            conditions = set_condition(conditions, type_, text, reason,  # type: ignore[arg-type]
+                                       message, self.slot.generation, self.now)
+        status = previous.model_copy(update={
+            "phase": self.phase,
+            "reason": self.reason,
+            "observed_generation": self.slot.generation,
+            "conditions": conditions,
+            "endpoint": self.endpoint,
+            "gpu": self.gpu,
+            "node": self.node,
+            "vram": gib(self.vram) if self.vram else None,
+            **self.status_updates,
+        })
+        return status.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+    @cached_property
+    def deployment(self) -> dict[str, Any] | None:
+        if self.template is None:
+            return None
+        return children.deployment(self.namespace, self.name, self.slot.uid, self.template,
+                                   self.replicas, self.node if self.gpu else None)
+
+    @cached_property
+    def service(self) -> dict[str, Any] | None:
+        spec = self.slot.spec
+        if spec is None:
+            return None
+        return children.service(self.namespace, self.name, self.slot.uid, spec.server.port)
+
+
+@dataclass(frozen=True)
+class GpuSummary:
+    id: str
+    capacity_bytes: int
+    planned_bytes: int
+    held_bytes: int
+    residents: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    slots: tuple[SlotDecision, ...]
+    gpus: tuple[GpuSummary, ...]
+    events: tuple[EventIntent, ...]
+    next_wakeup: datetime.datetime | None
+
+    def slot(self, namespace: str, name: str) -> SlotDecision:
+        return next(s for s in self.slots if (s.namespace, s.name) == (namespace, name))
+
+    def by_alias(self, alias: str) -> list[SlotDecision]:
+        return [s for s in self.slots if s.alias == alias]
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def slot_vram(spec: ModelSlotSpec) -> int | None:
+    if spec.device != "gpu":
+        return 0
+    return parse_bytes(spec.model.vram) if spec.model.vram else None
+
+
+def _min_residency(spec: ModelSlotSpec, view: View) -> datetime.timedelta:
+    if spec.min_residency:
+        return parse_duration(spec.min_residency)
+    return view.settings.min_residency
+
+
+def last_request(slot: SlotInfo, view: View) -> datetime.datetime | None:
+    """The newest demand seen for the slot: router signal, annotation, stored status."""
+    assert slot.spec is not None
+    candidates = [slot.status.last_request_time, slot.requested_at,
+                  view.demands.get(slot.spec.alias)]
+    known = [c for c in candidates if c is not None]
+    return max(known) if known else None
+
+
+def _build_gpus(view: View) -> dict[str, Gpu]:
+    gpus: dict[str, Gpu] = {}
+    for node in sorted(view.nodes, key=lambda n: n.name):
+        for gpu_id in node.gpu_ids():
+            capacity = (node.gpu_memory_bytes - view.settings.headroom_bytes
+                        - view.foreign_vram.get(gpu_id, 0))
+            gpus[gpu_id] = Gpu(gpu_id, node, max(capacity, 0), exclusive=not node.time_sliced)
+    return gpus
+
+
+def _fit_problem(spec: ModelSlotSpec, vram: int, gpus: dict[str, Gpu]) -> str | None:
+    """Why the slot can never fit any GPU (with the numbers), or None."""
+    if not gpus:
+        return "no node advertises nvidia.com/gpu"
+    per_device = vram // spec.gpus
+    best: Gpu | None = None
+    for gpu in gpus.values():
+        node = gpu.node
+        if spec.gpus > 1 and (node.time_sliced or node.gpu_count < spec.gpus):
+            continue
+        if per_device <= gpu.capacity:
+            return None
+        if best is None or gpu.capacity > best.capacity:
+            best = gpu
+    if best is None:
+        return (f"needs {spec.gpus} whole GPUs on one node; no node without time-slicing "
+                f"has {spec.gpus}")
+    if spec.gpus > 1:
+        return (f"needs {gib(per_device)} on each of {spec.gpus} GPUs, "
+                f"{best.id} offers {gib(best.capacity)}")
+    return f"needs {gib(vram)}, {best.id} offers {gib(best.capacity)}"
+
+
+@dataclass
+class _Verdicts:
+    """Per-slot findings of the placement pass that the per-slot decisions read."""
+
+    unschedulable: dict[tuple[str, str], str]
+    unknown_vram: set[tuple[str, str]]
+    waiting: dict[tuple[str, str], str] = field(default_factory=dict)
+    standby: dict[tuple[str, str], str] = field(default_factory=dict)
+    evictions: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    """GPU id -> aliases leaving it."""
+    taken_by: dict[tuple[str, str], str] = field(default_factory=dict)
+    """Evicted slot -> aliases taking its place."""
+
+
+_TEMPLATES: dict[int, tuple[ModelSlotSpec, int, PlanSettings, str, dict[str, Any]]] = {}
+
+
+def _template(slot: SlotInfo, spec: ModelSlotSpec, vram: int, settings: PlanSettings
+              ) -> dict[str, Any]:
+    """The slot's pod template, memoised per spec object: rendering and hashing it
+    dominates the cost of planning an unchanged slot."""
+    cached = _TEMPLATES.get(id(spec))
+    if cached and cached[0] is spec and cached[1] == vram and cached[2] is settings \
+            and cached[3] == slot.name:
+        return cached[4]
+    template = children.pod_template(slot.name, spec, vram, settings)
+    if len(_TEMPLATES) > 8192:
+        _TEMPLATES.clear()
+    _TEMPLATES[id(spec)] = (spec, vram, settings, slot.name, template)
+    return template
+
+
+@dataclass
+class _Candidate:
+    slot: SlotInfo
+    spec: ModelSlotSpec
+    vram: int
+    rank: tuple[Any, ...]
+    why: str
+    current_gpus: list[str]
+
+
+def _current_gpus(slot: SlotInfo, spec: ModelSlotSpec, nodes_of_pods: set[str],
+                  gpus: dict[str, Gpu]) -> list[str]:
+    """GPUs a slot's existing pods (or its last status) sit on."""
+    recorded = [g for g in (slot.status.gpu or "").split(",") if g in gpus]
+    if recorded and (not nodes_of_pods or gpus[recorded[0]].node.name in nodes_of_pods):
+        return recorded
+    for node_name in sorted(nodes_of_pods):
+        ids = [g for g in gpus if gpus[g].node.name == node_name]
+        if ids:
+            return ids[: spec.gpus]
+    return []
+
+
+def _choose_gpus(candidate: _Candidate, gpus: dict[str, Gpu]) -> list[str] | None:
+    """GPUs with room for the candidate, preferring where it already is."""
+    per_device = candidate.vram // candidate.spec.gpus
+
+    def fits(gpu: Gpu) -> bool:
+        if gpu.exclusive and gpu.residents:
+            return False
+        return gpu.free_for_plan >= per_device
+
+    current = candidate.current_gpus
+    if current and all(fits(gpus[g]) for g in current) and len(current) == candidate.spec.gpus:
+        return current
+    by_node: dict[str, list[Gpu]] = defaultdict(list)
+    for gpu in gpus.values():
+        if gpu.node.ready:
+            by_node[gpu.node.name].append(gpu)
+    for _node, devices in sorted(by_node.items()):
+        if candidate.spec.gpus > 1 and devices[0].node.time_sliced:
+            continue
+        free = [g.id for g in devices if fits(g)]
+        if len(free) >= candidate.spec.gpus:
+            return free[: candidate.spec.gpus]
+    return None
+
+
+# --------------------------------------------------------------------- plan
+
+
+def plan(view: View, now: datetime.datetime) -> Plan:
+    """Decides residency, swaps, children and statuses for every ModelSlot."""
+    gpus = _build_gpus(view)
+    pods_by_slot = defaultdict(list)
+    for pod in view.pods:
+        pods_by_slot[(pod.namespace, pod.slot)].append(pod)
+    deployments = {(d.namespace, d.slot): d for d in view.deployments}
+    wakeups: list[datetime.datetime] = []
+
+    # VRAM held right now, per GPU: pods that exist (Terminating too) and
+    # Deployments that still ask for replicas whose pods may not be visible yet.
+    # Pods of deleted slots count too: they hold VRAM until they are gone.
+    held_gpus: dict[tuple[str, str], list[str]] = {}
+    slots_by_key = {slot.key: slot for slot in view.slots}
+    for key in sorted(set(slots_by_key) | set(pods_by_slot) | set(deployments)):
+        slot_info = slots_by_key.get(key)
+        pods = pods_by_slot.get(key, [])
+        deployment = deployments.get(key)
+        pod_bytes = sum(p.vram_bytes for p in pods)
+        asked = deployment.replicas * deployment.vram_bytes if deployment else 0
+        held = max(pod_bytes, asked)
+        if held == 0:
+            continue
+        gpu_count = max([p.gpus for p in pods] + [1])
+        nodes = {p.node for p in pods if p.node}
+        recorded = (slot_info.status.gpu or "") if slot_info else ""
+        placed = [g for g in recorded.split(",") if g in gpus
+                  and (not nodes or gpus[g].node.name in nodes)]
+        if not placed and nodes:
+            placed = [g for g in gpus if gpus[g].node.name in nodes][:gpu_count]
+        if not placed:
+            # Asked for but not scheduled yet, with no record of where: count it
+            # everywhere it could land, so nothing else starts beside it.
+            placed = list(gpus)
+        held_gpus[key] = placed
+        for gpu_id in placed:
+            gpus[gpu_id].held += held // gpu_count
+            gpus[gpu_id].holders.append(key[1])
+
+    # Who wants a GPU, in what order.
+    candidates: list[_Candidate] = []
+    unschedulable: dict[tuple[str, str], str] = {}
+    unknown_vram: set[tuple[str, str]] = set()
+    for slot in view.slots:
+        spec = slot.spec
+        if spec is None or spec.device != "gpu":
+            continue
+        vram = slot_vram(spec)
+        if vram is None:
+            unknown_vram.add(slot.key)
+            continue
+        problem = _fit_problem(spec, vram, gpus)
+        if problem:
+            unschedulable[slot.key] = problem
+            continue
+        pods = pods_by_slot.get(slot.key, [])
+        ready_pod = any(p.ready and not p.terminating for p in pods)
+        pinned_until = None
+        if ready_pod and slot.status.ready_since:
+            pinned_until = slot.status.ready_since + _min_residency(spec, view)
+        pinned = pinned_until is not None and now < pinned_until
+        if pinned and pinned_until:
+            wakeups.append(pinned_until)
+        requested = last_request(slot, view)
+        demanded = False
+        if spec.activation == "OnDemand" and requested is not None and spec.idle_timeout:
+            idle_until = requested + parse_duration(spec.idle_timeout)
+            demanded = now < idle_until
+            if demanded:
+                wakeups.append(idle_until)
+        current = _current_gpus(slot, spec, {p.node for p in pods if p.node}, gpus)
+        resident_now = bool(pods) or slot.key in held_gpus
+        tie = (0 if resident_now else 1, requested or now, slot.namespace, slot.name)
+        if pinned:
+            candidates.append(_Candidate(slot, spec, vram, (0, -spec.priority, *tie),
+                                         "minimum residency", current))
+        elif spec.activation == "Always" and not spec.default:
+            candidates.append(_Candidate(slot, spec, vram, (1, -spec.priority, *tie),
+                                         "always resident", current))
+        elif demanded:
+            candidates.append(_Candidate(slot, spec, vram, (1, -spec.priority, *tie),
+                                         "requested", current))
+        elif spec.default:
+            candidates.append(_Candidate(slot, spec, vram, (2, -spec.priority, *tie),
+                                         "default slot", current))
+
+    placement: dict[tuple[str, str], list[str]] = {}
+    verdicts = _Verdicts(unschedulable, unknown_vram)
+    waiting, standby = verdicts.waiting, verdicts.standby
+    for candidate in sorted(candidates, key=lambda c: c.rank):
+        chosen = _choose_gpus(candidate, gpus)
+        if chosen is None:
+            blockers = sorted({r for g in (candidate.current_gpus or list(gpus))
+                               for r in gpus[g].residents})
+            if candidate.spec.default and candidate.rank[0] != 0:
+                standby[candidate.slot.key] = (
+                    f"standby: the GPU is lent to {', '.join(blockers) or 'other consumers'}")
+            else:
+                waiting[candidate.slot.key] = (
+                    f"waiting for room: {gib(candidate.vram)} needed, held by "
+                    f"{', '.join(blockers) or 'other consumers'}")
+            continue
+        placement[candidate.slot.key] = chosen
+        for gpu_id in chosen:
+            gpus[gpu_id].reserved += candidate.vram // candidate.spec.gpus
+            gpus[gpu_id].residents.append(candidate.spec.alias)
+
+    # Who gives way to whom, for reasons and Events.
+    newcomers: dict[str, list[str]] = defaultdict(list)
+    for key, placed in placement.items():
+        if held_gpus.get(key) != placed:
+            alias = next(s.spec.alias for s in view.slots if s.key == key and s.spec)
+            for gpu_id in placed:
+                newcomers[gpu_id].append(alias)
+    for slot in view.slots:
+        if slot.key in held_gpus and slot.key not in placement and slot.spec:
+            for gpu_id in held_gpus[slot.key]:
+                verdicts.evictions[gpu_id].append(slot.spec.alias)
+                if newcomers.get(gpu_id):
+                    verdicts.taken_by[slot.key] = ", ".join(sorted(newcomers[gpu_id]))
+
+    # Turn placement into replicas, respecting what is still held (break-before-make).
+    decisions: list[SlotDecision] = []
+    events: list[EventIntent] = []
+    for slot in sorted(view.slots, key=lambda s: s.key):
+        decision, new_events = _decide_slot(
+            slot, view, now, gpus, placement, held_gpus, pods_by_slot.get(slot.key, []),
+            deployments.get(slot.key), verdicts)
+        decisions.append(decision)
+        events += new_events
+        if decision.phase in ("Loading", "Unloading"):
+            wakeups.append(now + datetime.timedelta(seconds=5))
+
+    summaries = tuple(
+        GpuSummary(g.id, g.capacity, g.reserved, g.held, tuple(g.residents))
+        for g in gpus.values())
+    wakeups.append(now + view.settings.idle_check_interval)
+    return Plan(tuple(decisions), summaries, tuple(events), min(wakeups))
+
+
+def _decide_slot(
+    slot: SlotInfo,
+    view: View,
+    now: datetime.datetime,
+    gpus: dict[str, Gpu],
+    placement: dict[tuple[str, str], list[str]],
+    held_gpus: dict[tuple[str, str], list[str]],
+    pods: list[PodInfo],
+    deployment: DeploymentInfo | None,
+    verdicts: _Verdicts,
+) -> tuple[SlotDecision, list[EventIntent]]:
+    spec = slot.spec
+    previous = slot.status
+    events: list[EventIntent] = []
+
+    def decide(phase: Phase, reason: str, replicas: int, **kwargs: Any) -> SlotDecision:
+        return SlotDecision(slot, view.settings, now, phase, reason, replicas, **kwargs)
+
+    if spec is None:
+        message = slot.invalid_reason or "the spec is invalid"
+        return decide("Failed", f"invalid spec: {message}", 0, condition_updates=[
+            ("Accepted", False, "InvalidSpec", message),
+            ("Ready", False, "InvalidSpec", message)]), events
+
+    accepted: ConditionUpdate = ("Accepted", True, "Valid", "the spec is valid")
+    updates: dict[str, Any] = {"last_request_time": last_request(slot, view)}
+    vram = slot_vram(spec)
+    key = slot.key
+    template = _template(slot, spec, vram or 0, view.settings)
+    current_hash = children.template_hash(template)
+    live = [p for p in pods if not p.terminating]
+    stale = [p for p in live if p.template_hash != current_hash]
+    current = [p for p in live if p.template_hash == current_hash]
+    phase: Phase
+    reason: str
+
+    if spec.device == "cpu":
+        wanted = spec.activation == "Always" or _cpu_demanded(slot, spec, view, now)
+        replicas = 1 if wanted else 0
+        phase, reason = _phase_from_pods(wanted, current, pods, "on CPU")
+        if phase == "Ready" and previous.phase != "Ready":
+            updates["ready_since"] = now
+        fits: ConditionUpdate = ("Fits", True, "CpuSlot", "runs on CPU; no GPU memory needed")
+        return decide(phase, reason, replicas, template=template, status_updates=updates,
+                      condition_updates=[accepted, fits, *_readiness(phase, reason)]), events
+
+    if key in verdicts.unknown_vram:
+        message = "spec.model.vram is not set, so the GPU cannot be planned"
+        return decide("Pending", message, 0, template=template, status_updates=updates,
+                      condition_updates=[accepted, ("Fits", None, "VramUnknown", message),
+                                         ("Ready", False, "VramUnknown", message)]), events
+    assert vram is not None
+    if key in verdicts.unschedulable:
+        message = verdicts.unschedulable[key]
+        if previous.phase != "Unschedulable":
+            events.append(EventIntent(slot.namespace, slot.name, "Warning", "Unschedulable",
+                                      f"{spec.alias} {message}"))
+        return decide("Unloading" if pods else "Unschedulable", message, 0, template=template,
+                      status_updates=updates, condition_updates=[
+                          accepted, ("Fits", False, "TooLarge", message),
+                          ("Resident", False, "Unschedulable", message),
+                          ("Ready", False, "Unschedulable", message)]), events
+    fits = ("Fits", True, "Fits", f"needs {gib(vram)}")
+
+    placed = placement.get(key)
+    if placed is None:
+        updates.update(loading_since=None, evicting=None)
+        if pods:
+            phase = "Unloading"
+            taker = verdicts.taken_by.get(key)
+            reason = f"unloading for {taker}" if taker else "unloading"
+            swapping: ConditionUpdate = ("Swapping", True, "Unloading", reason)
+            if previous.phase != "Unloading":
+                events.append(EventIntent(slot.namespace, slot.name, "Normal", "Unloading",
+                                          f"Unloading {spec.alias}"
+                                          + (f" for {taker}" if taker else "")))
+        elif key in verdicts.waiting:
+            phase, reason = "Pending", verdicts.waiting[key]
+            swapping = ("Swapping", False, "Waiting", reason)
+        else:
+            phase = "Standby"
+            reason = verdicts.standby.get(key) or (
+                "idle: loads on the next request" if spec.activation == "OnDemand"
+                else "standby")
+            swapping = ("Swapping", False, "Idle", reason)
+        node = gpus[held_gpus[key][0]].node.name if held_gpus.get(key) else None
+        return decide(phase, reason, 0, node=node, template=template, status_updates=updates,
+                      condition_updates=[accepted, fits, swapping,
+                                         ("Resident", False, phase, reason),
+                                         ("Ready", False, phase, reason)]), events
+
+    # Wanted on `placed`.
+    node_name = gpus[placed[0]].node.name
+    gpu_label = ",".join(placed)
+    own_held = sum(p.vram_bytes for p in pods)
+    asked = deployment.replicas * deployment.vram_bytes if deployment else 0
+    already_started = bool(current) or (
+        deployment is not None and deployment.replicas > 0
+        and deployment.template_hash == current_hash)
+    if stale:
+        replicas, phase = 0, "Loading"
+        reason = "model changed: unloading the previous model first"
+    elif already_started:
+        replicas = 1
+        phase = "Ready" if any(p.ready for p in current) else "Loading"
+        reason = "serving" if phase == "Ready" else "loading the model"
+    else:
+        # Break-before-make: start only when everything that exists still fits.
+        per_device = vram // spec.gpus
+        own_share = max(own_held, asked) // len(placed) if key in held_gpus else 0
+        blocked = [gpus[g] for g in placed
+                   if gpus[g].held - own_share + per_device > gpus[g].capacity]
+        if blocked or any(p.terminating for p in pods):
+            replicas, phase = 0, "Loading"
+            holders = sorted({h for g in blocked for h in g.holders if h != slot.name})
+            held_text = gib(max(g.held for g in blocked)) if blocked else gib(own_held)
+            reason = (f"waiting for {', '.join(holders) or 'its old pods'} to unload "
+                      f"({held_text} still held)")
+        else:
+            replicas, phase, reason = 1, "Loading", "loading the model"
+            for gpu_id in placed:
+                gpus[gpu_id].held += per_device
+                gpus[gpu_id].holders.append(slot.name)
+
+    if phase == "Loading":
+        if previous.loading_since is None:
+            evicted = sorted({a for g in placed for a in verdicts.evictions.get(g, [])
+                              if a != spec.alias})
+            updates.update(loading_since=now, evicting=evicted or None)
+            events.append(EventIntent(
+                slot.namespace, slot.name, "Normal", "SwapStarted",
+                f"Loading {spec.alias} on {node_name}"
+                + (f", evicting {', '.join(evicted)}" if evicted else "")))
+        progress: list[ConditionUpdate] = [
+            ("Swapping", True, "Loading", reason),
+            ("Resident", True, "Placed", f"placed on {gpu_label}"),
+            ("Ready", False, "Loading", reason)]
+    else:
+        if previous.loading_since is not None:
+            seconds = (now - previous.loading_since).total_seconds()
+            evicted = previous.evicting or []
+            updates.update(last_swap_seconds=round(seconds, 2), swaps=(previous.swaps or 0) + 1)
+            events.append(EventIntent(
+                slot.namespace, slot.name, "Normal", "Swapped",
+                f"Swapped {spec.alias} in on {node_name} in {seconds:.1f}s"
+                + (f", evicting {', '.join(evicted)}" if evicted else "")))
+        if previous.phase != "Ready" or previous.ready_since is None:
+            updates["ready_since"] = now
+        updates.update(loading_since=None, evicting=None)
+        progress = [("Swapping", False, "Resident", "loaded"),
+                    ("Resident", True, "Placed", f"placed on {gpu_label}"),
+                    ("Ready", True, "Serving", f"serving {children.served_name(spec)}")]
+    return decide(phase, reason, replicas, gpu=gpu_label, node=node_name, vram=vram,
+                  template=template, status_updates=updates,
+                  condition_updates=[accepted, fits, *progress]), events
+
+
+def _readiness(phase: Phase, reason: str) -> list[ConditionUpdate]:
+    return [("Ready", phase == "Ready", "Serving" if phase == "Ready" else phase, reason)]
+
+
+def _cpu_demanded(slot: SlotInfo, spec: ModelSlotSpec, view: View,
+                  now: datetime.datetime) -> bool:
+    requested = last_request(slot, view)
+    if requested is None or spec.idle_timeout is None:
+        return False
+    return now < requested + parse_duration(spec.idle_timeout)
+
+
+def _phase_from_pods(wanted: bool, current: list[Any], pods: list[Any],
+                     where: str) -> tuple[Phase, str]:
+    if not wanted:
+        return ("Unloading", "unloading") if pods else ("Standby", "standby")
+    if any(p.ready for p in current):
+        return "Ready", f"serving {where}"
+    return "Loading", f"loading {where}"

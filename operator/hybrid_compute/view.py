@@ -1,0 +1,135 @@
+"""The operator's picture of the cluster: plain, immutable data that ``plan`` reads.
+
+Nothing here talks to the API server; :mod:`hybrid_compute.observe` builds a
+:class:`View` from API objects, and tests build them by hand.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
+
+GIB = 1024**3
+MIB = 1024**2
+
+# Labels and annotations the operator puts on what it creates.
+SLOT_LABEL = "hybridcompute.io/slot"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "hybrid-compute"
+VRAM_ANNOTATION = "hybridcompute.io/vram-bytes"
+GPUS_ANNOTATION = "hybridcompute.io/gpus"
+TEMPLATE_HASH_ANNOTATION = "hybridcompute.io/template-hash"
+REQUESTED_AT_ANNOTATION = "hybridcompute.io/requested-at"
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Operator-wide knobs of the plan."""
+
+    headroom_bytes: int = GIB
+    """VRAM kept free on every GPU (driver, CUDA context, fragmentation)."""
+    min_residency: datetime.timedelta = datetime.timedelta(seconds=30)
+    """Default shortest stay of a loaded slot, so swaps cannot thrash."""
+    gpu_image: str = "ghcr.io/ggml-org/llama.cpp:server-cuda"
+    cpu_image: str = "ghcr.io/ggml-org/llama.cpp:server"
+    model_root: str = "/models"
+    """Where the model volume is mounted in llama-server containers."""
+    idle_check_interval: datetime.timedelta = datetime.timedelta(seconds=30)
+    """Longest sleep between two plans when nothing else wakes the loop."""
+
+
+@dataclass(frozen=True)
+class GpuNode:
+    """A node that advertises NVIDIA GPUs (device plugin + GPU Feature Discovery)."""
+
+    name: str
+    gpu_count: int
+    gpu_memory_bytes: int
+    """Memory of each device (label nvidia.com/gpu.memory, MiB)."""
+    replicas: int
+    """Time-slicing replicas per device; 1 means whole devices."""
+    allocatable: int
+    """nvidia.com/gpu allocatable (devices x replicas)."""
+    ready: bool = True
+    product: str = ""
+
+    @property
+    def time_sliced(self) -> bool:
+        return self.replicas > 1
+
+    def gpu_ids(self) -> list[str]:
+        return [f"{self.name}/{index}" for index in range(self.gpu_count)]
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """A pod of a slot's Deployment, Terminating ones included: they still hold VRAM."""
+
+    name: str
+    namespace: str
+    slot: str
+    node: str | None
+    vram_bytes: int
+    gpus: int
+    template_hash: str
+    ready: bool
+    terminating: bool
+    phase: str = "Pending"
+    ready_since: datetime.datetime | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    """What a slot's Deployment currently asks for."""
+
+    namespace: str
+    slot: str
+    replicas: int
+    template_hash: str
+    vram_bytes: int
+    node: str | None = None
+    """The node its pod template is pinned to."""
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """A ModelSlot as stored: its validated spec (None when invalid) and last status."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: ModelSlotSpec | None
+    status: ModelSlotStatus = field(default_factory=ModelSlotStatus)
+    invalid_reason: str | None = None
+    requested_at: datetime.datetime | None = None
+    """The hybridcompute.io/requested-at annotation: a demand made by hand."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class View:
+    """Everything ``plan`` may look at."""
+
+    nodes: tuple[GpuNode, ...] = ()
+    slots: tuple[SlotInfo, ...] = ()
+    pods: tuple[PodInfo, ...] = ()
+    deployments: tuple[DeploymentInfo, ...] = ()
+    services: frozenset[tuple[str, str]] = frozenset()
+    """(namespace, slot) of the Services that exist."""
+    demands: Mapping[str, datetime.datetime] = field(default_factory=dict)
+    """Last request time per alias, as signalled by the router."""
+    foreign_vram: Mapping[str, int] = field(default_factory=dict)
+    """Bytes held per GPU id by processes that are not the operator's pods."""
+    settings: PlanSettings = field(default_factory=PlanSettings)
+
+
+def gib(value: int) -> str:
+    """Bytes as GiB with one decimal, the unit users read in reasons."""
+    return f"{value / GIB:.1f} GiB"

@@ -1,0 +1,117 @@
+"""The GPU plan on the seed's setup: residency, swaps, idle return, limits."""
+
+from __future__ import annotations
+
+import datetime
+
+from hybrid_compute.plan import plan
+from hybrid_compute.view import View
+from tests.simworld import SEED_SLOTS, START, World, dreamteam, slot
+
+
+def seed_world(**kwargs) -> World:  # type: ignore[no-untyped-def]
+    return World([slot(name, spec) for name, spec in SEED_SLOTS.items()], **kwargs)
+
+
+def test_seed_slots_settle_with_fast_on_gpu_and_embed_on_cpu() -> None:
+    world = seed_world()
+    world.run_until(lambda: world.phase("fast") == "Ready" and world.phase("embed") == "Ready")
+    assert world.phase("quality") == "Standby"
+    assert world.phase("quality-alt") == "Standby"
+    decisions = {d.name: d for d in world.last_plan.slots}  # type: ignore[union-attr]
+    assert decisions["fast"].replicas == 1 and decisions["fast"].gpu == "dreamteam/0"
+    assert decisions["quality"].replicas == 0
+    assert decisions["embed"].replicas == 1 and decisions["embed"].gpu is None
+
+
+def test_demand_swaps_quality_in_break_before_make_and_idles_back() -> None:
+    world = seed_world()
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    world.now += datetime.timedelta(minutes=1)  # past fast's minimum residency
+    world.demand("local/quality")
+    world.step()
+    assert world.phase("fast") == "Unloading"
+    assert world.phase("quality") == "Loading"
+    assert not [p for p in world.pods if p.info.slot == "quality"], \
+        "quality's pod was created while fast still held the GPU"
+    world.run_until(lambda: world.phase("quality") == "Ready")
+    assert world.phase("fast") == "Standby"
+    status = next(s.status for s in world.slots if s.name == "quality")
+    assert status.swaps == 1 and status.last_swap_seconds and status.last_swap_seconds > 0
+    swapped = [e for e in world.last_plan.events if e.reason == "Swapped"]  # type: ignore[union-attr]
+    assert swapped and "evicting local/fast" in swapped[0].message
+
+    world.now += datetime.timedelta(minutes=6)  # idleTimeout 5m without a request
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    assert world.phase("quality") == "Standby"
+
+
+def test_requests_keep_an_on_demand_slot_loaded() -> None:
+    world = seed_world()
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    world.now += datetime.timedelta(minutes=1)
+    world.demand("local/quality")
+    world.run_until(lambda: world.phase("quality") == "Ready")
+    for _ in range(8):
+        world.now += datetime.timedelta(minutes=1)
+        world.demand("local/quality")
+        world.step()
+        assert world.phase("quality") == "Ready"
+
+
+def test_minimum_residency_defers_a_swap() -> None:
+    world = seed_world()
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    world.demand("local/quality")
+    world.step()
+    assert world.phase("fast") == "Ready", "fast was evicted inside its minimum residency"
+    assert world.phase("quality") == "Pending"
+    world.now += datetime.timedelta(seconds=31)
+    world.run_until(lambda: world.phase("quality") == "Ready")
+
+
+def test_oversized_slot_is_unschedulable_with_numbers_and_others_keep_working() -> None:
+    slots = [slot(n, s) for n, s in SEED_SLOTS.items()]
+    slots.append(slot("huge", {"alias": "local/huge", "model": {"path": "h.gguf",
+                                                                 "vram": "26Gi"},
+                               "activation": "Always"}))
+    world = World(slots)
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    decision = world.last_plan.slot("lab", "huge")  # type: ignore[union-attr]
+    assert decision.phase == "Unschedulable"
+    assert decision.reason == "needs 26.0 GiB, dreamteam/0 offers 23.0 GiB"
+    assert decision.replicas == 0
+
+
+def test_two_gpu_slot_needs_whole_devices() -> None:
+    big = {"alias": "local/70b", "model": {"path": "l.gguf", "vram": "40Gi"}, "gpus": 2}
+    on_time_sliced = plan(View(nodes=(dreamteam(),), slots=(slot("big", big),)), START)
+    assert on_time_sliced.slot("lab", "big").phase == "Unschedulable"
+    from tests.simworld import dual_node
+    world = World([slot("big", big)], nodes=[dual_node()])
+    world.run_until(lambda: world.phase("big") == "Ready")
+    assert world.last_plan.slot("lab", "big").gpu == "dual/0,dual/1"  # type: ignore[union-attr]
+
+
+def test_model_change_unloads_before_loading_the_new_model() -> None:
+    world = seed_world()
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    old = next(p for p in world.pods if p.info.slot == "fast").info.template_hash
+    changed = {**SEED_SLOTS["fast"], "model": {"path": "fast-v2.gguf", "vram": "8Gi"}}
+    world.slots = [slot("fast", changed) if s.name == "fast" else s for s in world.slots]
+    world.slots = [s if s.name != "fast" else s.__class__(**{**s.__dict__, "generation": 2})
+                   for s in world.slots]
+    world.run_until(lambda: world.phase("fast") == "Ready"
+                    and all(p.info.template_hash != old for p in world.pods
+                            if p.info.slot == "fast"))
+    assert [p.info.vram_bytes for p in world.pods if p.info.slot == "fast"] == [8 * 1024**3]
+
+
+def test_invalid_slot_fails_without_touching_others() -> None:
+    from hybrid_compute.view import SlotInfo
+    broken = SlotInfo("lab", "broken", "uid-b", 1, None, invalid_reason="spec.alias: missing")
+    result = plan(View(nodes=(dreamteam(),), slots=(broken, slot("fast", SEED_SLOTS["fast"]))),
+                  START)
+    assert result.slot("lab", "broken").phase == "Failed"
+    assert result.slot("lab", "broken").deployment is None
+    assert result.slot("lab", "fast").replicas == 1

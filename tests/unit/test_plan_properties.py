@@ -1,0 +1,81 @@
+"""Property tests of ``plan``: random slots, demands and clocks, run through the
+simulated cluster, never break the VRAM budget, always return the GPU to the
+default slot after idle, and never flip a slot faster than its minimum residency."""
+
+from __future__ import annotations
+
+import datetime
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.simworld import World, dreamteam, dual_node, slot
+
+SIZES_GIB = st.sampled_from([1, 2, 4, 7, 8, 10, 12, 14, 18, 20, 22, 23, 30])
+
+
+@st.composite
+def slot_sets(draw: st.DrawFn) -> list:  # type: ignore[type-arg]
+    count = draw(st.integers(min_value=1, max_value=5))
+    slots = [slot("default", {"alias": "local/default",
+                              "model": {"path": "d.gguf",
+                                        "vram": f"{draw(st.sampled_from([4, 7, 8]))}Gi"},
+                              "default": True})]
+    for index in range(count):
+        on_demand = draw(st.booleans())
+        spec = {"alias": f"local/s{index}",
+                "model": {"path": f"s{index}.gguf", "vram": f"{draw(SIZES_GIB)}Gi"},
+                "priority": draw(st.integers(min_value=0, max_value=300))}
+        if on_demand:
+            spec.update(activation="OnDemand",
+                        idleTimeout=f"{draw(st.integers(min_value=5, max_value=120))}s")
+        slots.append(slot(f"s{index}", spec))
+    return slots
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(slots=slot_sets(),
+       demands=st.lists(st.tuples(st.integers(min_value=0, max_value=120),
+                                  st.integers(min_value=0, max_value=4)), max_size=25),
+       load_steps=st.integers(min_value=0, max_value=6),
+       terminate_steps=st.integers(min_value=0, max_value=6),
+       two_nodes=st.booleans())
+def test_budget_residency_and_idle_return(slots, demands, load_steps,  # type: ignore[no-untyped-def]
+                                          terminate_steps, two_nodes) -> None:
+    nodes = [dreamteam(), dual_node()] if two_nodes else [dreamteam()]
+    world = World(slots, nodes=nodes, load_steps=load_steps, terminate_steps=terminate_steps,
+                  settings=World.__dataclass_fields__["settings"].default_factory())
+    schedule: dict[int, list[str]] = {}
+    for tick, index in demands:
+        schedule.setdefault(tick, []).append(f"local/s{index}")
+    became_ready: dict[str, datetime.datetime] = {}
+    last_phase: dict[str, str | None] = {}
+    residency = world.settings.min_residency
+    for tick in range(130):
+        for alias in schedule.get(tick, []):
+            world.demand(alias)
+        world.step()
+        world.check_budget()
+        for info in world.slots:
+            phase = info.status.phase
+            if phase == "Ready" and last_phase.get(info.name) != "Ready":
+                became_ready[info.name] = world.now
+            if last_phase.get(info.name) == "Ready" and phase == "Unloading":
+                since = became_ready[info.name]
+                assert world.now - since >= residency, (
+                    f"{info.name} unloaded {world.now - since} after becoming Ready")
+            last_phase[info.name] = phase
+    # Long after the last demand every OnDemand slot is idle and the GPU is back
+    # where it is without any demand: the default slot, room permitting.
+    baseline = World([slot(s.name, s.spec.model_dump(by_alias=True)) for s in world.slots
+                      if s.spec], nodes=nodes)
+    for _ in range(40):
+        baseline.step()
+    world.now += datetime.timedelta(minutes=10)
+    expected = baseline.phase("default")
+    world.run_until(lambda: world.phase("default") == expected and not any(
+        s.status.phase in ("Loading", "Unloading") for s in world.slots), limit=80)
+    for info in world.slots:
+        if info.spec and info.spec.activation == "OnDemand":
+            assert info.status.phase in ("Standby", "Unschedulable"), \
+                (info.name, info.status.phase)
