@@ -136,7 +136,8 @@ def namespace(k8s: TestCluster, request: pytest.FixtureRequest) -> Iterator[str]
     yield name
     # Free the GPU before the next test: delete the slots and wait for their pods,
     # then let the namespace go in the background.
-    k8s.kubectl("delete", "modelslots,gpuworkloads", "--all", "-n", name, "--wait=false",
+    k8s.kubectl("delete", "modelslots,gpuworkloads,deployments,jobs", "--all", "-n", name,
+                "--wait=false",
                 check=False)
     k8s.kubectl("wait", "--for=delete", "pods", "--all", "-n", name, "--timeout=60s",
                 check=False)

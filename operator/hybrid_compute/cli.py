@@ -132,6 +132,30 @@ def _run(args: argparse.Namespace) -> int:
                         api_port=args.api_port, api_token=token or None, settings=settings)
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from hybrid_compute.offline import ManifestError, plan_folder, report
+
+    nodes = [tuple(spec.split("=", 1)) for spec in args.node] or [
+        (DEFAULT_NODE_NAME, "rtx3090")]
+    for spec in nodes:
+        if len(spec) != 2 or spec[1] not in PROFILES:
+            print(f"--node takes NAME=PROFILE with PROFILE one of "
+                  f"{', '.join(sorted(PROFILES))}", file=sys.stderr)
+            return 2
+    try:
+        result, view = plan_folder([Path(p) for p in args.filename],
+                                   [(n, p) for n, p in nodes], args.demand)
+    except (ManifestError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not view.slots:
+        print("no ModelSlot found", file=sys.stderr)
+        return 1
+    print(report(result, view))
+    invalid = [d for d in result.slots if d.phase == "Failed"]
+    return 1 if invalid else 0
+
+
 def _crds(args: argparse.Namespace) -> int:
     from hybrid_compute.crdgen import write_crds
 
@@ -200,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     kubectl.set_defaults(handler=_dev_kubectl)
     for sub in (up, down, status, kubeconfig, add_node, kubectl):
         sub.add_argument("--name", default="dev", help="cluster name (default: dev)")
+
+    plan = commands.add_parser("plan", help="show what the operator would decide for a "
+                                            "folder of objects (no cluster needed)")
+    plan.add_argument("-f", "--filename", action="append", required=True,
+                      help="file or folder of YAML objects (repeatable)")
+    plan.add_argument("--node", action="append", default=[], metavar="NAME=PROFILE",
+                      help=f"GPU nodes when the folder has no Node objects (default "
+                           f"{DEFAULT_NODE_NAME}=rtx3090); profiles: "
+                           f"{', '.join(sorted(PROFILES))}")
+    plan.add_argument("--demand", action="append", default=[], metavar="ALIAS",
+                      help="pretend a request for ALIAS just arrived (repeatable)")
+    plan.set_defaults(handler=_plan)
 
     crds = commands.add_parser("crds", help="generate crds/ and the chart's copies")
     crds.add_argument("--check", action="store_true",

@@ -415,9 +415,11 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         if chosen is None:
             blockers = sorted({r for g in (candidate.current_gpus or list(gpus))
                                for r in gpus[g].residents})
+            if not any(g.node.ready for g in gpus.values()):
+                blockers = ["no GPU node is Ready"]
             if candidate.spec.default and candidate.rank[0] != 0:
                 standby[candidate.slot.key] = (
-                    f"standby: the GPU is lent to {', '.join(blockers) or 'other consumers'}")
+                    f"standby: the GPU is taken by {', '.join(blockers) or 'other consumers'}")
             else:
                 waiting[candidate.slot.key] = (
                     f"waiting for room: {gib(candidate.vram)} needed, held by "

@@ -85,3 +85,17 @@ def test_parse_duration_rejects_words() -> None:
     ("7Gi", 7 * 2**30), ("512Mi", 512 * 2**20), ("20G", 20 * 10**9)])
 def test_parse_bytes(text: str, expected: int) -> None:
     assert parse_bytes(text) == expected
+
+
+INVALID_CORPUS = sorted((REPOSITORY_ROOT / "tests" / "data" / "invalid").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", INVALID_CORPUS, ids=[p.stem for p in INVALID_CORPUS])
+def test_models_reject_what_the_api_server_rejects(path) -> None:  # type: ignore[no-untyped-def]
+    """``hybrid-compute plan`` checks files without a cluster: the models must refuse
+    every object of the invalid corpus, as the CRD's schema and CEL rules do."""
+    import yaml
+
+    document = yaml.safe_load(path.read_text())
+    with pytest.raises(ValidationError):
+        SPEC_MODELS[document["kind"]].model_validate(document["spec"])

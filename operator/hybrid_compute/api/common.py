@@ -6,12 +6,13 @@ from __future__ import annotations
 import datetime
 import functools
 import re
+import zoneinfo
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
 from kubernetes.utils import parse_quantity
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 GROUP = "hybridcompute.io"
@@ -59,9 +60,25 @@ ClockTime = Annotated[
     Field(description="A time of day, HH:MM on a 24-hour clock."),
 ]
 DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, max_length=63)]
+def _positive_quantity(value: str) -> str:
+    if parse_bytes(value) <= 0:
+        raise ValueError("must be a positive quantity such as 7Gi")
+    return value
+
+
+def _known_time_zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}; use an IANA name such as "
+                         "Pacific/Auckland or UTC") from None
+    return value
+
+
 PositiveQuantity = Annotated[
     str,
     StringConstraints(pattern=QUANTITY_PATTERN, max_length=32),
+    AfterValidator(_positive_quantity),
     Field(
         description="A positive amount of memory as a Kubernetes quantity, e.g. 7Gi or 512Mi.",
         json_schema_extra=validations(
@@ -82,6 +99,7 @@ TIME_ZONE_RULE = cel(
 TimeZone = Annotated[
     str,
     StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*$", max_length=64),
+    AfterValidator(_known_time_zone),
     Field(json_schema_extra=validations(TIME_ZONE_RULE)),
 ]
 

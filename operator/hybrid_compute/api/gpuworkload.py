@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from hybrid_compute.api.common import (
     AGE_COLUMN,
@@ -52,6 +52,12 @@ class TimeWindow(ApiModel):
     """Opening time, HH:MM."""
     end: ClockTime
     """Closing time, HH:MM (before start means the window ends the next day)."""
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> TimeWindow:
+        if self.start == self.end:
+            raise ValueError("end: a window needs different start and end times")
+        return self
 
 
 class Schedule(ApiModel):
@@ -124,6 +130,19 @@ class GpuWorkloadSpec(ApiModel):
     """Time windows; without one the workload may run at any time."""
     max_duration: Duration | None = None
     """A Job running longer than this is stopped and marked Failed."""
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> GpuWorkloadSpec:
+        problems = []
+        if self.kind != "Job" and self.backoff_limit is not None:
+            problems.append("backoffLimit applies to kind Job only")
+        if self.kind != "Deployment" and self.replicas is not None:
+            problems.append("replicas applies to kind Deployment only")
+        if self.kind != "Job" and self.max_duration is not None:
+            problems.append("maxDuration applies to kind Job only")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class GpuWorkloadStatus(ApiModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from hybrid_compute.api.common import (
     AGE_COLUMN,
@@ -60,6 +60,13 @@ class ModelSource(ApiModel):
     """Folder on the node that holds the model files; the default is /models."""
     persistent_volume_claim: DnsLabel | None = None
     """Name of a PersistentVolumeClaim holding the model files, instead of hostPath."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if self.host_path and self.persistent_volume_claim:
+            raise ValueError("persistentVolumeClaim: set either hostPath or "
+                             "persistentVolumeClaim, not both")
+        return self
 
 
 class ServerSettings(ApiModel):
@@ -153,6 +160,28 @@ class ModelSlotSpec(ApiModel):
     server: ServerSettings = Field(default_factory=ServerSettings,
                                    json_schema_extra={"default": {}})
     """llama-server settings."""
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> ModelSlotSpec:
+        """The CEL rules of the CRD, for objects checked without an API server."""
+        problems = []
+        if self.activation == "OnDemand" and not self.idle_timeout:
+            problems.append("idleTimeout: an OnDemand slot needs spec.idleTimeout")
+        if self.default and self.device != "gpu":
+            problems.append("default: a default slot must be a GPU slot")
+        if self.default and self.activation != "Always":
+            problems.append("activation: a default slot must use activation Always")
+        if self.fallback is not None and self.fallback == self.alias:
+            problems.append("fallback: must name another alias than the slot's own")
+        if self.alias == "hybrid/auto":
+            problems.append("alias: hybrid/auto is the router's meta-model")
+        if self.device == "cpu" and self.server.n_gpu_layers:
+            problems.append("server.nGpuLayers: a CPU slot cannot offload layers")
+        if self.device == "cpu" and self.gpus != 1:
+            problems.append("gpus: applies to GPU slots only")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class ModelSlotStatus(ApiModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from hybrid_compute.api.common import (
     AGE_COLUMN,
@@ -76,6 +76,12 @@ class Fallback(ApiModel):
     """The alias that falls back, for example local/fast."""
     to: list[Alias] = Field(min_length=1, max_length=8)
     """Aliases tried in order, for example [cloud/fast]."""
+
+    @model_validator(mode="after")
+    def _not_itself(self) -> Fallback:
+        if self.alias in self.to:
+            raise ValueError("to: a fallback cannot point to its own alias")
+        return self
 
 
 class Routes(ApiModel):
@@ -193,6 +199,18 @@ class RoutePolicySpec(ApiModel):
     litellm: LiteLLMTarget = Field(default_factory=LiteLLMTarget,
                                    json_schema_extra={"default": {}})
     """The LiteLLM ConfigMap and Deployment."""
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> RoutePolicySpec:
+        problems = []
+        if any(m.alias == self.routing.auto_model for m in self.cloud_models):
+            problems.append("cloudModels: a cloud model cannot use the meta-model alias")
+        aliases = [f.alias for f in self.fallbacks]
+        if len(aliases) != len(set(aliases)):
+            problems.append("fallbacks: each alias may have only one fallbacks entry")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class AliasState(ApiModel):
