@@ -90,7 +90,11 @@ class SlotDecision:
     gpu: str | None = None
     node: str | None = None
     vram: int | None = None
-    template: dict[str, Any] | None = None
+    template_vram: int | None = None
+    """VRAM written into the pod template; None for a slot with no children."""
+    pinned_node: str | None = None
+    """Where an idle Deployment already points, kept so scaling to 0 and back does
+    not roll a new ReplicaSet."""
     status_updates: dict[str, Any] = field(default_factory=dict)
     condition_updates: list[ConditionUpdate] = field(default_factory=list)
 
@@ -144,11 +148,18 @@ class SlotDecision:
         return status.model_dump(by_alias=True, mode="json", exclude_none=True)
 
     @cached_property
+    def template(self) -> dict[str, Any] | None:
+        if self.slot.spec is None or self.template_vram is None:
+            return None
+        return _template(self.slot, self.slot.spec, self.template_vram, self.settings)
+
+    @cached_property
     def deployment(self) -> dict[str, Any] | None:
         if self.template is None:
             return None
+        node = self.node if self.gpu else self.pinned_node
         return children.deployment(self.namespace, self.name, self.slot.uid, self.template,
-                                   self.replicas, self.node if self.gpu else None)
+                                   self.replicas, node)
 
     @cached_property
     def service(self) -> dict[str, Any] | None:
@@ -244,6 +255,8 @@ class _Verdicts:
 
     unschedulable: dict[tuple[str, str], str]
     unknown_vram: set[tuple[str, str]]
+    requests: dict[tuple[str, str], datetime.datetime | None]
+    """The newest request per GPU slot."""
     waiting: dict[tuple[str, str], str] = field(default_factory=dict)
     standby: dict[tuple[str, str], str] = field(default_factory=dict)
     evictions: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -293,7 +306,8 @@ def _current_gpus(slot: SlotInfo, spec: ModelSlotSpec, nodes_of_pods: set[str],
     return []
 
 
-def _choose_gpus(candidate: _Candidate, gpus: dict[str, Gpu]) -> list[str] | None:
+def _choose_gpus(candidate: _Candidate, gpus: dict[str, Gpu],
+                 by_node: list[list[Gpu]]) -> list[str] | None:
     """GPUs with room for the candidate, preferring where it already is."""
     per_device = candidate.vram // candidate.spec.gpus
 
@@ -305,16 +319,18 @@ def _choose_gpus(candidate: _Candidate, gpus: dict[str, Gpu]) -> list[str] | Non
     current = candidate.current_gpus
     if current and all(fits(gpus[g]) for g in current) and len(current) == candidate.spec.gpus:
         return current
-    by_node: dict[str, list[Gpu]] = defaultdict(list)
-    for gpu in gpus.values():
-        if gpu.node.ready:
-            by_node[gpu.node.name].append(gpu)
-    for _node, devices in sorted(by_node.items()):
-        if candidate.spec.gpus > 1 and devices[0].node.time_sliced:
+    wanted = candidate.spec.gpus
+    for devices in by_node:
+        if wanted == 1:
+            for gpu in devices:
+                if gpu.free_for_plan >= per_device and not (gpu.exclusive and gpu.residents):
+                    return [gpu.id]
+            continue
+        if devices[0].node.time_sliced:
             continue
         free = [g.id for g in devices if fits(g)]
-        if len(free) >= candidate.spec.gpus:
-            return free[: candidate.spec.gpus]
+        if len(free) >= wanted:
+            return free[:wanted]
     return None
 
 
@@ -362,6 +378,7 @@ def plan(view: View, now: datetime.datetime) -> Plan:
 
     # Who wants a GPU, in what order.
     candidates: list[_Candidate] = []
+    requests: dict[tuple[str, str], datetime.datetime | None] = {}
     unschedulable: dict[tuple[str, str], str] = {}
     unknown_vram: set[tuple[str, str]] = set()
     for slot in view.slots:
@@ -385,37 +402,43 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         if pinned and pinned_until:
             wakeups.append(pinned_until)
         requested = last_request(slot, view)
+        requests[slot.key] = requested
         demanded = False
         if spec.activation == "OnDemand" and requested is not None and spec.idle_timeout:
             idle_until = requested + parse_duration(spec.idle_timeout)
             demanded = now < idle_until
             if demanded:
                 wakeups.append(idle_until)
+        if pinned:
+            tier, why = 0, "minimum residency"
+        elif spec.activation == "Always" and not spec.default:
+            tier, why = 1, "always resident"
+        elif demanded:
+            tier, why = 1, "requested"
+        elif spec.default:
+            tier, why = 2, "default slot"
+        else:
+            continue
         current = _current_gpus(slot, spec, {p.node for p in pods if p.node}, gpus)
         resident_now = bool(pods) or slot.key in held_gpus
-        tie = (0 if resident_now else 1, requested or now, slot.namespace, slot.name)
-        if pinned:
-            candidates.append(_Candidate(slot, spec, vram, (0, -spec.priority, *tie),
-                                         "minimum residency", current))
-        elif spec.activation == "Always" and not spec.default:
-            candidates.append(_Candidate(slot, spec, vram, (1, -spec.priority, *tie),
-                                         "always resident", current))
-        elif demanded:
-            candidates.append(_Candidate(slot, spec, vram, (1, -spec.priority, *tie),
-                                         "requested", current))
-        elif spec.default:
-            candidates.append(_Candidate(slot, spec, vram, (2, -spec.priority, *tie),
-                                         "default slot", current))
+        rank = (tier, -spec.priority, 0 if resident_now else 1, requested or now,
+                slot.namespace, slot.name)
+        candidates.append(_Candidate(slot, spec, vram, rank, why, current))
 
     placement: dict[tuple[str, str], list[str]] = {}
-    verdicts = _Verdicts(unschedulable, unknown_vram)
+    verdicts = _Verdicts(unschedulable, unknown_vram, requests)
     waiting, standby = verdicts.waiting, verdicts.standby
+    ready_nodes: dict[str, list[Gpu]] = defaultdict(list)
+    for gpu in gpus.values():
+        if gpu.node.ready:
+            ready_nodes[gpu.node.name].append(gpu)
+    by_node = [devices for _name, devices in sorted(ready_nodes.items())]
     for candidate in sorted(candidates, key=lambda c: c.rank):
-        chosen = _choose_gpus(candidate, gpus)
+        chosen = _choose_gpus(candidate, gpus, by_node)
         if chosen is None:
             blockers = sorted({r for g in (candidate.current_gpus or list(gpus))
                                for r in gpus[g].residents})
-            if not any(g.node.ready for g in gpus.values()):
+            if not by_node:
                 blockers = ["no GPU node is Ready"]
             if candidate.spec.default and candidate.rank[0] != 0:
                 standby[candidate.slot.key] = (
@@ -434,7 +457,7 @@ def plan(view: View, now: datetime.datetime) -> Plan:
     newcomers: dict[str, list[str]] = defaultdict(list)
     for key, placed in placement.items():
         if held_gpus.get(key) != placed:
-            alias = next(s.spec.alias for s in view.slots if s.key == key and s.spec)
+            alias = slots_by_key[key].spec.alias  # type: ignore[union-attr]
             for gpu_id in placed:
                 newcomers[gpu_id].append(alias)
     for slot in view.slots:
@@ -478,8 +501,11 @@ def _decide_slot(
     previous = slot.status
     events: list[EventIntent] = []
 
+    pinned_node = deployment.node if deployment else None
+
     def decide(phase: Phase, reason: str, replicas: int, **kwargs: Any) -> SlotDecision:
-        return SlotDecision(slot, view.settings, now, phase, reason, replicas, **kwargs)
+        return SlotDecision(slot, view.settings, now, phase, reason, replicas,
+                            pinned_node=pinned_node, **kwargs)
 
     if spec is None:
         message = slot.invalid_reason or "the spec is invalid"
@@ -488,11 +514,14 @@ def _decide_slot(
             ("Ready", False, "InvalidSpec", message)]), events
 
     accepted: ConditionUpdate = ("Accepted", True, "Valid", "the spec is valid")
-    updates: dict[str, Any] = {"last_request_time": last_request(slot, view)}
-    vram = slot_vram(spec)
     key = slot.key
-    template = _template(slot, spec, vram or 0, view.settings)
-    current_hash = children.template_hash(template)
+    requested = verdicts.requests[key] if key in verdicts.requests else last_request(slot, view)
+    updates: dict[str, Any] = {"last_request_time": requested}
+    vram = slot_vram(spec)
+    template = vram or 0
+    current_hash = ""
+    if pods or deployment is not None:
+        current_hash = children.template_hash(_template(slot, spec, template, view.settings))
     live = [p for p in pods if not p.terminating]
     stale = [p for p in live if p.template_hash != current_hash]
     current = [p for p in live if p.template_hash == current_hash]
@@ -506,12 +535,12 @@ def _decide_slot(
         if phase == "Ready" and previous.phase != "Ready":
             updates["ready_since"] = now
         fits: ConditionUpdate = ("Fits", True, "CpuSlot", "runs on CPU; no GPU memory needed")
-        return decide(phase, reason, replicas, template=template, status_updates=updates,
+        return decide(phase, reason, replicas, template_vram=template, status_updates=updates,
                       condition_updates=[accepted, fits, *_readiness(phase, reason)]), events
 
     if key in verdicts.unknown_vram:
         message = "spec.model.vram is not set, so the GPU cannot be planned"
-        return decide("Pending", message, 0, template=template, status_updates=updates,
+        return decide("Pending", message, 0, template_vram=template, status_updates=updates,
                       condition_updates=[accepted, ("Fits", None, "VramUnknown", message),
                                          ("Ready", False, "VramUnknown", message)]), events
     assert vram is not None
@@ -520,7 +549,7 @@ def _decide_slot(
         if previous.phase != "Unschedulable":
             events.append(EventIntent(slot.namespace, slot.name, "Warning", "Unschedulable",
                                       f"{spec.alias} {message}"))
-        return decide("Unloading" if pods else "Unschedulable", message, 0, template=template,
+        return decide("Unloading" if pods else "Unschedulable", message, 0, template_vram=template,
                       status_updates=updates, condition_updates=[
                           accepted, ("Fits", False, "TooLarge", message),
                           ("Resident", False, "Unschedulable", message),
@@ -548,8 +577,13 @@ def _decide_slot(
                 "idle: loads on the next request" if spec.activation == "OnDemand"
                 else "standby")
             swapping = ("Swapping", False, "Idle", reason)
-        node = gpus[held_gpus[key][0]].node.name if held_gpus.get(key) else None
-        return decide(phase, reason, 0, node=node, template=template, status_updates=updates,
+        # While its pods exist the slot keeps its GPU on record: the next plan
+        # counts their VRAM there, not on whichever device comes first.
+        still_held = held_gpus.get(key) if pods else None
+        node = gpus[still_held[0]].node.name if still_held else None
+        return decide(phase, reason, 0, node=node,
+                      gpu=",".join(still_held) if still_held else None,
+                      template_vram=template, status_updates=updates,
                       condition_updates=[accepted, fits, swapping,
                                          ("Resident", False, phase, reason),
                                          ("Ready", False, phase, reason)]), events
@@ -616,7 +650,7 @@ def _decide_slot(
                     ("Resident", True, "Placed", f"placed on {gpu_label}"),
                     ("Ready", True, "Serving", f"serving {children.served_name(spec)}")]
     return decide(phase, reason, replicas, gpu=gpu_label, node=node_name, vram=vram,
-                  template=template, status_updates=updates,
+                  template_vram=template, status_updates=updates,
                   condition_updates=[accepted, fits, *progress]), events
 
 

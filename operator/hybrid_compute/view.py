@@ -107,10 +107,14 @@ class SlotInfo:
     invalid_reason: str | None = None
     requested_at: datetime.datetime | None = None
     """The hybridcompute.io/requested-at annotation: a demand made by hand."""
+    _key: tuple[str, str] = field(init=False, repr=False, compare=False)
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
+        return self._key
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", (self.namespace, self.name))
 
 
 @dataclass(frozen=True)

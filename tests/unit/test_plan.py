@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from dataclasses import replace
 
 from hybrid_compute.plan import plan
 from hybrid_compute.view import View
@@ -98,9 +99,8 @@ def test_model_change_unloads_before_loading_the_new_model() -> None:
     world.run_until(lambda: world.phase("fast") == "Ready")
     old = next(p for p in world.pods if p.info.slot == "fast").info.template_hash
     changed = {**SEED_SLOTS["fast"], "model": {"path": "fast-v2.gguf", "vram": "8Gi"}}
-    world.slots = [slot("fast", changed) if s.name == "fast" else s for s in world.slots]
-    world.slots = [s if s.name != "fast" else s.__class__(**{**s.__dict__, "generation": 2})
-                   for s in world.slots]
+    world.slots = [replace(s, spec=slot("fast", changed).spec, generation=2)
+                   if s.name == "fast" else s for s in world.slots]
     world.run_until(lambda: world.phase("fast") == "Ready"
                     and all(p.info.template_hash != old for p in world.pods
                             if p.info.slot == "fast"))
@@ -115,3 +115,24 @@ def test_invalid_slot_fails_without_touching_others() -> None:
     assert result.slot("lab", "broken").phase == "Failed"
     assert result.slot("lab", "broken").deployment is None
     assert result.slot("lab", "fast").replicas == 1
+
+
+def test_unloading_slot_keeps_its_device_on_record_on_a_whole_gpu_node() -> None:
+    """Regression: a slot unloading from the second device of a two-GPU node was
+    counted on the first, and the default slot started beside it."""
+    from tests.simworld import dual_node
+    specs = {
+        "default": {"alias": "local/default", "model": {"path": "d.gguf", "vram": "7Gi"},
+                    "default": True},
+        "s0": {"alias": "local/s0", "model": {"path": "s0.gguf", "vram": "18Gi"}},
+        "s1": {"alias": "local/s1", "model": {"path": "s1.gguf", "vram": "18Gi"}},
+        "s2": {"alias": "local/s2", "model": {"path": "s2.gguf", "vram": "22Gi"},
+               "activation": "OnDemand", "idleTimeout": "5s"},
+    }
+    world = World([slot(n, s) for n, s in specs.items()], nodes=[dreamteam(), dual_node()],
+                  load_steps=0, terminate_steps=2)
+    world.demand("local/s2")
+    for _ in range(60):
+        world.step()
+        world.check_budget()
+    assert world.phase("s2") == "Standby"
