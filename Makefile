@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install toolchain dev dev-down run crds crds-check lint fmt unit test clean
+.PHONY: help install toolchain dev dev-down run crds crds-check lint fmt unit test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -45,7 +45,7 @@ crds-check: install ## fail when crds/ differs from what the models generate
 	$(BIN)/hybrid-compute crds --check
 
 lint: install ## ruff and mypy
-	$(BIN)/ruff check operator tests
+	$(BIN)/ruff check operator tests bench
 	$(BIN)/mypy
 
 fmt: install ## apply ruff's fixes
@@ -57,6 +57,10 @@ unit: install ## tests that need no cluster
 test: toolchain lint crds-check ## everything: lint, CRD check, unit and cluster tests
 	@start=$$(date +%s); $(BIN)/pytest; status=$$?; \
 	  echo "tests took $$(( $$(date +%s) - start ))s"; exit $$status
+
+bench: toolchain ## benchmarks: plan speed, swap overhead on the local cluster
+	$(BIN)/python bench/plan_speed.py
+	$(BIN)/python bench/swap_overhead.py
 
 clean: ## remove the virtual environment (the binary cache stays)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,160 @@
+"""Control-plane overhead of a swap on the local cluster (kwok delays at zero).
+
+Twenty times: ask for ``local/quality`` while ``local/fast`` holds the GPU, and
+measure, from watch events received here,
+  * demand -> incoming pod created (the outgoing pod must be gone first), and
+  * incoming pod Ready -> slot Ready (what the router waits for).
+Between rounds ``quality`` idles out (1 s) and ``fast`` comes back.
+Targets: p50 <= 0.5 s and p99 <= 2 s for each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import threading
+import time
+import urllib.request
+from typing import Any
+
+from kubernetes import client, watch
+
+from hybrid_compute import kube
+from hybrid_compute.dev.bootstrap import bootstrap_manifests
+from hybrid_compute.dev.cluster import DevCluster
+
+ROUNDS = 20
+TARGET_P50 = 0.5
+TARGET_P99 = 2.0
+NAMESPACE = "bench"
+
+
+def slots() -> list[dict[str, Any]]:
+    def slot(name: str, alias: str, vram: str, **spec: Any) -> dict[str, Any]:
+        return {"apiVersion": "hybridcompute.io/v1alpha1", "kind": "ModelSlot",
+                "metadata": {"name": name, "namespace": NAMESPACE},
+                "spec": {"alias": alias, "model": {"path": f"{name}.gguf", "vram": vram},
+                         "minResidency": "0s", **spec}}
+    return [slot("fast", "local/fast", "7Gi", default=True),
+            slot("quality", "local/quality", "20Gi", activation="OnDemand",
+                 idleTimeout="1s", priority=200)]
+
+
+class Recorder:
+    """Receipt times of pod and slot watch events."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.pod_created: dict[str, float] = {}
+        self.pod_ready: dict[str, float] = {}
+        self.slot_ready: list[tuple[str, float]] = []
+        self.lock = threading.Lock()
+        for target in (self._pods, self._slots):
+            threading.Thread(target=self._quietly, args=(target,), daemon=True).start()
+
+    @staticmethod
+    def _quietly(target: Any) -> None:
+        """The watches end with an error when the cluster goes down at the end."""
+        with contextlib.suppress(Exception):
+            target()
+
+    def _pods(self) -> None:
+        for event in watch.Watch().stream(self.core.list_namespaced_pod, NAMESPACE):
+            now = time.monotonic()
+            pod = event["object"]
+            name = pod.metadata.name
+            ready = any(c.type == "Ready" and c.status == "True"
+                        for c in pod.status.conditions or [])
+            with self.lock:
+                self.pod_created.setdefault(name, now)
+                if ready:
+                    self.pod_ready.setdefault(name, now)
+
+    def _slots(self) -> None:
+        previous: dict[str, str | None] = {}
+        for event in watch.Watch().stream(self.custom.list_namespaced_custom_object,
+                                          "hybridcompute.io", "v1alpha1", NAMESPACE,
+                                          "modelslots"):
+            now = time.monotonic()
+            body = event["object"]
+            name = body["metadata"]["name"]
+            phase = (body.get("status") or {}).get("phase")
+            with self.lock:
+                if phase == "Ready" and previous.get(name) != "Ready":
+                    self.slot_ready.append((name, now))
+                previous[name] = phase
+
+
+def phase(custom: client.CustomObjectsApi, name: str) -> str | None:
+    body = custom.get_namespaced_custom_object("hybridcompute.io", "v1alpha1", NAMESPACE,
+                                               "modelslots", name)
+    return (body.get("status") or {}).get("phase")
+
+
+def wait(predicate: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise TimeoutError("the cluster did not settle")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    cluster = DevCluster("bench")
+    cluster.up(manifests=bootstrap_manifests(None, samples=False), log=True)
+    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+    cluster.stop_operator()
+    cluster.start_operator(extra_args=["--min-residency=0s"])
+    state = cluster.state()
+    assert state is not None
+    api = kube.load_client(str(cluster.kubeconfig))
+    custom = client.CustomObjectsApi(api)
+    recorder = Recorder(api)
+    cluster.apply(slots())
+    token = cluster.api_token_file.read_text().strip()
+    demand_url = f"http://127.0.0.1:{state.ports['operator-api']}/v1/demand"
+
+    to_created: list[float] = []
+    to_routed: list[float] = []
+    try:
+        for _ in range(ROUNDS):
+            wait(lambda: phase(custom, "fast") == "Ready"
+                 and phase(custom, "quality") == "Standby")
+            with recorder.lock:
+                known = set(recorder.pod_created)
+                ready_count = len(recorder.slot_ready)
+            request = urllib.request.Request(
+                demand_url, data=json.dumps({"alias": "local/quality"}).encode(),
+                headers={"Authorization": f"Bearer {token}"}, method="POST")
+            asked = time.monotonic()
+            urllib.request.urlopen(request, timeout=5).close()
+            wait(lambda seen=ready_count: any(  # type: ignore[misc]
+                n == "quality" for n, _ in recorder.slot_ready[seen:]))
+            with recorder.lock:
+                pod = next(n for n in recorder.pod_created
+                           if n.startswith("quality-") and n not in known)
+                created = recorder.pod_created[pod]
+                pod_ready = recorder.pod_ready[pod]
+                slot_ready = next(t for n, t in recorder.slot_ready[ready_count:]
+                                  if n == "quality")
+            to_created.append(created - asked)
+            to_routed.append(slot_ready - pod_ready)
+    finally:
+        cluster.down(quiet=True)
+    for label, values in (("demand -> incoming pod created", to_created),
+                          ("pod Ready -> slot Ready", to_routed)):
+        p50, p99 = statistics.median(values), percentile(values, 0.99)
+        print(f"{label}: p50 {p50:.3f} s, p99 {p99:.3f} s over {len(values)} swaps; "
+              f"p50/target = {p50 / TARGET_P50:.2f}, p99/target = {p99 / TARGET_P99:.2f}")
+
+
+if __name__ == "__main__":
+    main()
