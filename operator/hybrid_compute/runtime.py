@@ -9,6 +9,7 @@ import datetime
 import logging
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from hybrid_compute import clock
 from hybrid_compute.act import act
@@ -70,6 +71,14 @@ class Runtime:
                 wakeup = await self.reconcile_once()
             except asyncio.CancelledError:
                 raise
+            except ApiException as error:
+                if error.status == 404:
+                    logger.warning("the ModelSlot CRD is not installed; install crds/ "
+                                   "(kubectl apply -f crds/) and the operator picks it up")
+                else:
+                    logger.warning("reconcile failed: API %s %s; retrying in %.0fs",
+                                   error.status, error.reason, RETRY_SECONDS)
+                wakeup = clock.now() + datetime.timedelta(seconds=RETRY_SECONDS)
             except Exception:
                 logger.exception("reconcile failed; retrying in %.0fs", RETRY_SECONDS)
                 wakeup = clock.now() + datetime.timedelta(seconds=RETRY_SECONDS)
