@@ -122,7 +122,7 @@ class World:
                 sim.info = replace(sim.info, ready=True, phase="Running",
                                    ready_since=self.now)
         for key, deployment in self.deployments.items():
-            mine = [p for p in self.pods if (p.info.namespace, p.info.slot) == key]
+            mine = [p for p in self.pods if (p.info.namespace, p.info.owner) == key]
             stale = [p for p in mine if p.info.template_hash != deployment.template_hash
                      and not p.info.terminating]
             live = [p for p in mine if not p.info.terminating

@@ -27,7 +27,7 @@ REPORTING_COMPONENT = "hybrid-compute"
 
 def _deployment_matches(decision: SlotDecision, view: View) -> bool:
     observed = next((d for d in view.deployments
-                     if (d.namespace, d.slot) == (decision.namespace, decision.name)), None)
+                     if (d.namespace, d.owner) == (decision.namespace, decision.name)), None)
     desired = decision.deployment
     if observed is None or desired is None:
         return False

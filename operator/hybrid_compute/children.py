@@ -7,7 +7,8 @@ import json
 import posixpath
 from typing import Any
 
-from hybrid_compute.api.common import API_VERSION
+from hybrid_compute.api.common import API_VERSION, parse_bytes, parse_duration
+from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.view import (
     GPUS_ANNOTATION,
@@ -16,6 +17,7 @@ from hybrid_compute.view import (
     SLOT_LABEL,
     TEMPLATE_HASH_ANNOTATION,
     VRAM_ANNOTATION,
+    WORKLOAD_LABEL,
     PlanSettings,
 )
 
@@ -86,8 +88,8 @@ def labels(slot_name: str) -> dict[str, str]:
     }
 
 
-def owner_reference(slot_name: str, uid: str) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "ModelSlot", "name": slot_name, "uid": uid,
+def owner_reference(name: str, uid: str, kind: str = "ModelSlot") -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": kind, "name": name, "uid": uid,
             "controller": True, "blockOwnerDeletion": True}
 
 
@@ -138,6 +140,10 @@ def pod_template(slot_name: str, spec: ModelSlotSpec, vram_bytes: int,
         },
         "spec": pod_spec,
     }
+    return _stamp_hash(template)
+
+
+def _stamp_hash(template: dict[str, Any]) -> dict[str, Any]:
     digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
     template["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] = digest
     return template
@@ -147,14 +153,22 @@ def template_hash(template: dict[str, Any]) -> str:
     return str(template["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION])
 
 
+def _placed(template: dict[str, Any], node: str | None) -> dict[str, Any]:
+    """A copy of the template pinned to ``node`` (and tolerating GPU taints)."""
+    placed: dict[str, Any] = json.loads(json.dumps(template))
+    if node is not None:
+        placed["spec"]["nodeSelector"] = {**placed["spec"].get("nodeSelector", {}),
+                                          "kubernetes.io/hostname": node}
+        placed["spec"]["tolerations"] = [*placed["spec"].get("tolerations", []),
+                                         {"key": GPU_RESOURCE, "operator": "Exists",
+                                          "effect": "NoSchedule"}]
+    return placed
+
+
 def deployment(namespace: str, slot_name: str, uid: str, template: dict[str, Any],
                replicas: int, node: str | None) -> dict[str, Any]:
     """The slot's Deployment. ``Recreate`` keeps a model change break-before-make."""
-    placed = json.loads(json.dumps(template))
-    if node is not None:
-        placed["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
-        placed["spec"]["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists",
-                                          "effect": "NoSchedule"}]
+    placed = _placed(template, node)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -189,3 +203,62 @@ def service(namespace: str, slot_name: str, uid: str, port: int) -> dict[str, An
 
 def endpoint(namespace: str, slot_name: str, port: int) -> str:
     return f"http://{child_name(slot_name)}.{namespace}.svc:{port}/v1"
+
+
+# ------------------------------------------------------------------ workloads
+
+
+def workload_labels(name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "gpu-workload",
+        MANAGED_BY_LABEL: MANAGED_BY,
+        WORKLOAD_LABEL: name,
+    }
+
+
+def workload_template(name: str, spec: GpuWorkloadSpec) -> dict[str, Any]:
+    """The user's pod template with the GPU share, the VRAM record and our labels."""
+    template: dict[str, Any] = spec.template.model_dump(by_alias=True, exclude_none=True)
+    metadata = template.setdefault("metadata", {})
+    metadata["labels"] = {**(metadata.get("labels") or {}), **workload_labels(name)}
+    uses_gpu = spec.workload_class != "Embedding"
+    metadata["annotations"] = {
+        **(metadata.get("annotations") or {}),
+        VRAM_ANNOTATION: str(parse_bytes(spec.vram) if uses_gpu else 0),
+        GPUS_ANNOTATION: "1" if uses_gpu else "0",
+    }
+    pod_spec = template["spec"]
+    if spec.kind == "Job":
+        pod_spec.setdefault("restartPolicy", "Never")
+    if uses_gpu:
+        first = pod_spec["containers"][0]
+        resources = first.setdefault("resources", {})
+        resources["limits"] = {**(resources.get("limits") or {}), GPU_RESOURCE: "1"}
+    return _stamp_hash(template)
+
+
+def workload_child(namespace: str, name: str, uid: str, spec: GpuWorkloadSpec,
+                   template: dict[str, Any], active: bool, node: str | None
+                   ) -> dict[str, Any]:
+    """The workload's Job (suspended until admitted) or Deployment (0 replicas until
+    admitted), as Kueue does."""
+    metadata = {"name": name, "namespace": namespace, "labels": workload_labels(name),
+                "ownerReferences": [owner_reference(name, uid, "GpuWorkload")]}
+    placed = _placed(template, node)
+    if spec.kind == "Job":
+        job_spec: dict[str, Any] = {"suspend": not active, "template": placed}
+        if spec.backoff_limit is not None:
+            job_spec["backoffLimit"] = spec.backoff_limit
+        if spec.max_duration:
+            job_spec["activeDeadlineSeconds"] = max(
+                1, int(parse_duration(spec.max_duration).total_seconds()))
+        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
+                "spec": job_spec}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
+        "spec": {"replicas": (spec.replicas or 1) if active else 0,
+                 "strategy": {"type": "Recreate"},
+                 "selector": {"matchLabels": {WORKLOAD_LABEL: name}},
+                 "template": placed},
+    }

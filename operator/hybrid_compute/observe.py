@@ -88,7 +88,7 @@ def pod_from_object(body: Mapping[str, Any]) -> PodInfo | None:
     return PodInfo(
         name=metadata["name"],
         namespace=metadata.get("namespace", "default"),
-        slot=slot,
+        owner=slot,
         node=(body.get("spec") or {}).get("nodeName"),
         vram_bytes=int(annotations.get(VRAM_ANNOTATION, 0) or 0),
         gpus=int(annotations.get(GPUS_ANNOTATION, 0) or 0),
@@ -112,7 +112,7 @@ def deployment_from_object(body: Mapping[str, Any]) -> DeploymentInfo | None:
     node_selector = (template.get("spec") or {}).get("nodeSelector") or {}
     return DeploymentInfo(
         namespace=metadata.get("namespace", "default"),
-        slot=slot,
+        owner=slot,
         replicas=int(spec.get("replicas", 1)),
         template_hash=annotations.get(TEMPLATE_HASH_ANNOTATION, ""),
         vram_bytes=int(annotations.get(VRAM_ANNOTATION, 0) or 0),

@@ -1,18 +1,20 @@
-"""The pure decision: which slots hold which GPU, and what every object should say.
+"""The pure decision: which consumers hold which GPU, and what every object says.
 
 ``plan(view, now)`` reads a :class:`~hybrid_compute.view.View` and returns a
 :class:`Plan`; it does no I/O, so the same view and clock always give the same
-plan. The rules are the seed's swap strategy:
+plan. The rules are the seed's swap strategy and GPU scheduling:
 
 * Always slots are resident when they fit; the default slot holds the GPU when no
   one else claims it; an OnDemand slot is wanted while requests keep coming
   (its last request is younger than ``idleTimeout``).
-* Wanted slots are placed by rank: slots pinned by their minimum residency first,
-  then Always and demanded OnDemand slots by priority, then the default slot.
-* Swaps are break-before-make. VRAM is counted from what exists: every pod of a
-  slot (Terminating ones too) and every Deployment still asking for replicas. An
-  incoming slot is scaled up only when that count plus its own VRAM fits the GPU,
-  so the budget holds at every instant, across operator restarts too.
+* Consumers are placed by rank: slots pinned by their minimum residency and
+  running non-preemptible workloads; then Always slots, requested slots and a
+  default slot in use; then GpuWorkloads by priority (:mod:`.admission`); then
+  the idle default slot. Two consumers above the mutex size never share a GPU.
+* Changes are break-before-make. VRAM is counted from what exists: every pod
+  (Terminating ones too) and every child still asking for pods. A consumer is
+  started only when that count plus its own VRAM fits the GPU, so the budget
+  holds at every instant, across operator restarts too.
 """
 
 from __future__ import annotations
@@ -23,13 +25,27 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from hybrid_compute import children
+from hybrid_compute import admission, children
+from hybrid_compute.admission import WorkloadDecision, WorkloadVerdicts
 from hybrid_compute.api.common import parse_bytes, parse_duration
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.conditions import set_condition
+from hybrid_compute.ledger import (
+    Candidate,
+    ConditionUpdate,
+    EventIntent,
+    Gpu,
+    GpuSummary,
+    build_gpus,
+    choose_gpus,
+    fit_problem,
+    record_holding,
+    reserve,
+    start,
+    start_blockers,
+)
 from hybrid_compute.view import (
     DeploymentInfo,
-    GpuNode,
     PlanSettings,
     PodInfo,
     SlotInfo,
@@ -39,41 +55,8 @@ from hybrid_compute.view import (
 
 Phase = Literal["Pending", "Standby", "Loading", "Ready", "Unloading", "Unschedulable",
                 "Failed"]
-EventType = Literal["Normal", "Warning"]
 
-
-@dataclass
-class Gpu:
-    """One device's VRAM ledger during a plan."""
-
-    id: str
-    node: GpuNode
-    capacity: int
-    exclusive: bool
-    held: int = 0
-    """Bytes held now by existing pods and Deployments asking for replicas."""
-    reserved: int = 0
-    """Bytes the plan assigns to wanted slots."""
-    holders: list[str] = field(default_factory=list)
-    residents: list[str] = field(default_factory=list)
-
-    @property
-    def free_for_plan(self) -> int:
-        return self.capacity - self.reserved
-
-
-@dataclass(frozen=True)
-class EventIntent:
-    """An Event the act layer posts on a slot."""
-
-    namespace: str
-    name: str
-    type: EventType
-    reason: str
-    message: str
-
-
-ConditionUpdate = tuple[str, "bool | None", str, str]
+__all__ = ["EventIntent", "GpuSummary", "Plan", "SlotDecision", "WorkloadDecision", "plan"]
 
 
 @dataclass
@@ -170,23 +153,18 @@ class SlotDecision:
 
 
 @dataclass(frozen=True)
-class GpuSummary:
-    id: str
-    capacity_bytes: int
-    planned_bytes: int
-    held_bytes: int
-    residents: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class Plan:
     slots: tuple[SlotDecision, ...]
     gpus: tuple[GpuSummary, ...]
     events: tuple[EventIntent, ...]
     next_wakeup: datetime.datetime | None
+    workloads: tuple[WorkloadDecision, ...] = ()
 
     def slot(self, namespace: str, name: str) -> SlotDecision:
         return next(s for s in self.slots if (s.namespace, s.name) == (namespace, name))
+
+    def workload(self, namespace: str, name: str) -> WorkloadDecision:
+        return next(w for w in self.workloads if (w.namespace, w.name) == (namespace, name))
 
     def by_alias(self, alias: str) -> list[SlotDecision]:
         return [s for s in self.slots if s.alias == alias]
@@ -216,39 +194,6 @@ def last_request(slot: SlotInfo, view: View) -> datetime.datetime | None:
     return max(known) if known else None
 
 
-def _build_gpus(view: View) -> dict[str, Gpu]:
-    gpus: dict[str, Gpu] = {}
-    for node in sorted(view.nodes, key=lambda n: n.name):
-        for gpu_id in node.gpu_ids():
-            capacity = (node.gpu_memory_bytes - view.settings.headroom_bytes
-                        - view.foreign_vram.get(gpu_id, 0))
-            gpus[gpu_id] = Gpu(gpu_id, node, max(capacity, 0), exclusive=not node.time_sliced)
-    return gpus
-
-
-def _fit_problem(spec: ModelSlotSpec, vram: int, gpus: dict[str, Gpu]) -> str | None:
-    """Why the slot can never fit any GPU (with the numbers), or None."""
-    if not gpus:
-        return "no node advertises nvidia.com/gpu"
-    per_device = vram // spec.gpus
-    best: Gpu | None = None
-    for gpu in gpus.values():
-        node = gpu.node
-        if spec.gpus > 1 and (node.time_sliced or node.gpu_count < spec.gpus):
-            continue
-        if per_device <= gpu.capacity:
-            return None
-        if best is None or gpu.capacity > best.capacity:
-            best = gpu
-    if best is None:
-        return (f"needs {spec.gpus} whole GPUs on one node; no node without time-slicing "
-                f"has {spec.gpus}")
-    if spec.gpus > 1:
-        return (f"needs {gib(per_device)} on each of {spec.gpus} GPUs, "
-                f"{best.id} offers {gib(best.capacity)}")
-    return f"needs {gib(vram)}, {best.id} offers {gib(best.capacity)}"
-
-
 @dataclass
 class _Verdicts:
     """Per-slot findings of the placement pass that the per-slot decisions read."""
@@ -260,9 +205,9 @@ class _Verdicts:
     waiting: dict[tuple[str, str], str] = field(default_factory=dict)
     standby: dict[tuple[str, str], str] = field(default_factory=dict)
     evictions: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    """GPU id -> aliases leaving it."""
+    """GPU id -> aliases and workloads leaving it."""
     taken_by: dict[tuple[str, str], str] = field(default_factory=dict)
-    """Evicted slot -> aliases taking its place."""
+    """Evicted slot -> who takes its place."""
 
 
 _TEMPLATES: dict[int, tuple[ModelSlotSpec, int, PlanSettings, str, dict[str, Any]]] = {}
@@ -283,16 +228,6 @@ def _template(slot: SlotInfo, spec: ModelSlotSpec, vram: int, settings: PlanSett
     return template
 
 
-@dataclass
-class _Candidate:
-    slot: SlotInfo
-    spec: ModelSlotSpec
-    vram: int
-    rank: tuple[Any, ...]
-    why: str
-    current_gpus: list[str]
-
-
 def _current_gpus(slot: SlotInfo, spec: ModelSlotSpec, nodes_of_pods: set[str],
                   gpus: dict[str, Gpu]) -> list[str]:
     """GPUs a slot's existing pods (or its last status) sit on."""
@@ -306,81 +241,73 @@ def _current_gpus(slot: SlotInfo, spec: ModelSlotSpec, nodes_of_pods: set[str],
     return []
 
 
-def _choose_gpus(candidate: _Candidate, gpus: dict[str, Gpu],
-                 by_node: list[list[Gpu]]) -> list[str] | None:
-    """GPUs with room for the candidate, preferring where it already is."""
-    per_device = candidate.vram // candidate.spec.gpus
-
-    def fits(gpu: Gpu) -> bool:
-        if gpu.exclusive and gpu.residents:
-            return False
-        return gpu.free_for_plan >= per_device
-
-    current = candidate.current_gpus
-    if current and all(fits(gpus[g]) for g in current) and len(current) == candidate.spec.gpus:
-        return current
-    wanted = candidate.spec.gpus
-    for devices in by_node:
-        if wanted == 1:
-            for gpu in devices:
-                if gpu.free_for_plan >= per_device and not (gpu.exclusive and gpu.residents):
-                    return [gpu.id]
-            continue
-        if devices[0].node.time_sliced:
-            continue
-        free = [g.id for g in devices if fits(g)]
-        if len(free) >= wanted:
-            return free[:wanted]
-    return None
-
-
 # --------------------------------------------------------------------- plan
 
 
+def _held_gpus(gpus: dict[str, Gpu], recorded: str, nodes: set[str], gpu_count: int
+               ) -> list[str]:
+    """Where something that exists holds memory: its recorded GPUs, else the GPUs of
+    the node its pods run on, else (not scheduled yet, no record) every GPU, so
+    nothing else starts beside it."""
+    placed = [g for g in recorded.split(",") if g in gpus
+              and (not nodes or gpus[g].node.name in nodes)]
+    if not placed and nodes:
+        placed = [g for g in gpus if gpus[g].node.name in nodes][:gpu_count]
+    return placed or list(gpus)
+
+
 def plan(view: View, now: datetime.datetime) -> Plan:
-    """Decides residency, swaps, children and statuses for every ModelSlot."""
-    gpus = _build_gpus(view)
-    pods_by_slot = defaultdict(list)
+    """Decides residency, swaps, admission, children and statuses."""
+    settings = view.settings
+    mutex = settings.mutex_bytes
+    gpus = build_gpus(view)
+    slot_pods: dict[tuple[str, str], list[PodInfo]] = defaultdict(list)
+    workload_pods: dict[tuple[str, str], list[PodInfo]] = defaultdict(list)
     for pod in view.pods:
-        pods_by_slot[(pod.namespace, pod.slot)].append(pod)
-    deployments = {(d.namespace, d.slot): d for d in view.deployments}
+        group = slot_pods if pod.kind == "ModelSlot" else workload_pods
+        group[(pod.namespace, pod.owner)].append(pod)
+    deployments = {(d.namespace, d.owner): d for d in view.deployments}
+    workload_children = {(c.namespace, c.owner): c for c in view.workload_children}
     wakeups: list[datetime.datetime] = []
 
-    # VRAM held right now, per GPU: pods that exist (Terminating too) and
-    # Deployments that still ask for replicas whose pods may not be visible yet.
-    # Pods of deleted slots count too: they hold VRAM until they are gone.
+    # What is held right now, per GPU. Pods of deleted objects count too.
     held_gpus: dict[tuple[str, str], list[str]] = {}
     slots_by_key = {slot.key: slot for slot in view.slots}
-    for key in sorted(set(slots_by_key) | set(pods_by_slot) | set(deployments)):
+    for key in sorted(set(slots_by_key) | set(slot_pods) | set(deployments)):
         slot_info = slots_by_key.get(key)
-        pods = pods_by_slot.get(key, [])
+        pods = slot_pods.get(key, [])
         deployment = deployments.get(key)
-        pod_bytes = sum(p.vram_bytes for p in pods)
         asked = deployment.replicas * deployment.vram_bytes if deployment else 0
-        held = max(pod_bytes, asked)
+        held = max(sum(p.vram_bytes for p in pods), asked)
         if held == 0:
             continue
         gpu_count = max([p.gpus for p in pods] + [1])
-        nodes = {p.node for p in pods if p.node}
-        recorded = (slot_info.status.gpu or "") if slot_info else ""
-        placed = [g for g in recorded.split(",") if g in gpus
-                  and (not nodes or gpus[g].node.name in nodes)]
-        if not placed and nodes:
-            placed = [g for g in gpus if gpus[g].node.name in nodes][:gpu_count]
-        if not placed:
-            # Asked for but not scheduled yet, with no record of where: count it
-            # everywhere it could land, so nothing else starts beside it.
-            placed = list(gpus)
+        placed = _held_gpus(gpus, (slot_info.status.gpu or "") if slot_info else "",
+                            {p.node for p in pods if p.node}, gpu_count)
         held_gpus[key] = placed
-        for gpu_id in placed:
-            gpus[gpu_id].held += held // gpu_count
-            gpus[gpu_id].holders.append(key[1])
+        record_holding(gpus, placed, held, gpu_count, key[1], mutex)
+    workloads_by_key = {w.key: w for w in view.workloads}
+    workload_held: dict[tuple[str, str], list[str]] = {}
+    for key in sorted(set(workloads_by_key) | set(workload_pods) | set(workload_children)):
+        workload = workloads_by_key.get(key)
+        pods = workload_pods.get(key, [])
+        child = workload_children.get(key)
+        asked = child.vram_bytes if child and child.active else 0
+        held = max(sum(p.vram_bytes for p in pods if p.gpus), asked)
+        if held == 0:
+            continue
+        nodes = {p.node for p in pods if p.node} or ({child.node} if child and child.node
+                                                     else set())
+        placed = _held_gpus(gpus, (workload.status.gpu or "") if workload else "", nodes, 1)
+        workload_held[key] = placed
+        record_holding(gpus, placed, held, 1, key[1], mutex)
 
     # Who wants a GPU, in what order.
-    candidates: list[_Candidate] = []
+    candidates: list[Candidate] = []
     requests: dict[tuple[str, str], datetime.datetime | None] = {}
     unschedulable: dict[tuple[str, str], str] = {}
     unknown_vram: set[tuple[str, str]] = set()
+    busy: list[str] = []
     for slot in view.slots:
         spec = slot.spec
         if spec is None or spec.device != "gpu":
@@ -389,11 +316,11 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         if vram is None:
             unknown_vram.add(slot.key)
             continue
-        problem = _fit_problem(spec, vram, gpus)
+        problem = fit_problem(spec.gpus, vram, gpus)
         if problem:
             unschedulable[slot.key] = problem
             continue
-        pods = pods_by_slot.get(slot.key, [])
+        pods = slot_pods.get(slot.key, [])
         ready_pod = any(p.ready and not p.terminating for p in pods)
         pinned_until = None
         if ready_pod and slot.status.ready_since:
@@ -403,87 +330,124 @@ def plan(view: View, now: datetime.datetime) -> Plan:
             wakeups.append(pinned_until)
         requested = last_request(slot, view)
         requests[slot.key] = requested
-        demanded = False
-        if spec.activation == "OnDemand" and requested is not None and spec.idle_timeout:
-            idle_until = requested + parse_duration(spec.idle_timeout)
-            demanded = now < idle_until
-            if demanded:
-                wakeups.append(idle_until)
+        in_use_until = None
+        if requested is not None and (spec.activation == "OnDemand" or spec.default):
+            idle = (parse_duration(spec.idle_timeout) if spec.idle_timeout
+                    else settings.default_slot_busy)
+            in_use_until = requested + idle
+        in_use = in_use_until is not None and now < in_use_until
+        if in_use and in_use_until:
+            wakeups.append(in_use_until)
+        if spec.activation == "OnDemand" and (in_use or pods):
+            busy.append(spec.alias)
         if pinned:
             tier, why = 0, "minimum residency"
         elif spec.activation == "Always" and not spec.default:
             tier, why = 1, "always resident"
-        elif demanded:
+        elif in_use:
             tier, why = 1, "requested"
         elif spec.default:
-            tier, why = 2, "default slot"
+            tier, why = 3, "default slot"
         else:
             continue
         current = _current_gpus(slot, spec, {p.node for p in pods if p.node}, gpus)
         resident_now = bool(pods) or slot.key in held_gpus
         rank = (tier, -spec.priority, 0 if resident_now else 1, requested or now,
                 slot.namespace, slot.name)
-        candidates.append(_Candidate(slot, spec, vram, rank, why, current))
+        candidates.append(Candidate(
+            "ModelSlot", slot.key, spec.alias, vram, spec.gpus, rank, why, current,
+            is_default=spec.default,
+            running=bool(current) and any(not p.terminating for p in pods)))
+    workload_verdicts = WorkloadVerdicts()
+    candidates += admission.candidates(view.workloads, workload_children, workload_held,
+                                       gpus, busy, now, workload_verdicts, wakeups,
+                                       fit_problem)
 
     placement: dict[tuple[str, str], list[str]] = {}
+    workload_placement: dict[tuple[str, str], list[str]] = {}
     verdicts = _Verdicts(unschedulable, unknown_vram, requests)
-    waiting, standby = verdicts.waiting, verdicts.standby
     ready_nodes: dict[str, list[Gpu]] = defaultdict(list)
     for gpu in gpus.values():
         if gpu.node.ready:
             ready_nodes[gpu.node.name].append(gpu)
     by_node = [devices for _name, devices in sorted(ready_nodes.items())]
     for candidate in sorted(candidates, key=lambda c: c.rank):
-        chosen = _choose_gpus(candidate, gpus, by_node)
+        chosen = choose_gpus(candidate, gpus, by_node, mutex)
+        is_slot = candidate.kind == "ModelSlot"
         if chosen is None:
-            blockers = sorted({r for g in (candidate.current_gpus or list(gpus))
-                               for r in gpus[g].residents})
+            where = candidate.current_gpus or list(gpus)
+            blockers = sorted({r for g in where for r in gpus[g].residents})
+            large = candidate.vram // candidate.gpus > mutex and any(
+                gpus[g].large_residents for g in where)
             if not by_node:
                 blockers = ["no GPU node is Ready"]
-            if candidate.spec.default and candidate.rank[0] != 0:
-                standby[candidate.slot.key] = (
-                    f"standby: the GPU is taken by {', '.join(blockers) or 'other consumers'}")
+            holders = ", ".join(blockers) or "other consumers"
+            if large:
+                lock_holders = sorted({r for g in where for r in gpus[g].large_residents})
+                message = (f"waiting for the GPU mutex: {', '.join(lock_holders)} already "
+                           f"uses more than {gib(mutex)}")
             else:
-                waiting[candidate.slot.key] = (
-                    f"waiting for room: {gib(candidate.vram)} needed, held by "
-                    f"{', '.join(blockers) or 'other consumers'}")
+                message = f"waiting for room: {gib(candidate.vram)} needed, held by {holders}"
+            if not is_slot:
+                workload_verdicts.queued[candidate.key] = message
+            elif candidate.is_default and candidate.rank[0] != 0:
+                verdicts.standby[candidate.key] = f"standby: the GPU is taken by {holders}"
+            else:
+                verdicts.waiting[candidate.key] = message
             continue
-        placement[candidate.slot.key] = chosen
-        for gpu_id in chosen:
-            gpus[gpu_id].reserved += candidate.vram // candidate.spec.gpus
-            gpus[gpu_id].residents.append(candidate.spec.alias)
+        (placement if is_slot else workload_placement)[candidate.key] = chosen
+        reserve(gpus, chosen, candidate, mutex)
 
     # Who gives way to whom, for reasons and Events.
     newcomers: dict[str, list[str]] = defaultdict(list)
-    for key, placed in placement.items():
-        if held_gpus.get(key) != placed:
-            alias = slots_by_key[key].spec.alias  # type: ignore[union-attr]
-            for gpu_id in placed:
-                newcomers[gpu_id].append(alias)
+    for candidate in candidates:
+        target = (placement if candidate.kind == "ModelSlot"
+                  else workload_placement).get(candidate.key)
+        already = (held_gpus if candidate.kind == "ModelSlot"
+                   else workload_held).get(candidate.key)
+        if target and already != target:
+            for gpu_id in target:
+                newcomers[gpu_id].append(candidate.label)
     for slot in view.slots:
         if slot.key in held_gpus and slot.key not in placement and slot.spec:
             for gpu_id in held_gpus[slot.key]:
                 verdicts.evictions[gpu_id].append(slot.spec.alias)
                 if newcomers.get(gpu_id):
                     verdicts.taken_by[slot.key] = ", ".join(sorted(newcomers[gpu_id]))
+    for key, held_on in workload_held.items():
+        if key not in workload_placement:
+            for gpu_id in held_on:
+                verdicts.evictions[gpu_id].append(key[1])
+                if newcomers.get(gpu_id):
+                    workload_verdicts.taken_by[key] = ", ".join(sorted(newcomers[gpu_id]))
 
     # Turn placement into replicas, respecting what is still held (break-before-make).
+    # Workloads are decided after slots: a slot starting now counts against them.
     decisions: list[SlotDecision] = []
     events: list[EventIntent] = []
     for slot in sorted(view.slots, key=lambda s: s.key):
         decision, new_events = _decide_slot(
-            slot, view, now, gpus, placement, held_gpus, pods_by_slot.get(slot.key, []),
+            slot, view, now, gpus, placement, held_gpus, slot_pods.get(slot.key, []),
             deployments.get(slot.key), verdicts)
         decisions.append(decision)
         events += new_events
         if decision.phase in ("Loading", "Unloading"):
             wakeups.append(now + datetime.timedelta(seconds=5))
+    workload_decisions: list[WorkloadDecision] = []
+    for workload in sorted(view.workloads, key=lambda w: w.key):
+        workload_decision, new_events = admission.decide(
+            workload, settings, now, gpus, workload_placement, workload_held,
+            workload_pods.get(workload.key, []), workload_children.get(workload.key),
+            workload_verdicts)
+        workload_decisions.append(workload_decision)
+        events += new_events
 
     summaries = tuple(
         GpuSummary(g.id, g.capacity, g.reserved, g.held, tuple(g.residents))
         for g in gpus.values())
-    wakeups.append(now + view.settings.idle_check_interval)
-    return Plan(tuple(decisions), summaries, tuple(events), min(wakeups))
+    wakeups.append(now + settings.idle_check_interval)
+    return Plan(tuple(decisions), summaries, tuple(events), min(wakeups),
+                tuple(workload_decisions))
 
 
 def _decide_slot(
@@ -607,8 +571,8 @@ def _decide_slot(
         # Break-before-make: start only when everything that exists still fits.
         per_device = vram // spec.gpus
         own_share = max(own_held, asked) // len(placed) if key in held_gpus else 0
-        blocked = [gpus[g] for g in placed
-                   if gpus[g].held - own_share + per_device > gpus[g].capacity]
+        blocked = start_blockers(gpus, placed, per_device, slot.name, own_share,
+                                 view.settings.mutex_bytes)
         if blocked or any(p.terminating for p in pods):
             replicas, phase = 0, "Loading"
             holders = sorted({h for g in blocked for h in g.holders if h != slot.name})
@@ -617,9 +581,7 @@ def _decide_slot(
                       f"({held_text} still held)")
         else:
             replicas, phase, reason = 1, "Loading", "loading the model"
-            for gpu_id in placed:
-                gpus[gpu_id].held += per_device
-                gpus[gpu_id].holders.append(slot.name)
+            start(gpus, placed, per_device, slot.name, view.settings.mutex_bytes)
 
     if phase == "Loading":
         if previous.loading_since is None:

@@ -10,6 +10,7 @@ import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 
 GIB = 1024**3
@@ -17,6 +18,7 @@ MIB = 1024**2
 
 # Labels and annotations the operator puts on what it creates.
 SLOT_LABEL = "hybridcompute.io/slot"
+WORKLOAD_LABEL = "hybridcompute.io/workload"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "hybrid-compute"
 VRAM_ANNOTATION = "hybridcompute.io/vram-bytes"
@@ -39,6 +41,11 @@ class PlanSettings:
     """Where the model volume is mounted in llama-server containers."""
     idle_check_interval: datetime.timedelta = datetime.timedelta(seconds=30)
     """Longest sleep between two plans when nothing else wakes the loop."""
+    mutex_bytes: int = 10 * GIB
+    """Consumers needing more VRAM than this never share a GPU (the seed's GPU mutex)."""
+    default_slot_busy: datetime.timedelta = datetime.timedelta(minutes=5)
+    """How long after its last request the default slot counts as in use, so GPU
+    workloads do not take the card from it; its idleTimeout overrides this."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,8 @@ class PodInfo:
 
     name: str
     namespace: str
-    slot: str
+    owner: str
+    """Name of the ModelSlot or GpuWorkload the pod belongs to."""
     node: str | None
     vram_bytes: int
     gpus: int
@@ -79,6 +87,8 @@ class PodInfo:
     terminating: bool
     phase: str = "Pending"
     ready_since: datetime.datetime | None = None
+    kind: str = "ModelSlot"
+    """ModelSlot or GpuWorkload."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,7 @@ class DeploymentInfo:
     """What a slot's Deployment currently asks for."""
 
     namespace: str
-    slot: str
+    owner: str
     replicas: int
     template_hash: str
     vram_bytes: int
@@ -118,6 +128,42 @@ class SlotInfo:
 
 
 @dataclass(frozen=True)
+class WorkloadInfo:
+    """A GpuWorkload as stored."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: GpuWorkloadSpec | None
+    status: GpuWorkloadStatus = field(default_factory=GpuWorkloadStatus)
+    invalid_reason: str | None = None
+    created: datetime.datetime | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class WorkloadChild:
+    """A GpuWorkload's Job or Deployment as it is now."""
+
+    namespace: str
+    owner: str
+    kind: str
+    template_hash: str
+    vram_bytes: int
+    active: bool
+    """The Job is not suspended (and not finished), or the Deployment has replicas."""
+    node: str | None = None
+    succeeded: bool = False
+    failed: bool = False
+    failure: str | None = None
+    """Reason and message of a failed Job."""
+
+
+@dataclass(frozen=True)
 class View:
     """Everything ``plan`` may look at."""
 
@@ -127,6 +173,8 @@ class View:
     deployments: tuple[DeploymentInfo, ...] = ()
     services: frozenset[tuple[str, str]] = frozenset()
     """(namespace, slot) of the Services that exist."""
+    workloads: tuple[WorkloadInfo, ...] = ()
+    workload_children: tuple[WorkloadChild, ...] = ()
     demands: Mapping[str, datetime.datetime] = field(default_factory=dict)
     """Last request time per alias, as signalled by the router."""
     foreign_vram: Mapping[str, int] = field(default_factory=dict)

@@ -33,7 +33,7 @@ def test_demand_swaps_quality_in_break_before_make_and_idles_back() -> None:
     world.step()
     assert world.phase("fast") == "Unloading"
     assert world.phase("quality") == "Loading"
-    assert not [p for p in world.pods if p.info.slot == "quality"], \
+    assert not [p for p in world.pods if p.info.owner == "quality"], \
         "quality's pod was created while fast still held the GPU"
     world.run_until(lambda: world.phase("quality") == "Ready")
     assert world.phase("fast") == "Standby"
@@ -97,14 +97,14 @@ def test_two_gpu_slot_needs_whole_devices() -> None:
 def test_model_change_unloads_before_loading_the_new_model() -> None:
     world = seed_world()
     world.run_until(lambda: world.phase("fast") == "Ready")
-    old = next(p for p in world.pods if p.info.slot == "fast").info.template_hash
+    old = next(p for p in world.pods if p.info.owner == "fast").info.template_hash
     changed = {**SEED_SLOTS["fast"], "model": {"path": "fast-v2.gguf", "vram": "8Gi"}}
     world.slots = [replace(s, spec=slot("fast", changed).spec, generation=2)
                    if s.name == "fast" else s for s in world.slots]
     world.run_until(lambda: world.phase("fast") == "Ready"
                     and all(p.info.template_hash != old for p in world.pods
-                            if p.info.slot == "fast"))
-    assert [p.info.vram_bytes for p in world.pods if p.info.slot == "fast"] == [8 * 1024**3]
+                            if p.info.owner == "fast"))
+    assert [p.info.vram_bytes for p in world.pods if p.info.owner == "fast"] == [8 * 1024**3]
 
 
 def test_invalid_slot_fails_without_touching_others() -> None:

@@ -1,0 +1,200 @@
+"""The GPU ledger a plan fills in: what each device holds now, what the plan
+reserves on it, and the rules for placing a consumer (a ModelSlot or a
+GpuWorkload) there — VRAM, whole devices, and the large-consumer mutex."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hybrid_compute.view import GpuNode, View, gib
+
+EventType = Literal["Normal", "Warning"]
+ConditionUpdate = tuple[str, "bool | None", str, str]
+
+
+@dataclass
+class Gpu:
+    """One device during a plan."""
+
+    id: str
+    node: GpuNode
+    capacity: int
+    exclusive: bool
+    held: int = 0
+    """Bytes held now by existing pods and children still asking for pods."""
+    reserved: int = 0
+    """Bytes the plan assigns to wanted consumers."""
+    holders: list[str] = field(default_factory=list)
+    residents: list[str] = field(default_factory=list)
+    large_holders: list[str] = field(default_factory=list)
+    """Holders above the mutex size."""
+    large_residents: list[str] = field(default_factory=list)
+    """Placed consumers above the mutex size."""
+
+    @property
+    def free_for_plan(self) -> int:
+        return self.capacity - self.reserved
+
+
+@dataclass(frozen=True)
+class EventIntent:
+    """An Event the act layer posts on a ModelSlot or GpuWorkload."""
+
+    namespace: str
+    name: str
+    type: EventType
+    reason: str
+    message: str
+    kind: str = "ModelSlot"
+
+
+@dataclass(frozen=True)
+class GpuSummary:
+    id: str
+    capacity_bytes: int
+    planned_bytes: int
+    held_bytes: int
+    residents: tuple[str, ...]
+
+
+@dataclass
+class Candidate:
+    """A consumer that wants GPU memory in this plan, and its place in the queue."""
+
+    kind: str
+    key: tuple[str, str]
+    label: str
+    """How reasons name it: the alias of a slot, the name of a workload."""
+    vram: int
+    gpus: int
+    rank: tuple[Any, ...]
+    why: str
+    current_gpus: list[str]
+    is_default: bool = False
+    running: bool = False
+    """Its pods exist on ``current_gpus``."""
+
+
+def build_gpus(view: View) -> dict[str, Gpu]:
+    gpus: dict[str, Gpu] = {}
+    for node in sorted(view.nodes, key=lambda n: n.name):
+        for gpu_id in node.gpu_ids():
+            capacity = (node.gpu_memory_bytes - view.settings.headroom_bytes
+                        - view.foreign_vram.get(gpu_id, 0))
+            gpus[gpu_id] = Gpu(gpu_id, node, max(capacity, 0), exclusive=not node.time_sliced)
+    return gpus
+
+
+def fit_problem(gpu_count: int, vram: int, gpus: dict[str, Gpu]) -> str | None:
+    """Why a consumer can never fit any GPU (with the numbers), or None."""
+    if not gpus:
+        return "no node advertises nvidia.com/gpu"
+    per_device = vram // gpu_count
+    best: Gpu | None = None
+    for gpu in gpus.values():
+        node = gpu.node
+        if gpu_count > 1 and (node.time_sliced or node.gpu_count < gpu_count):
+            continue
+        if per_device <= gpu.capacity:
+            return None
+        if best is None or gpu.capacity > best.capacity:
+            best = gpu
+    if best is None:
+        return (f"needs {gpu_count} whole GPUs on one node; no node without time-slicing "
+                f"has {gpu_count}")
+    if gpu_count > 1:
+        return (f"needs {gib(per_device)} on each of {gpu_count} GPUs, "
+                f"{best.id} offers {gib(best.capacity)}")
+    return f"needs {gib(vram)}, {best.id} offers {gib(best.capacity)}"
+
+
+def record_holding(gpus: dict[str, Gpu], placed: list[str], held: int, gpu_count: int,
+                   holder: str, mutex_bytes: int) -> None:
+    per_device = held // max(gpu_count, 1)
+    for gpu_id in placed:
+        gpu = gpus[gpu_id]
+        gpu.held += per_device
+        gpu.holders.append(holder)
+        if per_device > mutex_bytes:
+            gpu.large_holders.append(holder)
+
+
+def choose_gpus(candidate: Candidate, gpus: dict[str, Gpu], by_node: list[list[Gpu]],
+                mutex_bytes: int) -> list[str] | None:
+    """GPUs with room for the candidate, preferring where it already is."""
+    per_device = candidate.vram // candidate.gpus
+    large = per_device > mutex_bytes
+
+    def fits(gpu: Gpu) -> bool:
+        if gpu.exclusive and gpu.residents:
+            return False
+        if large and gpu.large_residents:
+            return False
+        return gpu.free_for_plan >= per_device
+
+    current = candidate.current_gpus
+    if current and len(current) == candidate.gpus and all(fits(gpus[g]) for g in current):
+        return current
+    if candidate.running:
+        # A running pod cannot change devices: it keeps its place or gives it up.
+        return None
+    if candidate.gpus == 1:
+        # Shared (time-sliced) devices before whole ones, which a small consumer
+        # would waste; among those, the emptiest, so fewer consumers give way.
+        best: Gpu | None = None
+        for devices in by_node:
+            for gpu in devices:
+                if fits(gpu) and (best is None or (gpu.exclusive, gpu.held)
+                                  < (best.exclusive, best.held)):
+                    best = gpu
+        return [best.id] if best else None
+    for devices in by_node:
+        if devices[0].node.time_sliced:
+            continue
+        free = [g.id for g in devices if fits(g)]
+        if len(free) >= candidate.gpus:
+            return free[: candidate.gpus]
+    return None
+
+
+def reserve(gpus: dict[str, Gpu], chosen: list[str], candidate: Candidate,
+            mutex_bytes: int) -> None:
+    per_device = candidate.vram // candidate.gpus
+    for gpu_id in chosen:
+        gpu = gpus[gpu_id]
+        gpu.reserved += per_device
+        gpu.residents.append(candidate.label)
+        if per_device > mutex_bytes:
+            gpu.large_residents.append(candidate.label)
+
+
+def start_blockers(gpus: dict[str, Gpu], placed: list[str], per_device: int, own_name: str,
+                   own_share: int, mutex_bytes: int) -> list[Gpu]:
+    """GPUs where starting now would break the budget or the mutex, counting
+    everything that exists (break-before-make)."""
+    blocked = []
+    for gpu_id in placed:
+        gpu = gpus[gpu_id]
+        over_budget = gpu.held - own_share + per_device > gpu.capacity
+        mutex_taken = per_device > mutex_bytes and any(
+            holder != own_name for holder in gpu.large_holders)
+        if over_budget or mutex_taken:
+            blocked.append(gpu)
+    return blocked
+
+
+def start(gpus: dict[str, Gpu], placed: list[str], per_device: int, name: str,
+          mutex_bytes: int) -> None:
+    """Counts a consumer that is being started as holding its memory already."""
+    for gpu_id in placed:
+        gpu = gpus[gpu_id]
+        gpu.held += per_device
+        gpu.holders.append(name)
+        if per_device > mutex_bytes:
+            gpu.large_holders.append(name)
+
+
+def earliest(moments: list[datetime.datetime]) -> datetime.datetime | None:
+    return min(moments) if moments else None
