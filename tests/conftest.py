@@ -3,6 +3,7 @@ local control plane, started once per session (or reused when already up)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import yaml
 from kubernetes import client
 
 from hybrid_compute import kube
+from hybrid_compute.clock import OFFSET_FILE_ENV
 from hybrid_compute.dev.bootstrap import bootstrap_manifests
 from hybrid_compute.dev.cluster import DevCluster
 
@@ -95,6 +97,18 @@ class OperatorHandle:
         status, body = self.call("POST", "/v1/demand", {"alias": alias})
         assert status == 202, (status, body)
 
+    @property
+    def clock_file(self) -> Path:
+        return self.cluster.folder / "clock-offset"
+
+    def set_clock(self, moment: datetime.datetime) -> None:
+        """Moves the operator's clock (only the operator's) to ``moment``."""
+        offset = (moment - datetime.datetime.now(datetime.UTC)).total_seconds()
+        self.clock_file.write_text(f"{offset:.3f}")
+
+    def reset_clock(self) -> None:
+        self.clock_file.write_text("0")
+
     def restart(self, kill: bool = False) -> None:
         state = self.cluster.state()
         assert state is not None
@@ -107,18 +121,26 @@ class OperatorHandle:
             except (ChildProcessError, ProcessLookupError):
                 break
             time.sleep(0.05)
-        self.cluster.start_operator(extra_args=OPERATOR_ARGS, ports=state.ports)
+        self.cluster.start_operator(extra_args=OPERATOR_ARGS, ports=state.ports,
+                                    extra_env=operator_env(self.cluster))
 
 
 # Short enough that tests need not wait, long enough to show it works.
 OPERATOR_ARGS = ("--min-residency=2s",)
 
 
+def operator_env(cluster: DevCluster) -> dict[str, str]:
+    clock_file = cluster.folder / "clock-offset"
+    if not clock_file.exists():
+        clock_file.write_text("0")
+    return {OFFSET_FILE_ENV: str(clock_file)}
+
+
 @pytest.fixture(scope="session")
 def operator(k8s: TestCluster) -> Iterator[OperatorHandle]:
     """``hybrid-compute run`` as a separate process against the test cluster."""
     k8s.cluster.stop_operator()
-    k8s.cluster.start_operator(extra_args=OPERATOR_ARGS)
+    k8s.cluster.start_operator(extra_args=OPERATOR_ARGS, extra_env=operator_env(k8s.cluster))
     state = k8s.cluster.state()
     assert state is not None
     yield OperatorHandle(k8s.cluster, state.ports["operator-health"],

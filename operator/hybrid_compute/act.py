@@ -15,9 +15,10 @@ from kubernetes.client.exceptions import ApiException
 
 from hybrid_compute import kube
 from hybrid_compute.api.common import API_VERSION
+from hybrid_compute.api.gpuworkload import GpuWorkload
 from hybrid_compute.api.modelslot import ModelSlot
 from hybrid_compute.children import template_hash
-from hybrid_compute.plan import EventIntent, Plan, SlotDecision
+from hybrid_compute.plan import EventIntent, Plan, SlotDecision, WorkloadDecision
 from hybrid_compute.view import View
 
 logger = logging.getLogger("hybrid_compute.act")
@@ -65,9 +66,49 @@ def act(api: client.ApiClient, plan: Plan, view: View, now: datetime.datetime) -
                 continue  # deleted meanwhile; the next plan will not see it
             logger.warning("applying %s/%s failed: %s %s", key[0], key[1], error.status,
                            error.reason)
+    for workload in plan.workloads:
+        writes += _act_workload(api, workload, view)
     for event in plan.events:
         post_event(api, event, now)
         writes.append(f"event {event.reason} {event.namespace}/{event.name}")
+    return writes
+
+
+def _child_matches(decision: WorkloadDecision, view: View) -> bool:
+    observed = next((c for c in view.workload_children
+                     if (c.namespace, c.owner) == (decision.namespace, decision.name)), None)
+    desired = decision.child
+    if observed is None or desired is None:
+        return False
+    node = desired["spec"]["template"]["spec"].get("nodeSelector", {}).get(
+        "kubernetes.io/hostname")
+    return (observed.active == decision.active and observed.node == node
+            and observed.template_hash == template_hash(desired["spec"]["template"]))
+
+
+def _act_workload(api: client.ApiClient, decision: WorkloadDecision, view: View) -> list[str]:
+    writes: list[str] = []
+    key = f"{decision.namespace}/{decision.name}"
+    stored = next((w for w in view.workloads
+                   if (w.namespace, w.name) == (decision.namespace, decision.name)), None)
+    child = next((c for c in view.workload_children
+                  if (c.namespace, c.owner) == (decision.namespace, decision.name)), None)
+    try:
+        if decision.recreate_child and child is not None:
+            kube.delete_child(api, child.kind, decision.namespace, decision.name)
+            writes.append(f"deleted {child.kind.lower()} {key} (template changed)")
+        elif decision.child is not None and not _child_matches(decision, view):
+            kube.apply(api, decision.child)
+            writes.append(f"{decision.child['kind'].lower()} {key} active={decision.active}")
+        current = stored.status.model_dump(by_alias=True, mode="json", exclude_none=True) \
+            if stored else {}
+        if current != decision.status:
+            kube.apply_status(api, GpuWorkload.crd, decision.namespace, decision.name,
+                              decision.status)
+            writes.append(f"status {key} phase={decision.phase}")
+    except ApiException as error:
+        if error.status != 404:
+            logger.warning("applying %s failed: %s %s", key, error.status, error.reason)
     return writes
 
 
@@ -76,7 +117,7 @@ def post_event(api: client.ApiClient, event: EventIntent, now: datetime.datetime
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {"generateName": f"{event.name}.", "namespace": event.namespace},
-        "involvedObject": {"apiVersion": API_VERSION, "kind": "ModelSlot",
+        "involvedObject": {"apiVersion": API_VERSION, "kind": event.kind,
                            "name": event.name, "namespace": event.namespace},
         "type": event.type,
         "reason": event.reason,

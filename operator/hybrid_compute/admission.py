@@ -182,7 +182,7 @@ def decide(workload: WorkloadInfo, settings: PlanSettings, now: datetime.datetim
                                                    "Failed"):
             kind: EventType = "Warning" if phase == "Failed" else "Normal"
             events.append(EventIntent(workload.namespace, workload.name, kind, phase,
-                                      f"{phase}: {reason}", KIND))
+                                      reason[:1].upper() + reason[1:], KIND))
         return WorkloadDecision(workload, settings, now, phase, reason, active,
                                 pinned_node=pinned_node, condition_updates=conditions,
                                 **kwargs)

@@ -24,7 +24,7 @@ def load_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 
 def apply(api: client.ApiClient, manifest: dict[str, Any]) -> None:
-    """Server-side applies a Deployment or a Service."""
+    """Server-side applies a Deployment, Service or Job."""
     metadata = manifest["metadata"]
     options = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY_PATCH}
     if manifest["kind"] == "Deployment":
@@ -32,6 +32,9 @@ def apply(api: client.ApiClient, manifest: dict[str, Any]) -> None:
             metadata["name"], metadata["namespace"], manifest, **options)
     elif manifest["kind"] == "Service":
         client.CoreV1Api(api).patch_namespaced_service(
+            metadata["name"], metadata["namespace"], manifest, **options)
+    elif manifest["kind"] == "Job":
+        client.BatchV1Api(api).patch_namespaced_job(
             metadata["name"], metadata["namespace"], manifest, **options)
     else:
         raise ValueError(f"cannot apply kind {manifest['kind']}")
@@ -47,3 +50,12 @@ def apply_status(api: client.ApiClient, crd: CrdInfo, namespace: str, name: str,
         group, version, namespace, crd.plural, name, body,
         field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
     )
+
+
+def delete_child(api: client.ApiClient, kind: str, namespace: str, name: str) -> None:
+    """Deletes a Job or Deployment and, in the background, its pods."""
+    body = client.V1DeleteOptions(propagation_policy="Background")
+    if kind == "Job":
+        client.BatchV1Api(api).delete_namespaced_job(name, namespace, body=body)
+    else:
+        client.AppsV1Api(api).delete_namespaced_deployment(name, namespace, body=body)

@@ -15,10 +15,16 @@ from typing import Any
 import kopf
 
 from hybrid_compute import acceptance, api_server, clock, kube
-from hybrid_compute.api import GROUP, VERSION, GpuWorkload, RoutePolicy
+from hybrid_compute.api import GROUP, VERSION, RoutePolicy
 from hybrid_compute.api.common import CrdInfo
 from hybrid_compute.runtime import Runtime
-from hybrid_compute.view import MANAGED_BY, MANAGED_BY_LABEL, SLOT_LABEL, PlanSettings
+from hybrid_compute.view import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    SLOT_LABEL,
+    WORKLOAD_LABEL,
+    PlanSettings,
+)
 
 logger = logging.getLogger("hybrid_compute")
 
@@ -92,7 +98,7 @@ def gpu_node_changed(memo: kopf.Memo, **_: Any) -> None:
 
 
 def _accept(crd: CrdInfo, memo: kopf.Memo, body: kopf.Body, event_type: str | None) -> None:
-    """Acceptance status for kinds whose planning is not part of the loop yet."""
+    """Acceptance status for RoutePolicy, which the loop does not plan yet."""
     if event_type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
         return
     now = clock.now().replace(microsecond=0)
@@ -109,9 +115,18 @@ def route_policy_changed(memo: kopf.Memo, body: kopf.Body, type: str | None,
 
 
 @kopf.on.event(GROUP, VERSION, "gpuworkloads")
-def gpu_workload_changed(memo: kopf.Memo, body: kopf.Body, type: str | None,
-                         **_: Any) -> None:
-    _accept(GpuWorkload.crd, memo, body, type)
+def gpu_workload_changed(memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.poke()
+
+
+@kopf.on.event("", "v1", "pods", labels={WORKLOAD_LABEL: kopf.PRESENT})
+def workload_pod_changed(memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.poke()
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY_LABEL: MANAGED_BY})
+def workload_job_changed(memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.poke()
 
 
 def run_operator(kubeconfig: str | None, namespace: list[str], health_port: int,

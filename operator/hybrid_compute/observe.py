@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from hybrid_compute.acceptance import describe_validation_error
 from hybrid_compute.api.common import GROUP, VERSION
+from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.view import (
     GPUS_ANNOTATION,
@@ -27,12 +28,15 @@ from hybrid_compute.view import (
     SLOT_LABEL,
     TEMPLATE_HASH_ANNOTATION,
     VRAM_ANNOTATION,
+    WORKLOAD_LABEL,
     DeploymentInfo,
     GpuNode,
     PlanSettings,
     PodInfo,
     SlotInfo,
     View,
+    WorkloadChild,
+    WorkloadInfo,
 )
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -75,9 +79,11 @@ def slot_from_object(body: Mapping[str, Any]) -> SlotInfo:
 
 
 def pod_from_object(body: Mapping[str, Any]) -> PodInfo | None:
+    """A pod of a slot or a workload; finished pods hold no GPU memory any more."""
     metadata = body.get("metadata", {})
     labels = metadata.get("labels") or {}
-    slot = labels.get(SLOT_LABEL)
+    kind = "ModelSlot" if labels.get(SLOT_LABEL) else "GpuWorkload"
+    slot = labels.get(SLOT_LABEL) or labels.get(WORKLOAD_LABEL)
     if not slot:
         return None
     annotations = metadata.get("annotations") or {}
@@ -94,10 +100,10 @@ def pod_from_object(body: Mapping[str, Any]) -> PodInfo | None:
         gpus=int(annotations.get(GPUS_ANNOTATION, 0) or 0),
         template_hash=annotations.get(TEMPLATE_HASH_ANNOTATION, ""),
         ready=ready_condition.get("status") == "True",
-        # A finished pod holds no GPU memory any more.
         terminating=bool(metadata.get("deletionTimestamp")),
         phase=phase,
         ready_since=parse_time(ready_condition.get("lastTransitionTime")),
+        kind=kind,
     ) if phase not in ("Succeeded", "Failed") else None
 
 
@@ -117,6 +123,77 @@ def deployment_from_object(body: Mapping[str, Any]) -> DeploymentInfo | None:
         template_hash=annotations.get(TEMPLATE_HASH_ANNOTATION, ""),
         vram_bytes=int(annotations.get(VRAM_ANNOTATION, 0) or 0),
         node=node_selector.get("kubernetes.io/hostname"),
+    )
+
+
+def workload_from_object(body: Mapping[str, Any]) -> WorkloadInfo:
+    metadata = body.get("metadata", {})
+    spec: GpuWorkloadSpec | None = None
+    invalid = None
+    try:
+        spec = GpuWorkloadSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        invalid = describe_validation_error(error)
+    try:
+        status = GpuWorkloadStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        status = GpuWorkloadStatus()
+    return WorkloadInfo(
+        namespace=metadata.get("namespace", "default"),
+        name=metadata["name"],
+        uid=metadata.get("uid", ""),
+        generation=int(metadata.get("generation", 1)),
+        spec=spec,
+        status=status,
+        invalid_reason=invalid,
+        created=parse_time(metadata.get("creationTimestamp")),
+    )
+
+
+_JOB_FAILURES = {
+    "DeadlineExceeded": "ran longer than its maxDuration",
+    "BackoffLimitExceeded": "its pod failed more often than backoffLimit allows",
+}
+
+
+def workload_child_from_object(body: Mapping[str, Any]) -> WorkloadChild | None:
+    """A workload's Job or Deployment."""
+    metadata = body.get("metadata", {})
+    owner = (metadata.get("labels") or {}).get(WORKLOAD_LABEL)
+    if not owner:
+        return None
+    kind = body.get("kind") or ("Job" if "suspend" in (body.get("spec") or {}) else
+                                "Deployment")
+    spec = body.get("spec") or {}
+    template = spec.get("template") or {}
+    annotations = template.get("metadata", {}).get("annotations") or {}
+    node = ((template.get("spec") or {}).get("nodeSelector") or {}).get(
+        "kubernetes.io/hostname")
+    status = body.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []
+                  if c.get("status") == "True"}
+    succeeded = "Complete" in conditions
+    failed_condition = conditions.get("Failed")
+    failure = None
+    if failed_condition:
+        reason = failed_condition.get("reason", "")
+        failure = _JOB_FAILURES.get(reason) or (
+            f"{reason}: {failed_condition.get('message', '')}".strip(": "))
+    if kind == "Job":
+        active = not spec.get("suspend", False) and not succeeded and not failed_condition
+    else:
+        active = int(spec.get("replicas", 1)) > 0
+    return WorkloadChild(
+        namespace=metadata.get("namespace", "default"),
+        owner=owner,
+        kind=kind,
+        template_hash=annotations.get(TEMPLATE_HASH_ANNOTATION, ""),
+        vram_bytes=int(annotations.get(VRAM_ANNOTATION, 0) or 0),
+        active=active,
+        node=node,
+        succeeded=succeeded,
+        failed=failed_condition is not None,
+        failure=failure,
     )
 
 
@@ -158,8 +235,19 @@ def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
     apps = client.AppsV1Api(api)
     custom = client.CustomObjectsApi(api)
     slots = custom.list_cluster_custom_object(GROUP, VERSION, "modelslots")["items"]
-    pods = _raw(core.list_pod_for_all_namespaces(label_selector=SLOT_LABEL,
-                                                 _preload_content=False))["items"]
+    workloads = custom.list_cluster_custom_object(GROUP, VERSION, "gpuworkloads")["items"]
+    pods = [pod for label in (SLOT_LABEL, WORKLOAD_LABEL)
+            for pod in _raw(core.list_pod_for_all_namespaces(
+                label_selector=label, _preload_content=False))["items"]]
+    owned = f"{MANAGED_BY_LABEL}={MANAGED_BY},{WORKLOAD_LABEL}"
+    jobs = _raw(client.BatchV1Api(api).list_job_for_all_namespaces(
+        label_selector=owned, _preload_content=False))["items"]
+    workload_deployments = _raw(apps.list_deployment_for_all_namespaces(
+        label_selector=owned, _preload_content=False))["items"]
+    for item in jobs:
+        item["kind"] = "Job"
+    for item in workload_deployments:
+        item["kind"] = "Deployment"
     deployments = _raw(apps.list_deployment_for_all_namespaces(
         label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY},{SLOT_LABEL}",
         _preload_content=False))["items"]
@@ -177,5 +265,9 @@ def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
                            for s in services),
         demands=dict(demands),
         foreign_vram=dict(foreign_vram or {}),
+        workloads=tuple(workload_from_object(w) for w in workloads
+                        if not w.get("metadata", {}).get("deletionTimestamp")),
+        workload_children=tuple(c for c in map(workload_child_from_object,
+                                                [*jobs, *workload_deployments]) if c),
         settings=settings,
     )
