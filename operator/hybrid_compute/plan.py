@@ -325,7 +325,9 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         pinned_until = None
         if ready_pod and slot.status.ready_since:
             pinned_until = slot.status.ready_since + _min_residency(spec, view)
-        pinned = pinned_until is not None and now < pinned_until
+        # A pin from the future (the clock was set back) does not hold.
+        pinned = (pinned_until is not None and now < pinned_until
+                  and slot.status.ready_since is not None and slot.status.ready_since <= now)
         if pinned and pinned_until:
             wakeups.append(pinned_until)
         requested = last_request(slot, view)
