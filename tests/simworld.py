@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field, replace
 
+from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.dev.nodes import PROFILES
 from hybrid_compute.plan import Plan, plan
@@ -24,6 +25,8 @@ from hybrid_compute.view import (
     PodInfo,
     SlotInfo,
     View,
+    WorkloadChild,
+    WorkloadInfo,
 )
 
 START = datetime.datetime(2026, 12, 1, 2, 0, tzinfo=datetime.UTC)
@@ -43,6 +46,12 @@ def dual_node() -> GpuNode:
 
 def slot(name: str, spec: dict, namespace: str = "lab") -> SlotInfo:  # type: ignore[type-arg]
     return SlotInfo(namespace, name, f"uid-{name}", 1, ModelSlotSpec.model_validate(spec))
+
+
+def workload(name: str, spec: dict, namespace: str = "lab") -> WorkloadInfo:  # type: ignore[type-arg]
+    full = {"template": {"spec": {"containers": [{"name": "main", "image": "w"}]}}, **spec}
+    return WorkloadInfo(namespace, name, f"uid-w-{name}", 1,
+                        GpuWorkloadSpec.model_validate(full), created=START)
 
 
 SEED_SLOTS = {
@@ -71,6 +80,8 @@ class World:
 
     slots: list[SlotInfo]
     nodes: list[GpuNode] = field(default_factory=lambda: [dreamteam()])
+    workloads: list[WorkloadInfo] = field(default_factory=list)
+    children: dict[tuple[str, str], WorkloadChild] = field(default_factory=dict)
     settings: PlanSettings = field(default_factory=lambda: PlanSettings(
         min_residency=datetime.timedelta(seconds=30)))
     load_steps: int = 3
@@ -88,7 +99,9 @@ class World:
         return View(nodes=tuple(self.nodes), slots=tuple(self.slots),
                     pods=tuple(p.info for p in self.pods),
                     deployments=tuple(self.deployments.values()),
-                    demands=dict(self.demands), settings=self.settings)
+                    demands=dict(self.demands), settings=self.settings,
+                    workloads=tuple(self.workloads),
+                    workload_children=tuple(self.children.values()))
 
     def demand(self, alias: str) -> None:
         self.demands[alias] = self.now
@@ -110,6 +123,22 @@ class World:
                 info.namespace, info.name, decision.replicas,
                 annotations[TEMPLATE_HASH_ANNOTATION], int(annotations[VRAM_ANNOTATION]))
         self.slots = new_slots
+        new_workloads = []
+        for info in self.workloads:
+            decision = result.workload(info.namespace, info.name)
+            new_workloads.append(replace(info, status=GpuWorkloadStatus.model_validate(
+                decision.status)))
+            if decision.recreate_child:
+                self.children.pop(info.key, None)
+            elif decision.child is not None:
+                template = decision.child["spec"]["template"]
+                annotations = template["metadata"]["annotations"]
+                self.children[info.key] = WorkloadChild(
+                    info.namespace, info.name, decision.child["kind"],
+                    annotations[TEMPLATE_HASH_ANNOTATION], int(annotations[VRAM_ANNOTATION]),
+                    decision.active,
+                    template["spec"].get("nodeSelector", {}).get("kubernetes.io/hostname"))
+        self.workloads = new_workloads
         self._advance()
         return result
 
@@ -121,8 +150,10 @@ class World:
             if not sim.info.ready and sim.ready_at <= self.tick and not sim.info.terminating:
                 sim.info = replace(sim.info, ready=True, phase="Running",
                                    ready_since=self.now)
+        self._advance_workloads()
         for key, deployment in self.deployments.items():
-            mine = [p for p in self.pods if (p.info.namespace, p.info.owner) == key]
+            mine = [p for p in self.pods if (p.info.namespace, p.info.owner) == key
+                    and p.info.kind == "ModelSlot"]
             stale = [p for p in mine if p.info.template_hash != deployment.template_hash
                      and not p.info.terminating]
             live = [p for p in mine if not p.info.terminating
@@ -142,6 +173,22 @@ class World:
                     f"{key[1]}-{self.counter}", key[0], key[1], node,
                     deployment.vram_bytes, gpus, deployment.template_hash, False, False),
                     ready_at=self.tick + self.load_steps))
+
+    def _advance_workloads(self) -> None:
+        for key, child in self.children.items():
+            mine = [p for p in self.pods
+                    if (p.info.namespace, p.info.owner) == key and p.info.kind == "GpuWorkload"]
+            live = [p for p in mine if not p.info.terminating]
+            if not child.active:
+                for sim in live:
+                    sim.info = replace(sim.info, terminating=True, ready=False)
+                    sim.gone_at = self.tick + self.terminate_steps
+            elif not live:
+                self.counter += 1
+                self.pods.append(SimPod(PodInfo(
+                    f"{key[1]}-{self.counter}", key[0], key[1], child.node or self.nodes[0].name,
+                    child.vram_bytes, 1 if child.vram_bytes else 0, child.template_hash, False,
+                    False, kind="GpuWorkload"), ready_at=self.tick + self.load_steps))
 
     def _node_of(self, key: tuple[str, str]) -> str | None:
         assert self.last_plan is not None
@@ -179,3 +226,8 @@ class World:
             assert held.get(node.name, 0) <= self.budget(node), (
                 f"VRAM budget exceeded on {node.name}: {held.get(node.name, 0)} > "
                 f"{self.budget(node)} at tick {self.tick}")
+            large = [p.info.name for p in self.pods if p.info.node == node.name
+                     and p.info.gpus and p.info.vram_bytes > self.settings.mutex_bytes]
+            assert len(large) <= node.gpu_count, (
+                f"more consumers above the mutex size than GPUs on {node.name}: {large} "
+                f"at tick {self.tick}")
