@@ -19,16 +19,20 @@ from hybrid_compute.api.gpuworkload import GpuWorkload
 from hybrid_compute.api.modelslot import ModelSlot
 from hybrid_compute.children import template_hash
 from hybrid_compute.plan import EventIntent, Plan, SlotDecision, WorkloadDecision
-from hybrid_compute.view import View
+from hybrid_compute.view import DeploymentInfo, View
 
 logger = logging.getLogger("hybrid_compute.act")
 
 REPORTING_COMPONENT = "hybrid-compute"
 
 
+def _observed_deployment(decision: SlotDecision, view: View) -> DeploymentInfo | None:
+    return next((d for d in view.deployments
+                 if (d.namespace, d.owner) == (decision.namespace, decision.name)), None)
+
+
 def _deployment_matches(decision: SlotDecision, view: View) -> bool:
-    observed = next((d for d in view.deployments
-                     if (d.namespace, d.owner) == (decision.namespace, decision.name)), None)
+    observed = _observed_deployment(decision, view)
     desired = decision.deployment
     if observed is None or desired is None:
         return False
@@ -49,7 +53,15 @@ def act(api: client.ApiClient, plan: Plan, view: View, now: datetime.datetime) -
         key = (decision.namespace, decision.name)
         try:
             if decision.deployment is not None and not _deployment_matches(decision, view):
-                kube.apply(api, decision.deployment)
+                manifest = decision.deployment
+                observed = _observed_deployment(decision, view)
+                if observed is not None and decision.replicas > 0:
+                    # Scale up only the Deployment we saw: if the garbage collector
+                    # removed it since (its slot was deleted), the apply fails
+                    # instead of creating it again beside pods still terminating.
+                    manifest = {**manifest, "metadata": {
+                        **manifest["metadata"], "resourceVersion": observed.resource_version}}
+                kube.apply(api, manifest)
                 writes.append(f"deployment {key[0]}/{key[1]} replicas="
                               f"{decision.deployment['spec']['replicas']}")
             if decision.service is not None and key not in view.services:
@@ -62,8 +74,10 @@ def act(api: client.ApiClient, plan: Plan, view: View, now: datetime.datetime) -
                 kube.apply_status(api, ModelSlot.crd, key[0], key[1], decision.status)
                 writes.append(f"status {key[0]}/{key[1]} phase={decision.phase}")
         except ApiException as error:
-            if error.status == 404:
-                continue  # deleted meanwhile; the next plan will not see it
+            if error.status in (404, 409):
+                # Changed or deleted meanwhile: plan again soon on what is new.
+                writes.append(f"conflict on {key[0]}/{key[1]} ({error.status}), replanning")
+                continue
             logger.warning("applying %s/%s failed: %s %s", key[0], key[1], error.status,
                            error.reason)
     for workload in plan.workloads:

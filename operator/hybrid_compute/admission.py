@@ -39,6 +39,21 @@ WorkloadPhase = Literal["Queued", "Admitted", "Running", "Preempted", "Succeeded
 KIND = "GpuWorkload"
 
 
+_TEMPLATES: dict[int, tuple[GpuWorkloadSpec, str, dict[str, Any]]] = {}
+
+
+def _template(name: str, spec: GpuWorkloadSpec) -> dict[str, Any]:
+    """The workload's pod template, memoised per spec object (as for slots)."""
+    cached = _TEMPLATES.get(id(spec))
+    if cached and cached[0] is spec and cached[1] == name:
+        return cached[2]
+    template = children.workload_template(name, spec)
+    if len(_TEMPLATES) > 4096:
+        _TEMPLATES.clear()
+    _TEMPLATES[id(spec)] = (spec, name, template)
+    return template
+
+
 def priority(spec: GpuWorkloadSpec) -> int:
     return spec.priority if spec.priority is not None else CLASS_PRIORITY[spec.workload_class]
 
@@ -79,7 +94,7 @@ class WorkloadDecision:
     @cached_property
     def template(self) -> dict[str, Any] | None:
         spec = self.workload.spec
-        return children.workload_template(self.name, spec) if spec else None
+        return _template(self.name, spec) if spec else None
 
     @cached_property
     def child(self) -> dict[str, Any] | None:
@@ -205,7 +220,7 @@ def decide(workload: WorkloadInfo, settings: PlanSettings, now: datetime.datetim
                          ("Admitted", False, "Finished", failure)],
                         manage_child=False), events
 
-    template_hash = children.template_hash(children.workload_template(workload.name, spec))
+    template_hash = children.template_hash(_template(workload.name, spec))
     stale = child is not None and child.template_hash != template_hash
     running = any(p.phase == "Running" and not p.terminating for p in pods)
 

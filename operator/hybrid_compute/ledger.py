@@ -125,6 +125,8 @@ def choose_gpus(candidate: Candidate, gpus: dict[str, Gpu], by_node: list[list[G
                 mutex_bytes: int) -> list[str] | None:
     """GPUs with room for the candidate, preferring where it already is."""
     per_device = candidate.vram // candidate.gpus
+    if per_device > max((g.free_for_plan for g in gpus.values()), default=0):
+        return None
     large = per_device > mutex_bytes
 
     def fits(gpu: Gpu) -> bool:
@@ -149,6 +151,8 @@ def choose_gpus(candidate: Candidate, gpus: dict[str, Gpu], by_node: list[list[G
                 if fits(gpu) and (best is None or (gpu.exclusive, gpu.held)
                                   < (best.exclusive, best.held)):
                     best = gpu
+                    if not gpu.exclusive and gpu.held == 0:
+                        return [best.id]  # nothing can beat an empty shared device
         return [best.id] if best else None
     for devices in by_node:
         if devices[0].node.time_sliced:

@@ -123,6 +123,7 @@ def deployment_from_object(body: Mapping[str, Any]) -> DeploymentInfo | None:
         template_hash=annotations.get(TEMPLATE_HASH_ANNOTATION, ""),
         vram_bytes=int(annotations.get(VRAM_ANNOTATION, 0) or 0),
         node=node_selector.get("kubernetes.io/hostname"),
+        resource_version=metadata.get("resourceVersion", ""),
     )
 
 
@@ -230,12 +231,18 @@ def _raw(response: Any) -> dict[str, Any]:
 def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
             settings: PlanSettings,
             foreign_vram: Mapping[str, int] | None = None) -> View:
-    """Lists what the plan needs, cluster-wide."""
+    """Lists what the plan needs, cluster-wide.
+
+    Children are listed before their owners. The garbage collector removes a
+    child only after its owner is gone, so an owner seen in the later list had
+    its children when the earlier lists were taken; listing the other way round,
+    a slot deleted in between would look like a slot whose Deployment is missing,
+    and the operator would create it again beside pods still terminating.
+    """
     core = client.CoreV1Api(api)
     apps = client.AppsV1Api(api)
     custom = client.CustomObjectsApi(api)
-    slots = custom.list_cluster_custom_object(GROUP, VERSION, "modelslots")["items"]
-    workloads = custom.list_cluster_custom_object(GROUP, VERSION, "gpuworkloads")["items"]
+    nodes = _raw(core.list_node(_preload_content=False))["items"]
     pods = [pod for label in (SLOT_LABEL, WORKLOAD_LABEL)
             for pod in _raw(core.list_pod_for_all_namespaces(
                 label_selector=label, _preload_content=False))["items"]]
@@ -254,7 +261,8 @@ def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
     services = _raw(core.list_service_for_all_namespaces(
         label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY},{SLOT_LABEL}",
         _preload_content=False))["items"]
-    nodes = _raw(core.list_node(_preload_content=False))["items"]
+    slots = custom.list_cluster_custom_object(GROUP, VERSION, "modelslots")["items"]
+    workloads = custom.list_cluster_custom_object(GROUP, VERSION, "gpuworkloads")["items"]
     return View(
         nodes=tuple(n for n in map(node_from_object, nodes) if n),
         slots=tuple(slot_from_object(s) for s in slots

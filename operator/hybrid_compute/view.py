@@ -102,6 +102,7 @@ class DeploymentInfo:
     vram_bytes: int
     node: str | None = None
     """The node its pod template is pinned to."""
+    resource_version: str = ""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ are handled by doing the wall-clock arithmetic in the zone and comparing in UTC.
 from __future__ import annotations
 
 import datetime
+import functools
 import zoneinfo
 from dataclasses import dataclass
 
@@ -39,13 +40,22 @@ def describe(schedule: Schedule) -> str:
 
 
 def window_state(schedule: Schedule, now: datetime.datetime) -> WindowState:
-    zone = zoneinfo.ZoneInfo(schedule.time_zone)
+    spans = tuple((w.start, w.end) for w in schedule.windows)
+    return _window_state(schedule.time_zone, spans, now)
+
+
+@functools.lru_cache(maxsize=512)
+def _window_state(time_zone: str, windows: tuple[tuple[str, str], ...],
+                  now: datetime.datetime) -> WindowState:
+    """Memoised: many workloads share a schedule, and a plan asks at one instant."""
+    zone = zoneinfo.ZoneInfo(time_zone)
     today = now.astimezone(zone).date()
+    description = f"{', '.join(f'{a}-{b}' for a, b in windows)} {time_zone}"
     spans: list[tuple[datetime.datetime, datetime.datetime]] = []
     for offset in (-1, 0, 1, 2):
         day = today + datetime.timedelta(days=offset)
-        for window in schedule.windows:
-            start, end = _clock(window.start), _clock(window.end)
+        for window_start, window_end in windows:
+            start, end = _clock(window_start), _clock(window_end)
             end_day = day + datetime.timedelta(days=1) if end <= start else day
             opens, closes = _at(day, start, zone), _at(end_day, end, zone)
             if closes > opens:
@@ -61,9 +71,9 @@ def window_state(schedule: Schedule, now: datetime.datetime) -> WindowState:
             for opens, later in spans:
                 if opens <= closes < later:
                     closes, extended = later, True
-        return WindowState(True, closes, describe(schedule))
+        return WindowState(True, closes, description)
     upcoming = min(opens for opens, _ in spans if opens > now)
-    return WindowState(False, upcoming, describe(schedule))
+    return WindowState(False, upcoming, description)
 
 
 def local_text(moment: datetime.datetime, time_zone: str) -> str:
