@@ -121,11 +121,17 @@ def record_holding(gpus: dict[str, Gpu], placed: list[str], held: int, gpu_count
             gpu.large_holders.append(holder)
 
 
+def most_free(gpus: dict[str, Gpu]) -> int:
+    return max((g.free_for_plan for g in gpus.values()), default=0)
+
+
 def choose_gpus(candidate: Candidate, gpus: dict[str, Gpu], by_node: list[list[Gpu]],
-                mutex_bytes: int) -> list[str] | None:
-    """GPUs with room for the candidate, preferring where it already is."""
+                mutex_bytes: int, free_bound: int) -> list[str] | None:
+    """GPUs with room for the candidate, preferring where it already is.
+    ``free_bound`` is the most any GPU has left (:func:`most_free`): a candidate
+    larger than that is turned away without looking at every device."""
     per_device = candidate.vram // candidate.gpus
-    if per_device > max((g.free_for_plan for g in gpus.values()), default=0):
+    if per_device > free_bound:
         return None
     large = per_device > mutex_bytes
 
@@ -148,8 +154,9 @@ def choose_gpus(candidate: Candidate, gpus: dict[str, Gpu], by_node: list[list[G
         best: Gpu | None = None
         for devices in by_node:
             for gpu in devices:
-                if fits(gpu) and (best is None or (gpu.exclusive, gpu.held)
-                                  < (best.exclusive, best.held)):
+                if gpu.capacity - gpu.reserved < per_device or not fits(gpu):
+                    continue
+                if best is None or (gpu.exclusive, gpu.held) < (best.exclusive, best.held):
                     best = gpu
                     if not gpu.exclusive and gpu.held == 0:
                         return [best.id]  # nothing can beat an empty shared device

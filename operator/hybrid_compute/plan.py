@@ -39,6 +39,7 @@ from hybrid_compute.ledger import (
     build_gpus,
     choose_gpus,
     fit_problem,
+    most_free,
     record_holding,
     reserve,
     start,
@@ -373,8 +374,9 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         if gpu.node.ready:
             ready_nodes[gpu.node.name].append(gpu)
     by_node = [devices for _name, devices in sorted(ready_nodes.items())]
+    free_bound = most_free(gpus)
     for candidate in sorted(candidates, key=lambda c: c.rank):
-        chosen = choose_gpus(candidate, gpus, by_node, mutex)
+        chosen = choose_gpus(candidate, gpus, by_node, mutex, free_bound)
         is_slot = candidate.kind == "ModelSlot"
         if chosen is None:
             where = candidate.current_gpus or list(gpus)
@@ -399,6 +401,9 @@ def plan(view: View, now: datetime.datetime) -> Plan:
             continue
         (placement if is_slot else workload_placement)[candidate.key] = chosen
         reserve(gpus, chosen, candidate, mutex)
+        if any(gpus[g].free_for_plan + candidate.vram // candidate.gpus >= free_bound
+               for g in chosen):
+            free_bound = most_free(gpus)
 
     # Who gives way to whom, for reasons and Events.
     newcomers: dict[str, list[str]] = defaultdict(list)
