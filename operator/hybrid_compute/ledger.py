@@ -14,7 +14,7 @@ EventType = Literal["Normal", "Warning"]
 ConditionUpdate = tuple[str, "bool | None", str, str]
 
 
-@dataclass
+@dataclass(slots=True)
 class Gpu:
     """One device during a plan."""
 
@@ -59,7 +59,7 @@ class GpuSummary:
     residents: tuple[str, ...]
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     """A consumer that wants GPU memory in this plan, and its place in the queue."""
 

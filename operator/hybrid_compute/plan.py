@@ -380,6 +380,9 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         is_slot = candidate.kind == "ModelSlot"
         if chosen is None:
             where = candidate.current_gpus or list(gpus)
+            if len(where) > 4:
+                # Naming every resident of a large cluster helps nobody.
+                where = [max(where, key=lambda g: gpus[g].free_for_plan)]
             blockers = sorted({r for g in where for r in gpus[g].residents})
             large = candidate.vram // candidate.gpus > mutex and any(
                 gpus[g].large_residents for g in where)

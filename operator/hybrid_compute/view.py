@@ -118,14 +118,11 @@ class SlotInfo:
     invalid_reason: str | None = None
     requested_at: datetime.datetime | None = None
     """The hybridcompute.io/requested-at annotation: a demand made by hand."""
-    _key: tuple[str, str] = field(init=False, repr=False, compare=False)
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self._key
+    key: tuple[str, str] = field(init=False, repr=False, compare=False)
+    """(namespace, name), kept as a field: the plan reads it very often."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_key", (self.namespace, self.name))
+        object.__setattr__(self, "key", (self.namespace, self.name))
 
 
 @dataclass(frozen=True)
