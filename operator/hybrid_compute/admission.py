@@ -22,7 +22,7 @@ from typing import Any, Literal
 from hybrid_compute import children
 from hybrid_compute.api.common import parse_bytes
 from hybrid_compute.api.gpuworkload import CLASS_PRIORITY, GpuWorkloadSpec
-from hybrid_compute.conditions import set_condition
+from hybrid_compute.conditions import render_status
 from hybrid_compute.ledger import (
     Candidate,
     ConditionUpdate,
@@ -107,24 +107,17 @@ class WorkloadDecision:
 
     @cached_property
     def status(self) -> dict[str, Any]:
-        previous = self.workload.status
-        conditions = list(previous.conditions)
-        for type_, value, reason, message in self.condition_updates:
-            text = "Unknown" if value is None else ("True" if value else "False")
-            conditions = set_condition(conditions, type_, text, reason,  # type: ignore[arg-type]
-                                       message, self.workload.generation, self.now)
         spec = self.workload.spec
-        status = previous.model_copy(update={
-            "phase": self.phase,
-            "reason": self.reason,
-            "observed_generation": self.workload.generation,
-            "conditions": conditions,
-            "window": describe(spec.schedule) if spec and spec.schedule else None,
-            "gpu": self.gpu,
-            "node": self.node,
-            **self.status_updates,
-        })
-        return status.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return render_status(self.workload.status, self.condition_updates,
+                             self.workload.generation, self.now, {
+                                 "phase": self.phase,
+                                 "reason": self.reason,
+                                 "window": describe(spec.schedule)
+                                 if spec and spec.schedule else None,
+                                 "gpu": self.gpu,
+                                 "node": self.node,
+                                 **self.status_updates,
+                             })
 
 
 @dataclass

@@ -4,9 +4,13 @@ flips, stamp observedGeneration."""
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from hybrid_compute.api.common import Condition, ConditionStatus
+
+StatusT = TypeVar("StatusT", bound=BaseModel)
 
 
 def set_condition(
@@ -47,3 +51,18 @@ def parse_conditions(raw: Any) -> list[Condition]:
 
 def find(conditions: list[Condition], type_: str) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
+
+
+def render_status(previous: StatusT, updates: list[tuple[str, bool | None, str, str]],
+                  generation: int, now: datetime.datetime, fields: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """A stored status with condition updates (type, True/False/None, reason,
+    message) and field changes applied, as the JSON the API server stores."""
+    conditions = list(getattr(previous, "conditions", []))
+    for type_, value, reason, message in updates:
+        text: ConditionStatus = "Unknown" if value is None else ("True" if value else "False")
+        conditions = set_condition(conditions, type_, text, reason, message, generation, now)
+    status = previous.model_copy(update={
+        "observed_generation": generation, "conditions": conditions, **fields})
+    rendered: dict[str, Any] = status.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return rendered

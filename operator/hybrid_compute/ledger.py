@@ -4,7 +4,6 @@ GpuWorkload) there — VRAM, whole devices, and the large-consumer mutex."""
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -199,13 +198,4 @@ def start_blockers(gpus: dict[str, Gpu], placed: list[str], per_device: int, own
 def start(gpus: dict[str, Gpu], placed: list[str], per_device: int, name: str,
           mutex_bytes: int) -> None:
     """Counts a consumer that is being started as holding its memory already."""
-    for gpu_id in placed:
-        gpu = gpus[gpu_id]
-        gpu.held += per_device
-        gpu.holders.append(name)
-        if per_device > mutex_bytes:
-            gpu.large_holders.append(name)
-
-
-def earliest(moments: list[datetime.datetime]) -> datetime.datetime | None:
-    return min(moments) if moments else None
+    record_holding(gpus, placed, per_device * len(placed), len(placed), name, mutex_bytes)

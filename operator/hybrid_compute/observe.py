@@ -10,10 +10,10 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from hybrid_compute.acceptance import describe_validation_error
 from hybrid_compute.api.common import GROUP, VERSION
@@ -52,19 +52,31 @@ def parse_time(value: Any) -> datetime.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
-def slot_from_object(body: Mapping[str, Any]) -> SlotInfo:
-    """A ModelSlot object as the plan sees it; a bad spec becomes ``invalid_reason``."""
-    metadata = body.get("metadata", {})
-    spec: ModelSlotSpec | None = None
+SpecT = TypeVar("SpecT", bound=BaseModel)
+StatusT = TypeVar("StatusT", bound=BaseModel)
+
+
+def _parse(body: Mapping[str, Any], spec_model: type[SpecT], status_model: type[StatusT]
+           ) -> tuple[SpecT | None, str | None, StatusT]:
+    """The spec (None and a reason naming the fields when it is invalid) and the
+    stored status (empty when unreadable: the plan writes a fresh one)."""
+    spec: SpecT | None = None
     invalid = None
     try:
-        spec = ModelSlotSpec.model_validate(body.get("spec") or {})
+        spec = spec_model.model_validate(body.get("spec") or {})
     except ValidationError as error:
         invalid = describe_validation_error(error)
     try:
-        status = ModelSlotStatus.model_validate(body.get("status") or {})
+        status = status_model.model_validate(body.get("status") or {})
     except ValidationError:
-        status = ModelSlotStatus()
+        status = status_model()
+    return spec, invalid, status
+
+
+def slot_from_object(body: Mapping[str, Any]) -> SlotInfo:
+    """A ModelSlot object as the plan sees it; a bad spec becomes ``invalid_reason``."""
+    metadata = body.get("metadata", {})
+    spec, invalid, status = _parse(body, ModelSlotSpec, ModelSlotStatus)
     annotations = metadata.get("annotations") or {}
     return SlotInfo(
         namespace=metadata.get("namespace", "default"),
@@ -129,16 +141,7 @@ def deployment_from_object(body: Mapping[str, Any]) -> DeploymentInfo | None:
 
 def workload_from_object(body: Mapping[str, Any]) -> WorkloadInfo:
     metadata = body.get("metadata", {})
-    spec: GpuWorkloadSpec | None = None
-    invalid = None
-    try:
-        spec = GpuWorkloadSpec.model_validate(body.get("spec") or {})
-    except ValidationError as error:
-        invalid = describe_validation_error(error)
-    try:
-        status = GpuWorkloadStatus.model_validate(body.get("status") or {})
-    except ValidationError:
-        status = GpuWorkloadStatus()
+    spec, invalid, status = _parse(body, GpuWorkloadSpec, GpuWorkloadStatus)
     return WorkloadInfo(
         namespace=metadata.get("namespace", "default"),
         name=metadata["name"],

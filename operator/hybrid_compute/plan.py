@@ -29,7 +29,7 @@ from hybrid_compute import admission, children
 from hybrid_compute.admission import WorkloadDecision, WorkloadVerdicts
 from hybrid_compute.api.common import parse_bytes, parse_duration
 from hybrid_compute.api.modelslot import ModelSlotSpec
-from hybrid_compute.conditions import set_condition
+from hybrid_compute.conditions import render_status
 from hybrid_compute.ledger import (
     Candidate,
     ConditionUpdate,
@@ -112,24 +112,16 @@ class SlotDecision:
     @cached_property
     def status(self) -> dict[str, Any]:
         """The whole status this plan wants on the slot."""
-        previous = self.slot.status
-        conditions = list(previous.conditions)
-        for type_, value, reason, message in self.condition_updates:
-            text = "Unknown" if value is None else ("True" if value else "False")
-            conditions = set_condition(conditions, type_, text, reason,  # type: ignore[arg-type]
-                                       message, self.slot.generation, self.now)
-        status = previous.model_copy(update={
-            "phase": self.phase,
-            "reason": self.reason,
-            "observed_generation": self.slot.generation,
-            "conditions": conditions,
-            "endpoint": self.endpoint,
-            "gpu": self.gpu,
-            "node": self.node,
-            "vram": gib(self.vram) if self.vram else None,
-            **self.status_updates,
-        })
-        return status.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return render_status(self.slot.status, self.condition_updates, self.slot.generation,
+                             self.now, {
+                                 "phase": self.phase,
+                                 "reason": self.reason,
+                                 "endpoint": self.endpoint,
+                                 "gpu": self.gpu,
+                                 "node": self.node,
+                                 "vram": gib(self.vram) if self.vram else None,
+                                 **self.status_updates,
+                             })
 
     @cached_property
     def template(self) -> dict[str, Any] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from hybrid_compute.dev import nodes
+from tests.cluster.support import wait
 from tests.conftest import TestCluster
 
 pytestmark = pytest.mark.cluster
@@ -35,16 +35,6 @@ def gpu_deployment(name: str, replicas: int, annotations: dict[str, str] | None 
             },
         },
     }
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def pods(k8s: TestCluster, namespace: str, app: str) -> list[Any]:
@@ -73,7 +63,7 @@ def test_gpu_pods_are_scheduled_until_the_shares_run_out(k8s: TestCluster,
                                                          namespace: str) -> None:
     k8s.cluster.apply([{**gpu_deployment("one", 1),
                         "metadata": {"name": "one", "namespace": namespace}}])
-    running = wait_for(
+    running = wait(
         lambda: [p for p in pods(k8s, namespace, "one") if p.status.phase == "Running"],
         30, "a Running pod asking nvidia.com/gpu: 1")
     assert running[0].spec.node_name == nodes.DEFAULT_NODE_NAME
@@ -86,7 +76,7 @@ def test_gpu_pods_are_scheduled_until_the_shares_run_out(k8s: TestCluster,
             namespace, field_selector="reason=FailedScheduling").items
         return [e.message for e in events if "Insufficient nvidia.com/gpu" in e.message]
 
-    messages = wait_for(pending_with_reason, 30, "FailedScheduling: Insufficient nvidia.com/gpu")
+    messages = wait(pending_with_reason, 30, "FailedScheduling: Insufficient nvidia.com/gpu")
     assert "Insufficient nvidia.com/gpu" in messages[0]
     phases = sorted(p.status.phase for p in pods(k8s, namespace, "more"))
     assert phases == ["Pending", "Running", "Running", "Running"], phases
@@ -99,10 +89,10 @@ def test_stage_delays_from_annotations_slow_down_readiness_and_termination(
     manifest = gpu_deployment("slow", 1, annotations)
     manifest["metadata"]["namespace"] = namespace
     k8s.cluster.apply([manifest])
-    pod = wait_for(lambda: [p for p in pods(k8s, namespace, "slow") if p.status.pod_ip],
+    pod = wait(lambda: [p for p in pods(k8s, namespace, "slow") if p.status.pod_ip],
                    30, "a created pod")[0]
     assert pod.status.phase == "Pending", "ready delay did not hold the pod back"
-    running = wait_for(
+    running = wait(
         lambda: [p for p in pods(k8s, namespace, "slow") if p.status.phase == "Running"],
         30, "the pod to become Running after its delay")[0]
     ready_at = running.status.start_time
@@ -111,11 +101,11 @@ def test_stage_delays_from_annotations_slow_down_readiness_and_termination(
 
     k8s.apps.patch_namespaced_deployment_scale(namespace=namespace, name="slow",
                                                body={"spec": {"replicas": 0}})
-    terminating = wait_for(
+    terminating = wait(
         lambda: [p for p in pods(k8s, namespace, "slow") if p.metadata.deletion_timestamp],
         10, "the pod to be Terminating")
     assert terminating, "the pod vanished without a Terminating phase"
-    wait_for(lambda: not pods(k8s, namespace, "slow"), 30, "the pod to be gone")
+    wait(lambda: not pods(k8s, namespace, "slow"), 30, "the pod to be gone")
 
 
 def test_two_gpu_profile_adds_whole_device_node(k8s: TestCluster) -> None:
