@@ -1,0 +1,194 @@
+"""Renders LiteLLM's ``config.yaml`` and the router's rules from a RoutePolicy and
+the ModelSlots, and the ConfigMap that carries them with the router module.
+
+Everything secret stays a reference: API keys, the master key and the database
+URL appear only as ``os.environ/NAME``, and :func:`secret_env` lists where the
+LiteLLM Deployment reads each ``NAME`` from. Swaps change nothing here: a slot's
+endpoint is its Service, which never moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from decimal import Decimal
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from hybrid_compute import children
+from hybrid_compute.api.common import SecretKeyRef, parse_duration
+from hybrid_compute.api.routepolicy import RoutePolicySpec
+from hybrid_compute.view import SlotInfo
+
+CONFIG_KEY = "config.yaml"
+ROUTER_MODULE_KEY = "hybrid_router.py"
+RULES_KEY = "hybrid_router.json"
+CALLBACK = "hybrid_router.proxy_handler_instance"
+# LiteLLM needs a deployment for every model name it accepts; the router hook
+# rewrites hybrid/auto before the call, so this address is never used.
+UNROUTED_BASE = "http://127.0.0.1:9/v1"
+
+
+def env_name(ref: SecretKeyRef) -> str:
+    """The environment variable a Secret key is exposed as in the LiteLLM pod."""
+    return "HC_" + re.sub(r"[^A-Z0-9]+", "_", f"{ref.name}_{ref.key}".upper()).strip("_")
+
+
+def _secret_refs(policy: RoutePolicySpec) -> list[SecretKeyRef]:
+    refs = [m.api_key_secret_ref for m in policy.cloud_models if m.api_key_secret_ref]
+    refs += [r for r in (policy.litellm.master_key_secret_ref,
+                         policy.litellm.database_url_secret_ref) if r]
+    unique: dict[str, SecretKeyRef] = {}
+    for ref in refs:
+        unique.setdefault(env_name(ref), ref)
+    return list(unique.values())
+
+
+def secret_env(policy: RoutePolicySpec) -> list[dict[str, Any]]:
+    """The LiteLLM container's env entries, each read from its Secret."""
+    return [{"name": env_name(ref),
+             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+            for ref in _secret_refs(policy)]
+
+
+def _per_token(per_million: float) -> float:
+    """USD per token without binary noise: 0.05 per million is 5e-08, not
+    5.0000000000000004e-08."""
+    return float(Decimal(str(per_million)) / Decimal(1_000_000))
+
+
+def _local_models(slots: list[SlotInfo]) -> list[dict[str, Any]]:
+    models = []
+    for slot in sorted(slots, key=lambda s: s.key):
+        spec = slot.spec
+        if spec is None:
+            continue
+        info: dict[str, Any] = {"input_cost_per_token": 0, "output_cost_per_token": 0,
+                                "max_input_tokens": spec.server.ctx_size}
+        if spec.embedding:
+            info["mode"] = "embedding"
+        models.append({
+            "model_name": spec.alias,
+            "litellm_params": {
+                "model": f"openai/{children.served_name(spec)}",
+                "api_base": children.endpoint(slot.namespace, slot.name, spec.server.port),
+                "api_key": "none",
+            },
+            "model_info": info,
+        })
+    return models
+
+
+def _cloud_models(policy: RoutePolicySpec) -> list[dict[str, Any]]:
+    models = []
+    for model in policy.cloud_models:
+        params: dict[str, Any] = {"model": model.model}
+        if model.api_key_secret_ref:
+            params["api_key"] = f"os.environ/{env_name(model.api_key_secret_ref)}"
+        if model.api_base:
+            params["api_base"] = model.api_base
+        info: dict[str, Any] = {}
+        if model.input_cost_per_million is not None:
+            info["input_cost_per_token"] = _per_token(model.input_cost_per_million)
+        if model.output_cost_per_million is not None:
+            info["output_cost_per_token"] = _per_token(model.output_cost_per_million)
+        if model.max_context_tokens:
+            info["max_input_tokens"] = model.max_context_tokens
+        entry: dict[str, Any] = {"model_name": model.alias, "litellm_params": params}
+        if info:
+            entry["model_info"] = info
+        models.append(entry)
+    return models
+
+
+def fallbacks(policy: RoutePolicySpec, slots: list[SlotInfo]) -> dict[str, list[str]]:
+    """Fallback chains: the policy's, then each slot's own ``fallback``."""
+    chains = {f.alias: list(f.to) for f in policy.fallbacks}
+    for slot in slots:
+        if slot.spec and slot.spec.fallback and slot.spec.alias not in chains:
+            chains[slot.spec.alias] = [slot.spec.fallback]
+    return dict(sorted(chains.items()))
+
+
+def render_config(policy: RoutePolicySpec, slots: list[SlotInfo]) -> dict[str, Any]:
+    """LiteLLM's config.yaml as a dict."""
+    router = policy.router
+    general: dict[str, Any] = {}
+    if policy.litellm.master_key_secret_ref:
+        general["master_key"] = f"os.environ/{env_name(policy.litellm.master_key_secret_ref)}"
+    if policy.litellm.database_url_secret_ref:
+        general["database_url"] = (
+            f"os.environ/{env_name(policy.litellm.database_url_secret_ref)}")
+    auto = {"model_name": policy.routing.auto_model,
+            "litellm_params": {"model": "openai/hybrid-auto", "api_base": UNROUTED_BASE,
+                               "api_key": "none"}}
+    config: dict[str, Any] = {
+        "model_list": [*_local_models(slots), *_cloud_models(policy), auto],
+        "router_settings": {
+            "routing_strategy": router.routing_strategy,
+            "num_retries": router.num_retries,
+            "timeout": parse_duration(router.timeout).total_seconds(),
+            "fallbacks": [{alias: to} for alias, to in fallbacks(policy, slots).items()],
+        },
+        "litellm_settings": {"callbacks": [CALLBACK], "drop_params": True},
+    }
+    if general:
+        config["general_settings"] = general
+    return config
+
+
+def render_rules(policy: RoutePolicySpec, slots: list[SlotInfo]) -> dict[str, Any]:
+    """What the router module needs besides the live state: the matrix, the
+    privacy tags, the budget action and which aliases are local."""
+    routing = policy.routing
+    return {
+        "autoModel": routing.auto_model,
+        "routes": routing.routes.model_dump(by_alias=True),
+        "tasks": dict(sorted(routing.tasks.items())),
+        "longContextTokens": routing.long_context_tokens,
+        "gpuBusyThreshold": routing.gpu_busy_threshold,
+        "privacy": routing.privacy.model_dump(by_alias=True),
+        "budget": policy.budget.model_dump(by_alias=True) if policy.budget else None,
+        "fallbacks": fallbacks(policy, slots),
+        "localAliases": sorted({s.spec.alias for s in slots if s.spec}),
+    }
+
+
+def router_module() -> str:
+    return resources.files("hybrid_compute.router").joinpath("hybrid_router.py").read_text()
+
+
+def config_files(policy: RoutePolicySpec, slots: list[SlotInfo]) -> dict[str, str]:
+    """The ConfigMap's data: config.yaml, the router module and its rules."""
+    return {
+        CONFIG_KEY: yaml.safe_dump(render_config(policy, slots), sort_keys=False),
+        ROUTER_MODULE_KEY: router_module(),
+        RULES_KEY: json.dumps(render_rules(policy, slots), indent=2, sort_keys=True) + "\n",
+    }
+
+
+def config_hash(files: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(files):
+        digest.update(key.encode() + b"\0" + files[key].encode() + b"\0")
+    return digest.hexdigest()
+
+
+def config_map(namespace: str, policy_name: str, uid: str, policy: RoutePolicySpec,
+               files: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": policy.litellm.config_map_name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "litellm",
+                       "app.kubernetes.io/managed-by": "hybrid-compute"},
+            "annotations": {"hybridcompute.io/config-hash": config_hash(files)},
+            "ownerReferences": [children.owner_reference(policy_name, uid, "RoutePolicy")],
+        },
+        "data": files,
+    }

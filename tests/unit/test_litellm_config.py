@@ -1,0 +1,99 @@
+"""LiteLLM's config rendered from the samples: local slots at their Services, cloud
+models with key references only, the meta-model, fallbacks, the router's rules."""
+
+from __future__ import annotations
+
+import yaml
+
+from hybrid_compute.api.routepolicy import RoutePolicySpec
+from hybrid_compute.dev.bootstrap import sample_manifests
+from hybrid_compute.litellm_config import (
+    CONFIG_KEY,
+    ROUTER_MODULE_KEY,
+    RULES_KEY,
+    config_files,
+    config_hash,
+    render_config,
+    render_rules,
+    secret_env,
+)
+from hybrid_compute.observe import slot_from_object
+from tests.conftest import REPOSITORY_ROOT
+
+SAMPLES = sample_manifests(REPOSITORY_ROOT)
+POLICY = RoutePolicySpec.model_validate(
+    next(o for o in SAMPLES if o["kind"] == "RoutePolicy")["spec"])
+SLOTS = [slot_from_object({**o, "metadata": {**o["metadata"], "namespace": "lab"}})
+         for o in SAMPLES if o["kind"] == "ModelSlot"]
+
+
+def models_by_alias() -> dict[str, list[dict]]:  # type: ignore[type-arg]
+    found: dict[str, list[dict]] = {}  # type: ignore[type-arg]
+    for entry in render_config(POLICY, SLOTS)["model_list"]:
+        found.setdefault(entry["model_name"], []).append(entry)
+    return found
+
+
+def test_local_slots_point_at_their_services_at_zero_cost() -> None:
+    fast = models_by_alias()["local/fast"][0]
+    assert fast["litellm_params"] == {"model": "openai/llama-3.1-8b",
+                                      "api_base": "http://fast.lab.svc:8080/v1",
+                                      "api_key": "none"}
+    assert fast["model_info"]["input_cost_per_token"] == 0
+    assert models_by_alias()["local/embed"][0]["model_info"]["mode"] == "embedding"
+
+
+def test_cloud_models_carry_key_references_and_prices() -> None:
+    frontier = models_by_alias()["cloud/frontier"]
+    assert [m["litellm_params"]["model"] for m in frontier] == [
+        "anthropic/claude-sonnet-4-5-20250514", "anthropic/claude-opus-4-6-20250610"]
+    assert frontier[0]["litellm_params"]["api_key"] == \
+        "os.environ/HC_CLOUD_API_KEYS_ANTHROPIC_API_KEY"
+    assert frontier[0]["model_info"]["output_cost_per_token"] == 15e-6
+    assert models_by_alias()["cloud/fast"][0]["model_info"]["input_cost_per_token"] == 5e-8
+
+
+def test_meta_model_fallbacks_router_and_callbacks() -> None:
+    config = render_config(POLICY, SLOTS)
+    assert "hybrid/auto" in models_by_alias()
+    router = config["router_settings"]
+    assert router["fallbacks"] == [{"local/fast": ["cloud/fast"]},
+                                   {"local/quality": ["cloud/mid"]},
+                                   {"local/quality-alt": ["cloud/mid"]}]
+    assert router["num_retries"] == 2 and router["timeout"] == 120
+    assert config["litellm_settings"]["callbacks"] == ["hybrid_router.proxy_handler_instance"]
+    assert config["general_settings"]["master_key"].startswith("os.environ/")
+
+
+def test_secrets_are_references_read_from_their_secrets() -> None:
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in secret_env(POLICY)}
+    assert env["HC_CLOUD_API_KEYS_ANTHROPIC_API_KEY"] == {"name": "cloud-api-keys",
+                                                          "key": "ANTHROPIC_API_KEY"}
+    assert env["HC_LITELLM_SECRETS_LITELLM_MASTER_KEY"]["name"] == "litellm-secrets"
+    text = "".join(config_files(POLICY, SLOTS).values())
+    assert "valueFrom" not in text and "sk-" not in text
+
+
+def test_config_map_files_and_stable_hash() -> None:
+    files = config_files(POLICY, SLOTS)
+    assert set(files) == {CONFIG_KEY, ROUTER_MODULE_KEY, RULES_KEY}
+    assert yaml.safe_load(files[CONFIG_KEY])["model_list"]
+    assert "def decide(" in files[ROUTER_MODULE_KEY]
+    assert config_hash(files) == config_hash(config_files(POLICY, SLOTS))
+
+
+def test_a_swap_does_not_change_the_rendering() -> None:
+    before = config_files(POLICY, SLOTS)
+    swapped = [s.__class__(s.namespace, s.name, s.uid, s.generation, s.spec,
+                           s.status.model_copy(update={"phase": "Ready"}))
+               for s in SLOTS]
+    assert config_hash(config_files(POLICY, swapped)) == config_hash(before)
+
+
+def test_rules_carry_the_matrix_privacy_and_budget() -> None:
+    rules = render_rules(POLICY, SLOTS)
+    assert rules["routes"]["complex"] == "cloud/frontier"
+    assert rules["tasks"]["code-completion"] == "local/quality"
+    assert rules["privacy"]["tags"] == ["private", "privacy", "sensitive"]
+    assert rules["budget"]["whenExhausted"] == "RouteLocal"
+    assert "local/fast" in rules["localAliases"]

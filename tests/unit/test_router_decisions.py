@@ -1,0 +1,123 @@
+"""The router's decision, row by row of the seed's routing matrix, plus bridging,
+privacy and budget. The LiteLLM proxy tests prove the same through the proxy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hybrid_compute.api.routepolicy import RoutePolicySpec
+from hybrid_compute.dev.bootstrap import sample_manifests
+from hybrid_compute.litellm_config import render_rules
+from hybrid_compute.observe import slot_from_object
+from hybrid_compute.router.hybrid_router import decide, estimate_tokens, is_private
+from tests.conftest import REPOSITORY_ROOT
+
+SAMPLES = sample_manifests(REPOSITORY_ROOT)
+RULES = render_rules(
+    RoutePolicySpec.model_validate(next(o for o in SAMPLES if o["kind"] == "RoutePolicy")["spec"]),
+    [slot_from_object(o) for o in SAMPLES if o["kind"] == "ModelSlot"])
+
+
+def state(not_ready: tuple[str, ...] = (), gpu_busy: bool = False,
+          budget_remaining: float | None = 50.0) -> dict[str, Any]:
+    fallbacks = {"local/fast": "cloud/fast", "local/quality": "cloud/mid",
+                 "local/quality-alt": "cloud/mid"}
+    return {
+        "slots": [{"alias": alias, "ready": alias not in not_ready,
+                   "phase": "Standby" if alias in not_ready else "Ready",
+                   "fallback": fallbacks.get(alias)}
+                  for alias in ("local/fast", "local/quality", "local/quality-alt",
+                                "local/embed")],
+        "gpuBusy": gpu_busy,
+        "budget": {"remaining": budget_remaining},
+    }
+
+
+def auto(text: str = "hello", **metadata: Any) -> dict[str, Any]:
+    return {"model": "hybrid/auto", "messages": [{"role": "user", "content": text}],
+            "metadata": metadata}
+
+
+LONG = "x" * (4 * 17000)
+
+
+@pytest.mark.parametrize("request_data, expected, route", [
+    (auto(task="embedding"), "local/embed", "local"),
+    (auto(task="classification"), "local/fast", "local"),
+    (auto(task="extraction"), "local/fast", "local"),
+    (auto(task="summarization"), "local/fast", "local"),
+    (auto(task="code-completion"), "local/quality", "local"),
+    (auto(task="rag"), "local/fast", "local"),
+    (auto(task="batch"), "local/fast", "local"),
+    (auto(task="reasoning"), "cloud/frontier", "cloud"),
+    (auto(task="architecture"), "cloud/frontier", "cloud"),
+    (auto(task="creative"), "cloud/frontier", "cloud"),
+    (auto(task="multi-turn-agent"), "cloud/frontier", "cloud"),
+    (auto(task="speed-critical"), "cloud/fast", "cloud"),
+    (auto(complexity="simple"), "local/fast", "local"),
+    (auto(complexity="medium"), "local/quality", "local"),
+    (auto(LONG, complexity="medium"), "cloud/mid", "cloud"),
+    (auto(complexity="complex"), "cloud/frontier", "cloud"),
+    (auto("short question"), "local/fast", "local"),
+    (auto("y" * (4 * 5000)), "local/quality", "local"),
+    (auto(LONG), "cloud/mid", "cloud"),
+], ids=lambda value: value if isinstance(value, str) else None)
+def test_routing_matrix(request_data: dict[str, Any], expected: str, route: str) -> None:
+    decision = decide(request_data, RULES, state())
+    assert (decision.model, decision.route) == (expected, route), decision
+
+
+def test_embedding_calls_go_to_the_embedding_slot() -> None:
+    data = {"model": "hybrid/auto", "input": "vectorise me"}
+    assert decide(data, RULES, state(), call_type="aembedding").model == "local/embed"
+
+
+def test_gpu_busy_overflows_to_cloud() -> None:
+    decision = decide(auto(complexity="simple"), RULES, state(gpu_busy=True))
+    assert (decision.model, decision.route) == ("cloud/mid", "cloud")
+
+
+def test_exhausted_budget_sends_complex_work_local() -> None:
+    decision = decide(auto(complexity="complex"), RULES, state(budget_remaining=0))
+    assert (decision.model, decision.route) == ("local/quality", "local")
+    explicit = decide({"model": "cloud/frontier"}, RULES, state(budget_remaining=0))
+    assert explicit.model == "local/quality" and "budget" in explicit.reason
+
+
+def test_a_local_alias_that_is_not_ready_is_bridged_to_its_fallback() -> None:
+    decision = decide({"model": "local/quality"}, RULES, state(not_ready=("local/quality",)))
+    assert (decision.model, decision.route) == ("cloud/mid", "bridged")
+    assert "local/quality is Standby" in decision.reason
+
+
+def test_privacy_never_bridges_to_cloud() -> None:
+    data = {"model": "local/quality", "metadata": {"tags": ["private"]}}
+    decision = decide(data, RULES, state(not_ready=("local/quality",)))
+    assert decision.route == "hold" and decision.private
+    assert decision.model == "local/quality"
+
+
+def test_privacy_keeps_auto_local_even_for_complex_work_or_a_busy_gpu() -> None:
+    for current in (state(), state(gpu_busy=True)):
+        decision = decide(auto(complexity="complex", tags=["sensitive"]), RULES, current)
+        assert decision.model.startswith("local/"), decision
+
+
+def test_privacy_refuses_an_explicit_cloud_model() -> None:
+    decision = decide({"model": "cloud/frontier", "metadata": {"privacy": True}}, RULES,
+                      state())
+    assert (decision.route, decision.status) == ("refused", 403)
+
+
+def test_privacy_markers() -> None:
+    assert is_private({"metadata": {"tags": ["PRIVATE"]}}, RULES)
+    assert is_private({"metadata": {"privacy": "sensitive"}}, RULES)
+    assert not is_private({"metadata": {"tags": ["batch"]}}, RULES)
+    assert not is_private({}, RULES)
+
+
+def test_token_estimate_counts_messages_and_inputs() -> None:
+    assert estimate_tokens({"messages": [{"content": "abcd" * 10}]}) == 10
+    assert estimate_tokens({"input": ["abcd", "efgh"]}) == 2
