@@ -86,8 +86,9 @@ def _cloud_models(policy: RoutePolicySpec) -> list[dict[str, Any]]:
     models = []
     for model in policy.cloud_models:
         params: dict[str, Any] = {"model": model.model}
-        if model.api_key_secret_ref:
-            params["api_key"] = f"os.environ/{env_name(model.api_key_secret_ref)}"
+        # LiteLLM's OpenAI client refuses to start a call without some key.
+        params["api_key"] = (f"os.environ/{env_name(model.api_key_secret_ref)}"
+                             if model.api_key_secret_ref else "none")
         if model.api_base:
             params["api_base"] = model.api_base
         info: dict[str, Any] = {}

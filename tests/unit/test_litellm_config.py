@@ -97,3 +97,12 @@ def test_rules_carry_the_matrix_privacy_and_budget() -> None:
     assert rules["privacy"]["tags"] == ["private", "privacy", "sensitive"]
     assert rules["budget"]["whenExhausted"] == "RouteLocal"
     assert "local/fast" in rules["localAliases"]
+
+
+def test_a_cloud_model_without_a_key_reference_still_gets_a_placeholder_key() -> None:
+    """LiteLLM's OpenAI client refuses a call with no key at all (seen with 1.108.7)."""
+    policy = RoutePolicySpec.model_validate({"cloudModels": [
+        {"alias": "cloud/standin", "model": "openai/standin", "apiBase": "http://127.0.0.1:1/v1"}]})
+    entry = next(m for m in render_config(policy, [])["model_list"]
+                 if m["model_name"] == "cloud/standin")
+    assert entry["litellm_params"]["api_key"] == "none"

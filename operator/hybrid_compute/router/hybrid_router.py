@@ -14,10 +14,22 @@ cloud alias, whatever else fails.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from dataclasses import dataclass
+import os
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+try:  # only inside the LiteLLM image
+    from fastapi import HTTPException
+    from litellm.integrations.custom_logger import CustomLogger
+except ImportError:  # the operator imports this file for decide() alone
+    CustomLogger = object
+    HTTPException = None
 
 RULES_FILE = Path(__file__).with_name("hybrid_router.json")
 CHARS_PER_TOKEN = 4
@@ -25,9 +37,9 @@ SHORT_CONTEXT_TOKENS = 2000
 EMBEDDING_CALLS = ("embedding", "aembedding")
 
 
-@dataclass(frozen=True)
-class Decision:
-    """Where one request goes."""
+class Decision(NamedTuple):
+    """Where one request goes. (A NamedTuple, not a dataclass: LiteLLM loads this
+    file without registering it in sys.modules, which dataclasses need.)"""
 
     model: str
     """The alias that serves the request (unchanged when refused)."""
@@ -38,6 +50,9 @@ class Decision:
     private: bool = False
     status: int = 200
     """The HTTP status of a refusal."""
+    wanted: str | None = None
+    """The local alias the request asked for, loaded or not: the operator hears a
+    demand for it, so a bridged request brings its model in."""
 
 
 def load_rules(path: Path = RULES_FILE) -> dict[str, Any]:
@@ -166,12 +181,156 @@ def decide(data: dict[str, Any], rules: dict[str, Any], state: dict[str, Any],
         if slot is not None and not slot.get("ready"):
             if private:
                 return Decision(alias, "hold", f"{why}; waiting for {alias} "
-                                f"({slot.get('phase', 'not ready')})", private=True)
+                                f"({slot.get('phase', 'not ready')})", private=True,
+                                wanted=alias)
             fallback = slot.get("fallback") or next(
                 iter(rules.get("fallbacks", {}).get(alias, [])), None)
             if fallback:
                 return Decision(fallback, "bridged",
                                 f"{why}; {alias} is {slot.get('phase', 'not ready')}, "
-                                f"bridged to {fallback}")
-        return Decision(alias, "local", why, private)
+                                f"bridged to {fallback}", wanted=alias)
+        return Decision(alias, "local", why, private, wanted=alias)
     return Decision(alias, "cloud", why, private)
+
+
+# --------------------------------------------------------------- LiteLLM glue
+#
+# Below runs inside the LiteLLM proxy. The state comes from the operator's API
+# (HYBRID_COMPUTE_URL, HYBRID_COMPUTE_TOKEN), refreshed in the background and
+# kept when the operator is away, or from a JSON file (HYBRID_ROUTER_STATE_FILE)
+# for a proxy without an operator.
+
+STATE_REFRESH_SECONDS = 2.0
+DEMAND_INTERVAL_SECONDS = 1.0
+HOLD_POLL_SECONDS = 0.5
+ROUTE_HEADER = "x-hybrid-route"
+REASON_HEADER = "x-hybrid-reason"
+MODEL_HEADER = "x-hybrid-model"
+
+
+class OperatorClient:
+    """The operator's state, cached; demand signals, rate-limited per alias."""
+
+    def __init__(self) -> None:
+        self.url = os.environ.get("HYBRID_COMPUTE_URL", "").rstrip("/")
+        self.token = os.environ.get("HYBRID_COMPUTE_TOKEN", "")
+        self.state_file = os.environ.get("HYBRID_ROUTER_STATE_FILE", "")
+        self.state: dict[str, Any] = {"slots": []}
+        self.fetched_at = 0.0
+        self.last_demand: dict[str, float] = {}
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.url}{path}", method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {self.token}",
+                     "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=2) as response:
+            answer: dict[str, Any] = json.loads(response.read() or b"{}")
+            return answer
+
+    def _fetch(self) -> None:
+        try:
+            if self.state_file:
+                self.state = json.loads(Path(self.state_file).read_text())
+            elif self.url:
+                self.state = self._request("GET", "/v1/state")
+            self.fetched_at = time.monotonic()
+        except (OSError, ValueError, urllib.error.URLError):
+            pass  # keep the last state: a request never waits on the operator
+
+    async def current(self, fresh: bool = False) -> dict[str, Any]:
+        if fresh or time.monotonic() - self.fetched_at > STATE_REFRESH_SECONDS:
+            await asyncio.to_thread(self._fetch)
+        return self.state
+
+    def demand(self, alias: str) -> None:
+        now = time.monotonic()
+        if not self.url or now - self.last_demand.get(alias, 0.0) < DEMAND_INTERVAL_SECONDS:
+            return
+        self.last_demand[alias] = now
+
+        def send() -> None:
+            with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
+                self._request("POST", "/v1/demand", {"alias": alias})
+
+        asyncio.get_running_loop().run_in_executor(None, send)
+
+
+class HybridRouter(CustomLogger):  # type: ignore[misc]
+    """LiteLLM callback: rewrites the model before the call, adds route headers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rules = load_rules() if RULES_FILE.exists() else None
+        self.operator = OperatorClient()
+
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any,
+                                  data: dict[str, Any], call_type: str) -> dict[str, Any]:
+        if self.rules is None:
+            return data
+        state = await self.operator.current()
+        decision = decide(data, self.rules, state, call_type)
+        if decision.route == "hold":
+            decision = await self._hold(data, call_type, decision)
+        if decision.route == "refused":
+            raise HTTPException(status_code=decision.status, detail=decision.reason)
+        data["model"] = decision.model
+        if decision.private:
+            # Never let LiteLLM's own fallbacks carry it to a cloud model.
+            data["disable_fallbacks"] = True
+        metadata = data.setdefault("metadata", {})
+        metadata["hybrid_route"] = {"route": decision.route, "reason": decision.reason,
+                                    "model": decision.model}
+        if decision.wanted:
+            self.operator.demand(decision.wanted)
+        return data
+
+    async def _hold(self, data: dict[str, Any], call_type: str, decision: Decision
+                    ) -> Decision:
+        """Waits (bounded) for the local model of a privacy-tagged request."""
+        assert self.rules is not None
+        self.operator.demand(decision.model)
+        limit = _seconds(self.rules["privacy"]["holdTimeout"])
+        action = self.rules["privacy"]["action"]
+        deadline = time.monotonic() + (limit if action == "Hold" else 0)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(HOLD_POLL_SECONDS)
+            state = await self.operator.current(fresh=True)
+            again = decide(data, self.rules, state, call_type)
+            if again.route != "hold":
+                return again
+        return Decision(decision.model, "refused",
+                        f"{decision.model} is not ready and privacy-tagged requests never "
+                        f"leave the box; retry later", private=True, status=503)
+
+    async def async_post_call_response_headers_hook(
+            self, data: dict[str, Any], user_api_key_dict: Any, response: object,
+            request_headers: dict[str, str] | None = None,
+            litellm_call_info: dict[str, object] | None = None) -> dict[str, str] | None:
+        route = (data.get("metadata") or {}).get("hybrid_route")
+        if not route:
+            return None
+        return {ROUTE_HEADER: route["route"], MODEL_HEADER: route["model"],
+                REASON_HEADER: route["reason"][:200]}
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    total, number = 0.0, ""
+    index = 0
+    while index < len(duration):
+        char = duration[index]
+        if char.isdigit() or char == ".":
+            number += char
+            index += 1
+            continue
+        unit = "ms" if duration.startswith("ms", index) else char
+        total += float(number) * units[unit]
+        number = ""
+        index += len(unit)
+    return total
+
+
+proxy_handler_instance = HybridRouter()
