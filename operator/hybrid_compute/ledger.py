@@ -120,8 +120,10 @@ def record_holding(gpus: dict[str, Gpu], placed: list[str], held: int, gpu_count
             gpu.large_holders.append(holder)
 
 
-def most_free(gpus: dict[str, Gpu]) -> int:
-    return max((g.free_for_plan for g in gpus.values()), default=0)
+def most_free(gpus: dict[str, Gpu]) -> tuple[int, str | None]:
+    """The most any GPU has left in this plan, and which GPU that is."""
+    best = max(gpus.values(), key=lambda g: g.free_for_plan, default=None)
+    return (best.free_for_plan, best.id) if best else (0, None)
 
 
 def choose_gpus(candidate: Candidate, gpus: dict[str, Gpu], by_node: list[list[Gpu]],

@@ -366,7 +366,7 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         if gpu.node.ready:
             ready_nodes[gpu.node.name].append(gpu)
     by_node = [devices for _name, devices in sorted(ready_nodes.items())]
-    free_bound = most_free(gpus)
+    free_bound, roomiest = most_free(gpus)
     for candidate in sorted(candidates, key=lambda c: c.rank):
         chosen = choose_gpus(candidate, gpus, by_node, mutex, free_bound)
         is_slot = candidate.kind == "ModelSlot"
@@ -374,7 +374,7 @@ def plan(view: View, now: datetime.datetime) -> Plan:
             where = candidate.current_gpus or list(gpus)
             if len(where) > 4:
                 # Naming every resident of a large cluster helps nobody.
-                where = [max(where, key=lambda g: gpus[g].free_for_plan)]
+                where = [roomiest] if roomiest else where[:1]
             blockers = sorted({r for g in where for r in gpus[g].residents})
             large = candidate.vram // candidate.gpus > mutex and any(
                 gpus[g].large_residents for g in where)
@@ -398,7 +398,7 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         reserve(gpus, chosen, candidate, mutex)
         if any(gpus[g].free_for_plan + candidate.vram // candidate.gpus >= free_bound
                for g in chosen):
-            free_bound = most_free(gpus)
+            free_bound, roomiest = most_free(gpus)
 
     # Who gives way to whom, for reasons and Events.
     newcomers: dict[str, list[str]] = defaultdict(list)
