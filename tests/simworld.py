@@ -148,8 +148,7 @@ class World:
         self.pods = [p for p in self.pods if p.gone_at is None or p.gone_at > self.tick]
         for sim in self.pods:
             if not sim.info.ready and sim.ready_at <= self.tick and not sim.info.terminating:
-                sim.info = replace(sim.info, ready=True, phase="Running",
-                                   ready_since=self.now)
+                sim.info = replace(sim.info, ready=True, phase="Running")
         self._advance_workloads()
         for key, deployment in self.deployments.items():
             mine = [p for p in self.pods if (p.info.namespace, p.info.owner) == key

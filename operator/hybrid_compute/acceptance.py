@@ -15,8 +15,6 @@ from pydantic import ValidationError
 from hybrid_compute.api.common import CrdInfo
 from hybrid_compute.conditions import parse_conditions, set_condition
 
-INITIAL_PHASE = {"ModelSlot": "Pending", "GpuWorkload": "Queued"}
-
 
 def describe_validation_error(error: ValidationError, prefix: str = "spec") -> str:
     """One line per problem, each naming the field: ``spec.model.vram: ...``."""
@@ -29,30 +27,21 @@ def describe_validation_error(error: ValidationError, prefix: str = "spec") -> s
 
 def acceptance_status(crd: CrdInfo, body: dict[str, Any], now: datetime.datetime
                       ) -> dict[str, Any]:
-    """The status the operator applies after validating ``body``'s spec."""
+    """The status the operator applies after validating ``body``'s spec, for kinds
+    the control loop does not plan (RoutePolicy, for now)."""
     generation = body.get("metadata", {}).get("generation")
-    current = body.get("status") or {}
-    conditions = parse_conditions(current.get("conditions"))
-    status: dict[str, Any] = {"observedGeneration": generation}
+    conditions = parse_conditions((body.get("status") or {}).get("conditions"))
     try:
         crd.spec_model.model_validate(body.get("spec") or {})
     except ValidationError as error:
-        message = describe_validation_error(error)
-        conditions = set_condition(conditions, "Accepted", "False", "InvalidSpec", message,
-                                   generation, now)
-        if crd.kind in INITIAL_PHASE:
-            status.update(phase="Failed", reason=f"invalid spec: {message}")
+        conditions = set_condition(conditions, "Accepted", "False", "InvalidSpec",
+                                   describe_validation_error(error), generation, now)
     else:
         conditions = set_condition(conditions, "Accepted", "True", "Valid",
                                    "the spec is valid", generation, now)
-        if crd.kind in INITIAL_PHASE:
-            phase, reason = current.get("phase"), current.get("reason")
-            if phase in (None, "Failed"):
-                phase, reason = INITIAL_PHASE[crd.kind], "accepted"
-            status.update(phase=phase, reason=reason)
-    status["conditions"] = [c.model_dump(by_alias=True, mode="json", exclude_none=True)
-                            for c in conditions]
-    return status
+    return {"observedGeneration": generation,
+            "conditions": [c.model_dump(by_alias=True, mode="json", exclude_none=True)
+                           for c in conditions]}
 
 
 def needs_update(current: dict[str, Any] | None, desired: dict[str, Any]) -> bool:

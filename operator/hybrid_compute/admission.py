@@ -167,9 +167,8 @@ def candidates(view_workloads: tuple[WorkloadInfo, ...],
                 workload.namespace, workload.name)
         current = held_gpus.get(key) or [g for g in (workload.status.gpu or "").split(",")
                                           if g in gpus]
-        found.append(Candidate(KIND, key, workload.name, vram, 1, rank,
-                               "running, not preemptible" if pinned else "queued",
-                               current[:1], running=active and bool(current)))
+        found.append(Candidate(KIND, key, workload.name, vram, 1, rank, current[:1],
+                               running=active and bool(current)))
     return found
 
 

@@ -69,7 +69,6 @@ class Candidate:
     vram: int
     gpus: int
     rank: tuple[Any, ...]
-    why: str
     current_gpus: list[str]
     is_default: bool = False
     running: bool = False

@@ -176,20 +176,3 @@ def config_hash(files: dict[str, str]) -> str:
     for key in sorted(files):
         digest.update(key.encode() + b"\0" + files[key].encode() + b"\0")
     return digest.hexdigest()
-
-
-def config_map(namespace: str, policy_name: str, uid: str, policy: RoutePolicySpec,
-               files: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": policy.litellm.config_map_name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/name": "litellm",
-                       "app.kubernetes.io/managed-by": "hybrid-compute"},
-            "annotations": {"hybridcompute.io/config-hash": config_hash(files)},
-            "ownerReferences": [children.owner_reference(policy_name, uid, "RoutePolicy")],
-        },
-        "data": files,
-    }

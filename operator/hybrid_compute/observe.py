@@ -73,16 +73,18 @@ def _parse(body: Mapping[str, Any], spec_model: type[SpecT], status_model: type[
     return spec, invalid, status
 
 
+def _identity(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    return {"namespace": metadata.get("namespace", "default"), "name": metadata["name"],
+            "uid": metadata.get("uid", ""), "generation": int(metadata.get("generation", 1))}
+
+
 def slot_from_object(body: Mapping[str, Any]) -> SlotInfo:
     """A ModelSlot object as the plan sees it; a bad spec becomes ``invalid_reason``."""
     metadata = body.get("metadata", {})
     spec, invalid, status = _parse(body, ModelSlotSpec, ModelSlotStatus)
     annotations = metadata.get("annotations") or {}
     return SlotInfo(
-        namespace=metadata.get("namespace", "default"),
-        name=metadata["name"],
-        uid=metadata.get("uid", ""),
-        generation=int(metadata.get("generation", 1)),
+        **_identity(metadata),
         spec=spec,
         status=status,
         invalid_reason=invalid,
@@ -114,7 +116,6 @@ def pod_from_object(body: Mapping[str, Any]) -> PodInfo | None:
         ready=ready_condition.get("status") == "True",
         terminating=bool(metadata.get("deletionTimestamp")),
         phase=phase,
-        ready_since=parse_time(ready_condition.get("lastTransitionTime")),
         kind=kind,
     ) if phase not in ("Succeeded", "Failed") else None
 
@@ -143,10 +144,7 @@ def workload_from_object(body: Mapping[str, Any]) -> WorkloadInfo:
     metadata = body.get("metadata", {})
     spec, invalid, status = _parse(body, GpuWorkloadSpec, GpuWorkloadStatus)
     return WorkloadInfo(
-        namespace=metadata.get("namespace", "default"),
-        name=metadata["name"],
-        uid=metadata.get("uid", ""),
-        generation=int(metadata.get("generation", 1)),
+        **_identity(metadata),
         spec=spec,
         status=status,
         invalid_reason=invalid,

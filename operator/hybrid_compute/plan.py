@@ -336,13 +336,11 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         if spec.activation == "OnDemand" and (in_use or pods):
             busy.append(spec.alias)
         if pinned:
-            tier, why = 0, "minimum residency"
-        elif spec.activation == "Always" and not spec.default:
-            tier, why = 1, "always resident"
-        elif in_use:
-            tier, why = 1, "requested"
+            tier = 0  # minimum residency
+        elif (spec.activation == "Always" and not spec.default) or in_use:
+            tier = 1  # always resident, or serving requests
         elif spec.default:
-            tier, why = 3, "default slot"
+            tier = 3  # the idle default slot; workloads are tier 2
         else:
             continue
         current = _current_gpus(slot, spec, {p.node for p in pods if p.node}, gpus)
@@ -350,7 +348,7 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         rank = (tier, -spec.priority, 0 if resident_now else 1, requested or now,
                 slot.namespace, slot.name)
         candidates.append(Candidate(
-            "ModelSlot", slot.key, spec.alias, vram, spec.gpus, rank, why, current,
+            "ModelSlot", slot.key, spec.alias, vram, spec.gpus, rank, current,
             is_default=spec.default,
             running=bool(current) and any(not p.terminating for p in pods)))
     workload_verdicts = WorkloadVerdicts()

@@ -86,7 +86,6 @@ class PodInfo:
     ready: bool
     terminating: bool
     phase: str = "Pending"
-    ready_since: datetime.datetime | None = None
     kind: str = "ModelSlot"
     """ModelSlot or GpuWorkload."""
 

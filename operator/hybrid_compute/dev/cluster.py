@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -464,9 +464,6 @@ class DevCluster:
             "nodes": state.nodes,
             "logs": str(self.folder / "logs"),
         }
-
-    def processes(self) -> Iterator[int]:
-        yield from _pids_mentioning(str(self.folder))
 
 
 def _is_group_leader(pid: int) -> bool:
