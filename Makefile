@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install toolchain dev dev-down run crds crds-check lint fmt unit test bench clean
+.PHONY: help install toolchain serving dev dev-down run crds crds-check manifests lint fmt unit test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -25,9 +25,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the package with its test tools
 
-toolchain: install ## build the control plane binaries (once per version)
+toolchain: install ## build the control plane binaries and helm (once per version)
 	@start=$$(date +%s); $(BIN)/hybrid-compute dev build && \
 	  echo "toolchain ready in $$(( $$(date +%s) - start ))s"
+
+serving: install ## install the LiteLLM proxy and build llama-server (once per version)
+	@start=$$(date +%s); $(BIN)/hybrid-compute dev build --serving && \
+	  echo "serving tools ready in $$(( $$(date +%s) - start ))s"
 
 dev: toolchain ## start the local cluster with the operator and the samples
 	$(BIN)/hybrid-compute dev up
@@ -44,9 +48,13 @@ crds: install ## regenerate crds/ and the chart's CRD templates from the models
 crds-check: install ## fail when crds/ differs from what the models generate
 	$(BIN)/hybrid-compute crds --check
 
-lint: install ## ruff and mypy
+manifests: toolchain ## regenerate manifests/base (for Argo CD) from the chart
+	$(BIN)/python -m hybrid_compute.dev.manifests
+
+lint: install ## ruff, mypy and hadolint
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 
 fmt: install ## apply ruff's fixes
 	$(BIN)/ruff check --fix operator tests
@@ -54,13 +62,14 @@ fmt: install ## apply ruff's fixes
 unit: install ## tests that need no cluster
 	$(BIN)/pytest -m 'not cluster'
 
-test: toolchain lint crds-check ## everything: lint, CRD check, unit and cluster tests
+test: toolchain serving lint crds-check ## everything: lint, CRD check, unit and cluster tests
 	@start=$$(date +%s); $(BIN)/pytest; status=$$?; \
 	  echo "tests took $$(( $$(date +%s) - start ))s"; exit $$status
 
-bench: toolchain ## benchmarks: plan speed, swap overhead on the local cluster
+bench: toolchain serving ## benchmarks: plan speed, swap overhead on the local cluster
 	$(BIN)/python bench/plan_speed.py
 	$(BIN)/python bench/swap_overhead.py
+	$(BIN)/python bench/router_hook.py
 
 clean: ## remove the virtual environment (the binary cache stays)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

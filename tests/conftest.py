@@ -26,7 +26,8 @@ from hybrid_compute.dev.bootstrap import bootstrap_manifests
 from hybrid_compute.dev.cluster import DevCluster
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
-TEST_CLUSTER_NAME = "test"
+# A second checkout (or a second run) can use a cluster of its own beside this one.
+TEST_CLUSTER_NAME = os.environ.get("HYBRID_COMPUTE_TEST_CLUSTER", "test")
 
 
 class TestCluster:
@@ -79,6 +80,14 @@ class OperatorHandle:
     health_port: int
     api_port: int
     token: str
+    metrics_port: int = 0
+
+    def scrape(self) -> str:
+        """The operator's Prometheus /metrics text."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text: str = response.read().decode()
+        return text
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
              token: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -126,7 +135,9 @@ class OperatorHandle:
 
 
 # Short enough that tests need not wait, long enough to show it works.
-OPERATOR_ARGS = ("--min-residency=2s",)
+# LiteLLM runs on this host in the serving tests, beside llama-server processes
+# listening on each slot's port.
+OPERATOR_ARGS = ("--min-residency=2s", "--endpoint-template=http://127.0.0.1:{port}/v1")
 
 
 def operator_env(cluster: DevCluster) -> dict[str, str]:
@@ -145,7 +156,8 @@ def operator(k8s: TestCluster) -> Iterator[OperatorHandle]:
     assert state is not None
     yield OperatorHandle(k8s.cluster, state.ports["operator-health"],
                          state.ports["operator-api"],
-                         k8s.cluster.api_token_file.read_text().strip())
+                         k8s.cluster.api_token_file.read_text().strip(),
+                         state.ports["operator-metrics"])
     k8s.cluster.stop_operator()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -17,9 +18,16 @@ from hybrid_compute import kube
 from hybrid_compute.api.common import API_VERSION
 from hybrid_compute.api.gpuworkload import GpuWorkload
 from hybrid_compute.api.modelslot import ModelSlot
+from hybrid_compute.api.routepolicy import RoutePolicy
 from hybrid_compute.children import template_hash
-from hybrid_compute.plan import EventIntent, Plan, SlotDecision, WorkloadDecision
-from hybrid_compute.view import DeploymentInfo, View
+from hybrid_compute.plan import (
+    EventIntent,
+    Plan,
+    PolicyDecision,
+    SlotDecision,
+    WorkloadDecision,
+)
+from hybrid_compute.view import DeploymentInfo, SlotInfo, View
 
 logger = logging.getLogger("hybrid_compute.act")
 
@@ -43,10 +51,29 @@ def _deployment_matches(decision: SlotDecision, view: View) -> bool:
             and observed.node == node)
 
 
-def act(api: client.ApiClient, plan: Plan, view: View, now: datetime.datetime) -> list[str]:
-    """Writes what differs; returns one line per write, for logs and tests."""
+def act(api: client.ApiClient, plan: Plan, view: View, now: datetime.datetime,
+        status_written: Callable[[PolicyDecision], None] | None = None) -> list[str]:
+    """Writes what differs; returns one line per write, for logs and tests.
+    ``status_written`` hears of every RoutePolicy status stored (the reported spend
+    it carries is then durable)."""
     writes: list[str] = []
     stored = {slot.key: slot for slot in view.slots}
+    written: set[tuple[str, str]] = set()
+    # A demand lives in the operator's memory until a status holds it: record it
+    # before acting on it, or an operator killed between evicting the old slot and
+    # writing the new one's status forgets why it evicted anything.
+    for decision in plan.slots:
+        key = (decision.namespace, decision.name)
+        slot = stored.get(key)
+        heard = decision.status.get("lastRequestTime")
+        if heard and slot is not None and _stored_status(slot).get("lastRequestTime") != heard:
+            try:
+                kube.apply_status(api, ModelSlot.crd, key[0], key[1], decision.status)
+            except ApiException as error:
+                writes.append(f"conflict on {key[0]}/{key[1]} ({error.status}), replanning")
+                continue
+            written.add(key)
+            writes.append(f"status {key[0]}/{key[1]} phase={decision.phase} (demand)")
     # Scale-downs first, so VRAM is released before anything else asks for it.
     ordered = sorted(plan.slots, key=lambda d: d.replicas)
     for decision in ordered:
@@ -68,9 +95,8 @@ def act(api: client.ApiClient, plan: Plan, view: View, now: datetime.datetime) -
                 kube.apply(api, decision.service)
                 writes.append(f"service {key[0]}/{key[1]}")
             slot = stored.get(key)
-            current = slot.status.model_dump(by_alias=True, mode="json", exclude_none=True) \
-                if slot else {}
-            if current != decision.status:
+            current = _stored_status(slot) if slot else {}
+            if current != decision.status and key not in written:
                 kube.apply_status(api, ModelSlot.crd, key[0], key[1], decision.status)
                 writes.append(f"status {key[0]}/{key[1]} phase={decision.phase}")
         except ApiException as error:
@@ -82,10 +108,16 @@ def act(api: client.ApiClient, plan: Plan, view: View, now: datetime.datetime) -
                            error.reason)
     for workload in plan.workloads:
         writes += _act_workload(api, workload, view)
+    for policy in plan.policies:
+        writes += _act_policy(api, policy, status_written)
     for event in plan.events:
         post_event(api, event, now)
         writes.append(f"event {event.reason} {event.namespace}/{event.name}")
     return writes
+
+
+def _stored_status(slot: SlotInfo) -> dict[str, Any]:
+    return slot.status.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
 def _child_matches(decision: WorkloadDecision, view: View) -> bool:
@@ -123,6 +155,39 @@ def _act_workload(api: client.ApiClient, decision: WorkloadDecision, view: View)
     except ApiException as error:
         if error.status != 404:
             logger.warning("applying %s failed: %s %s", key, error.status, error.reason)
+    return writes
+
+
+def _act_policy(api: client.ApiClient, decision: PolicyDecision,
+                status_written: Callable[[PolicyDecision], None] | None) -> list[str]:
+    """ConfigMap first, then the Deployment that loads it, then the status; the
+    status carries reported spend, so it is written last, once the rest held."""
+    writes: list[str] = []
+    key = f"{decision.namespace}/{decision.name}"
+    try:
+        if decision.config_map is not None:
+            kube.apply(api, decision.config_map)
+            writes.append(f"configmap {decision.namespace}/"
+                          f"{decision.config_map['metadata']['name']} "
+                          f"config={(decision.config_hash or '')[:12]}")
+        if decision.litellm_patch is not None:
+            kube.apply(api, decision.litellm_patch)
+            writes.append(f"deployment {decision.namespace}/"
+                          f"{decision.litellm_patch['metadata']['name']} "
+                          f"config={(decision.config_hash or '')[:12]}")
+        current = decision.policy.status.model_dump(by_alias=True, mode="json",
+                                                    exclude_none=True)
+        if current != decision.status:
+            kube.apply_status(api, RoutePolicy.crd, decision.namespace, decision.name,
+                              decision.status)
+            writes.append(f"status routepolicy {key}")
+            if status_written is not None:
+                status_written(decision)
+    except ApiException as error:
+        if error.status not in (404, 409):
+            logger.warning("applying RoutePolicy %s failed: %s %s", key, error.status,
+                           error.reason)
+        writes.append(f"conflict on routepolicy {key} ({error.status}), replanning")
     return writes
 
 

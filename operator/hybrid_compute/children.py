@@ -11,6 +11,7 @@ from hybrid_compute.api.common import API_VERSION, parse_bytes, parse_duration
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.view import (
+    DEFAULT_ENDPOINT_TEMPLATE,
     GPUS_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -201,8 +202,11 @@ def service(namespace: str, slot_name: str, uid: str, port: int) -> dict[str, An
     }
 
 
-def endpoint(namespace: str, slot_name: str, port: int) -> str:
-    return f"http://{child_name(slot_name)}.{namespace}.svc:{port}/v1"
+def endpoint(namespace: str, slot_name: str, port: int,
+             template: str = DEFAULT_ENDPOINT_TEMPLATE) -> str:
+    """The OpenAI-compatible base URL of a slot's llama-server."""
+    return template.format(service=child_name(slot_name), namespace=namespace, port=port,
+                           slot=slot_name)
 
 
 # ------------------------------------------------------------------ workloads

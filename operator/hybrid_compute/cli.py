@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
+from hybrid_compute.dev import llmtools
 from hybrid_compute.dev.cluster import ClusterError, DevCluster
 from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME, PROFILES
 from hybrid_compute.dev.toolchain import (
@@ -16,6 +18,7 @@ from hybrid_compute.dev.toolchain import (
     default_toolchain,
     ensure_toolchain,
 )
+from hybrid_compute.view import DEFAULT_ENDPOINT_TEMPLATE
 
 API_TOKEN_ENV = "HYBRID_COMPUTE_API_TOKEN"
 
@@ -92,8 +95,15 @@ def _dev_add_node(args: argparse.Namespace) -> int:
 
 
 def _dev_build(args: argparse.Namespace) -> int:
+    from hybrid_compute.dev.helm import ensure_helm
+
     tools = ensure_toolchain()
     print(f"control plane binaries: {tools.bin_dir}")
+    print(f"helm (for the chart's tests): {ensure_helm()}")
+    if args.serving:
+        serving = llmtools.ensure_serving_tools()
+        print(f"litellm: {serving.litellm}")
+        print(f"llama-server: {serving.llama_server}")
     return 0
 
 
@@ -123,13 +133,33 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     try:
         settings = PlanSettings(min_residency=parse_duration(args.min_residency),
-                                headroom_bytes=parse_bytes(args.headroom))
+                                headroom_bytes=parse_bytes(args.headroom),
+                                endpoint_template=_endpoint_template(args.endpoint_template))
     except (ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return run_operator(kubeconfig=args.kubeconfig, namespace=args.namespace,
                         health_port=args.health_port, standalone=args.standalone,
-                        api_port=args.api_port, api_token=token or None, settings=settings)
+                        api_port=args.api_port, api_token=token or None, settings=settings,
+                        metrics_port=args.metrics_port, gpu_agents=tuple(args.gpu_agent),
+                        webhook_port=args.webhook_port, webhook_host=args.webhook_host)
+
+
+def _endpoint_template(template: str) -> str:
+    """Checks the placeholders now, not when the first slot is rendered."""
+    try:
+        template.format(service="s", namespace="n", port=1, slot="s")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"--endpoint-template {template!r}: unknown placeholder {error}; "
+                         "use {service}, {namespace}, {port} or {slot}") from None
+    return template
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from hybrid_compute.agent.server import run_agent
+
+    node = args.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+    return run_agent(node, args.host, args.port, args.interval, Path(args.proc_root))
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -184,6 +214,70 @@ def _render_litellm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vram(args: argparse.Namespace) -> int:
+    from hybrid_compute import vram
+
+    if args.seed_table:
+        print(vram.seed_table(vram.seed_rows()))
+        return 0
+    if args.model is None:
+        print("error: name a GGUF file, or pass --seed-table", file=sys.stderr)
+        return 2
+    settings = vram.ServerSettings(
+        ctx_size=args.ctx, parallel=args.parallel, flash_attn=args.flash_attn,
+        cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v,
+        gpu_layers=args.n_gpu_layers, ubatch_size=args.ubatch_size)
+    try:
+        shape = vram.read_shape(Path(args.model))
+        result = vram.estimate(shape, settings)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(vram.describe(shape, settings, result))
+    return 0
+
+
+def _cost(args: argparse.Namespace) -> int:
+    import pydantic
+    import yaml
+
+    from hybrid_compute.cost import CostAssumptions, measured_table, render, seed_table
+    from hybrid_compute.usage_metrics import MetricsError, measure, prometheus_query
+
+    values: dict[str, object] = {}
+    if args.assumptions:
+        try:
+            loaded = yaml.safe_load(Path(args.assumptions).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            print(f"error: cannot read --assumptions: {error}", file=sys.stderr)
+            return 2
+        if not isinstance(loaded, dict):
+            print("error: --assumptions must hold a mapping of assumption: value",
+                  file=sys.stderr)
+            return 2
+        values.update(loaded)
+    values.update({name: getattr(args, name) for name in CostAssumptions.model_fields
+                   if getattr(args, name) is not None})
+    try:
+        assumptions = CostAssumptions.model_validate(values)
+    except pydantic.ValidationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.from_metrics:
+        try:
+            usage = measure(prometheus_query(args.from_metrics, timeout=args.timeout),
+                            args.window, local_prefix=args.local_prefix,
+                            source=args.from_metrics)
+            table = measured_table(assumptions, usage)
+        except (MetricsError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    else:
+        table = seed_table(assumptions)
+    print(render(table, assumptions.amortisation_months))
+    return 0
+
+
 def _crds(args: argparse.Namespace) -> int:
     from hybrid_compute.crdgen import write_crds
 
@@ -201,6 +295,23 @@ def _crds(args: argparse.Namespace) -> int:
     verb = "would change" if args.check else "wrote"
     print(f"{verb} {len(changed)} files" if changed else "CRDs are up to date")
     return 0
+
+
+def _add_cost_assumption_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per cost assumption, documented by the model, so none is fixed."""
+    from hybrid_compute.cost import CostAssumptions
+
+    for name, info in CostAssumptions.model_fields.items():
+        kind = str if info.annotation is str else float
+        description = (info.description or "").replace("%", "%%")  # argparse formats help
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                            metavar="TEXT" if kind is str else "N",
+                            help=f"{description} (default {_plain_number(info.default)})"
+                            if kind is float else f"{description} (default {info.default})")
+
+
+def _plain_number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,8 +334,39 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default shortest stay of a loaded slot (default 30s)")
     run.add_argument("--headroom", default="1Gi",
                      help="VRAM kept free on every GPU (default 1Gi)")
+    run.add_argument("--webhook-port", type=int, default=0,
+                     help="serve the admission webhook that refuses slots and workloads "
+                          "that can never fit a GPU on this port (HTTPS, self-signed; "
+                          "default 0: off)")
+    run.add_argument("--webhook-host", default="127.0.0.1",
+                     help="name or address the API server reaches the webhook at "
+                          "(default 127.0.0.1)")
+    run.add_argument("--metrics-port", type=int, default=9090,
+                     help="port of the Prometheus /metrics endpoint (default 9090, 0 disables)")
+    run.add_argument("--gpu-agent", action="append", default=[], metavar="URL|local",
+                     help="GPU agent to read foreign VRAM and utilisation from (repeatable): "
+                          "a URL, where {node} stands for each GPU node's name, or 'local' "
+                          "to read NVML in this process (single-node installs)")
+    run.add_argument("--endpoint-template", default=DEFAULT_ENDPOINT_TEMPLATE,
+                     help="how LiteLLM reaches a slot's llama-server (default "
+                          f"{DEFAULT_ENDPOINT_TEMPLATE}"
+                          "; change it only when LiteLLM runs outside the cluster)")
     run.add_argument("--dev-cluster", help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
+
+    agent = commands.add_parser("agent", help="serve this node's GPU telemetry (NVML) as "
+                                              "Prometheus metrics and a JSON snapshot")
+    agent.add_argument("--port", type=int, default=9400,
+                       help="port of /metrics, /snapshot and /healthz (default 9400)")
+    agent.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    agent.add_argument("--node-name",
+                       help="node the GPUs belong to (default: $NODE_NAME, else the host name)")
+    agent.add_argument("--interval", type=float, default=5.0,
+                       help="seconds between two readings (default 5)")
+    agent.add_argument("--proc-root", default="/proc",
+                       help="where to read processes' cgroups to find their pods; needs "
+                            "the host's PID namespace (default /proc)")
+    agent.set_defaults(handler=_agent)
 
     dev = commands.add_parser("dev", help="a local control plane with a simulated GPU node")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)
@@ -245,7 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_node.add_argument("node_name")
     add_node.add_argument("--profile", choices=sorted(PROFILES), default="dual-rtx3090")
     add_node.set_defaults(handler=_dev_add_node)
-    build = dev_commands.add_parser("build", help="build the control plane binaries (cached)")
+    build = dev_commands.add_parser("build", help="build the control plane binaries and helm "
+                                                 "(cached)")
+    build.add_argument("--serving", action="store_true",
+                       help="also install the LiteLLM proxy and build llama-server, which "
+                            "the serving tests and benchmarks run")
     build.set_defaults(handler=_dev_build)
     kubectl = dev_commands.add_parser("kubectl", help="run the matching kubectl against it")
     kubectl.add_argument("kubectl_args", nargs=argparse.REMAINDER, metavar="ARGS")
@@ -276,6 +422,48 @@ def build_parser() -> argparse.ArgumentParser:
     litellm.add_argument("--rules", action="store_true",
                          help="print the router's rules instead of config.yaml")
     litellm.set_defaults(handler=_render_litellm)
+
+    from hybrid_compute.vram import CACHE_TYPES
+
+    vram_command = commands.add_parser(
+        "vram", help="estimate the GPU memory a llama-server needs for a GGUF model")
+    vram_command.add_argument("model", nargs="?", metavar="MODEL.gguf",
+                              help="the model file (only its header is read)")
+    vram_command.add_argument("--ctx", type=int, default=8192,
+                              help="--ctx-size: KV cells shared by all sequences (default 8192)")
+    vram_command.add_argument("--parallel", type=int, default=1,
+                              help="--parallel: sequences decoded at once (default 1)")
+    vram_command.add_argument("--flash-attn", action="store_true",
+                              help="flash attention on (needed for a quantised KV cache)")
+    vram_command.add_argument("--cache-type-k", default="f16", choices=CACHE_TYPES,
+                              help="K cache type (default f16)")
+    vram_command.add_argument("--cache-type-v", default="f16", choices=CACHE_TYPES,
+                              help="V cache type (default f16)")
+    vram_command.add_argument("--n-gpu-layers", type=int, default=None,
+                              help="layers offloaded to the GPU (default: all)")
+    vram_command.add_argument("--ubatch-size", type=int, default=512,
+                              help="--ubatch-size: tokens per micro-batch (default 512)")
+    vram_command.add_argument("--seed-table", action="store_true",
+                              help="the seed's models, estimated beside the seed's VRAM column")
+    vram_command.set_defaults(handler=_vram)
+
+    cost = commands.add_parser(
+        "cost", help="monthly cost of all-cloud and hybrid strategies (the seed's cost math)")
+    cost.add_argument("--assumptions", metavar="FILE",
+                      help="YAML or JSON file of assumptions (keys as the flags, with _); "
+                           "flags override it")
+    _add_cost_assumption_flags(cost)
+    cost.add_argument("--from-metrics", metavar="URL",
+                      help="compute the table from Prometheus at URL (LiteLLM spend and "
+                           "tokens by alias, llama-server token counters)")
+    cost.add_argument("--window", default="30d",
+                      help="with --from-metrics: the range measured (default 30d; keep it "
+                           "within Prometheus' retention)")
+    cost.add_argument("--local-prefix", default="local/",
+                      help="with --from-metrics: aliases of local slots (default local/)")
+    cost.add_argument("--timeout", type=float, default=10.0,
+                      help="with --from-metrics: seconds per query (default 10)")
+    cost.set_defaults(handler=_cost)
 
     crds = commands.add_parser("crds", help="generate crds/ and the chart's copies")
     crds.add_argument("--check", action="store_true",

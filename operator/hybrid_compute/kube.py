@@ -24,7 +24,7 @@ def load_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 
 def apply(api: client.ApiClient, manifest: dict[str, Any]) -> None:
-    """Server-side applies a Deployment, Service or Job."""
+    """Server-side applies a Deployment, Service, Job or ConfigMap."""
     metadata = manifest["metadata"]
     options = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY_PATCH}
     if manifest["kind"] == "Deployment":
@@ -32,6 +32,9 @@ def apply(api: client.ApiClient, manifest: dict[str, Any]) -> None:
             metadata["name"], metadata["namespace"], manifest, **options)
     elif manifest["kind"] == "Service":
         client.CoreV1Api(api).patch_namespaced_service(
+            metadata["name"], metadata["namespace"], manifest, **options)
+    elif manifest["kind"] == "ConfigMap":
+        client.CoreV1Api(api).patch_namespaced_config_map(
             metadata["name"], metadata["namespace"], manifest, **options)
     elif manifest["kind"] == "Job":
         client.BatchV1Api(api).patch_namespaced_job(

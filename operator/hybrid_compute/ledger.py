@@ -21,6 +21,9 @@ class Gpu:
     node: GpuNode
     capacity: int
     exclusive: bool
+    foreign: int = 0
+    """Bytes held by processes that are not the operator's (GPU agent); already
+    taken off ``capacity``, kept to name them in reasons."""
     held: int = 0
     """Bytes held now by existing pods and children still asking for pods."""
     reserved: int = 0
@@ -79,14 +82,17 @@ def build_gpus(view: View) -> dict[str, Gpu]:
     gpus: dict[str, Gpu] = {}
     for node in sorted(view.nodes, key=lambda n: n.name):
         for gpu_id in node.gpu_ids():
-            capacity = (node.gpu_memory_bytes - view.settings.headroom_bytes
-                        - view.foreign_vram.get(gpu_id, 0))
-            gpus[gpu_id] = Gpu(gpu_id, node, max(capacity, 0), exclusive=not node.time_sliced)
+            foreign = view.foreign_vram.get(gpu_id, 0)
+            capacity = node.gpu_memory_bytes - view.settings.headroom_bytes - foreign
+            gpus[gpu_id] = Gpu(gpu_id, node, max(capacity, 0), exclusive=not node.time_sliced,
+                               foreign=foreign)
     return gpus
 
 
 def fit_problem(gpu_count: int, vram: int, gpus: dict[str, Gpu]) -> str | None:
-    """Why a consumer can never fit any GPU (with the numbers), or None."""
+    """Why a consumer can never fit any GPU (with the numbers), or None. Memory of
+    foreign processes does not count here: it comes and goes, so a consumer it
+    crowds out waits for room instead of being called too large."""
     if not gpus:
         return "no node advertises nvidia.com/gpu"
     per_device = vram // gpu_count
@@ -95,17 +101,17 @@ def fit_problem(gpu_count: int, vram: int, gpus: dict[str, Gpu]) -> str | None:
         node = gpu.node
         if gpu_count > 1 and (node.time_sliced or node.gpu_count < gpu_count):
             continue
-        if per_device <= gpu.capacity:
+        if per_device <= gpu.capacity + gpu.foreign:
             return None
-        if best is None or gpu.capacity > best.capacity:
+        if best is None or gpu.capacity + gpu.foreign > best.capacity + best.foreign:
             best = gpu
     if best is None:
         return (f"needs {gpu_count} whole GPUs on one node; no node without time-slicing "
                 f"has {gpu_count}")
     if gpu_count > 1:
         return (f"needs {gib(per_device)} on each of {gpu_count} GPUs, "
-                f"{best.id} offers {gib(best.capacity)}")
-    return f"needs {gib(vram)}, {best.id} offers {gib(best.capacity)}"
+                f"{best.id} offers {gib(best.capacity + best.foreign)}")
+    return f"needs {gib(vram)}, {best.id} offers {gib(best.capacity + best.foreign)}"
 
 
 def record_holding(gpus: dict[str, Gpu], placed: list[str], held: int, gpu_count: int,

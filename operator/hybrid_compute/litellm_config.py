@@ -9,6 +9,7 @@ endpoint is its Service, which never moves.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -21,7 +22,7 @@ import yaml
 from hybrid_compute import children
 from hybrid_compute.api.common import SecretKeyRef, parse_duration
 from hybrid_compute.api.routepolicy import RoutePolicySpec
-from hybrid_compute.view import SlotInfo
+from hybrid_compute.view import DEFAULT_ENDPOINT_TEMPLATE, SlotInfo
 
 CONFIG_KEY = "config.yaml"
 ROUTER_MODULE_KEY = "hybrid_router.py"
@@ -60,7 +61,7 @@ def _per_token(per_million: float) -> float:
     return float(Decimal(str(per_million)) / Decimal(1_000_000))
 
 
-def _local_models(slots: list[SlotInfo]) -> list[dict[str, Any]]:
+def _local_models(slots: list[SlotInfo], endpoint_template: str) -> list[dict[str, Any]]:
     models = []
     for slot in sorted(slots, key=lambda s: s.key):
         spec = slot.spec
@@ -74,7 +75,8 @@ def _local_models(slots: list[SlotInfo]) -> list[dict[str, Any]]:
             "model_name": spec.alias,
             "litellm_params": {
                 "model": f"openai/{children.served_name(spec)}",
-                "api_base": children.endpoint(slot.namespace, slot.name, spec.server.port),
+                "api_base": children.endpoint(slot.namespace, slot.name, spec.server.port,
+                                              endpoint_template),
                 "api_key": "none",
             },
             "model_info": info,
@@ -114,7 +116,8 @@ def fallbacks(policy: RoutePolicySpec, slots: list[SlotInfo]) -> dict[str, list[
     return dict(sorted(chains.items()))
 
 
-def render_config(policy: RoutePolicySpec, slots: list[SlotInfo]) -> dict[str, Any]:
+def render_config(policy: RoutePolicySpec, slots: list[SlotInfo],
+                  endpoint_template: str = DEFAULT_ENDPOINT_TEMPLATE) -> dict[str, Any]:
     """LiteLLM's config.yaml as a dict."""
     router = policy.router
     general: dict[str, Any] = {}
@@ -127,7 +130,8 @@ def render_config(policy: RoutePolicySpec, slots: list[SlotInfo]) -> dict[str, A
             "litellm_params": {"model": "openai/hybrid-auto", "api_base": UNROUTED_BASE,
                                "api_key": "none"}}
     config: dict[str, Any] = {
-        "model_list": [*_local_models(slots), *_cloud_models(policy), auto],
+        "model_list": [*_local_models(slots, endpoint_template), *_cloud_models(policy),
+                       auto],
         "router_settings": {
             "routing_strategy": router.routing_strategy,
             "num_retries": router.num_retries,
@@ -141,11 +145,15 @@ def render_config(policy: RoutePolicySpec, slots: list[SlotInfo]) -> dict[str, A
     return config
 
 
-def render_rules(policy: RoutePolicySpec, slots: list[SlotInfo]) -> dict[str, Any]:
+def render_rules(policy: RoutePolicySpec, slots: list[SlotInfo],
+                 policy_key: str | None = None) -> dict[str, Any]:
     """What the router module needs besides the live state: the matrix, the
-    privacy tags, the budget action and which aliases are local."""
+    privacy tags, the budget action and which aliases are local. ``policy_key``
+    (namespace/name) tells the router which policy's budget in the operator's
+    state is its own."""
     routing = policy.routing
     return {
+        "policy": policy_key,
         "autoModel": routing.auto_model,
         "routes": routing.routes.model_dump(by_alias=True),
         "tasks": dict(sorted(routing.tasks.items())),
@@ -158,16 +166,21 @@ def render_rules(policy: RoutePolicySpec, slots: list[SlotInfo]) -> dict[str, An
     }
 
 
+@functools.cache
 def router_module() -> str:
     return resources.files("hybrid_compute.router").joinpath("hybrid_router.py").read_text()
 
 
-def config_files(policy: RoutePolicySpec, slots: list[SlotInfo]) -> dict[str, str]:
+def config_files(policy: RoutePolicySpec, slots: list[SlotInfo],
+                 endpoint_template: str = DEFAULT_ENDPOINT_TEMPLATE,
+                 policy_key: str | None = None) -> dict[str, str]:
     """The ConfigMap's data: config.yaml, the router module and its rules."""
+    config = render_config(policy, slots, endpoint_template)
+    rules = render_rules(policy, slots, policy_key)
     return {
-        CONFIG_KEY: yaml.safe_dump(render_config(policy, slots), sort_keys=False),
+        CONFIG_KEY: yaml.safe_dump(config, sort_keys=False),
         ROUTER_MODULE_KEY: router_module(),
-        RULES_KEY: json.dumps(render_rules(policy, slots), indent=2, sort_keys=True) + "\n",
+        RULES_KEY: json.dumps(rules, indent=2, sort_keys=True) + "\n",
     }
 
 

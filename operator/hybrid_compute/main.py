@@ -14,9 +14,8 @@ from typing import Any
 
 import kopf
 
-from hybrid_compute import acceptance, api_server, clock, kube
-from hybrid_compute.api import GROUP, VERSION, RoutePolicy
-from hybrid_compute.api.common import CrdInfo
+from hybrid_compute import api_server, fit_webhook, gpu_telemetry, kube, metrics
+from hybrid_compute.api import GROUP, VERSION
 from hybrid_compute.runtime import Runtime
 from hybrid_compute.view import (
     MANAGED_BY,
@@ -36,6 +35,11 @@ class OperatorOptions:
     settings: PlanSettings
     api_port: int
     api_token: str | None
+    metrics_port: int = 9090
+    gpu_agents: tuple[str, ...] = ()
+    webhook_port: int = 0
+    """0: no admission webhook; the plan alone reports slots that can never fit."""
+    webhook_host: str = "127.0.0.1"
 
 
 _OPTIONS: list[OperatorOptions] = []
@@ -52,10 +56,20 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     options = _OPTIONS[-1] if _OPTIONS else OperatorOptions(PlanSettings(), 8081, None)
     api = kube.load_client(os.environ.get("KUBECONFIG") or None)
-    runtime = Runtime(api, options.settings)
+    telemetry = gpu_telemetry.from_options(options.gpu_agents, metrics.METRICS)
+    runtime = Runtime(api, options.settings, telemetry=telemetry)
     memo.api = api
     memo.runtime = runtime
+    if options.webhook_port:
+        fit_webhook.configure_server(settings, options.webhook_port,
+                                     options.webhook_host)
     memo.loop = asyncio.create_task(runtime.run(), name="hybrid-compute-loop")
+    memo.telemetry = None if telemetry is None else asyncio.create_task(
+        telemetry.run(runtime.gpu_nodes, runtime.poke), name="hybrid-compute-gpu-telemetry")
+    memo.metrics_http = None
+    if options.metrics_port:
+        memo.metrics_http = await metrics.start(metrics.METRICS, options.metrics_port)
+        logger.info("Prometheus metrics on port %d at /metrics", options.metrics_port)
     memo.http = None
     if options.api_token and options.api_port:
         memo.http = await api_server.start(runtime, options.api_token, options.api_port)
@@ -68,8 +82,12 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     memo.loop.cancel()
+    if memo.telemetry is not None:
+        memo.telemetry.cancel()
     if memo.http is not None:
         await memo.http.cleanup()
+    if memo.metrics_http is not None:
+        await memo.metrics_http.cleanup()
 
 
 @kopf.on.probe(id="loop")
@@ -97,21 +115,9 @@ def gpu_node_changed(memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.poke()
 
 
-def _accept(crd: CrdInfo, memo: kopf.Memo, body: kopf.Body, event_type: str | None) -> None:
-    """Acceptance status for RoutePolicy, which the loop does not plan yet."""
-    if event_type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
-        return
-    now = clock.now().replace(microsecond=0)
-    desired = acceptance.acceptance_status(crd, dict(body), now)
-    if acceptance.needs_update(dict(body.get("status") or {}), desired):
-        kube.apply_status(memo.api, crd, body["metadata"]["namespace"],
-                          body["metadata"]["name"], desired)
-
-
 @kopf.on.event(GROUP, VERSION, "routepolicies")
-def route_policy_changed(memo: kopf.Memo, body: kopf.Body, type: str | None,
-                         **_: Any) -> None:
-    _accept(RoutePolicy.crd, memo, body, type)
+def route_policy_changed(memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.poke()
 
 
 @kopf.on.event(GROUP, VERSION, "gpuworkloads")
@@ -129,9 +135,28 @@ def workload_job_changed(memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.poke()
 
 
+def _register_fit_webhook() -> None:
+    """Only with a webhook port: kopf will not start with admission handlers and no
+    server to serve them."""
+
+    @kopf.on.validate(GROUP, VERSION, "modelslots", id="modelslot-fits",
+                      operations=["CREATE", "UPDATE"], ignore_failures=True)
+    async def modelslot_fits(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        await fit_webhook.admit("ModelSlot", body, kwargs.get("old"), memo.api,
+                                memo.runtime.settings)
+
+    @kopf.on.validate(GROUP, VERSION, "gpuworkloads", id="gpuworkload-fits",
+                      operations=["CREATE", "UPDATE"], ignore_failures=True)
+    async def gpuworkload_fits(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        await fit_webhook.admit("GpuWorkload", body, kwargs.get("old"), memo.api,
+                                memo.runtime.settings)
+
+
 def run_operator(kubeconfig: str | None, namespace: list[str], health_port: int,
                  standalone: bool, api_port: int = 8081, api_token: str | None = None,
-                 settings: PlanSettings | None = None) -> int:
+                 settings: PlanSettings | None = None, metrics_port: int = 9090,
+                 gpu_agents: tuple[str, ...] = (), webhook_port: int = 0,
+                 webhook_host: str = "127.0.0.1") -> int:
     """Runs the operator until interrupted; ``/healthz`` serves kopf's liveness probe."""
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
@@ -139,7 +164,10 @@ def run_operator(kubeconfig: str | None, namespace: list[str], health_port: int,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per handled watch event drowns what the loop reports.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    _OPTIONS.append(OperatorOptions(settings or PlanSettings(), api_port, api_token))
+    _OPTIONS.append(OperatorOptions(settings or PlanSettings(), api_port, api_token,
+                                    metrics_port, gpu_agents, webhook_port, webhook_host))
+    if webhook_port:
+        _register_fit_webhook()
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
     asyncio.run(kopf.operator(
         clusterwide=not namespace,

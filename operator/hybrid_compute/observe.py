@@ -13,17 +13,21 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
 from hybrid_compute.acceptance import describe_validation_error
 from hybrid_compute.api.common import GROUP, VERSION
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
+from hybrid_compute.api.routepolicy import RoutePolicySpec, RoutePolicyStatus
 from hybrid_compute.view import (
+    CONFIG_HASH_ANNOTATION,
     GPUS_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     MIB,
+    POLICY_LABEL,
     REQUESTED_AT_ANNOTATION,
     SLOT_LABEL,
     TEMPLATE_HASH_ANNOTATION,
@@ -31,8 +35,10 @@ from hybrid_compute.view import (
     WORKLOAD_LABEL,
     DeploymentInfo,
     GpuNode,
+    LiteLLMDeployment,
     PlanSettings,
     PodInfo,
+    PolicyInfo,
     SlotInfo,
     View,
     WorkloadChild,
@@ -92,6 +98,45 @@ def slot_from_object(body: Mapping[str, Any]) -> SlotInfo:
     )
 
 
+def policy_from_object(body: Mapping[str, Any]) -> PolicyInfo:
+    spec, invalid, status = _parse(body, RoutePolicySpec, RoutePolicyStatus)
+    return PolicyInfo(**_identity(body.get("metadata", {})), spec=spec, status=status,
+                      invalid_reason=invalid)
+
+
+LITELLM_CONTAINER = "litellm"
+SECRET_ENV_PREFIX = "HC_"
+
+
+def litellm_from_object(body: Mapping[str, Any]) -> LiteLLMDeployment | None:
+    """A LiteLLM Deployment: which rendering it runs and whether it has rolled out."""
+    metadata = body.get("metadata", {})
+    spec = body.get("spec") or {}
+    template = spec.get("template") or {}
+    containers = (template.get("spec") or {}).get("containers") or []
+    if not containers:
+        return None
+    container = next((c for c in containers if c.get("name") == LITELLM_CONTAINER),
+                     containers[0])
+    status = body.get("status") or {}
+    replicas = int(spec.get("replicas", 1))
+    rolled_out = (int(status.get("observedGeneration", 0)) >= int(metadata.get("generation", 1))
+                  and int(status.get("updatedReplicas", 0)) >= replicas
+                  and int(status.get("readyReplicas", 0)) >= replicas
+                  and int(status.get("replicas", 0)) <= replicas)
+    return LiteLLMDeployment(
+        namespace=metadata.get("namespace", "default"),
+        name=metadata["name"],
+        container=container["name"],
+        config_hash=(template.get("metadata") or {}).get("annotations", {}).get(
+            CONFIG_HASH_ANNOTATION, ""),
+        env_names=frozenset(e["name"] for e in container.get("env") or []
+                            if e.get("name", "").startswith(SECRET_ENV_PREFIX)),
+        replicas=replicas,
+        updated_ready=rolled_out,
+    )
+
+
 def pod_from_object(body: Mapping[str, Any]) -> PodInfo | None:
     """A pod of a slot or a workload; finished pods hold no GPU memory any more."""
     metadata = body.get("metadata", {})
@@ -117,6 +162,7 @@ def pod_from_object(body: Mapping[str, Any]) -> PodInfo | None:
         terminating=bool(metadata.get("deletionTimestamp")),
         phase=phase,
         kind=kind,
+        uid=metadata.get("uid", ""),
     ) if phase not in ("Succeeded", "Failed") else None
 
 
@@ -229,9 +275,28 @@ def _raw(response: Any) -> dict[str, Any]:
     return data
 
 
+def _litellm_deployments(apps: client.AppsV1Api, policies: list[PolicyInfo]
+                         ) -> dict[tuple[str, str], LiteLLMDeployment]:
+    found: dict[tuple[str, str], LiteLLMDeployment] = {}
+    wanted = {(p.namespace, p.spec.litellm.deployment_name) for p in policies if p.spec}
+    for namespace, name in sorted(wanted):
+        try:
+            body = _raw(apps.read_namespaced_deployment(name, namespace,
+                                                        _preload_content=False))
+        except ApiException as error:
+            if error.status == 404:
+                continue
+            raise
+        deployment = litellm_from_object(body)
+        if deployment is not None:
+            found[(namespace, name)] = deployment
+    return found
+
+
 def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
             settings: PlanSettings,
-            foreign_vram: Mapping[str, int] | None = None) -> View:
+            foreign_vram: Mapping[str, int] | None = None,
+            spend_reports: Mapping[tuple[str, str], float] | None = None) -> View:
     """Lists what the plan needs, cluster-wide.
 
     Children are listed before their owners. The garbage collector removes a
@@ -264,6 +329,12 @@ def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
         _preload_content=False))["items"]
     slots = custom.list_cluster_custom_object(GROUP, VERSION, "modelslots")["items"]
     workloads = custom.list_cluster_custom_object(GROUP, VERSION, "gpuworkloads")["items"]
+    config_maps = _raw(core.list_config_map_for_all_namespaces(
+        label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY},{POLICY_LABEL}",
+        _preload_content=False))["items"]
+    policies = [policy_from_object(p) for p in custom.list_cluster_custom_object(
+        GROUP, VERSION, "routepolicies")["items"]
+        if not p.get("metadata", {}).get("deletionTimestamp")]
     return View(
         nodes=tuple(n for n in map(node_from_object, nodes) if n),
         slots=tuple(slot_from_object(s) for s in slots
@@ -278,5 +349,11 @@ def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
                         if not w.get("metadata", {}).get("deletionTimestamp")),
         workload_children=tuple(c for c in map(workload_child_from_object,
                                                 [*jobs, *workload_deployments]) if c),
+        policies=tuple(policies),
+        config_maps={(c["metadata"]["namespace"], c["metadata"]["name"]):
+                     (c["metadata"].get("annotations") or {}).get(CONFIG_HASH_ANNOTATION, "")
+                     for c in config_maps},
+        litellm=_litellm_deployments(apps, policies),
+        spend_reports=dict(spend_reports or {}),
         settings=settings,
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from hybrid_compute import admission, children
+from hybrid_compute import admission, children, routing
 from hybrid_compute.admission import WorkloadDecision, WorkloadVerdicts
 from hybrid_compute.api.common import parse_bytes, parse_duration
 from hybrid_compute.api.modelslot import ModelSlotSpec
@@ -45,6 +45,7 @@ from hybrid_compute.ledger import (
     start,
     start_blockers,
 )
+from hybrid_compute.routing import PolicyDecision
 from hybrid_compute.view import (
     DeploymentInfo,
     PlanSettings,
@@ -57,7 +58,8 @@ from hybrid_compute.view import (
 Phase = Literal["Pending", "Standby", "Loading", "Ready", "Unloading", "Unschedulable",
                 "Failed"]
 
-__all__ = ["EventIntent", "GpuSummary", "Plan", "SlotDecision", "WorkloadDecision", "plan"]
+__all__ = ["EventIntent", "GpuSummary", "Plan", "PolicyDecision", "SlotDecision",
+           "WorkloadDecision", "plan"]
 
 
 @dataclass
@@ -107,7 +109,8 @@ class SlotDecision:
         spec = self.slot.spec
         if spec is None:
             return None
-        return children.endpoint(self.namespace, self.name, spec.server.port)
+        return children.endpoint(self.namespace, self.name, spec.server.port,
+                                 self.settings.endpoint_template)
 
     @cached_property
     def status(self) -> dict[str, Any]:
@@ -152,6 +155,7 @@ class Plan:
     events: tuple[EventIntent, ...]
     next_wakeup: datetime.datetime | None
     workloads: tuple[WorkloadDecision, ...] = ()
+    policies: tuple[PolicyDecision, ...] = ()
 
     def slot(self, namespace: str, name: str) -> SlotDecision:
         return next(s for s in self.slots if (s.namespace, s.name) == (namespace, name))
@@ -376,6 +380,9 @@ def plan(view: View, now: datetime.datetime) -> Plan:
             blockers = sorted({r for g in where for r in gpus[g].residents})
             large = candidate.vram // candidate.gpus > mutex and any(
                 gpus[g].large_residents for g in where)
+            foreign = max((gpus[g].foreign for g in where), default=0)
+            if foreign:
+                blockers.append(f"processes outside hybrid-compute ({gib(foreign)})")
             if not by_node:
                 blockers = ["no GPU node is Ready"]
             holders = ", ".join(blockers) or "other consumers"
@@ -442,12 +449,19 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         workload_decisions.append(workload_decision)
         events += new_events
 
+    policies = routing.plan_policies(
+        view, [routing.SlotRouting(d.namespace, d.alias, d.ready) for d in decisions], now)
+    for policy in policies:
+        events += policy.events
+        if policy.recheck_at:
+            wakeups.append(policy.recheck_at)
+
     summaries = tuple(
         GpuSummary(g.id, g.capacity, g.reserved, g.held, tuple(g.residents))
         for g in gpus.values())
     wakeups.append(now + settings.idle_check_interval)
     return Plan(tuple(decisions), summaries, tuple(events), min(wakeups),
-                tuple(workload_decisions))
+                tuple(workload_decisions), tuple(policies))
 
 
 def _decide_slot(

@@ -7,14 +7,18 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import threading
+import time
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from hybrid_compute import clock
 from hybrid_compute.act import act
+from hybrid_compute.gpu_telemetry import GpuTelemetry
+from hybrid_compute.metrics import METRICS, OperatorMetrics
 from hybrid_compute.observe import observe
-from hybrid_compute.plan import Plan, plan
+from hybrid_compute.plan import Plan, PolicyDecision, plan
 from hybrid_compute.view import PlanSettings, View
 
 logger = logging.getLogger("hybrid_compute.loop")
@@ -27,13 +31,22 @@ FOLLOW_UP_SECONDS = 0.5
 class Runtime:
     """Holds the loop's state: demands heard, the last view and plan."""
 
-    def __init__(self, api: client.ApiClient, settings: PlanSettings) -> None:
+    def __init__(self, api: client.ApiClient, settings: PlanSettings,
+                 metrics: OperatorMetrics = METRICS,
+                 telemetry: GpuTelemetry | None = None) -> None:
         self.api = api
         self.settings = settings
+        self.metrics = metrics
+        self.telemetry = telemetry
+        """The GPU agents' figures; None plans without them."""
         self.demands: dict[str, datetime.datetime] = {}
         self.last_plan: Plan | None = None
         self.last_view: View | None = None
         self._wake = asyncio.Event()
+        # Cloud spend the router reported that no RoutePolicy status holds yet. The
+        # API adds to it on the event loop; act subtracts in its thread.
+        self._spend: dict[tuple[str, str], float] = {}
+        self._spend_lock = threading.Lock()
 
     def poke(self) -> None:
         """Something changed: plan again soon."""
@@ -45,6 +58,31 @@ class Runtime:
             self.demands[alias] = when
         self.poke()
 
+    def report_spend(self, policy: tuple[str, str], amount: float) -> None:
+        with self._spend_lock:
+            self._spend[policy] = self._spend.get(policy, 0.0) + amount
+        self.poke()
+
+    def unsaved_spend(self, policy: tuple[str, str]) -> float:
+        with self._spend_lock:
+            return self._spend.get(policy, 0.0)
+
+    def _spend_saved(self, decision: PolicyDecision) -> None:
+        with self._spend_lock:
+            left = self._spend.get(decision.key, 0.0) - decision.spend_included
+            if left > 1e-12:
+                self._spend[decision.key] = left
+            else:
+                self._spend.pop(decision.key, None)
+
+    def policies(self) -> set[tuple[str, str]]:
+        if self.last_view is None:
+            return set()
+        return {p.key for p in self.last_view.policies}
+
+    def gpu_nodes(self) -> list[str]:
+        return [n.name for n in self.last_view.nodes] if self.last_view else []
+
     def aliases(self) -> set[str]:
         if self.last_view is None:
             return set()
@@ -53,10 +91,19 @@ class Runtime:
     async def reconcile_once(self) -> datetime.datetime:
         """One observe → plan → act pass; returns when the plan wants to run again."""
         now = clock.now()
-        view = await asyncio.to_thread(observe, self.api, self.demands, self.settings)
+        with self._spend_lock:
+            spend = dict(self._spend)
+        view = await asyncio.to_thread(observe, self.api, self.demands, self.settings,
+                                       None, spend)
+        if self.telemetry is not None:
+            view = self.telemetry.annotate(view, now)
+        started = time.perf_counter()
         result = plan(view, now)
-        writes = await asyncio.to_thread(act, self.api, result, view, now)
+        plan_seconds = time.perf_counter() - started
+        writes = await asyncio.to_thread(act, self.api, result, view, now,
+                                         self._spend_saved)
         self.last_view, self.last_plan = view, result
+        self.metrics.record_plan(view, result, plan_seconds)
         for line in writes:
             logger.info("applied %s", line)
         wakeup = result.next_wakeup or now + self.settings.idle_check_interval
@@ -72,6 +119,8 @@ class Runtime:
             except asyncio.CancelledError:
                 raise
             except ApiException as error:
+                self.metrics.record_reconcile_error(
+                    "crd_missing" if error.status == 404 else "api")
                 if error.status == 404:
                     logger.warning("the ModelSlot CRD is not installed; install crds/ "
                                    "(kubectl apply -f crds/) and the operator picks it up")
@@ -80,6 +129,7 @@ class Runtime:
                                    error.status, error.reason, RETRY_SECONDS)
                 wakeup = clock.now() + datetime.timedelta(seconds=RETRY_SECONDS)
             except Exception:
+                self.metrics.record_reconcile_error("internal")
                 logger.exception("reconcile failed; retrying in %.0fs", RETRY_SECONDS)
                 wakeup = clock.now() + datetime.timedelta(seconds=RETRY_SECONDS)
             timeout = max((wakeup - clock.now()).total_seconds(), DEBOUNCE_SECONDS)

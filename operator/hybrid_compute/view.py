@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
+from hybrid_compute.api.routepolicy import RoutePolicySpec, RoutePolicyStatus
 
 GIB = 1024**3
 MIB = 1024**2
@@ -25,6 +26,9 @@ VRAM_ANNOTATION = "hybridcompute.io/vram-bytes"
 GPUS_ANNOTATION = "hybridcompute.io/gpus"
 TEMPLATE_HASH_ANNOTATION = "hybridcompute.io/template-hash"
 REQUESTED_AT_ANNOTATION = "hybridcompute.io/requested-at"
+CONFIG_HASH_ANNOTATION = "hybridcompute.io/config-hash"
+POLICY_LABEL = "hybridcompute.io/route-policy"
+DEFAULT_ENDPOINT_TEMPLATE = "http://{service}.{namespace}.svc:{port}/v1"
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class PlanSettings:
     default_slot_busy: datetime.timedelta = datetime.timedelta(minutes=5)
     """How long after its last request the default slot counts as in use, so GPU
     workloads do not take the card from it; its idleTimeout overrides this."""
+    endpoint_template: str = DEFAULT_ENDPOINT_TEMPLATE
+    """How LiteLLM reaches a slot's llama-server; {service}, {namespace} and {port}
+    are filled in. The default is the slot's Service inside the cluster."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,8 @@ class PodInfo:
     phase: str = "Pending"
     kind: str = "ModelSlot"
     """ModelSlot or GpuWorkload."""
+    uid: str = ""
+    """The pod's UID, which the GPU agent finds in a process's cgroup."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,41 @@ class WorkloadChild:
 
 
 @dataclass(frozen=True)
+class PolicyInfo:
+    """A RoutePolicy as stored."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: RoutePolicySpec | None
+    status: RoutePolicyStatus = field(default_factory=RoutePolicyStatus)
+    invalid_reason: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class LiteLLMDeployment:
+    """The LiteLLM Deployment a RoutePolicy drives, as it is now."""
+
+    namespace: str
+    name: str
+    container: str
+    """The container the operator adds secret env to: the one named litellm, else
+    the first."""
+    config_hash: str
+    """The pod template's config-hash annotation: the rendering it runs."""
+    env_names: frozenset[str]
+    """Env names the operator manages on that container (HC_*)."""
+    replicas: int
+    updated_ready: bool
+    """Every replica runs the current template and is ready."""
+
+
+@dataclass(frozen=True)
 class View:
     """Everything ``plan`` may look at."""
 
@@ -176,6 +220,15 @@ class View:
     """Last request time per alias, as signalled by the router."""
     foreign_vram: Mapping[str, int] = field(default_factory=dict)
     """Bytes held per GPU id by processes that are not the operator's pods."""
+    gpu_utilisation: Mapping[str, float] = field(default_factory=dict)
+    """Utilisation percentage per GPU id, from the GPU agent (empty without one)."""
+    policies: tuple[PolicyInfo, ...] = ()
+    config_maps: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    """(namespace, name) of the LiteLLM ConfigMaps the operator wrote -> their hash."""
+    litellm: Mapping[tuple[str, str], LiteLLMDeployment] = field(default_factory=dict)
+    """(namespace, name) -> the LiteLLM Deployments the policies name that exist."""
+    spend_reports: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    """Cloud spend the router reported per policy that no status holds yet."""
     settings: PlanSettings = field(default_factory=PlanSettings)
 
 

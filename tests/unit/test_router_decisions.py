@@ -11,7 +11,13 @@ from hybrid_compute.api.routepolicy import RoutePolicySpec
 from hybrid_compute.dev.bootstrap import sample_manifests
 from hybrid_compute.litellm_config import render_rules
 from hybrid_compute.observe import slot_from_object
-from hybrid_compute.router.hybrid_router import decide, estimate_tokens, is_private
+from hybrid_compute.router.hybrid_router import (
+    OperatorClient,
+    decide,
+    estimate_tokens,
+    is_private,
+    own_policy_state,
+)
 from tests.conftest import REPOSITORY_ROOT
 
 SAMPLES = sample_manifests(REPOSITORY_ROOT)
@@ -121,3 +127,24 @@ def test_privacy_markers() -> None:
 def test_token_estimate_counts_messages_and_inputs() -> None:
     assert estimate_tokens({"messages": [{"content": "abcd" * 10}]}) == 10
     assert estimate_tokens({"input": ["abcd", "efgh"]}) == 2
+
+
+def test_the_router_reads_its_own_policy_from_the_operator_state() -> None:
+    operator_state = {"slots": state()["slots"], "policies": {
+        "lab/hybrid": {"gpuBusy": True, "budget": {"remaining": 0.0, "exhausted": True}},
+        "lab/other": {"gpuBusy": False, "budget": {"remaining": 9.0}}}}
+    own = own_policy_state(operator_state, "lab/hybrid")
+    assert own["gpuBusy"] is True and own["budget"]["remaining"] == 0.0
+    decision = decide(auto(complexity="complex"), RULES, own)
+    assert decision.model == RULES["routes"]["budgetExhausted"]
+    assert "gpuBusy" not in own_policy_state(operator_state, "lab/missing")
+
+
+def test_spend_not_yet_sent_counts_against_the_budget() -> None:
+    client = OperatorClient("lab/hybrid")
+    client.state = {"slots": [], "budget": {"remaining": 0.5, "exhausted": False}}
+    client.unsent_spend = 0.75  # the operator was unreachable when these were spent
+    budget = client.with_unsent_spend()["budget"]
+    assert budget["remaining"] == -0.25 and budget["exhausted"] is True
+    client.unsent_spend = 0.0
+    assert client.with_unsent_spend()["budget"]["remaining"] == 0.5

@@ -55,7 +55,7 @@ def clusters_home() -> Path:
     return toolchain.cache_home() / "clusters"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -167,7 +167,7 @@ class DevCluster:
         keys = pki.create_pki(self.folder / "pki", SERVICE_IP)
         state = ClusterState(
             name=self.name,
-            ports={name: _free_port() for name in
+            ports={name: free_port() for name in
                    ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler",
                     "kwok")},
         )
@@ -427,8 +427,8 @@ class DevCluster:
         if pid and _pid_alive(pid):
             return
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        for name in ("operator-health", "operator-api"):
-            state.ports[name] = (ports or {}).get(name) or _free_port()
+        for name in ("operator-health", "operator-api", "operator-metrics"):
+            state.ports[name] = (ports or {}).get(name) or free_port()
         if not self.api_token_file.exists():
             self.api_token_file.write_text(secrets.token_urlsafe(32))
             self.api_token_file.chmod(0o600)
@@ -437,6 +437,7 @@ class DevCluster:
             f"--kubeconfig={self.kubeconfig}", f"--dev-cluster={self.folder}",
             f"--health-port={state.ports['operator-health']}",
             f"--api-port={state.ports['operator-api']}",
+            f"--metrics-port={state.ports['operator-metrics']}",
             f"--api-token-file={self.api_token_file}",
             *extra_args,
         ], env={**env, **(extra_env or {})})

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -99,6 +100,13 @@ def is_private(data: dict[str, Any], rules: dict[str, Any]) -> bool:
 def local_aliases(rules: dict[str, Any], state: dict[str, Any]) -> set[str]:
     return set(rules.get("localAliases", [])) | {
         slot["alias"] for slot in state.get("slots", []) if slot.get("alias")}
+
+
+def own_policy_state(state: dict[str, Any], policy: str | None) -> dict[str, Any]:
+    """The operator's state with this router's policy entry (budget, GPU busy)
+    lifted to the top, where :func:`decide` reads it."""
+    own = (state.get("policies") or {}).get(policy or "") or {}
+    return {**state, **{key: own[key] for key in ("budget", "gpuBusy") if key in own}}
 
 
 def budget_left(rules: dict[str, Any], state: dict[str, Any]) -> bool:
@@ -209,15 +217,20 @@ MODEL_HEADER = "x-hybrid-model"
 
 
 class OperatorClient:
-    """The operator's state, cached; demand signals, rate-limited per alias."""
+    """The operator's state, cached; demand signals, rate-limited per alias; cloud
+    spend, summed until the operator has taken it."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: str | None = None) -> None:
         self.url = os.environ.get("HYBRID_COMPUTE_URL", "").rstrip("/")
         self.token = os.environ.get("HYBRID_COMPUTE_TOKEN", "")
         self.state_file = os.environ.get("HYBRID_ROUTER_STATE_FILE", "")
+        self.policy = policy
         self.state: dict[str, Any] = {"slots": []}
         self.fetched_at = 0.0
         self.last_demand: dict[str, float] = {}
+        self.unsent_spend = 0.0
+        self.sending = False
+        self.spend_lock = threading.Lock()  # the sender runs in a worker thread
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None
                  ) -> dict[str, Any]:
@@ -233,17 +246,55 @@ class OperatorClient:
     def _fetch(self) -> None:
         try:
             if self.state_file:
-                self.state = json.loads(Path(self.state_file).read_text())
+                state = json.loads(Path(self.state_file).read_text())
             elif self.url:
-                self.state = self._request("GET", "/v1/state")
-            self.fetched_at = time.monotonic()
+                state = self._request("GET", "/v1/state")
+            else:
+                return
         except (OSError, ValueError, urllib.error.URLError):
-            pass  # keep the last state: a request never waits on the operator
+            return  # keep the last state: a request never waits on the operator
+        self.state = own_policy_state(state, self.policy)
+        self.fetched_at = time.monotonic()
+
+    def with_unsent_spend(self) -> dict[str, Any]:
+        """The cached state, counting spend the operator has not heard of yet."""
+        budget = self.state.get("budget")
+        if not self.unsent_spend or not budget or budget.get("remaining") is None:
+            return self.state
+        remaining = budget["remaining"] - self.unsent_spend
+        return {**self.state, "budget": {**budget, "remaining": remaining,
+                                         "exhausted": remaining <= 0}}
 
     async def current(self, fresh: bool = False) -> dict[str, Any]:
         if fresh or time.monotonic() - self.fetched_at > STATE_REFRESH_SECONDS:
             await asyncio.to_thread(self._fetch)
-        return self.state
+            if self.unsent_spend and not self.sending:
+                self.report_spend(0.0)  # retry what an earlier report could not send
+        return self.with_unsent_spend()
+
+    def report_spend(self, amount: float) -> None:
+        """Adds cloud spend and sends the sum; on failure it is kept and sent with the
+        next report, so the budget survives an operator restart."""
+        with self.spend_lock:
+            self.unsent_spend += amount
+            if not self.url or not self.policy or self.sending or self.unsent_spend <= 0:
+                return
+            self.sending = True
+            sending = self.unsent_spend
+
+        def send() -> None:
+            sent = 0.0
+            try:
+                self._request("POST", "/v1/spend", {"policy": self.policy,
+                                                    "amount": sending})
+                sent = sending
+            except (OSError, ValueError, urllib.error.URLError):
+                pass  # kept for the next report
+            with self.spend_lock:
+                self.unsent_spend -= sent
+                self.sending = False
+
+        asyncio.get_running_loop().run_in_executor(None, send)
 
     def demand(self, alias: str) -> None:
         now = time.monotonic()
@@ -264,7 +315,7 @@ class HybridRouter(CustomLogger):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__()
         self.rules = load_rules() if RULES_FILE.exists() else None
-        self.operator = OperatorClient()
+        self.operator = OperatorClient((self.rules or {}).get("policy"))
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any,
                                   data: dict[str, Any], call_type: str) -> dict[str, Any]:
@@ -304,6 +355,13 @@ class HybridRouter(CustomLogger):  # type: ignore[misc]
         return Decision(decision.model, "refused",
                         f"{decision.model} is not ready and privacy-tagged requests never "
                         f"leave the box; retry later", private=True, status=503)
+
+    async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any,
+                                      start_time: Any, end_time: Any) -> None:
+        cost = kwargs.get("response_cost")
+        # Local models are priced at zero, so any cost is cloud spend.
+        if isinstance(cost, int | float) and cost > 0:
+            self.operator.report_spend(float(cost))
 
     async def async_post_call_response_headers_hook(
             self, data: dict[str, Any], user_api_key_dict: Any, response: object,

@@ -1,0 +1,160 @@
+"""What the router hook costs inside the real LiteLLM proxy.
+
+Two proxies run side by side on the same backend (the stand-in cloud, which
+answers at once, so the proxy's own work dominates): one with the hybrid router
+hook resolving ``hybrid/auto`` (complex → cloud/frontier), one without it asked
+for ``cloud/frontier`` directly. Rounds alternate between them, at 1 and at 50
+concurrent requests, and the report compares medians measured in the same run.
+Targets: the hook adds at most 1 ms to the median and at most 5% of the proxy's
+own median latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.serving.cloud import CloudStandIn  # noqa: E402
+
+from hybrid_compute import litellm_config  # noqa: E402
+from hybrid_compute.api.routepolicy import RoutePolicySpec  # noqa: E402
+from hybrid_compute.dev import llmtools  # noqa: E402
+from hybrid_compute.dev.cluster import free_port  # noqa: E402
+
+ROUNDS = 5
+REQUESTS = {1: 150, 50: 600}
+WARMUP = 40
+TARGET_ADDED_MS = 1.0
+TARGET_RATIO = 0.05
+MASTER_KEY = "sk-bench"
+
+
+def _configs(cloud_url: str, folder: Path) -> tuple[Path, Path]:
+    policy = RoutePolicySpec.model_validate({"cloudModels": [
+        {"alias": "cloud/frontier", "model": "openai/cloud-frontier", "apiBase": cloud_url,
+         "inputCostPerMillion": 0, "outputCostPerMillion": 0}]})
+    files = litellm_config.config_files(policy, [])
+    hooked = folder / "hooked"
+    hooked.mkdir()
+    for key, text in files.items():
+        (hooked / key).write_text(text)
+    (hooked / "state.json").write_text(json.dumps({"slots": []}))
+    plain = folder / "plain"
+    plain.mkdir()
+    config = yaml.safe_load(files[litellm_config.CONFIG_KEY])
+    config["litellm_settings"].pop("callbacks")
+    config["model_list"] = [m for m in config["model_list"] if m["model_name"] != "hybrid/auto"]
+    (plain / "config.yaml").write_text(yaml.safe_dump(config))
+    return hooked, plain
+
+
+def _start(litellm: Path, folder: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+           "LITELLM_MASTER_KEY": MASTER_KEY,
+           "HYBRID_ROUTER_STATE_FILE": str(folder / "state.json")}
+    log = (folder / "litellm.log").open("ab")
+    process = subprocess.Popen([str(litellm), "--config", str(folder / "config.yaml"),
+                                "--port", str(port), "--num_workers", "1"],
+                               cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"litellm exited; see {folder / 'litellm.log'}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness",
+                                        timeout=2):
+                return process
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    raise RuntimeError("litellm did not start")
+
+
+async def _load(port: int, body: dict[str, Any], count: int, concurrency: int
+                ) -> list[float]:
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {MASTER_KEY}"}
+    latencies: list[float] = []
+    queue = iter(range(count))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker() -> None:
+            for _ in queue:
+                started = time.perf_counter()
+                async with session.post(url, json=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"{response.status}: {await response.text()}")
+                latencies.append(time.perf_counter() - started)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+def main() -> int:
+    litellm = llmtools.installed_litellm()
+    if litellm is None:
+        print("run `make serving` first: the LiteLLM proxy is not installed", file=sys.stderr)
+        return 2
+    message = [{"role": "user", "content": "Design a new architecture."}]
+    bodies = {
+        "hook": {"model": "hybrid/auto", "messages": message, "max_tokens": 8,
+                 "metadata": {"complexity": "complex"}},
+        "plain": {"model": "cloud/frontier", "messages": message, "max_tokens": 8},
+    }
+    with CloudStandIn() as cloud, tempfile.TemporaryDirectory() as scratch:
+        hooked, plain = _configs(cloud.url, Path(scratch))
+        ports = {"hook": free_port(), "plain": free_port()}
+        processes = [_start(litellm, hooked, ports["hook"]),
+                     _start(litellm, plain, ports["plain"])]
+        try:
+            results: dict[tuple[str, int], list[float]] = {}
+            for name in ("hook", "plain"):
+                asyncio.run(_load(ports[name], bodies[name], WARMUP, 4))
+            for _ in range(ROUNDS):
+                for concurrency, count in REQUESTS.items():
+                    for name in ("hook", "plain"):
+                        cloud.clear()
+                        latencies = asyncio.run(_load(ports[name], bodies[name], count,
+                                                      concurrency))
+                        assert cloud.models_called() == ["cloud-frontier"] * count
+                        results.setdefault((name, concurrency), []).extend(latencies)
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(10)
+    print(f"router hook cost through the real LiteLLM proxy ({ROUNDS} alternating rounds)")
+    for concurrency in REQUESTS:
+        hook = statistics.median(results[("hook", concurrency)]) * 1000
+        base = statistics.median(results[("plain", concurrency)]) * 1000
+        hook_p95 = statistics.quantiles(results[("hook", concurrency)], n=20)[18] * 1000
+        base_p95 = statistics.quantiles(results[("plain", concurrency)], n=20)[18] * 1000
+        added = hook - base
+        ratio = added / base
+        met = added <= TARGET_ADDED_MS and ratio <= TARGET_RATIO
+        print(f"  concurrency {concurrency:>2}: median {base:7.2f} ms without hook, "
+              f"{hook:7.2f} ms with (p95 {base_p95:.2f} / {hook_p95:.2f}); "
+              f"added {added:+.2f} ms = {ratio:+.1%} of the proxy's latency "
+              f"[{added / TARGET_ADDED_MS:.2f} of the 1 ms target, "
+              f"{ratio / TARGET_RATIO:.2f} of the 5% target]"
+              f"{'' if met else '  (a target missed)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

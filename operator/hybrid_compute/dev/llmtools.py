@@ -1,0 +1,152 @@
+"""Builds the real serving parts the integration tests run: the LiteLLM proxy in a
+virtual environment of its own, and llama-server from the llama.cpp sources that
+the llama-cpp-python source distribution vendors.
+
+Both land in the cache folder beside the control plane binaries, once per
+version, so a warm run installs nothing. LiteLLM's proxy pulls in hundreds of
+megabytes of dependencies that the operator must never import, hence the
+separate environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hybrid_compute.dev.toolchain import ToolchainError, cache_home
+
+LITELLM_VERSION = "1.108.7"
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+
+_LLAMA_CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=ON",
+    # A portable binary: the cache may be shared between machines of one kind.
+    "-DGGML_NATIVE=OFF",
+    "-DBUILD_SHARED_LIBS=OFF",
+)
+
+
+@dataclass(frozen=True)
+class ServingTools:
+    litellm: Path
+    """The ``litellm`` proxy command."""
+    litellm_python: Path
+    """The interpreter of LiteLLM's environment (for the router module's imports)."""
+    llama_server: Path
+
+
+def litellm_root() -> Path:
+    return cache_home() / f"litellm-v{LITELLM_VERSION}"
+
+
+def llama_root() -> Path:
+    return cache_home() / f"llama-server-llama-cpp-python-v{LLAMA_CPP_PYTHON_VERSION}"
+
+
+def installed_litellm() -> Path | None:
+    """The cached ``litellm`` command, None until it is installed."""
+    command = litellm_root() / "venv" / "bin" / "litellm"
+    return command if (litellm_root() / "complete").exists() and command.exists() else None
+
+
+def installed_llama_server() -> Path | None:
+    binary = llama_root() / "bin" / "llama-server"
+    return binary if (llama_root() / "complete").exists() and binary.exists() else None
+
+
+def installed() -> ServingTools | None:
+    """The cached tools when both are complete, else None."""
+    litellm, llama_server = installed_litellm(), installed_llama_server()
+    if litellm is None or llama_server is None:
+        return None
+    return ServingTools(litellm, litellm.parent / "python", llama_server)
+
+
+def _run(command: list[str], what: str, cwd: Path | None = None) -> None:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-20:])
+        raise ToolchainError(f"{what} failed ({' '.join(command[:3])} ...):\n{tail}")
+
+
+def ensure_litellm(log: bool = True) -> Path:
+    root = litellm_root()
+    litellm = root / "venv" / "bin" / "litellm"
+    if installed_litellm():
+        return litellm
+    started = time.monotonic()
+    if log:
+        print(f"installing litellm[proxy]=={LITELLM_VERSION} (once) ...", file=sys.stderr)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    _run([sys.executable, "-m", "venv", str(root / "venv")], "creating LiteLLM's venv")
+    pip = str(root / "venv" / "bin" / "pip")
+    _run([pip, "install", "--quiet", "--upgrade", "pip"], "upgrading pip")
+    _run([pip, "install", "--quiet", f"litellm[proxy]=={LITELLM_VERSION}"],
+         f"installing litellm[proxy]=={LITELLM_VERSION} from the package index")
+    (root / "complete").write_text(LITELLM_VERSION + "\n")
+    if log:
+        print(f"  LiteLLM ready in {time.monotonic() - started:.0f}s", file=sys.stderr)
+    return litellm
+
+
+def _missing_build_tools() -> list[str]:
+    return [tool for tool in ("cmake", "ninja", "c++") if shutil.which(tool) is None]
+
+
+def ensure_llama_server(log: bool = True) -> Path:
+    root = llama_root()
+    binary = root / "bin" / "llama-server"
+    if installed_llama_server():
+        return binary
+    missing = _missing_build_tools()
+    if missing:
+        raise ToolchainError(
+            f"building llama-server needs {', '.join(missing)}: install them "
+            "(Debian/Ubuntu: apt-get install cmake ninja-build g++)")
+    started = time.monotonic()
+    if log:
+        print("building llama-server from the llama.cpp sources in llama-cpp-python "
+              f"{LLAMA_CPP_PYTHON_VERSION} (once, a few minutes) ...", file=sys.stderr)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="llama-build-") as scratch:
+        work = Path(scratch)
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+              "--no-binary", ":all:", "--dest", str(work),
+              f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"],
+             "downloading the llama-cpp-python source distribution")
+        archive = next(work.glob("llama_cpp_python-*.tar.gz"))
+        with tarfile.open(archive) as sdist:
+            sdist.extractall(work, filter="data")
+        source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
+        build = work / "build"
+        _run(["cmake", "-S", str(source), "-B", str(build), "-G", "Ninja",
+              *_LLAMA_CMAKE_FLAGS], "configuring llama.cpp")
+        jobs = str(max(os.cpu_count() or 1, 1))
+        _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs],
+             "building llama-server")
+        (root / "bin").mkdir(exist_ok=True)
+        shutil.copy2(build / "bin" / "llama-server", binary)
+    (root / "complete").write_text(LLAMA_CPP_PYTHON_VERSION + "\n")
+    if log:
+        print(f"  llama-server built in {time.monotonic() - started:.0f}s: {binary}",
+              file=sys.stderr)
+    return binary
+
+
+def ensure_serving_tools(log: bool = True) -> ServingTools:
+    litellm = ensure_litellm(log)
+    llama_server = ensure_llama_server(log)
+    return ServingTools(litellm, litellm.parent / "python", llama_server)

@@ -1,0 +1,159 @@
+"""The validating admission webhook: a ModelSlot or GpuWorkload that can never fit
+any GPU is refused when it is applied, with the numbers.
+
+"Never" means against every GPU's memory less the operator's headroom, whatever
+else is loaded; what merely has to wait is the plan's business. Where the webhook
+is not installed the plan says the same thing at once, as an Unschedulable slot
+or a workload that "can never fit". With no GPU node in the cluster yet nothing is
+refused: the node may still join.
+
+``hybrid-compute run --webhook-port N`` serves it over HTTPS with a self-signed
+certificate and lets kopf keep the ValidatingWebhookConfiguration up to date. Its
+failure policy is Ignore, so a stopped operator never blocks ``kubectl apply``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import kopf
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes import client
+from pydantic import ValidationError
+
+from hybrid_compute.admission import uses_gpu
+from hybrid_compute.api.common import parse_bytes
+from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
+from hybrid_compute.api.modelslot import ModelSlotSpec
+from hybrid_compute.ledger import build_gpus, fit_problem
+from hybrid_compute.observe import node_from_object
+from hybrid_compute.view import GpuNode, PlanSettings, View, gib
+
+CONFIGURATION_NAME = "hybrid-compute.hybridcompute.io"
+"""The ValidatingWebhookConfiguration kopf manages."""
+REFUSAL_CODE = 422
+_CERTIFICATE_VALIDITY = datetime.timedelta(days=365)
+
+
+def _demand(kind: str, spec: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(VRAM bytes, whole GPUs) the object asks for, or None when it asks for no GPU
+    memory the webhook can judge: CPU slots, embedding workloads, a slot without
+    spec.model.vram, or a spec the schema should already have refused."""
+    try:
+        if kind == "ModelSlot":
+            slot = ModelSlotSpec.model_validate(spec)
+            if slot.device != "gpu" or slot.model.vram is None:
+                return None
+            return parse_bytes(slot.model.vram), slot.gpus
+        workload = GpuWorkloadSpec.model_validate(spec)
+    except ValidationError:
+        return None
+    if not uses_gpu(workload):
+        return None
+    return parse_bytes(workload.vram), 1
+
+
+def fit_refusal(kind: str, name: str, spec: Mapping[str, Any], nodes: Sequence[GpuNode],
+                settings: PlanSettings) -> str | None:
+    """The message to refuse ``spec`` with when it can never fit any GPU, else None."""
+    demand = _demand(kind, spec)
+    if demand is None or not nodes:
+        return None
+    vram, gpu_count = demand
+    problem = fit_problem(gpu_count, vram, build_gpus(View(nodes=tuple(nodes),
+                                                           settings=settings)))
+    if problem is None:
+        return None
+    return (f"{kind} {name} can never fit a GPU: {problem} (each GPU's memory less the "
+            f"operator's {gib(settings.headroom_bytes)} headroom)")
+
+
+def spec_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """An update that leaves the spec alone (status, labels, finalizers) is never
+    refused, so an object admitted before the webhook existed can still be managed."""
+    return old is None or old.get("spec") != new.get("spec")
+
+
+# -- I/O: the nodes, the certificate -----------------------------------------------------
+
+
+def list_gpu_nodes(api: client.ApiClient) -> list[GpuNode]:
+    response = client.CoreV1Api(api).list_node(_preload_content=False)
+    items = json.loads(response.data).get("items") or []
+    return [node for node in map(node_from_object, items) if node is not None]
+
+
+async def refusal_for(kind: str, body: Mapping[str, Any], old: Mapping[str, Any] | None,
+                      api: client.ApiClient, settings: PlanSettings) -> str | None:
+    if not spec_changed(old, body):
+        return None
+    nodes = await asyncio.to_thread(list_gpu_nodes, api)
+    metadata = body.get("metadata") or {}
+    name = "/".join(p for p in (metadata.get("namespace"), metadata.get("name")) if p)
+    return fit_refusal(kind, name, body.get("spec") or {}, nodes, settings)
+
+
+def self_signed_certificate(host: str, folder: Path | None = None) -> tuple[Path, Path]:
+    """A certificate for ``host`` (a name or an IP address) that is its own CA, as the
+    webhook's caBundle; returns the certificate and key files."""
+    folder = folder or Path(tempfile.mkdtemp(prefix="hybrid-compute-webhook-"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hybrid-compute-webhook")])
+    try:
+        names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(host))]
+    except ValueError:
+        names = [x509.DNSName(host)]
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + _CERTIFICATE_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_file, key_file = folder / "webhook.crt", folder / "webhook.key"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return certificate_file, key_file
+
+
+def configure_server(settings: kopf.OperatorSettings, port: int, host: str) -> None:
+    """Serve the webhook on ``port`` and let kopf keep its configuration; the API
+    server calls ``https://HOST:PORT``. A loopback host (the dev cluster, where the
+    API server runs beside the operator) listens on loopback only."""
+    certificate_file, key_file = self_signed_certificate(host)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    settings.admission.server = kopf.WebhookServer(
+        addr=host if loopback else "0.0.0.0", port=port, host=host,
+        certfile=str(certificate_file), pkeyfile=str(key_file))
+    settings.admission.managed = CONFIGURATION_NAME
+
+
+async def admit(kind: str, body: Mapping[str, Any], old: Mapping[str, Any] | None,
+                api: client.ApiClient, settings: PlanSettings) -> None:
+    """Raises kopf's admission error when the object can never fit."""
+    message = await refusal_for(kind, body, old, api, settings)
+    if message is not None:
+        raise kopf.AdmissionError(message, code=REFUSAL_CODE)

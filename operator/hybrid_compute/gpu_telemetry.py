@@ -1,0 +1,255 @@
+"""What the GPU agents tell the operator: memory held by processes that are not the
+operator's pods (subtracted from each GPU's budget in ``plan``) and utilisation
+(:mod:`hybrid_compute.routing` calls a GPU above the RoutePolicy's threshold busy).
+
+The agents are polled in the background, never inside a reconcile: a slow or
+unreachable agent cannot stall the loop. Without an answer from a node the plan
+proceeds as if nothing foreign held memory there, and the log says so once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+from pydantic import ValidationError
+
+from hybrid_compute.agent.metrics import gpu_id
+from hybrid_compute.agent.nvml import load_nvml
+from hybrid_compute.agent.server import AgentService
+from hybrid_compute.agent.snapshot import (
+    GpuReader,
+    GpuReading,
+    NodeSnapshot,
+    proc_cgroup_reader,
+)
+from hybrid_compute.metrics import OperatorMetrics
+from hybrid_compute.view import PodInfo, View
+
+logger = logging.getLogger("hybrid_compute.telemetry")
+
+POLL_SECONDS = 5.0
+DEPARTED_GRACE = datetime.timedelta(seconds=20)
+"""How long a pod that went away still counts as the operator's in a snapshot: the
+agent's reading and the operator's poll (5 s each) may both predate its exit.
+Without this, a model just unloaded would look like a stranger's memory and block
+the model swapping in."""
+FETCH_TIMEOUT_SECONDS = 2.0
+
+
+def _ours_on_gpu(gpu: str, node: str, node_gpus: int, pods: Iterable[PodInfo],
+                 recorded: Mapping[tuple[str, str, str], str]) -> int:
+    """VRAM the operator's pods hold on one device, by the plan's own figures."""
+    total = 0
+    for pod in pods:
+        if pod.node != node or not pod.gpus or not pod.vram_bytes:
+            continue
+        where = recorded.get((pod.kind, pod.namespace, pod.owner), "").split(",")
+        if gpu in where or (node_gpus == 1 and not any(w.startswith(f"{node}/")
+                                                        for w in where)):
+            total += pod.vram_bytes // pod.gpus
+    return total
+
+
+def foreign_bytes(reading: GpuReading, gpu: str, node: str, node_gpus: int,
+                  pods: tuple[PodInfo, ...], recorded: Mapping[tuple[str, str, str], str]
+                  ) -> int:
+    """Memory on one GPU held by what the operator did not start.
+
+    When the agent could match every process to its pod (it reads each process's
+    cgroup, which needs the host's PID namespace), foreign memory is exactly the
+    processes that are not the operator's pods, so a model using more than its
+    ``vram`` estimate is not mistaken for a stranger. Otherwise (no per-process
+    accounting, no PID access, or an empty list, which is what a container
+    without the host's PIDs sees) it is the memory used less what the plan
+    counts for the operator's pods on that GPU, floored at zero: a pod still
+    loading uses less than planned, and nothing foreign hides behind that.
+    """
+    processes = reading.processes
+    if processes and all(p.attributed and p.used_memory_bytes is not None for p in processes):
+        ours = {p.uid for p in pods if p.node == node and p.uid}
+        return sum(p.used_memory_bytes or 0 for p in processes if p.pod_uid not in ours)
+    used = reading.memory_used_bytes or 0
+    return max(used - _ours_on_gpu(gpu, node, node_gpus, pods, recorded), 0)
+
+
+def foreign_vram(snapshots: Iterable[NodeSnapshot], view: View,
+                 departed: Iterable[PodInfo] = ()) -> dict[str, int]:
+    """Foreign bytes per GPU id for every GPU an agent could read. ``departed`` are
+    the operator's pods that went away so recently that a snapshot may predate
+    their exit: their memory is still the operator's, not a stranger's."""
+    nodes = {n.name: n for n in view.nodes}
+    pods = (*view.pods, *departed)
+    recorded: dict[tuple[str, str, str], str] = {}
+    for slot in view.slots:
+        recorded[("ModelSlot", slot.namespace, slot.name)] = slot.status.gpu or ""
+    for workload in view.workloads:
+        recorded[("GpuWorkload", workload.namespace, workload.name)] = (
+            workload.status.gpu or "")
+    result: dict[str, int] = {}
+    for snapshot in snapshots:
+        node = nodes.get(snapshot.node)
+        if node is None or not snapshot.available:
+            continue
+        for reading in snapshot.gpus:
+            if not reading.available or reading.memory_used_bytes is None:
+                continue
+            gpu = gpu_id(snapshot.node, reading.index)
+            result[gpu] = foreign_bytes(reading, gpu, snapshot.node, node.gpu_count, pods,
+                                        recorded)
+    return result
+
+
+def gpu_utilisation(snapshots: Iterable[NodeSnapshot]) -> dict[str, float]:
+    """Utilisation percent per GPU id, for GPUs that report it."""
+    return {gpu_id(s.node, g.index): float(g.utilization_percent)
+            for s in snapshots for g in s.gpus
+            if g.available and g.utilization_percent is not None}
+
+
+class SnapshotSource(Protocol):
+    name: str
+
+    async def fetch(self, nodes: list[str]) -> tuple[list[NodeSnapshot], list[str]]:
+        """Snapshots that came back, and one line per agent that did not answer."""
+        ...
+
+
+class HttpAgents:
+    """Agents reached over HTTP. A URL may contain ``{node}``, filled in with each
+    GPU node's name (agents on the host network of nodes whose names resolve, as
+    k3s's DNS does)."""
+
+    name = "http"
+
+    def __init__(self, urls: list[str], timeout: float = FETCH_TIMEOUT_SECONDS) -> None:
+        self.urls = urls
+        self.timeout = timeout
+
+    def targets(self, nodes: list[str]) -> list[str]:
+        targets: list[str] = []
+        for url in self.urls:
+            expanded = [url.format(node=n) for n in nodes] if "{node}" in url else [url]
+            targets += [f"{u.rstrip('/')}/snapshot" for u in expanded]
+        return targets
+
+    async def fetch(self, nodes: list[str]) -> tuple[list[NodeSnapshot], list[str]]:
+        snapshots: list[NodeSnapshot] = []
+        problems: list[str] = []
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async def one(target: str) -> None:
+                try:
+                    async with session.get(target) as response:
+                        response.raise_for_status()
+                        snapshots.append(NodeSnapshot.model_validate(await response.json()))
+                except (aiohttp.ClientError, TimeoutError, ValueError,
+                        ValidationError) as error:
+                    problems.append(f"{target}: {type(error).__name__}: {error}".rstrip(": "))
+            await asyncio.gather(*(one(t) for t in self.targets(nodes)))
+        return snapshots, problems
+
+
+class LocalAgent:
+    """The agent inside the operator process (single-node installs)."""
+
+    name = "local"
+
+    def __init__(self, service: AgentService) -> None:
+        self.service = service
+
+    async def fetch(self, nodes: list[str]) -> tuple[list[NodeSnapshot], list[str]]:
+        return [await self.service.refresh()], []
+
+
+@dataclass
+class GpuTelemetry:
+    """Polls a source and keeps the latest snapshot per node."""
+
+    source: SnapshotSource
+    interval: float = POLL_SECONDS
+    snapshots: dict[str, NodeSnapshot] = field(default_factory=dict)
+    metrics: OperatorMetrics | None = None
+    _problems: list[str] = field(default_factory=list)
+    _pods: dict[tuple[str, str, str], PodInfo] = field(default_factory=dict)
+    _departed: dict[tuple[str, str, str], tuple[PodInfo, datetime.datetime]] = field(
+        default_factory=dict)
+
+    def annotate(self, view: View, now: datetime.datetime) -> View:
+        """The view with the latest figures, counting pods that just went away."""
+        current = {(p.namespace, p.name, p.uid): p for p in view.pods}
+        for key, pod in self._pods.items():
+            if key not in current:
+                self._departed[key] = (pod, now)
+        self._pods = current
+        self._departed = {key: (pod, gone) for key, (pod, gone) in self._departed.items()
+                          if now - gone < DEPARTED_GRACE and key not in current}
+        return with_telemetry(view, self.snapshots.values(),
+                              [pod for pod, _gone in self._departed.values()])
+
+    async def poll(self, nodes: list[str]) -> bool:
+        """One round; True when the figures the plan reads changed."""
+        fetched, problems = await self.source.fetch(nodes)
+        if self.metrics is not None:
+            self.metrics.agent_reachable.labels(self.source.name).set(0 if problems else 1)
+        if problems != self._problems:
+            for line in problems:
+                logger.warning("GPU agent unreachable, planning without its figures: %s",
+                               line)
+            if not problems and self._problems:
+                logger.info("GPU agents answer again")
+            self._problems = problems
+        before = {n: (s.available, [(g.available, g.memory_used_bytes, g.utilization_percent)
+                                    for g in s.gpus]) for n, s in self.snapshots.items()}
+        # A node whose agent did not answer drops out: its last figures may be stale.
+        self.snapshots = {s.node: s for s in fetched}
+        after = {n: (s.available, [(g.available, g.memory_used_bytes, g.utilization_percent)
+                                   for g in s.gpus]) for n, s in self.snapshots.items()}
+        return before != after
+
+    @property
+    def reachable(self) -> bool:
+        return not self._problems
+
+    async def run(self, nodes: Callable[[], list[str]], changed: Callable[[], None]) -> None:
+        while True:
+            try:
+                if await self.poll(nodes()):
+                    changed()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("reading the GPU agents failed; trying again")
+            await asyncio.sleep(self.interval)
+
+
+def with_telemetry(view: View, snapshots: Iterable[NodeSnapshot],
+                   departed: Iterable[PodInfo] = ()) -> View:
+    """The view with the agents' foreign memory and utilisation filled in."""
+    latest = list(snapshots)
+    return replace(view, foreign_vram=foreign_vram(latest, view, departed),
+                   gpu_utilisation=gpu_utilisation(latest))
+
+
+LOCAL_AGENT = "local"
+
+
+def from_options(agents: Iterable[str], metrics: OperatorMetrics) -> GpuTelemetry | None:
+    """``--gpu-agent`` values: ``local`` (read NVML in this process; the node is
+    ``$NODE_NAME``, else the host name) or agent URLs; none plans without telemetry."""
+    chosen = list(agents)
+    if not chosen:
+        return None
+    if LOCAL_AGENT in chosen:
+        node = os.environ.get("NODE_NAME") or socket.gethostname()
+        reader = GpuReader(node, load_nvml, proc_cgroup_reader(Path("/proc")))
+        return GpuTelemetry(LocalAgent(AgentService(reader)), metrics=metrics)
+    return GpuTelemetry(HttpAgents(chosen), metrics=metrics)

@@ -1,0 +1,228 @@
+"""The operator's Prometheus metrics, all named ``hybrid_compute_*``.
+
+The loop records each pass with :meth:`OperatorMetrics.record_plan`: how long
+``plan`` took, swaps (counted when a slot that was loading becomes Ready, with
+the time since the swap began), swaps deferred for want of room, residency and
+phase per slot, VRAM per GPU, workloads admitted and preempted. The router's
+side (requests bridged, privacy requests held or refused, cloud spend) is
+recorded through :func:`record_route` and :func:`set_spend`, which the
+operator's API calls when the router reports.
+
+Metrics live in the operator's own registry; ``/metrics`` on ``--metrics-port``
+serves it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from hybrid_compute.plan import Plan, SlotDecision
+from hybrid_compute.view import View
+
+SLOT_LABELS = ("namespace", "slot", "alias")
+WORKLOAD_LABELS = ("namespace", "workload", "class")
+GPU_LABELS = ("node", "gpu")
+"""``gpu`` is ``<node>/<index>``, as in the agent's metrics and slot statuses."""
+
+SWAP_SECONDS_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900)
+"""A swap is a pod stopping and a model loading: seconds to the 15-minute startup limit."""
+PLAN_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+
+RouteOutcome = Literal["served", "bridged", "held", "refused"]
+"""served: went where asked; bridged: sent to the fallback while the local slot was not
+Ready; held: a privacy request waited for the local slot; refused: a privacy request
+was turned away rather than leave the box."""
+ROUTE_OUTCOMES: tuple[RouteOutcome, ...] = ("served", "bridged", "held", "refused")
+RESIDENT_PHASES = ("Loading", "Ready")
+SLOT_PHASES = ("Pending", "Standby", "Loading", "Ready", "Unloading", "Unschedulable", "Failed")
+
+
+class OperatorMetrics:
+    """Every metric the operator exports, in one registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.plan_duration = Histogram(
+            "hybrid_compute_plan_duration_seconds", "Time one call of plan() took",
+            buckets=PLAN_SECONDS_BUCKETS, registry=registry)
+        self.reconciles = Counter(
+            "hybrid_compute_reconciles", "Observe-plan-act passes completed", registry=registry)
+        self.reconcile_errors = Counter(
+            "hybrid_compute_reconcile_errors",
+            "Observe-plan-act passes that failed, by cause (api, crd_missing, internal)",
+            ["cause"], registry=registry)
+        self.swaps = Counter(
+            "hybrid_compute_swaps", "Slots swapped in (loading until Ready)", SLOT_LABELS,
+            registry=registry)
+        self.swap_duration = Histogram(
+            "hybrid_compute_swap_duration_seconds",
+            "From the plan starting a swap (the demand it answered) to the slot being Ready",
+            SLOT_LABELS, buckets=SWAP_SECONDS_BUCKETS, registry=registry)
+        self.swaps_deferred = Counter(
+            "hybrid_compute_swaps_deferred",
+            "Times a wanted slot had to wait for room (GPU taken, mutex, foreign memory)",
+            SLOT_LABELS, registry=registry)
+        self.slot_resident = Gauge(
+            "hybrid_compute_slot_resident", "1 while the slot holds its GPU (Loading or Ready)",
+            SLOT_LABELS, registry=registry)
+        self.slot_phase = Gauge(
+            "hybrid_compute_slot_phase", "1 for the slot's current phase, 0 for the others",
+            [*SLOT_LABELS, "phase"], registry=registry)
+        self.vram_capacity = Gauge(
+            "hybrid_compute_gpu_vram_capacity_bytes",
+            "VRAM the plan may use on the GPU: memory less headroom and foreign processes",
+            GPU_LABELS, registry=registry)
+        self.vram_planned = Gauge(
+            "hybrid_compute_gpu_vram_planned_bytes", "VRAM the plan places on the GPU",
+            GPU_LABELS, registry=registry)
+        self.vram_held = Gauge(
+            "hybrid_compute_gpu_vram_held_bytes",
+            "VRAM of the operator's pods that exist on the GPU, Terminating ones included",
+            GPU_LABELS, registry=registry)
+        self.vram_foreign = Gauge(
+            "hybrid_compute_gpu_vram_foreign_bytes",
+            "VRAM held by processes that are not the operator's pods (from the GPU agent)",
+            GPU_LABELS, registry=registry)
+        self.agent_reachable = Gauge(
+            "hybrid_compute_gpu_agent_reachable",
+            "1 when the operator read the GPU agent at its last pass", ["source"],
+            registry=registry)
+        self.workloads_admitted = Counter(
+            "hybrid_compute_workloads_admitted", "GpuWorkloads admitted to a GPU",
+            WORKLOAD_LABELS, registry=registry)
+        self.workloads_preempted = Counter(
+            "hybrid_compute_workloads_preempted", "GpuWorkloads suspended to make room",
+            WORKLOAD_LABELS, registry=registry)
+        self.router_requests = Counter(
+            "hybrid_compute_router_requests",
+            "Requests the router decided, by alias asked, target and outcome "
+            "(served, bridged, held, refused)", ["alias", "target", "outcome"],
+            registry=registry)
+        self.cloud_spend = Gauge(
+            "hybrid_compute_cloud_spend_usd", "Cloud spend in the RoutePolicy's budget period",
+            ["policy"], registry=registry)
+        self.budget_remaining = Gauge(
+            "hybrid_compute_cloud_budget_remaining_usd",
+            "Cloud budget left in the RoutePolicy's period", ["policy"], registry=registry)
+        self._slot_series: set[tuple[str, str, str]] = set()
+        self._gpu_series: set[tuple[str, str]] = set()
+
+    def record_plan(self, view: View, result: Plan, seconds: float) -> None:
+        """One pass of the loop: its plan, and the transitions it decided."""
+        self.plan_duration.observe(seconds)
+        self.reconciles.inc()
+        self._record_slots(view, result.slots)
+        self._record_gpus(view, result)
+        self._record_workloads(result)
+        for policy in result.policies:
+            if policy.budget is not None:
+                self.set_spend(f"{policy.namespace}/{policy.name}", policy.budget.spent,
+                               policy.budget.remaining)
+
+    def _record_slots(self, view: View, decisions: tuple[SlotDecision, ...]) -> None:
+        seen: set[tuple[str, str, str]] = set()
+        for decision in decisions:
+            labels = (decision.namespace, decision.name, decision.alias or "")
+            seen.add(labels)
+            previous = decision.slot.status.phase
+            updates = decision.status_updates
+            if "swaps" in updates and updates.get("last_swap_seconds") is not None:
+                self.swaps.labels(*labels).inc()
+                self.swap_duration.labels(*labels).observe(updates["last_swap_seconds"])
+            waiting = any(c[0] == "Swapping" and c[2] == "Waiting"
+                          for c in decision.condition_updates)
+            if decision.phase == "Pending" and waiting and previous != "Pending":
+                self.swaps_deferred.labels(*labels).inc()
+            self.slot_resident.labels(*labels).set(
+                1 if decision.phase in RESIDENT_PHASES and decision.gpu else 0)
+            for phase in SLOT_PHASES:
+                self.slot_phase.labels(*labels, phase).set(1 if phase == decision.phase else 0)
+        for gone in self._slot_series - seen:
+            self.slot_resident.remove(*gone)
+            for phase in SLOT_PHASES:
+                self.slot_phase.remove(*gone, phase)
+        self._slot_series = seen
+
+    def _record_gpus(self, view: View, result: Plan) -> None:
+        seen: set[tuple[str, str]] = set()
+        for gpu in result.gpus:
+            labels = (gpu.id.rsplit("/", 1)[0], gpu.id)
+            seen.add(labels)
+            self.vram_capacity.labels(*labels).set(gpu.capacity_bytes)
+            self.vram_planned.labels(*labels).set(gpu.planned_bytes)
+            self.vram_held.labels(*labels).set(gpu.held_bytes)
+            self.vram_foreign.labels(*labels).set(view.foreign_vram.get(gpu.id, 0))
+        for gone in self._gpu_series - seen:
+            for gauge in (self.vram_capacity, self.vram_planned, self.vram_held,
+                          self.vram_foreign):
+                gauge.remove(*gone)
+        self._gpu_series = seen
+
+    def _record_workloads(self, result: Plan) -> None:
+        for decision in result.workloads:
+            spec = decision.workload.spec
+            labels = (decision.namespace, decision.name, spec.workload_class if spec else "")
+            previous = decision.workload.status.phase
+            if decision.phase in ("Admitted", "Running") and previous not in (
+                    "Admitted", "Running"):
+                self.workloads_admitted.labels(*labels).inc()
+            if decision.phase == "Preempted" and previous != "Preempted":
+                self.workloads_preempted.labels(*labels).inc()
+
+    def record_reconcile_error(self, cause: Literal["api", "crd_missing", "internal"]) -> None:
+        self.reconcile_errors.labels(cause).inc()
+
+    def record_route(self, outcome: RouteOutcome, alias: str, target: str) -> None:
+        if outcome not in ROUTE_OUTCOMES:
+            raise ValueError(f"unknown route outcome {outcome!r}; one of {ROUTE_OUTCOMES}")
+        self.router_requests.labels(alias, target, outcome).inc()
+
+    def set_spend(self, policy: str, amount: float, remaining: float | None) -> None:
+        self.cloud_spend.labels(policy).set(amount)
+        if remaining is not None:
+            self.budget_remaining.labels(policy).set(remaining)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = OperatorMetrics()
+"""The running operator's metrics."""
+
+
+def record_route(outcome: RouteOutcome, alias: str, target: str) -> None:
+    """A request the router decided: ``alias`` as asked, ``target`` where it went."""
+    METRICS.record_route(outcome, alias, target)
+
+
+def set_spend(policy: str, amount: float, remaining: float | None) -> None:
+    """Cloud spend so far in ``policy``'s budget period, and what is left of the budget."""
+    METRICS.set_spend(policy, amount, remaining)
+
+
+def build_app(metrics: OperatorMetrics) -> web.Application:
+    async def serve_metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", serve_metrics)
+    return app
+
+
+async def start(metrics: OperatorMetrics, port: int, host: str = "0.0.0.0") -> web.AppRunner:
+    runner = web.AppRunner(build_app(metrics), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,446 @@
+"""The request side end to end: the operator renders LiteLLM's config from a
+RoutePolicy and ModelSlots on the local control plane, the real LiteLLM proxy
+runs it with the router hook, real llama-server processes serve the local
+aliases and the stand-in cloud records every cloud call.
+
+The slots' pods are kwok pods (their readiness drives swaps); the operator runs
+with ``--endpoint-template http://127.0.0.1:{port}/v1``, so each slot's endpoint
+is the llama-server listening on the slot's port. Tests run in file order and
+share one stack: the swap tests rely on their slot starting in Standby.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hybrid_compute.dev import llmtools
+from hybrid_compute.dev.cluster import free_port
+from tests.cluster.support import apply, phase, wait
+from tests.conftest import OperatorHandle, TestCluster
+from tests.serving.cloud import COMPLETION_TOKENS, PROMPT_TOKENS, CloudStandIn
+from tests.serving.conftest import LlamaServer
+from tests.serving.litellm_runner import LiteLLMRunner
+
+pytestmark = [pytest.mark.cluster, pytest.mark.serving]
+
+GROUP = "hybridcompute.io"
+SWAP_DELAY = {"pod-ready.stage.kwok.x-k8s.io/delay": "4s",
+              "pod-delete.stage.kwok.x-k8s.io/delay": "1s"}
+QUICK = {"pod-ready.stage.kwok.x-k8s.io/delay": "500ms",
+         "pod-delete.stage.kwok.x-k8s.io/delay": "500ms"}
+FRONTIER_INPUT_PER_M = 3.0
+FRONTIER_OUTPUT_PER_M = 15.0
+FRONTIER_CALL_COST = (PROMPT_TOKENS * FRONTIER_INPUT_PER_M
+                      + COMPLETION_TOKENS * FRONTIER_OUTPUT_PER_M) / 1e6
+BUDGET = round(FRONTIER_CALL_COST * 3.5, 6)
+HOLD_TIMEOUT_SECONDS = 4
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    @property
+    def route(self) -> str | None:
+        return self.headers.get("x-hybrid-route")
+
+    @property
+    def served_by(self) -> str | None:
+        return self.headers.get("x-hybrid-model")
+
+
+@dataclass
+class Stack:
+    k8s: TestCluster
+    operator: OperatorHandle
+    namespace: str
+    cloud: CloudStandIn
+    litellm: LiteLLMRunner
+    llama: dict[str, LlamaServer]
+    master_key: str
+    cloud_key: str
+
+    def call(self, path: str, body: dict[str, Any], timeout: float = 60) -> Answer:
+        request = urllib.request.Request(
+            f"{self.litellm.url}{path}", method="POST", data=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self.master_key}",
+                     "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return Answer(response.status, {k.lower(): v for k, v in response.headers.items()},
+                              json.loads(response.read()))
+        except urllib.error.HTTPError as error:
+            return Answer(error.code, {k.lower(): v for k, v in error.headers.items()},
+                          json.loads(error.read() or b"{}"))
+
+    def chat(self, model: str, content: str = "Say hello.", **metadata: Any) -> Answer:
+        body: dict[str, Any] = {"model": model, "max_tokens": 8,
+                                "messages": [{"role": "user", "content": content}]}
+        if metadata:
+            body["metadata"] = metadata
+        return self.call("/v1/chat/completions", body)
+
+    def policy(self) -> dict[str, Any]:
+        found: dict[str, Any] = self.k8s.custom.get_namespaced_custom_object(
+            GROUP, "v1alpha1", self.namespace, "routepolicies", "hybrid")
+        return found
+
+    def ensure_ready(self, slot: str, alias: str) -> None:
+        if phase(self.k8s, self.namespace, slot) != "Ready":
+            self.operator.demand(alias)
+            wait(lambda: phase(self.k8s, self.namespace, slot) == "Ready", 60,
+                 f"{slot} Ready")
+        # The router reads the operator's state every 2 s.
+        time.sleep(2.5)
+
+
+def _slot(name: str, alias: str, port: int, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/v1alpha1", "kind": "ModelSlot", "metadata": {"name": name},
+            "spec": {"alias": alias, "model": {"path": "tiny.gguf", "servedName": name},
+                     "server": {"port": port}, "minResidency": "1s", **spec}}
+
+
+def _policy(cloud_url: str) -> dict[str, Any]:
+    def cloud_model(alias: str, name: str, **extra: Any) -> dict[str, Any]:
+        return {"alias": alias, "model": f"openai/{name}", "apiBase": cloud_url,
+                "inputCostPerMillion": 0, "outputCostPerMillion": 0, **extra}
+
+    return {
+        "apiVersion": f"{GROUP}/v1alpha1", "kind": "RoutePolicy",
+        "metadata": {"name": "hybrid"},
+        "spec": {
+            "cloudModels": [
+                cloud_model("cloud/fast", "cloud-fast"),
+                cloud_model("cloud/mid", "cloud-mid"),
+                cloud_model("cloud/frontier", "cloud-frontier",
+                            apiKeySecretRef={"name": "cloud-keys", "key": "frontier"},
+                            inputCostPerMillion=FRONTIER_INPUT_PER_M,
+                            outputCostPerMillion=FRONTIER_OUTPUT_PER_M),
+            ],
+            "routing": {"tasks": {"classification": "local/fast"},
+                        "privacy": {"holdTimeout": f"{HOLD_TIMEOUT_SECONDS}s"}},
+            "budget": {"amount": BUDGET, "period": "Day"},
+            "router": {"numRetries": 0, "timeout": "60s"},
+            "litellm": {"masterKeySecretRef": {"name": "litellm", "key": "master"}},
+        },
+    }
+
+
+def _litellm_deployment(operator: OperatorHandle) -> dict[str, Any]:
+    """Shaped like the chart's LiteLLM Deployment."""
+    labels = {"app.kubernetes.io/name": "litellm"}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "litellm"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels, "annotations": QUICK},
+            "spec": {"containers": [{
+                "name": "litellm", "image": "ghcr.io/berriai/litellm:main-v1.108.7",
+                "args": ["--config", "/etc/litellm/config.yaml", "--port", "4000"],
+                "env": [
+                    {"name": "HYBRID_COMPUTE_URL",
+                     "value": f"http://127.0.0.1:{operator.api_port}"},
+                    {"name": "HYBRID_COMPUTE_TOKEN", "valueFrom": {"secretKeyRef": {
+                        "name": "hybrid-compute-api", "key": "token"}}},
+                    {"name": "LITELLM_LOCAL_MODEL_COST_MAP", "value": "True"},
+                ],
+                "volumeMounts": [{"name": "config", "mountPath": "/etc/litellm"}],
+            }], "volumes": [{"name": "config",
+                             "configMap": {"name": "litellm-config"}}]},
+        }},
+    }
+
+
+def _secret(name: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+@pytest.fixture(scope="module")
+def stack(k8s: TestCluster, operator: OperatorHandle, cloud: CloudStandIn,
+          serving_tools: llmtools.ServingTools, tiny_model: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    namespace = f"serving-{uuid.uuid4().hex[:6]}"
+    workdir = tmp_path_factory.mktemp("serving")
+    k8s.kubectl("create", "namespace", namespace)
+    llama = {name: LlamaServer(serving_tools.llama_server, tiny_model, free_port(),
+                               workdir / f"llama-{name}.log", embedding=name == "embed")
+             for name in ("fast", "quality", "coder", "embed")}
+    master_key = f"sk-master-{uuid.uuid4().hex}"
+    cloud_key = f"sk-cloud-{uuid.uuid4().hex}"
+    runner = LiteLLMRunner(k8s.api, namespace, "litellm", serving_tools.litellm,
+                           free_port(), workdir)
+    try:
+        for server in llama.values():
+            server.wait_healthy()
+        apply(k8s, namespace, [
+            _secret("cloud-keys", {"frontier": cloud_key}),
+            _secret("litellm", {"master": master_key}),
+            _secret("hybrid-compute-api", {"token": operator.token}),
+            _slot("fast", "local/fast", llama["fast"].port, default=True, fallback="cloud/fast",
+                  model={"path": "tiny.gguf", "servedName": "fast", "vram": "5Gi"},
+                  podAnnotations=QUICK),
+            _slot("quality", "local/quality", llama["quality"].port, activation="OnDemand",
+                  idleTimeout="10m", priority=300, fallback="cloud/mid",
+                  model={"path": "tiny.gguf", "servedName": "quality", "vram": "16Gi"},
+                  podAnnotations=SWAP_DELAY),
+            _slot("coder", "local/coder", llama["coder"].port, activation="OnDemand",
+                  idleTimeout="20s", priority=200, fallback="cloud/mid",
+                  model={"path": "tiny.gguf", "servedName": "coder", "vram": "16Gi"},
+                  podAnnotations=SWAP_DELAY),
+            _slot("embed", "local/embed", llama["embed"].port, device="cpu", embedding=True,
+                  podAnnotations=QUICK),
+            _slot("broken", "local/broken", free_port(), activation="OnDemand",
+                  model={"path": "tiny.gguf", "vram": "30Gi"}),
+            _policy(cloud.url),
+            _litellm_deployment(operator),
+        ])
+        wait(lambda: phase(k8s, namespace, "fast") == "Ready", 60, "fast Ready")
+        runner.__enter__()
+        wait(lambda: _condition(k8s, namespace, "Ready") == "True", 120,
+             "RoutePolicy Ready")
+        runner.wait_serving(read_policy_hash(k8s, namespace))
+        yield Stack(k8s, operator, namespace, cloud, runner, llama, master_key, cloud_key)
+    finally:
+        runner.__exit__()
+        for server in llama.values():
+            server.stop()
+        k8s.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def read_policy_hash(k8s: TestCluster, namespace: str) -> str:
+    body = k8s.custom.get_namespaced_custom_object(GROUP, "v1alpha1", namespace,
+                                                   "routepolicies", "hybrid")
+    digest: str = body["status"]["configHash"]
+    return digest
+
+
+def _condition(k8s: TestCluster, namespace: str, type_: str) -> str | None:
+    try:
+        body = k8s.custom.get_namespaced_custom_object(GROUP, "v1alpha1", namespace,
+                                                       "routepolicies", "hybrid")
+    except Exception:
+        return None
+    conditions = {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
+    return conditions.get(type_, {}).get("status")
+
+
+# --------------------------------------------------------------------- tests
+
+
+def test_local_alias_is_served_by_llama_server(stack: Stack) -> None:
+    stack.cloud.clear()
+    answer = stack.chat("local/fast")
+    assert answer.status == 200, answer.body
+    assert (answer.route, answer.served_by) == ("local", "local/fast")
+    choice = answer.body["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert isinstance(choice["message"]["content"], str)
+    assert answer.body["usage"]["completion_tokens"] >= 1
+    assert stack.cloud.calls == []
+
+
+def test_private_request_waits_for_its_swap_and_never_reaches_the_cloud(
+        stack: Stack) -> None:
+    assert phase(stack.k8s, stack.namespace, "coder") == "Standby"
+    stack.cloud.clear()
+    started = time.monotonic()
+    answer = stack.chat("local/coder", "Refactor this private code.", tags=["private"])
+    waited = time.monotonic() - started
+    assert answer.status == 200, answer.body
+    assert (answer.route, answer.served_by) == ("local", "local/coder")
+    assert waited >= 2, "the request was answered before the slot could have loaded"
+    assert phase(stack.k8s, stack.namespace, "coder") == "Ready"
+    assert stack.cloud.calls == [], "a privacy-tagged request reached the cloud"
+
+
+def test_private_request_gets_503_when_its_model_cannot_load(stack: Stack) -> None:
+    stack.cloud.clear()
+    started = time.monotonic()
+    answer = stack.chat("local/broken", "Private notes.", tags=["private"])
+    waited = time.monotonic() - started
+    assert answer.status == 503, answer.body
+    assert "never leave the box" in json.dumps(answer.body)
+    assert HOLD_TIMEOUT_SECONDS <= waited < HOLD_TIMEOUT_SECONDS + 10
+    assert stack.cloud.calls == []
+
+
+def test_swap_bridges_to_cloud_then_serves_locally(stack: Stack) -> None:
+    assert phase(stack.k8s, stack.namespace, "quality") == "Standby"
+    stack.cloud.clear()
+    bridged = stack.chat("local/quality", "Explain the plan.")
+    assert bridged.status == 200, bridged.body
+    assert (bridged.route, bridged.served_by) == ("bridged", "cloud/mid")
+    assert "bridged to cloud/mid" in bridged.headers["x-hybrid-reason"]
+    assert stack.cloud.models_called() == ["cloud-mid"]
+    # The bridged request also asked the operator for the slot.
+    wait(lambda: phase(stack.k8s, stack.namespace, "quality") == "Ready", 60,
+         "quality swapped in")
+    time.sleep(2.5)  # the router's state refresh
+    stack.cloud.clear()
+    local = stack.chat("local/quality", "Explain the plan.")
+    assert (local.status, local.route, local.served_by) == (200, "local", "local/quality")
+    assert stack.cloud.calls == []
+
+
+MATRIX = [
+    # (metadata, content, expected alias, expected route)
+    pytest.param({"complexity": "simple"}, "Classify: spam?", "local/fast", "local",
+                 id="simple-local-fast"),
+    pytest.param({"complexity": "medium"}, "Summarise this design.", "local/quality", "local",
+                 id="medium-short-local-quality"),
+    pytest.param({"complexity": "medium"}, "word " * 16500, "cloud/mid", "cloud",
+                 id="medium-long-cloud-mid"),
+    pytest.param({"complexity": "complex"}, "Design a new architecture.", "cloud/frontier",
+                 "cloud", id="complex-cloud-frontier"),
+    pytest.param({"complexity": "complex", "tags": ["private"]}, "Design it privately.",
+                 "local/quality", "local", id="complex-private-stays-local"),
+    pytest.param({"task": "classification"}, "Classify this.", "local/fast", "local",
+                 id="task-rule"),
+    pytest.param({}, "hi", "local/fast", "local", id="heuristic-short-simple"),
+]
+
+
+@pytest.mark.parametrize(("metadata", "content", "alias", "route"), MATRIX)
+def test_auto_routes_by_the_matrix(stack: Stack, metadata: dict[str, Any], content: str,
+                                   alias: str, route: str) -> None:
+    stack.ensure_ready("quality", "local/quality")
+    stack.cloud.clear()
+    answer = stack.chat("hybrid/auto", content, **metadata)
+    assert answer.status == 200, answer.body
+    assert (answer.served_by, answer.route) == (alias, route), answer.headers
+    cloud_models = stack.cloud.models_called()
+    if route == "cloud":
+        assert cloud_models == [alias.replace("/", "-")]
+    else:
+        assert cloud_models == []
+
+
+def test_auto_embeddings_go_to_the_local_embedder(stack: Stack) -> None:
+    stack.cloud.clear()
+    answer = stack.call("/v1/embeddings", {"model": "hybrid/auto", "input": "a sentence"})
+    assert answer.status == 200, answer.body
+    assert (answer.served_by, answer.route) == ("local/embed", "local")
+    vector = answer.body["data"][0]["embedding"]
+    assert len(vector) == 64 and all(isinstance(x, float) for x in vector)
+    assert stack.cloud.calls == []
+
+
+def _spent(stack: Stack) -> float:
+    return float(((stack.policy().get("status") or {}).get("spend") or {}).get("amount", 0))
+
+
+def test_exhausted_budget_sends_complex_work_local_and_survives_restarts(
+        stack: Stack) -> None:
+    stack.ensure_ready("quality", "local/quality")
+    outcomes = []
+    for _ in range(8):
+        answer = stack.chat("hybrid/auto", "Design a new architecture.", complexity="complex")
+        assert answer.status == 200, answer.body
+        outcomes.append(answer.served_by)
+        if answer.served_by == "local/quality":
+            break
+        time.sleep(0.5)  # the spend report reaches the operator
+    assert outcomes[-1] == "local/quality", outcomes
+    assert outcomes[0] == "cloud/frontier"
+    assert "budget exhausted" in answer.headers["x-hybrid-reason"]
+    wait(lambda: _spent(stack) >= BUDGET, 30, "spend persisted in the RoutePolicy status")
+    spent = _spent(stack)
+    status = stack.policy()["status"]
+    assert status["budgetRemaining"] <= 0
+    # Within a float's rounding of whole calls: every cloud call was counted once.
+    calls = round(spent / FRONTIER_CALL_COST)
+    assert abs(spent - calls * FRONTIER_CALL_COST) < 1e-6
+
+    stack.operator.restart()
+    stack.litellm.restart()
+    wait(lambda: _policy_state_loaded(stack), 60, "operator back with its state")
+    time.sleep(2.5)
+    again = stack.chat("hybrid/auto", "Design a new architecture.", complexity="complex")
+    assert (again.status, again.served_by) == (200, "local/quality"), again.headers
+    assert _spent(stack) == pytest.approx(spent)
+
+
+def _policy_state_loaded(stack: Stack) -> bool:
+    try:
+        code, body = stack.operator.call("GET", "/v1/state")
+    except OSError:
+        return False
+    budget = ((body.get("policies") or {}).get(f"{stack.namespace}/hybrid") or {}).get(
+        "budget") if code == 200 else None
+    return bool(budget and budget["exhausted"])
+
+
+def test_no_secret_value_appears_outside_its_secret(stack: Stack) -> None:
+    stack.cloud.clear()
+    # The key reached the provider, so LiteLLM had it: from the Secret, through env.
+    k8s, namespace = stack.k8s, stack.namespace
+    config_map = k8s.core.read_namespaced_config_map("litellm-config", namespace)
+    texts = {
+        "ConfigMap": json.dumps(config_map.data),
+        "RoutePolicy": json.dumps(stack.policy()),
+        "ModelSlots": k8s.kubectl("get", "modelslots", "-n", namespace, "-o", "json").stdout,
+        "Events": k8s.kubectl("get", "events", "-n", namespace, "-o", "json").stdout,
+        "Deployment": k8s.kubectl("get", "deployment", "litellm", "-n", namespace,
+                                  "-o", "json").stdout,
+        "operator log": (stack.operator.cluster.folder / "logs" / "operator.log").read_text(
+            errors="replace"),
+        "LiteLLM log": stack.litellm.log_text(),
+    }
+    for secret in (stack.cloud_key, stack.master_key, stack.operator.token):
+        leaks = [where for where, text in texts.items() if secret in text]
+        assert leaks == [], f"a secret value appears in {leaks}"
+    assert "os.environ/HC_CLOUD_KEYS_FRONTIER" in config_map.data["config.yaml"]
+    env = json.loads(texts["Deployment"])["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HC_CLOUD_KEYS_FRONTIER", "valueFrom": {"secretKeyRef": {
+        "name": "cloud-keys", "key": "frontier"}}} in env
+
+
+def test_cloud_key_reaches_only_its_provider(stack: Stack) -> None:
+    stack.cloud.clear()
+    answer = stack.chat("cloud/frontier", "Hello frontier.")
+    assert answer.status == 200, answer.body
+    calls = stack.cloud.calls
+    assert [c.model for c in calls] == ["cloud-frontier"]
+    assert calls[0].authorization == f"Bearer {stack.cloud_key}"
+    stack.cloud.clear()
+    assert stack.chat("cloud/mid").status == 200
+    assert stack.cloud.calls[0].authorization != f"Bearer {stack.cloud_key}"
+
+
+def test_config_change_restarts_litellm_and_serves_the_new_config(stack: Stack) -> None:
+    before = read_policy_hash(stack.k8s, stack.namespace)
+    starts = stack.litellm.starts
+    unknown = stack.chat("cloud/new")
+    assert unknown.status >= 400
+    policy = stack.policy()
+    models = policy["spec"]["cloudModels"]
+    models.append({"alias": "cloud/new", "model": "openai/cloud-new",
+                   "apiBase": stack.cloud.url, "inputCostPerMillion": 0,
+                   "outputCostPerMillion": 0})
+    stack.k8s.custom.patch_namespaced_custom_object(
+        GROUP, "v1alpha1", stack.namespace, "routepolicies", "hybrid",
+        {"spec": {"cloudModels": models}})
+    wait(lambda: read_policy_hash(stack.k8s, stack.namespace) != before, 30,
+         "a new rendering")
+    after = read_policy_hash(stack.k8s, stack.namespace)
+    stack.litellm.wait_serving(after)
+    assert stack.litellm.starts > starts
+    wait(lambda: _condition(stack.k8s, stack.namespace, "Ready") == "True", 60,
+         "RoutePolicy Ready with the new config")
+    stack.cloud.clear()
+    answer = stack.chat("cloud/new")
+    assert answer.status == 200, answer.body
+    assert stack.cloud.models_called() == ["cloud-new"]
