@@ -42,8 +42,9 @@ dev-down: install ## stop the local cluster
 run: install ## run the operator against the current kubeconfig
 	$(BIN)/hybrid-compute run
 
-crds: install ## regenerate crds/ and the chart's CRD templates from the models
+crds: install ## regenerate crds/, the chart's CRD templates and manifests/base from the models
 	$(BIN)/hybrid-compute crds
+	$(BIN)/python -m hybrid_compute.dev.manifests
 
 crds-check: install ## fail when crds/ differs from what the models generate
 	$(BIN)/hybrid-compute crds --check

@@ -58,7 +58,8 @@ def _configs(cloud_url: str, folder: Path) -> tuple[Path, Path]:
     plain = folder / "plain"
     plain.mkdir()
     config = yaml.safe_load(files[litellm_config.CONFIG_KEY])
-    config["litellm_settings"].pop("callbacks")
+    config["litellm_settings"]["callbacks"] = [
+        c for c in config["litellm_settings"]["callbacks"] if c != litellm_config.CALLBACK]
     config["model_list"] = [m for m in config["model_list"] if m["model_name"] != "hybrid/auto"]
     (plain / "config.yaml").write_text(yaml.safe_dump(config))
     return hooked, plain

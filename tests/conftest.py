@@ -3,10 +3,12 @@ local control plane, started once per session (or reused when already up)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,12 +20,17 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
 from kubernetes import client
 
 from hybrid_compute import kube
+from hybrid_compute.agent.fake import FakeGpu, FakeNvml
+from hybrid_compute.agent.server import AgentService, build_app
+from hybrid_compute.agent.snapshot import GpuReader
 from hybrid_compute.clock import OFFSET_FILE_ENV
 from hybrid_compute.dev.bootstrap import bootstrap_manifests
-from hybrid_compute.dev.cluster import DevCluster
+from hybrid_compute.dev.cluster import DevCluster, free_port
+from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 # A second checkout (or a second run) can use a cluster of its own beside this one.
@@ -135,9 +142,53 @@ class OperatorHandle:
 
 
 # Short enough that tests need not wait, long enough to show it works.
+# The project's GPU agent, reading a simulated RTX 3090 (no NVIDIA driver exists
+# here), serves the operator the dreamteam node's telemetry.
+SIMULATED_AGENT_PORT = free_port()
+
 # LiteLLM runs on this host in the serving tests, beside llama-server processes
 # listening on each slot's port.
-OPERATOR_ARGS = ("--min-residency=2s", "--endpoint-template=http://127.0.0.1:{port}/v1")
+OPERATOR_ARGS = ("--min-residency=2s", "--endpoint-template=http://127.0.0.1:{port}/v1",
+                 f"--gpu-agent=http://127.0.0.1:{SIMULATED_AGENT_PORT}")
+
+
+class SimulatedGpuAgent:
+    """``hybrid-compute agent``'s server over a fake NVML, in a thread of this
+    process; tests change ``gpu`` to change what the operator reads."""
+
+    def __init__(self, port: int) -> None:
+        self.nvml = FakeNvml(gpus=[FakeGpu()])
+        self.gpu = self.nvml.gpus[0]
+        self.port = port
+        self.service = AgentService(GpuReader(DEFAULT_NODE_NAME, lambda: self.nvml),
+                                    interval=0.5)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self.loop).result(10)
+
+    async def _serve(self) -> None:
+        self.runner = web.AppRunner(build_app(self.service), access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.reading = asyncio.create_task(self.service.run())
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            self.reading.cancel()
+            await self.runner.cleanup()
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@pytest.fixture(scope="session")
+def gpu_agent() -> Iterator[SimulatedGpuAgent]:
+    agent = SimulatedGpuAgent(SIMULATED_AGENT_PORT)
+    agent.start()
+    yield agent
+    agent.stop()
 
 
 def operator_env(cluster: DevCluster) -> dict[str, str]:
@@ -148,7 +199,7 @@ def operator_env(cluster: DevCluster) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def operator(k8s: TestCluster) -> Iterator[OperatorHandle]:
+def operator(k8s: TestCluster, gpu_agent: SimulatedGpuAgent) -> Iterator[OperatorHandle]:
     """``hybrid-compute run`` as a separate process against the test cluster."""
     k8s.cluster.stop_operator()
     k8s.cluster.start_operator(extra_args=OPERATOR_ARGS, extra_env=operator_env(k8s.cluster))

@@ -138,7 +138,9 @@ def render_config(policy: RoutePolicySpec, slots: list[SlotInfo],
             "timeout": parse_duration(router.timeout).total_seconds(),
             "fallbacks": [{alias: to} for alias, to in fallbacks(policy, slots).items()],
         },
-        "litellm_settings": {"callbacks": [CALLBACK], "drop_params": True},
+        # prometheus: LiteLLM's own request, token, cost and latency metrics on
+        # its /metrics, which the dashboard reads.
+        "litellm_settings": {"callbacks": [CALLBACK, "prometheus"], "drop_params": True},
     }
     if general:
         config["general_settings"] = general
@@ -163,6 +165,7 @@ def render_rules(policy: RoutePolicySpec, slots: list[SlotInfo],
         "budget": policy.budget.model_dump(by_alias=True) if policy.budget else None,
         "fallbacks": fallbacks(policy, slots),
         "localAliases": sorted({s.spec.alias for s in slots if s.spec}),
+        "cloudAliases": sorted({m.alias for m in policy.cloud_models}),
     }
 
 

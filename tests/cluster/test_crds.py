@@ -76,6 +76,17 @@ def test_default_values_are_filled_in_by_the_api_server(k8s: TestCluster,
     assert stored["server"]["ctxSize"] == 8192
 
 
+def test_minimal_route_policy_is_accepted(k8s: TestCluster, namespace: str) -> None:
+    """Every list left out: the CEL rules over lists must not fail on absent keys."""
+    minimal = {"apiVersion": "hybridcompute.io/v1alpha1", "kind": "RoutePolicy",
+               "metadata": {"name": "minimal", "namespace": namespace}, "spec": {}}
+    k8s.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(minimal))
+    stored = k8s.custom.get_namespaced_custom_object(
+        "hybridcompute.io", "v1alpha1", namespace, "routepolicies", "minimal")["spec"]
+    assert stored["routing"]["autoModel"] == "hybrid/auto"
+    assert stored["litellm"]["configMapName"] == "litellm-config"
+
+
 INVALID_CASES = sorted(INVALID_FOLDER.glob("*.yaml"))
 
 

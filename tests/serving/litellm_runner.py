@@ -102,7 +102,7 @@ class LiteLLMRunner:
         args = [str(folder / "config.yaml") if a == f"{CONFIG_FOLDER}/config.yaml" else a
                 for a in container.get("args") or []]
         args = [str(self.port) if previous == "--port" else a
-                for previous, a in zip(["", *args], args, strict=True)]
+                for previous, a in zip(["", *args[:-1]], args, strict=True)]
         log = self.log_path.open("ab")
         log.write(f"\n=== start {self.starts} ===\n".encode())
         log.flush()
@@ -191,6 +191,7 @@ class LiteLLMRunner:
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         with self._lock:
             self._kill()

@@ -27,7 +27,7 @@ import pytest
 from hybrid_compute.dev import llmtools
 from hybrid_compute.dev.cluster import free_port
 from tests.cluster.support import apply, phase, wait
-from tests.conftest import OperatorHandle, TestCluster
+from tests.conftest import OperatorHandle, SimulatedGpuAgent, TestCluster
 from tests.serving.cloud import COMPLETION_TOKENS, PROMPT_TOKENS, CloudStandIn
 from tests.serving.conftest import LlamaServer
 from tests.serving.litellm_runner import LiteLLMRunner
@@ -35,7 +35,7 @@ from tests.serving.litellm_runner import LiteLLMRunner
 pytestmark = [pytest.mark.cluster, pytest.mark.serving]
 
 GROUP = "hybridcompute.io"
-SWAP_DELAY = {"pod-ready.stage.kwok.x-k8s.io/delay": "4s",
+SWAP_DELAY = {"pod-ready.stage.kwok.x-k8s.io/delay": "2s",
               "pod-delete.stage.kwok.x-k8s.io/delay": "1s"}
 QUICK = {"pod-ready.stage.kwok.x-k8s.io/delay": "500ms",
          "pod-delete.stage.kwok.x-k8s.io/delay": "500ms"}
@@ -44,7 +44,7 @@ FRONTIER_OUTPUT_PER_M = 15.0
 FRONTIER_CALL_COST = (PROMPT_TOKENS * FRONTIER_INPUT_PER_M
                       + COMPLETION_TOKENS * FRONTIER_OUTPUT_PER_M) / 1e6
 BUDGET = round(FRONTIER_CALL_COST * 3.5, 6)
-HOLD_TIMEOUT_SECONDS = 4
+HOLD_TIMEOUT_SECONDS = 10
 
 
 @dataclass
@@ -203,6 +203,7 @@ def stack(k8s: TestCluster, operator: OperatorHandle, cloud: CloudStandIn,
             _slot("embed", "local/embed", llama["embed"].port, device="cpu", embedding=True,
                   podAnnotations=QUICK),
             _slot("broken", "local/broken", free_port(), activation="OnDemand",
+                  idleTimeout="1m",
                   model={"path": "tiny.gguf", "vram": "30Gi"}),
             _policy(cloud.url),
             _litellm_deployment(operator),
@@ -217,7 +218,12 @@ def stack(k8s: TestCluster, operator: OperatorHandle, cloud: CloudStandIn,
         runner.__exit__()
         for server in llama.values():
             server.stop()
-        k8s.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        # Free the GPU for whatever runs next, then let the namespace go.
+        k8s.kubectl("delete", "modelslots", "--all", "-n", namespace, "--wait=false",
+                    check=False)
+        k8s.kubectl("wait", "--for=delete", "pods", "--all", "-n", namespace,
+                    "--timeout=60s", check=False)
+        k8s.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
 def read_policy_hash(k8s: TestCluster, namespace: str) -> str:
@@ -261,7 +267,7 @@ def test_private_request_waits_for_its_swap_and_never_reaches_the_cloud(
     waited = time.monotonic() - started
     assert answer.status == 200, answer.body
     assert (answer.route, answer.served_by) == ("local", "local/coder")
-    assert waited >= 2, "the request was answered before the slot could have loaded"
+    assert waited >= 1.5, "the request was answered before the slot could have loaded"
     assert phase(stack.k8s, stack.namespace, "coder") == "Ready"
     assert stack.cloud.calls == [], "a privacy-tagged request reached the cloud"
 
@@ -338,6 +344,100 @@ def test_auto_embeddings_go_to_the_local_embedder(stack: Stack) -> None:
     assert stack.cloud.calls == []
 
 
+def _gpu_busy(stack: Stack) -> bool:
+    code, body = stack.operator.call("GET", "/v1/state")
+    policy = (body.get("policies") or {}).get(f"{stack.namespace}/hybrid") or {}
+    return code == 200 and bool(policy.get("gpuBusy"))
+
+
+def test_busy_gpu_sends_local_bound_work_to_the_cloud(stack: Stack,
+                                                      gpu_agent: SimulatedGpuAgent) -> None:
+    stack.ensure_ready("quality", "local/quality")
+    gpu_agent.gpu.utilization_percent = 95  # above the policy's gpuBusyThreshold (80)
+    try:
+        wait(lambda: _gpu_busy(stack), 30, "the operator to see the GPU busy")
+        assert stack.policy()["status"]["gpuBusy"] is True
+        time.sleep(2.5)  # the router's state refresh
+        stack.cloud.clear()
+        answer = stack.chat("hybrid/auto", "Summarise this design.", complexity="medium")
+        assert (answer.status, answer.served_by, answer.route) == (200, "cloud/mid", "cloud")
+        assert "GPU busy" in answer.headers["x-hybrid-reason"]
+        assert stack.cloud.models_called() == ["cloud-mid"]
+        stack.cloud.clear()
+        private = stack.chat("hybrid/auto", "Summarise privately.", complexity="medium",
+                             tags=["private"])
+        assert (private.served_by, private.route) == ("local/quality", "local")
+        assert stack.cloud.calls == []
+    finally:
+        gpu_agent.gpu.utilization_percent = 0
+        wait(lambda: not _gpu_busy(stack), 30, "the GPU calm again")
+        time.sleep(2.5)
+
+
+def test_no_secret_value_appears_outside_its_secret(stack: Stack) -> None:
+    stack.cloud.clear()
+    # The key reached the provider, so LiteLLM had it: from the Secret, through env.
+    k8s, namespace = stack.k8s, stack.namespace
+    config_map = k8s.core.read_namespaced_config_map("litellm-config", namespace)
+    texts = {
+        "ConfigMap": json.dumps(config_map.data),
+        "RoutePolicy": json.dumps(stack.policy()),
+        "ModelSlots": k8s.kubectl("get", "modelslots", "-n", namespace, "-o", "json").stdout,
+        "Events": k8s.kubectl("get", "events", "-n", namespace, "-o", "json").stdout,
+        "Deployment": k8s.kubectl("get", "deployment", "litellm", "-n", namespace,
+                                  "-o", "json").stdout,
+        "operator log": (stack.operator.cluster.folder / "logs" / "operator.log").read_text(
+            errors="replace"),
+        "LiteLLM log": stack.litellm.log_text(),
+    }
+    for secret in (stack.cloud_key, stack.master_key, stack.operator.token):
+        leaks = [where for where, text in texts.items() if secret in text]
+        assert leaks == [], f"a secret value appears in {leaks}"
+    assert "os.environ/HC_CLOUD_KEYS_FRONTIER" in config_map.data["config.yaml"]
+    env = json.loads(texts["Deployment"])["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HC_CLOUD_KEYS_FRONTIER", "valueFrom": {"secretKeyRef": {
+        "name": "cloud-keys", "key": "frontier"}}} in env
+
+
+def test_cloud_key_reaches_only_its_provider(stack: Stack) -> None:
+    stack.cloud.clear()
+    answer = stack.chat("cloud/frontier", "Hello frontier.")
+    assert answer.status == 200, answer.body
+    calls = stack.cloud.calls
+    assert [c.model for c in calls] == ["cloud-frontier"]
+    assert calls[0].authorization == f"Bearer {stack.cloud_key}"
+    stack.cloud.clear()
+    assert stack.chat("cloud/mid").status == 200
+    assert stack.cloud.calls[0].authorization != f"Bearer {stack.cloud_key}"
+
+
+def _scrape(url: str, token: str | None = None) -> str:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                timeout=10) as response:
+        text: str = response.read().decode()
+        return text
+
+
+def test_the_dashboards_serving_metrics_are_exported_for_real(stack: Stack) -> None:
+    """The LiteLLM and llama-server series the dashboard reads, from the real
+    processes (the dashboard test checks the names; this checks they exist)."""
+    assert stack.chat("local/fast").status == 200
+    assert stack.chat("cloud/frontier").status == 200
+    # LiteLLM 1.108.7 guards /metrics with the master key by default; the chart's
+    # ServiceMonitor sends it.
+    litellm = _scrape(f"{stack.litellm.url}/metrics/", stack.master_key)
+    for name in ("litellm_proxy_total_requests_metric_total",
+                 "litellm_request_total_latency_metric_bucket",
+                 "litellm_spend_metric_total"):
+        assert f"\n{name}{{" in litellm, f"{name} missing from LiteLLM's /metrics"
+    llama = _scrape(f"{stack.llama['fast'].url}/metrics")
+    for name in ("llamacpp:prompt_tokens_total", "llamacpp:tokens_predicted_total",
+                 "llamacpp:predicted_tokens_seconds", "llamacpp:requests_processing",
+                 "llamacpp:requests_deferred"):
+        assert f"\n{name} " in llama, f"{name} missing from llama-server's /metrics"
+
+
 def _spent(stack: Stack) -> float:
     return float(((stack.policy().get("status") or {}).get("spend") or {}).get("amount", 0))
 
@@ -383,43 +483,6 @@ def _policy_state_loaded(stack: Stack) -> bool:
     return bool(budget and budget["exhausted"])
 
 
-def test_no_secret_value_appears_outside_its_secret(stack: Stack) -> None:
-    stack.cloud.clear()
-    # The key reached the provider, so LiteLLM had it: from the Secret, through env.
-    k8s, namespace = stack.k8s, stack.namespace
-    config_map = k8s.core.read_namespaced_config_map("litellm-config", namespace)
-    texts = {
-        "ConfigMap": json.dumps(config_map.data),
-        "RoutePolicy": json.dumps(stack.policy()),
-        "ModelSlots": k8s.kubectl("get", "modelslots", "-n", namespace, "-o", "json").stdout,
-        "Events": k8s.kubectl("get", "events", "-n", namespace, "-o", "json").stdout,
-        "Deployment": k8s.kubectl("get", "deployment", "litellm", "-n", namespace,
-                                  "-o", "json").stdout,
-        "operator log": (stack.operator.cluster.folder / "logs" / "operator.log").read_text(
-            errors="replace"),
-        "LiteLLM log": stack.litellm.log_text(),
-    }
-    for secret in (stack.cloud_key, stack.master_key, stack.operator.token):
-        leaks = [where for where, text in texts.items() if secret in text]
-        assert leaks == [], f"a secret value appears in {leaks}"
-    assert "os.environ/HC_CLOUD_KEYS_FRONTIER" in config_map.data["config.yaml"]
-    env = json.loads(texts["Deployment"])["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert {"name": "HC_CLOUD_KEYS_FRONTIER", "valueFrom": {"secretKeyRef": {
-        "name": "cloud-keys", "key": "frontier"}}} in env
-
-
-def test_cloud_key_reaches_only_its_provider(stack: Stack) -> None:
-    stack.cloud.clear()
-    answer = stack.chat("cloud/frontier", "Hello frontier.")
-    assert answer.status == 200, answer.body
-    calls = stack.cloud.calls
-    assert [c.model for c in calls] == ["cloud-frontier"]
-    assert calls[0].authorization == f"Bearer {stack.cloud_key}"
-    stack.cloud.clear()
-    assert stack.chat("cloud/mid").status == 200
-    assert stack.cloud.calls[0].authorization != f"Bearer {stack.cloud_key}"
-
-
 def test_config_change_restarts_litellm_and_serves_the_new_config(stack: Stack) -> None:
     before = read_policy_hash(stack.k8s, stack.namespace)
     starts = stack.litellm.starts
@@ -430,9 +493,10 @@ def test_config_change_restarts_litellm_and_serves_the_new_config(stack: Stack) 
     models.append({"alias": "cloud/new", "model": "openai/cloud-new",
                    "apiBase": stack.cloud.url, "inputCostPerMillion": 0,
                    "outputCostPerMillion": 0})
+    # A bigger budget too: the test before this one spent it.
     stack.k8s.custom.patch_namespaced_custom_object(
         GROUP, "v1alpha1", stack.namespace, "routepolicies", "hybrid",
-        {"spec": {"cloudModels": models}})
+        {"spec": {"cloudModels": models, "budget": {"amount": 100, "period": "Day"}}})
     wait(lambda: read_policy_hash(stack.k8s, stack.namespace) != before, 30,
          "a new rendering")
     after = read_policy_hash(stack.k8s, stack.namespace)

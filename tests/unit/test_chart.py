@@ -278,11 +278,19 @@ def test_postgres_is_a_toggle_wired_into_the_route_policy() -> None:
 
 def test_service_monitors_are_optional() -> None:
     assert not [d for d in render() if d["kind"] == "ServiceMonitor"]
-    monitors = [d for d in render("monitoring.serviceMonitor.enabled=true")
-                if d["kind"] == "ServiceMonitor"]
-    assert {m["metadata"]["name"] for m in monitors} == {"hybrid-compute",
-                                                         "hybrid-compute-gpu-agent"}
-    assert all(m["spec"]["endpoints"][0]["port"] == "metrics" for m in monitors)
+    rendered = render("monitoring.serviceMonitor.enabled=true")
+    monitors = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "ServiceMonitor"}
+    assert set(monitors) == {"hybrid-compute", "hybrid-compute-gpu-agent", "litellm"}
+    assert monitors["hybrid-compute"]["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitors["hybrid-compute-gpu-agent"]["spec"]["endpoints"][0]["honorLabels"] is True
+    litellm = monitors["litellm"]["spec"]["endpoints"][0]
+    # LiteLLM guards /metrics with its master key: sent from the Secret, never inlined.
+    assert litellm["authorization"]["credentials"] == {"name": "litellm-secrets",
+                                                       "key": "LITELLM_MASTER_KEY"}
+    slots = only(rendered, "PodMonitor", "hybrid-compute-slots")
+    assert slots["spec"]["selector"]["matchExpressions"] == [
+        {"key": "hybridcompute.io/slot", "operator": "Exists"}]
+    assert slots["spec"]["podMetricsEndpoints"][0]["port"] == "http"
 
 
 def test_time_slicing_config_is_the_device_plugins_format() -> None:

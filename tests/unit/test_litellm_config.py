@@ -61,7 +61,8 @@ def test_meta_model_fallbacks_router_and_callbacks() -> None:
                                    {"local/quality": ["cloud/mid"]},
                                    {"local/quality-alt": ["cloud/mid"]}]
     assert router["num_retries"] == 2 and router["timeout"] == 120
-    assert config["litellm_settings"]["callbacks"] == ["hybrid_router.proxy_handler_instance"]
+    assert config["litellm_settings"]["callbacks"] == ["hybrid_router.proxy_handler_instance",
+                                                       "prometheus"]
     assert config["general_settings"]["master_key"].startswith("os.environ/")
 
 

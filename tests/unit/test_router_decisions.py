@@ -148,3 +148,22 @@ def test_spend_not_yet_sent_counts_against_the_budget() -> None:
     assert budget["remaining"] == -0.25 and budget["exhausted"] is True
     client.unsent_spend = 0.0
     assert client.with_unsent_spend()["budget"]["remaining"] == 0.5
+
+
+def test_slots_of_other_namespaces_do_not_count() -> None:
+    lab = {"namespace": "lab", "alias": "local/quality", "ready": False, "phase": "Standby",
+           "fallback": "cloud/mid"}
+    elsewhere = {**lab, "namespace": "elsewhere", "ready": True, "phase": "Ready"}
+    own = own_policy_state({"slots": [elsewhere, lab]}, "lab/hybrid")
+    assert own["slots"] == [lab]
+    decision = decide({"model": "local/quality", "messages": []}, RULES, own)
+    assert (decision.route, decision.model) == ("bridged", "cloud/mid")
+
+
+def test_an_unknown_model_is_not_rerouted_when_the_budget_is_spent() -> None:
+    decision = decide({"model": "cloud/typo", "messages": []}, RULES,
+                      state(budget_remaining=0.0))
+    assert (decision.model, decision.route) == ("cloud/typo", "cloud")
+    known = decide({"model": "cloud/frontier", "messages": []}, RULES,
+                   state(budget_remaining=0.0))
+    assert known.model == RULES["routes"]["budgetExhausted"]

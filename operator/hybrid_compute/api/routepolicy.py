@@ -178,9 +178,12 @@ class RoutePolicySpec(ApiModel):
 
     model_config = ConfigDict(
         json_schema_extra=validations(
-            cel("self.cloudModels.all(m, m.alias != self.routing.autoModel)",
+            # Lists left out of a manifest are absent, not empty, to CEL.
+            cel("!has(self.cloudModels) || "
+                "self.cloudModels.all(m, m.alias != self.routing.autoModel)",
                 "a cloud model cannot use the meta-model alias", field_path=".cloudModels"),
-            cel("self.fallbacks.all(f, self.fallbacks.exists_one(g, g.alias == f.alias))",
+            cel("!has(self.fallbacks) || "
+                "self.fallbacks.all(f, self.fallbacks.exists_one(g, g.alias == f.alias))",
                 "each alias may have only one fallbacks entry", field_path=".fallbacks"),
         )
     )

@@ -23,6 +23,9 @@ from pathlib import Path
 from hybrid_compute.dev.toolchain import ToolchainError, cache_home
 
 LITELLM_VERSION = "1.108.7"
+# The stock LiteLLM image also carries prometheus_client, which its "prometheus"
+# callback needs; the proxy extra does not pull it in.
+LITELLM_REQUIREMENTS = (f"litellm[proxy]=={LITELLM_VERSION}", "prometheus-client==0.26.0")
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 
 _LLAMA_CMAKE_FLAGS = (
@@ -55,10 +58,16 @@ def llama_root() -> Path:
     return cache_home() / f"llama-server-llama-cpp-python-v{LLAMA_CPP_PYTHON_VERSION}"
 
 
+def _litellm_stamp() -> str:
+    return "\n".join(LITELLM_REQUIREMENTS) + "\n"
+
+
 def installed_litellm() -> Path | None:
     """The cached ``litellm`` command, None until it is installed."""
     command = litellm_root() / "venv" / "bin" / "litellm"
-    return command if (litellm_root() / "complete").exists() and command.exists() else None
+    stamp = litellm_root() / "complete"
+    current = stamp.exists() and stamp.read_text() == _litellm_stamp()
+    return command if current and command.exists() else None
 
 
 def installed_llama_server() -> Path | None:
@@ -88,15 +97,16 @@ def ensure_litellm(log: bool = True) -> Path:
         return litellm
     started = time.monotonic()
     if log:
-        print(f"installing litellm[proxy]=={LITELLM_VERSION} (once) ...", file=sys.stderr)
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    _run([sys.executable, "-m", "venv", str(root / "venv")], "creating LiteLLM's venv")
+        print(f"installing {' '.join(LITELLM_REQUIREMENTS)} (once) ...", file=sys.stderr)
     pip = str(root / "venv" / "bin" / "pip")
-    _run([pip, "install", "--quiet", "--upgrade", "pip"], "upgrading pip")
-    _run([pip, "install", "--quiet", f"litellm[proxy]=={LITELLM_VERSION}"],
-         f"installing litellm[proxy]=={LITELLM_VERSION} from the package index")
-    (root / "complete").write_text(LITELLM_VERSION + "\n")
+    if not Path(pip).exists():
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        _run([sys.executable, "-m", "venv", str(root / "venv")], "creating LiteLLM's venv")
+        _run([pip, "install", "--quiet", "--upgrade", "pip"], "upgrading pip")
+    _run([pip, "install", "--quiet", *LITELLM_REQUIREMENTS],
+         f"installing {' '.join(LITELLM_REQUIREMENTS)} from the package index")
+    (root / "complete").write_text(_litellm_stamp())
     if log:
         print(f"  LiteLLM ready in {time.monotonic() - started:.0f}s", file=sys.stderr)
     return litellm

@@ -103,10 +103,16 @@ def local_aliases(rules: dict[str, Any], state: dict[str, Any]) -> set[str]:
 
 
 def own_policy_state(state: dict[str, Any], policy: str | None) -> dict[str, Any]:
-    """The operator's state with this router's policy entry (budget, GPU busy)
-    lifted to the top, where :func:`decide` reads it."""
-    own = (state.get("policies") or {}).get(policy or "") or {}
-    return {**state, **{key: own[key] for key in ("budget", "gpuBusy") if key in own}}
+    """The operator's state as this router sees it: the slots of its policy's
+    namespace (the ones its config routes to), and its policy's entry (budget, GPU
+    busy) lifted to the top, where :func:`decide` reads it."""
+    if not policy:
+        return state
+    namespace = policy.split("/", 1)[0]
+    own = (state.get("policies") or {}).get(policy) or {}
+    slots = [s for s in state.get("slots", []) if s.get("namespace", namespace) == namespace]
+    return {**state, "slots": slots,
+            **{key: own[key] for key in ("budget", "gpuBusy") if key in own}}
 
 
 def budget_left(rules: dict[str, Any], state: dict[str, Any]) -> bool:
@@ -177,7 +183,10 @@ def decide(data: dict[str, Any], rules: dict[str, Any], state: dict[str, Any],
                             private=True, status=403)
         alias, why = target, f"{why}; kept local for privacy"
 
-    if alias not in locals_ and not budget_left(rules, state):
+    # Only known cloud aliases count against the budget: an unknown name is LiteLLM's
+    # to refuse, not ours to reroute.
+    cloud = alias in rules.get("cloudAliases", [alias])
+    if cloud and alias not in locals_ and not budget_left(rules, state):
         action = (rules.get("budget") or {}).get("whenExhausted", "RouteLocal")
         if action == "Refuse":
             return Decision(requested, "refused", "cloud budget exhausted", private, 429)
