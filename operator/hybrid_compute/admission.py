@@ -39,18 +39,19 @@ WorkloadPhase = Literal["Queued", "Admitted", "Running", "Preempted", "Succeeded
 KIND = "GpuWorkload"
 
 
-_TEMPLATES: dict[int, tuple[GpuWorkloadSpec, str, dict[str, Any]]] = {}
+_TEMPLATES: dict[int, tuple[GpuWorkloadSpec, str, str | None, dict[str, Any]]] = {}
 
 
-def _template(name: str, spec: GpuWorkloadSpec) -> dict[str, Any]:
+def _template(name: str, spec: GpuWorkloadSpec, settings: PlanSettings) -> dict[str, Any]:
     """The workload's pod template, memoised per spec object (as for slots)."""
+    runtime_class = settings.gpu_runtime_class
     cached = _TEMPLATES.get(id(spec))
-    if cached and cached[0] is spec and cached[1] == name:
-        return cached[2]
-    template = children.workload_template(name, spec)
+    if cached and cached[0] is spec and cached[1] == name and cached[2] == runtime_class:
+        return cached[3]
+    template = children.workload_template(name, spec, runtime_class)
     if len(_TEMPLATES) > 4096:
         _TEMPLATES.clear()
-    _TEMPLATES[id(spec)] = (spec, name, template)
+    _TEMPLATES[id(spec)] = (spec, name, runtime_class, template)
     return template
 
 
@@ -94,7 +95,7 @@ class WorkloadDecision:
     @cached_property
     def template(self) -> dict[str, Any] | None:
         spec = self.workload.spec
-        return _template(self.name, spec) if spec else None
+        return _template(self.name, spec, self.settings) if spec else None
 
     @cached_property
     def child(self) -> dict[str, Any] | None:
@@ -212,7 +213,7 @@ def decide(workload: WorkloadInfo, settings: PlanSettings, now: datetime.datetim
                          ("Admitted", False, "Finished", failure)],
                         manage_child=False), events
 
-    template_hash = children.template_hash(_template(workload.name, spec))
+    template_hash = children.template_hash(_template(workload.name, spec, settings))
     stale = child is not None and child.template_hash != template_hash
     running = any(p.phase == "Running" and not p.terminating for p in pods)
 

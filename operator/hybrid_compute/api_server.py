@@ -6,6 +6,10 @@ RoutePolicy's budget period; ``GET /v1/state`` returns every slot's phase,
 residency and endpoint, the GPU ledger and each policy's budget. Every call needs
 ``Authorization: Bearer <token>``; the token comes from a Secret and is never
 logged.
+
+``GET /readyz`` (no token) is the readiness probe: 200 on the replica that acts,
+503 on a replica standing by for the leader Lease, which also answers the calls
+above with 503, so that a Service sends the router only to the leader.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hybrid_compute import clock
+from hybrid_compute import clock, metrics
 from hybrid_compute.routing import PolicyDecision, valid_spend
 from hybrid_compute.runtime import Runtime
 
@@ -73,16 +77,48 @@ def _policy_state(runtime: Runtime, decision: PolicyDecision) -> dict[str, Any]:
     return state
 
 
-def build_app(runtime: Runtime, token: str) -> web.Application:
-    expected = f"Bearer {token}".encode()
+def _standby_message(runtime: Runtime) -> str | None:
+    """Why this replica does not answer for the cluster, or None when it leads."""
+    if runtime.leadership is None or not runtime.standing_by():
+        return None
+    return (f"this operator replica is standing by; the leader is "
+            f"{runtime.leadership.describe_leader()}")
+
+
+def _route_problem(entry: object) -> str | None:
+    if not isinstance(entry, dict):
+        return "each count must be an object"
+    if entry.get("outcome") not in metrics.ROUTE_OUTCOMES:
+        return f"outcome must be one of {', '.join(metrics.ROUTE_OUTCOMES)}"
+    if not all(isinstance(entry.get(key), str) for key in ("alias", "target")):
+        return "alias and target must be strings"
+    count = entry.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= 1_000_000:
+        return "count must be a whole number from 1 to 1000000"
+    return None
+
+
+def build_app(runtime: Runtime, token: str | None) -> web.Application:
+    """The API; without a token only ``/readyz``."""
+    expected = f"Bearer {token}".encode() if token else None
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
-        supplied = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(supplied, expected):
-            return _error(401, "missing or wrong bearer token")
+        if request.path != "/readyz":
+            supplied = request.headers.get("Authorization", "").encode()
+            if expected is None or not hmac.compare_digest(supplied, expected):
+                return _error(401, "missing or wrong bearer token")
+            standby = _standby_message(runtime)
+            if standby is not None:
+                return _error(503, standby)
         response: web.StreamResponse = await handler(request)
         return response
+
+    async def ready(_request: web.Request) -> web.Response:
+        standby = _standby_message(runtime)
+        if standby is not None:
+            return _error(503, standby)
+        return web.json_response({"ready": True})
 
     async def demand(request: web.Request) -> web.Response:
         if request.content_length and request.content_length > MAX_BODY_BYTES:
@@ -127,17 +163,43 @@ def build_app(runtime: Runtime, token: str) -> web.Application:
         runtime.report_spend((namespace, name), amount)
         return web.json_response({"policy": policy, "accepted": amount}, status=202)
 
+    async def routes(request: web.Request) -> web.Response:
+        if request.content_length and request.content_length > MAX_BODY_BYTES:
+            return _error(413, "body too large")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        counts = body.get("counts") if isinstance(body, dict) else None
+        if not isinstance(counts, list):
+            return _error(400, "body must be JSON like {\"counts\": [{\"alias\": "
+                               "\"local/quality\", \"target\": \"cloud/mid\", "
+                               "\"outcome\": \"bridged\", \"count\": 3}]}")
+        problems = [problem for entry in counts if (problem := _route_problem(entry))]
+        if problems:
+            return _error(400, "; ".join(problems[:5]))
+        known = runtime.known_aliases()
+        for entry in counts:
+            # Only aliases something serves become labels: clients can send any name.
+            alias = entry["alias"] if entry["alias"] in known else "other"
+            target = entry["target"] if entry["target"] in known else "other"
+            metrics.record_route(entry["outcome"], alias, target, entry["count"])
+        return web.json_response({"accepted": len(counts)}, status=202)
+
     async def state(_request: web.Request) -> web.Response:
         return web.json_response(state_document(runtime))
 
     app = web.Application(middlewares=[authenticate], client_max_size=MAX_BODY_BYTES)
-    app.router.add_post("/v1/demand", demand)
-    app.router.add_post("/v1/spend", spend)
-    app.router.add_get("/v1/state", state)
+    app.router.add_get("/readyz", ready)
+    if token:
+        app.router.add_post("/v1/demand", demand)
+        app.router.add_post("/v1/spend", spend)
+        app.router.add_post("/v1/routes", routes)
+        app.router.add_get("/v1/state", state)
     return app
 
 
-async def start(runtime: Runtime, token: str, port: int, host: str = "0.0.0.0"
+async def start(runtime: Runtime, token: str | None, port: int, host: str = "0.0.0.0"
                 ) -> web.AppRunner:
     runner = web.AppRunner(build_app(runtime, token), access_log=None)
     await runner.setup()

@@ -10,6 +10,7 @@ from typing import Any
 from hybrid_compute.api.common import API_VERSION, parse_bytes, parse_duration
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
 from hybrid_compute.api.modelslot import ModelSlotSpec
+from hybrid_compute.fetch import TOKEN_ENV as FETCH_TOKEN_ENV
 from hybrid_compute.view import (
     DEFAULT_ENDPOINT_TEMPLATE,
     GPUS_ANNOTATION,
@@ -25,6 +26,7 @@ from hybrid_compute.view import (
 GPU_RESOURCE = "nvidia.com/gpu"
 SERVER_CONTAINER = "llama-server"
 MODEL_VOLUME = "models"
+FETCH_CONTAINER = "fetch-model"
 DEFAULT_HOST_PATH = "/models"
 # Loading a 20 GB model from a slow disk can take minutes; /health answers 503
 # until it is done, so liveness only starts once the startup probe has passed.
@@ -74,6 +76,44 @@ def server_args(spec: ModelSlotSpec, settings: PlanSettings) -> list[str]:
     return [*args, *server.extra_args]
 
 
+def fetch_container(spec: ModelSlotSpec, settings: PlanSettings) -> dict[str, Any] | None:
+    """The init container that downloads the model into the model folder before
+    llama-server starts; None when the spec names no source (the file is already on
+    the node). It alone mounts the folder writable."""
+    source = spec.model.source
+    if source is None:
+        return None
+    args = ["fetch"]
+    env: list[dict[str, Any]] = []
+    if source.hugging_face is not None:
+        repository = source.hugging_face
+        args += ["--hf-repo", repository.repo, "--hf-file", repository.file,
+                 "--hf-revision", repository.revision]
+        if repository.token_secret_ref is not None:
+            env.append({"name": FETCH_TOKEN_ENV, "valueFrom": {"secretKeyRef": {
+                "name": repository.token_secret_ref.name,
+                "key": repository.token_secret_ref.key}}})
+    else:
+        args += ["--url", str(source.url)]
+    args += ["--dest", model_file(spec, settings)]
+    if source.sha256:
+        args += ["--sha256", source.sha256.lower()]
+    container: dict[str, Any] = {
+        "name": FETCH_CONTAINER,
+        "image": settings.fetch_image,
+        "args": args,
+        "volumeMounts": [{"name": MODEL_VOLUME, "mountPath": settings.model_root}],
+        # A failed fetch's last log line (its JSON error record) becomes the
+        # termination message the operator shows in the slot's status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {"allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    if env:
+        container["env"] = env
+    return container
+
+
 def child_name(slot_name: str) -> str:
     """Deployment and Service name: the slot's name, so `kubectl get deploy` reads well."""
     return slot_name
@@ -116,11 +156,16 @@ def pod_template(slot_name: str, spec: ModelSlotSpec, vram_bytes: int,
         "securityContext": {"allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}},
     }
+    runtime_class = None
     if spec.device == "gpu":
         container["resources"] = {"limits": {GPU_RESOURCE: str(spec.gpus)}}
+        runtime_class = settings.gpu_runtime_class
+    fetcher = fetch_container(spec, settings)
     if spec.model.persistent_volume_claim:
+        # The claim is mounted read-only unless the fetch step writes to it; even
+        # then llama-server's own mount stays read-only.
         volume: dict[str, Any] = {"name": MODEL_VOLUME, "persistentVolumeClaim": {
-            "claimName": spec.model.persistent_volume_claim, "readOnly": True}}
+            "claimName": spec.model.persistent_volume_claim, "readOnly": fetcher is None}}
     else:
         volume = {"name": MODEL_VOLUME, "hostPath": {
             "path": spec.model.host_path or DEFAULT_HOST_PATH, "type": "Directory"}}
@@ -133,6 +178,15 @@ def pod_template(slot_name: str, spec: ModelSlotSpec, vram_bytes: int,
         "terminationGracePeriodSeconds": 30,
         "enableServiceLinks": False,
     }
+    if runtime_class:
+        pod_spec["runtimeClassName"] = runtime_class
+    if fetcher is not None:
+        pod_spec["initContainers"] = [fetcher]
+        if spec.model.persistent_volume_claim:
+            # Lets the fetch step write into the claim; OnRootMismatch skips the
+            # recursive chown of a folder of multi-gigabyte files on every start.
+            pod_spec["securityContext"].update(fsGroup=RUN_AS_USER,
+                                               fsGroupChangePolicy="OnRootMismatch")
     template = {
         "metadata": {
             "labels": labels(slot_name),
@@ -221,8 +275,10 @@ def workload_labels(name: str) -> dict[str, str]:
     }
 
 
-def workload_template(name: str, spec: GpuWorkloadSpec) -> dict[str, Any]:
-    """The user's pod template with the GPU share, the VRAM record and our labels."""
+def workload_template(name: str, spec: GpuWorkloadSpec,
+                      gpu_runtime_class: str | None = None) -> dict[str, Any]:
+    """The user's pod template with the GPU share, the VRAM record and our labels
+    (and the GPU runtime class, unless the template names one)."""
     template: dict[str, Any] = spec.template.model_dump(by_alias=True, exclude_none=True)
     metadata = template.setdefault("metadata", {})
     metadata["labels"] = {**(metadata.get("labels") or {}), **workload_labels(name)}
@@ -239,6 +295,8 @@ def workload_template(name: str, spec: GpuWorkloadSpec) -> dict[str, Any]:
         first = pod_spec["containers"][0]
         resources = first.setdefault("resources", {})
         resources["limits"] = {**(resources.get("limits") or {}), GPU_RESOURCE: "1"}
+        if gpu_runtime_class:
+            pod_spec.setdefault("runtimeClassName", gpu_runtime_class)
     return _stamp_hash(template)
 
 

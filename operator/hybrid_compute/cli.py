@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ from hybrid_compute.dev.toolchain import (
     default_toolchain,
     ensure_toolchain,
 )
-from hybrid_compute.view import DEFAULT_ENDPOINT_TEMPLATE
+from hybrid_compute.view import DEFAULT_ENDPOINT_TEMPLATE, OPERATOR_IMAGE
 
 API_TOKEN_ENV = "HYBRID_COMPUTE_API_TOKEN"
 
@@ -134,7 +136,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         settings = PlanSettings(min_residency=parse_duration(args.min_residency),
                                 headroom_bytes=parse_bytes(args.headroom),
-                                endpoint_template=_endpoint_template(args.endpoint_template))
+                                endpoint_template=_endpoint_template(args.endpoint_template),
+                                gpu_runtime_class=args.gpu_runtime_class or None,
+                                fetch_image=args.fetch_image)
     except (ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -142,7 +146,9 @@ def _run(args: argparse.Namespace) -> int:
                         health_port=args.health_port, standalone=args.standalone,
                         api_port=args.api_port, api_token=token or None, settings=settings,
                         metrics_port=args.metrics_port, gpu_agents=tuple(args.gpu_agent),
-                        webhook_port=args.webhook_port, webhook_host=args.webhook_host)
+                        webhook_port=args.webhook_port, webhook_host=args.webhook_host,
+                        leader_election=args.leader_election,
+                        leader_election_namespace=args.leader_election_namespace)
 
 
 def _endpoint_template(template: str) -> str:
@@ -156,10 +162,31 @@ def _endpoint_template(template: str) -> str:
 
 
 def _agent(args: argparse.Namespace) -> int:
+    from hybrid_compute.agent.models import ModelHeaders
     from hybrid_compute.agent.server import run_agent
 
     node = args.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
-    return run_agent(node, args.host, args.port, args.interval, Path(args.proc_root))
+    models = (ModelHeaders(Path(args.model_root), args.model_host_path)
+              if args.model_root else None)
+    make_warmer = None
+    if args.page_cache_budget:
+        from hybrid_compute.agent.warmer import node_warmer
+        from hybrid_compute.api.common import parse_bytes
+
+        if models is None:
+            print("error: --page-cache-budget needs --model-root: the files it keeps warm "
+                  "are under the model folder", file=sys.stderr)
+            return 2
+        try:
+            budget, floor = parse_bytes(args.page_cache_budget), parse_bytes(args.memory_floor)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        make_warmer = functools.partial(node_warmer, models, budget, args.lock,
+                                        args.memory_pressure_threshold, floor,
+                                        Path(args.proc_root))
+    return run_agent(node, args.host, args.port, args.interval, Path(args.proc_root), models,
+                     make_warmer)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -278,6 +305,28 @@ def _cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(args: argparse.Namespace) -> int:
+    from hybrid_compute.fetch import TOKEN_ENV, ExitCode, FetchRequest, hugging_face_url, run_fetch
+
+    if bool(args.url) == bool(args.hf_repo):
+        print("error: give either --url or --hf-repo with --hf-file", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    if args.hf_repo and not args.hf_file:
+        print("error: --hf-repo needs --hf-file", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    if args.attempts < 1:
+        print("error: --attempts must be at least 1", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    if args.sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", args.sha256):
+        print("error: --sha256 takes 64 hexadecimal digits", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    url = args.url or hugging_face_url(args.hf_repo, args.hf_file, args.hf_revision)
+    request = FetchRequest(url=url, dest=Path(args.dest), sha256=args.sha256 or None,
+                           token=os.environ.get(TOKEN_ENV) or None, attempts=args.attempts)
+    return run_fetch(request, progress_file=Path(args.progress_file)
+                     if args.progress_file else None)
+
+
 def _crds(args: argparse.Namespace) -> int:
     from hybrid_compute.crdgen import write_crds
 
@@ -347,10 +396,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="GPU agent to read foreign VRAM and utilisation from (repeatable): "
                           "a URL, where {node} stands for each GPU node's name, or 'local' "
                           "to read NVML in this process (single-node installs)")
+    run.add_argument("--gpu-runtime-class", default="",
+                     help="runtimeClassName for GPU pods (k3s: nvidia, unless NVIDIA's "
+                          "runtime is the node's default)")
+    run.add_argument("--fetch-image", default=OPERATOR_IMAGE,
+                     help="image of the init container that downloads a slot's model "
+                          f"(spec.model.source); default {OPERATOR_IMAGE}")
     run.add_argument("--endpoint-template", default=DEFAULT_ENDPOINT_TEMPLATE,
                      help="how LiteLLM reaches a slot's llama-server (default "
                           f"{DEFAULT_ENDPOINT_TEMPLATE}"
                           "; change it only when LiteLLM runs outside the cluster)")
+    run.add_argument("--leader-election", action="store_true",
+                     help="act only while holding the Lease hybrid-compute-leader, so a "
+                          "second replica waits as a standby (its /readyz answers 503)")
+    run.add_argument("--leader-election-namespace",
+                     help="namespace of that Lease (default: $POD_NAMESPACE, else default)")
     run.add_argument("--dev-cluster", help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
 
@@ -366,6 +426,26 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--proc-root", default="/proc",
                        help="where to read processes' cgroups to find their pods; needs "
                             "the host's PID namespace (default /proc)")
+    agent.add_argument("--model-root", metavar="FOLDER",
+                       help="the node's model folder as mounted in the agent: /gguf serves "
+                            "the header of a GGUF file under it, for the operator's VRAM "
+                            "estimate (default: none, /gguf answers 404)")
+    agent.add_argument("--model-host-path", default="/models", metavar="FOLDER",
+                       help="what --model-root is on the node, the hostPath ModelSlots name "
+                            "(default /models)")
+    agent.add_argument("--page-cache-budget", metavar="QUANTITY",
+                       help="RAM to keep Standby slots' model files warm in the page cache "
+                            "(PUT /warm names them), e.g. 32Gi; needs --model-root "
+                            "(default: none)")
+    agent.add_argument("--lock", action="store_true",
+                       help="also lock the warm files in memory (mlock); needs CAP_IPC_LOCK "
+                            "or a large enough RLIMIT_MEMLOCK, else they are only read")
+    agent.add_argument("--memory-pressure-threshold", type=float, default=10.0,
+                       metavar="PERCENT",
+                       help="release warm files while tasks stall on memory this share of "
+                            "the time (/proc/pressure/memory some avg10; default 10)")
+    agent.add_argument("--memory-floor", default="1Gi", metavar="QUANTITY",
+                       help="release warm files while MemAvailable is below this (default 1Gi)")
     agent.set_defaults(handler=_agent)
 
     dev = commands.add_parser("dev", help="a local control plane with a simulated GPU node")
@@ -464,6 +544,24 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--timeout", type=float, default=10.0,
                       help="with --from-metrics: seconds per query (default 10)")
     cost.set_defaults(handler=_cost)
+
+    fetch = commands.add_parser(
+        "fetch", help="download a model file onto the node (a slot's init container): "
+                      "resumes, verifies SHA-256, skips a file already there")
+    fetch.add_argument("--url", help="plain URL of the file")
+    fetch.add_argument("--hf-repo", metavar="OWNER/NAME", help="Hugging Face repository")
+    fetch.add_argument("--hf-file", metavar="PATH", help="file in the repository")
+    fetch.add_argument("--hf-revision", default="main",
+                       help="branch, tag or commit (default main); the endpoint comes from "
+                            "$HF_ENDPOINT (default https://huggingface.co)")
+    fetch.add_argument("--dest", required=True, help="where the file goes")
+    fetch.add_argument("--sha256", help="expected SHA-256 (64 hex digits)")
+    fetch.add_argument("--attempts", type=int, default=5,
+                       help="connections tried, each resuming the partial file (default 5)")
+    fetch.add_argument("--progress-file",
+                       help="JSON progress file (default: DEST.fetch.json); the token, if "
+                            "any, comes from $HF_TOKEN")
+    fetch.set_defaults(handler=_fetch)
 
     crds = commands.add_parser("crds", help="generate crds/ and the chart's copies")
     crds.add_argument("--check", action="store_true",

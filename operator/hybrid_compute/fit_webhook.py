@@ -19,7 +19,7 @@ import datetime
 import ipaddress
 import json
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,18 +136,63 @@ def self_signed_certificate(host: str, folder: Path | None = None) -> tuple[Path
     return certificate_file, key_file
 
 
+def service_of(host: str) -> tuple[str, str] | None:
+    """(namespace, name) when ``host`` is a Service's in-cluster name
+    ``NAME.NAMESPACE.svc``, else None."""
+    parts = host.split(".")
+    if len(parts) == 3 and parts[2] == "svc" and all(parts[:2]):
+        return parts[1], parts[0]
+    return None
+
+
+def service_client_config(config: kopf.WebhookClientConfig, namespace: str, name: str,
+                          port: int) -> kopf.WebhookClientConfig:
+    """kopf's URL-based client configuration as a reference to the Service."""
+    service: kopf.WebhookClientConfigService = {
+        "namespace": namespace, "name": name, "port": port, "path": ""}
+    result: kopf.WebhookClientConfig = {"service": service}
+    if config.get("caBundle"):
+        result["caBundle"] = config["caBundle"]
+    return result
+
+
+class ServiceWebhookServer(kopf.WebhookServer):
+    """kopf's webhook server, announced to the API server as a Service reference.
+
+    The API server resolves the host of a URL with its own resolver, which on k3s
+    (and most installs) is the node's and knows no ``*.svc`` names; a Service
+    reference it resolves itself, and it checks the certificate against
+    ``NAME.NAMESPACE.svc``, the name the certificate is made for."""
+
+    def __init__(self, *, namespace: str, name: str, service_port: int,
+                 **options: Any) -> None:
+        super().__init__(**options)
+        self.service = (namespace, name, service_port)
+
+    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        namespace, name, port = self.service
+        async for config in super().__call__(fn):
+            yield service_client_config(config, namespace, name, port)
+
+
 def configure_server(settings: kopf.OperatorSettings, port: int, host: str) -> None:
-    """Serve the webhook on ``port`` and let kopf keep its configuration; the API
-    server calls ``https://HOST:PORT``. A loopback host (the dev cluster, where the
-    API server runs beside the operator) listens on loopback only."""
+    """Serve the webhook on ``port`` and let kopf keep its configuration. The API
+    server calls ``https://HOST:PORT``, or, for a host ``NAME.NAMESPACE.svc``, that
+    Service on port ``port``. A loopback host (the dev cluster, where the API server
+    runs beside the operator) listens on loopback only."""
     certificate_file, key_file = self_signed_certificate(host)
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    settings.admission.server = kopf.WebhookServer(
-        addr=host if loopback else "0.0.0.0", port=port, host=host,
-        certfile=str(certificate_file), pkeyfile=str(key_file))
+    options: dict[str, Any] = {"addr": host if loopback else "0.0.0.0", "port": port,
+                               "host": host, "certfile": str(certificate_file),
+                               "pkeyfile": str(key_file)}
+    service = service_of(host)
+    settings.admission.server = (
+        kopf.WebhookServer(**options) if service is None
+        else ServiceWebhookServer(namespace=service[0], name=service[1], service_port=port,
+                                  **options))
     settings.admission.managed = CONFIGURATION_NAME
 
 

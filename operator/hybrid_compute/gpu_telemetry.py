@@ -1,6 +1,9 @@
 """What the GPU agents tell the operator: memory held by processes that are not the
-operator's pods (subtracted from each GPU's budget in ``plan``) and utilisation
-(:mod:`hybrid_compute.routing` calls a GPU above the RoutePolicy's threshold busy).
+operator's pods (subtracted from each GPU's budget in ``plan``), utilisation
+(:mod:`hybrid_compute.routing` calls a GPU above the RoutePolicy's threshold busy),
+the memory each slot's ready pods hold (its measured VRAM) and the header of the
+model file of each GPU slot without ``spec.model.vram`` (its estimated VRAM, see
+:mod:`hybrid_compute.model_vram`).
 
 The agents are polled in the background, never inside a reconcile: a slow or
 unreachable agent cannot stall the loop. Without an answer from a node the plan
@@ -20,9 +23,10 @@ from pathlib import Path
 from typing import Protocol
 
 import aiohttp
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from hybrid_compute.agent.metrics import gpu_id
+from hybrid_compute.agent.models import ModelFileRefused
 from hybrid_compute.agent.nvml import load_nvml
 from hybrid_compute.agent.server import AgentService
 from hybrid_compute.agent.snapshot import (
@@ -32,7 +36,9 @@ from hybrid_compute.agent.snapshot import (
     proc_cgroup_reader,
 )
 from hybrid_compute.metrics import OperatorMetrics
+from hybrid_compute.model_vram import ModelFileKey, model_file_key
 from hybrid_compute.view import PodInfo, View
+from hybrid_compute.vram import ModelShape
 
 logger = logging.getLogger("hybrid_compute.telemetry")
 
@@ -43,6 +49,13 @@ agent's reading and the operator's poll (5 s each) may both predate its exit.
 Without this, a model just unloaded would look like a stranger's memory and block
 the model swapping in."""
 FETCH_TIMEOUT_SECONDS = 2.0
+HEADER_TIMEOUT_SECONDS = 10.0
+"""Reading a header maps the file and walks its tensor table: slower than a snapshot
+on a cold disk, once per file (the agent keeps the shape until the file changes)."""
+
+HeaderAnswer = ModelShape | str | None
+"""A model file's shape, the agent's reason it has none, or None: no agent answered."""
+_SHAPE = TypeAdapter(ModelShape)
 
 
 def _ours_on_gpu(gpu: str, node: str, node_gpus: int, pods: Iterable[PodInfo],
@@ -108,6 +121,49 @@ def foreign_vram(snapshots: Iterable[NodeSnapshot], view: View,
     return result
 
 
+def measured_vram(snapshots: Iterable[NodeSnapshot], view: View) -> dict[tuple[str, str], int]:
+    """Bytes per slot held by the processes of its ready pods, where the agent matched
+    processes to pods and accounts their memory. A pod still loading holds less than
+    it will, so only ready ones are measured."""
+    pods = {p.uid: (p.namespace, p.owner) for p in view.pods
+            if p.kind == "ModelSlot" and p.uid and p.ready and not p.terminating}
+    result: dict[tuple[str, str], int] = {}
+    for snapshot in snapshots:
+        for reading in snapshot.gpus:
+            for process in reading.processes or ():
+                owner = pods.get(process.pod_uid or "")
+                if owner is not None and process.used_memory_bytes is not None:
+                    result[owner] = result.get(owner, 0) + process.used_memory_bytes
+    return result
+
+
+def wanted_model_files(view: View) -> set[ModelFileKey]:
+    """The model files whose header the plan needs: GPU slots without spec.model.vram."""
+    wanted: set[ModelFileKey] = set()
+    for slot in view.slots:
+        spec = slot.spec
+        if spec is None or spec.device != "gpu" or spec.model.vram:
+            continue
+        key = model_file_key(spec, view.settings)
+        if key is not None:
+            wanted.add(key)
+    return wanted
+
+
+def shape_from_answer(status: int, body: object) -> HeaderAnswer:
+    """An agent's /gguf answer as a shape or the agent's reason; None when the answer
+    is not one the agent gives (an old agent without /gguf, a proxy's error page)."""
+    if status == 200:
+        try:
+            return _SHAPE.validate_python(body)
+        except ValidationError:
+            return None
+    if isinstance(body, dict) and isinstance(body.get("error"), str) and status in (
+            400, 404, 422):
+        return str(body["error"])
+    return None
+
+
 def gpu_utilisation(snapshots: Iterable[NodeSnapshot]) -> dict[str, float]:
     """Utilisation percent per GPU id, for GPUs that report it."""
     return {gpu_id(s.node, g.index): float(g.utilization_percent)
@@ -122,6 +178,10 @@ class SnapshotSource(Protocol):
         """Snapshots that came back, and one line per agent that did not answer."""
         ...
 
+    async def model_header(self, node: str, file: ModelFileKey) -> HeaderAnswer:
+        """The header of ``file`` as the agent on ``node`` reads it."""
+        ...
+
 
 class HttpAgents:
     """Agents reached over HTTP. A URL may contain ``{node}``, filled in with each
@@ -133,6 +193,26 @@ class HttpAgents:
     def __init__(self, urls: list[str], timeout: float = FETCH_TIMEOUT_SECONDS) -> None:
         self.urls = urls
         self.timeout = timeout
+
+    def base_url(self, node: str) -> str:
+        """The agent that serves ``node``: the first URL naming nodes, else the first."""
+        for url in self.urls:
+            if "{node}" in url:
+                return url.format(node=node).rstrip("/")
+        return self.urls[0].rstrip("/")
+
+    async def model_header(self, node: str, file: ModelFileKey) -> HeaderAnswer:
+        host_path, path = file
+        timeout = aiohttp.ClientTimeout(total=HEADER_TIMEOUT_SECONDS)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+                    f"{self.base_url(node)}/gguf",
+                    params={"path": path, "hostPath": host_path}) as response:
+                body = await response.json(content_type=None)
+                return shape_from_answer(response.status, body)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            logger.debug("reading the header of %s from %s failed: %s", path, node, error)
+            return None
 
     def targets(self, nodes: list[str]) -> list[str]:
         targets: list[str] = []
@@ -169,6 +249,15 @@ class LocalAgent:
     async def fetch(self, nodes: list[str]) -> tuple[list[NodeSnapshot], list[str]]:
         return [await self.service.refresh()], []
 
+    async def model_header(self, node: str, file: ModelFileKey) -> HeaderAnswer:
+        models = self.service.models
+        if models is None:
+            return "the operator's local GPU agent has no model folder"
+        try:
+            return await asyncio.to_thread(models.shape, file[1], file[0])
+        except ModelFileRefused as refused:
+            return refused.message
+
 
 @dataclass
 class GpuTelemetry:
@@ -178,6 +267,9 @@ class GpuTelemetry:
     interval: float = POLL_SECONDS
     snapshots: dict[str, NodeSnapshot] = field(default_factory=dict)
     metrics: OperatorMetrics | None = None
+    headers: dict[ModelFileKey, ModelShape | str] = field(default_factory=dict)
+    """The model files' shapes (or why not) the agents gave, for the plan's estimates."""
+    _wanted_headers: set[ModelFileKey] = field(default_factory=set)
     _problems: list[str] = field(default_factory=list)
     _pods: dict[tuple[str, str, str], PodInfo] = field(default_factory=dict)
     _departed: dict[tuple[str, str, str], tuple[PodInfo, datetime.datetime]] = field(
@@ -192,8 +284,31 @@ class GpuTelemetry:
         self._pods = current
         self._departed = {key: (pod, gone) for key, (pod, gone) in self._departed.items()
                           if now - gone < DEPARTED_GRACE and key not in current}
+        self._wanted_headers = wanted_model_files(view)
+        headers = {k: v for k, v in self.headers.items() if k in self._wanted_headers}
         return with_telemetry(view, self.snapshots.values(),
-                              [pod for pod, _gone in self._departed.values()])
+                              [pod for pod, _gone in self._departed.values()], headers)
+
+    async def read_headers(self, nodes: list[str]) -> bool:
+        """Asks for the headers the last view needs; True when one changed. The agent
+        of the first GPU node that answers is asked: model folders are alike on the
+        nodes of one install (and in the single-node box, there is one)."""
+        wanted = sorted(self._wanted_headers)
+        answering = sorted(self.snapshots) or sorted(nodes)
+        self.headers = {k: v for k, v in self.headers.items() if k in self._wanted_headers}
+        if not wanted or not answering:
+            return False
+        answers = await asyncio.gather(*(self.source.model_header(answering[0], file)
+                                         for file in wanted))
+        changed = False
+        for file, answer in zip(wanted, answers, strict=True):
+            # No answer keeps what an earlier one said: the file did not change for it.
+            if answer is not None and self.headers.get(file) != answer:
+                if isinstance(answer, str):
+                    logger.warning("cannot estimate VRAM from %s: %s", file[1], answer)
+                self.headers[file] = answer
+                changed = True
+        return changed
 
     async def poll(self, nodes: list[str]) -> bool:
         """One round; True when the figures the plan reads changed."""
@@ -213,7 +328,8 @@ class GpuTelemetry:
         self.snapshots = {s.node: s for s in fetched}
         after = {n: (s.available, [(g.available, g.memory_used_bytes, g.utilization_percent)
                                    for g in s.gpus]) for n, s in self.snapshots.items()}
-        return before != after
+        headers_changed = await self.read_headers(nodes)
+        return before != after or headers_changed
 
     @property
     def reachable(self) -> bool:
@@ -232,11 +348,15 @@ class GpuTelemetry:
 
 
 def with_telemetry(view: View, snapshots: Iterable[NodeSnapshot],
-                   departed: Iterable[PodInfo] = ()) -> View:
-    """The view with the agents' foreign memory and utilisation filled in."""
+                   departed: Iterable[PodInfo] = (),
+                   headers: Mapping[ModelFileKey, ModelShape | str] | None = None) -> View:
+    """The view with the agents' foreign memory, utilisation, measured slot memory
+    and model headers filled in."""
     latest = list(snapshots)
     return replace(view, foreign_vram=foreign_vram(latest, view, departed),
-                   gpu_utilisation=gpu_utilisation(latest))
+                   gpu_utilisation=gpu_utilisation(latest),
+                   measured_vram=measured_vram(latest, view),
+                   model_headers=dict(headers or {}))
 
 
 LOCAL_AGENT = "local"

@@ -16,6 +16,7 @@ import kopf
 
 from hybrid_compute import api_server, fit_webhook, gpu_telemetry, kube, metrics
 from hybrid_compute.api import GROUP, VERSION
+from hybrid_compute.lease_elector import LeaseElector, default_identity, default_namespace
 from hybrid_compute.runtime import Runtime
 from hybrid_compute.view import (
     MANAGED_BY,
@@ -40,6 +41,9 @@ class OperatorOptions:
     webhook_port: int = 0
     """0: no admission webhook; the plan alone reports slots that can never fit."""
     webhook_host: str = "127.0.0.1"
+    leader_election: bool = False
+    """Act only while holding the leader Lease, so several replicas may run."""
+    leader_election_namespace: str | None = None
 
 
 _OPTIONS: list[OperatorOptions] = []
@@ -57,8 +61,16 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     options = _OPTIONS[-1] if _OPTIONS else OperatorOptions(PlanSettings(), 8081, None)
     api = kube.load_client(os.environ.get("KUBECONFIG") or None)
     telemetry = gpu_telemetry.from_options(options.gpu_agents, metrics.METRICS)
-    runtime = Runtime(api, options.settings, telemetry=telemetry)
+    elector = None
+    if options.leader_election:
+        elector = LeaseElector(api, default_namespace(options.leader_election_namespace),
+                               default_identity())
+        logger.info("leader election on: Lease %s/%s, this replica is %s",
+                    elector.namespace, elector.name, elector.identity)
+    runtime = Runtime(api, options.settings, telemetry=telemetry, leadership=elector)
     memo.api = api
+    memo.election = None if elector is None else asyncio.create_task(
+        elector.run(), name="hybrid-compute-leader-election")
     memo.runtime = runtime
     if options.webhook_port:
         fit_webhook.configure_server(settings, options.webhook_port,
@@ -71,10 +83,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         memo.metrics_http = await metrics.start(metrics.METRICS, options.metrics_port)
         logger.info("Prometheus metrics on port %d at /metrics", options.metrics_port)
     memo.http = None
-    if options.api_token and options.api_port:
+    if options.api_port and (options.api_token or elector is not None):
         memo.http = await api_server.start(runtime, options.api_token, options.api_port)
-        logger.info("demand/state API listening on port %d", options.api_port)
-    else:
+        logger.info("%s listening on port %d", "demand/state API and /readyz"
+                    if options.api_token else "/readyz", options.api_port)
+    if not options.api_token:
         logger.warning("no API token configured: the demand/state API is off")
     logger.info("hybrid-compute operator started (watching %s/%s)", GROUP, VERSION)
 
@@ -82,6 +95,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     memo.loop.cancel()
+    if memo.election is not None:
+        memo.election.cancel()
+        await memo.runtime.leadership.release()
     if memo.telemetry is not None:
         memo.telemetry.cancel()
     if memo.http is not None:
@@ -92,7 +108,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.probe(id="loop")
 def loop_alive(memo: kopf.Memo, **_: Any) -> bool:
-    return not memo.loop.done()
+    return not memo.loop.done() and (memo.election is None or not memo.election.done())
 
 
 @kopf.on.event(GROUP, VERSION, "modelslots")
@@ -156,7 +172,8 @@ def run_operator(kubeconfig: str | None, namespace: list[str], health_port: int,
                  standalone: bool, api_port: int = 8081, api_token: str | None = None,
                  settings: PlanSettings | None = None, metrics_port: int = 9090,
                  gpu_agents: tuple[str, ...] = (), webhook_port: int = 0,
-                 webhook_host: str = "127.0.0.1") -> int:
+                 webhook_host: str = "127.0.0.1", leader_election: bool = False,
+                 leader_election_namespace: str | None = None) -> int:
     """Runs the operator until interrupted; ``/healthz`` serves kopf's liveness probe."""
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
@@ -165,7 +182,8 @@ def run_operator(kubeconfig: str | None, namespace: list[str], health_port: int,
     # One line per handled watch event drowns what the loop reports.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     _OPTIONS.append(OperatorOptions(settings or PlanSettings(), api_port, api_token,
-                                    metrics_port, gpu_agents, webhook_port, webhook_host))
+                                    metrics_port, gpu_agents, webhook_port, webhook_host,
+                                    leader_election, leader_election_namespace))
     if webhook_port:
         _register_fit_webhook()
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None

@@ -14,6 +14,7 @@ serves it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 from aiohttp import web
@@ -115,6 +116,15 @@ class OperatorMetrics:
         self.budget_remaining = Gauge(
             "hybrid_compute_cloud_budget_remaining_usd",
             "Cloud budget left in the RoutePolicy's period", ["policy"], registry=registry)
+        self.fetch_bytes = Gauge(
+            "hybrid_compute_model_fetch_bytes",
+            "Bytes of the model file a slot's fetch step has on the node so far (present "
+            "only while it fetches or after it failed)", SLOT_LABELS, registry=registry)
+        self.fetch_total_bytes = Gauge(
+            "hybrid_compute_model_fetch_total_bytes",
+            "Size of the model file a slot's fetch step downloads", SLOT_LABELS,
+            registry=registry)
+        self._fetch_series: set[tuple[str, str, str]] = set()
         self._slot_series: set[tuple[str, str, str]] = set()
         self._gpu_series: set[tuple[str, str]] = set()
 
@@ -148,11 +158,30 @@ class OperatorMetrics:
                 1 if decision.phase in RESIDENT_PHASES and decision.gpu else 0)
             for phase in SLOT_PHASES:
                 self.slot_phase.labels(*labels, phase).set(1 if phase == decision.phase else 0)
+        self._record_fetches(decisions)
         for gone in self._slot_series - seen:
             self.slot_resident.remove(*gone)
             for phase in SLOT_PHASES:
                 self.slot_phase.remove(*gone, phase)
         self._slot_series = seen
+
+    def _record_fetches(self, decisions: tuple[SlotDecision, ...]) -> None:
+        """Download progress, from what the plan read off the fetch step's log."""
+        fetching: set[tuple[str, str, str]] = set()
+        for decision in decisions:
+            progress = decision.status_updates.get("fetch")
+            if progress is None or progress.bytes is None:
+                continue
+            labels = (decision.namespace, decision.name, decision.alias or "")
+            fetching.add(labels)
+            self.fetch_bytes.labels(*labels).set(progress.bytes)
+            if progress.total_bytes is not None:
+                self.fetch_total_bytes.labels(*labels).set(progress.total_bytes)
+        for done in self._fetch_series - fetching:
+            self.fetch_bytes.remove(*done)
+            with contextlib.suppress(KeyError):
+                self.fetch_total_bytes.remove(*done)
+        self._fetch_series = fetching
 
     def _record_gpus(self, view: View, result: Plan) -> None:
         seen: set[tuple[str, str]] = set()
@@ -183,10 +212,11 @@ class OperatorMetrics:
     def record_reconcile_error(self, cause: Literal["api", "crd_missing", "internal"]) -> None:
         self.reconcile_errors.labels(cause).inc()
 
-    def record_route(self, outcome: RouteOutcome, alias: str, target: str) -> None:
+    def record_route(self, outcome: RouteOutcome, alias: str, target: str,
+                     count: int = 1) -> None:
         if outcome not in ROUTE_OUTCOMES:
             raise ValueError(f"unknown route outcome {outcome!r}; one of {ROUTE_OUTCOMES}")
-        self.router_requests.labels(alias, target, outcome).inc()
+        self.router_requests.labels(alias, target, outcome).inc(count)
 
     def set_spend(self, policy: str, amount: float, remaining: float | None) -> None:
         self.cloud_spend.labels(policy).set(amount)
@@ -201,9 +231,9 @@ METRICS = OperatorMetrics()
 """The running operator's metrics."""
 
 
-def record_route(outcome: RouteOutcome, alias: str, target: str) -> None:
-    """A request the router decided: ``alias`` as asked, ``target`` where it went."""
-    METRICS.record_route(outcome, alias, target)
+def record_route(outcome: RouteOutcome, alias: str, target: str, count: int = 1) -> None:
+    """Requests the router decided: ``alias`` as asked, ``target`` where they went."""
+    METRICS.record_route(outcome, alias, target, count)
 
 
 def set_spend(policy: str, amount: float, remaining: float | None) -> None:

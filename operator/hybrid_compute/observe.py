@@ -7,9 +7,11 @@ pods included. The parsing functions are pure and tested on their own.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from kubernetes import client
@@ -21,19 +23,21 @@ from hybrid_compute.api.common import GROUP, VERSION
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.routepolicy import RoutePolicySpec, RoutePolicyStatus
+from hybrid_compute.children import FETCH_CONTAINER
+from hybrid_compute.fetch import parse_progress
 from hybrid_compute.view import (
     CONFIG_HASH_ANNOTATION,
     GPUS_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     MIB,
-    POLICY_LABEL,
     REQUESTED_AT_ANNOTATION,
     SLOT_LABEL,
     TEMPLATE_HASH_ANNOTATION,
     VRAM_ANNOTATION,
     WORKLOAD_LABEL,
     DeploymentInfo,
+    FetchProgress,
     GpuNode,
     LiteLLMDeployment,
     PlanSettings,
@@ -137,6 +141,50 @@ def litellm_from_object(body: Mapping[str, Any]) -> LiteLLMDeployment | None:
     )
 
 
+def fetch_from_pod(body: Mapping[str, Any]) -> FetchProgress | None:
+    """The fetch-model init container's state: Fetching while it starts or runs,
+    Failed when its last run failed (with the error record its last log line held,
+    which the kubelet keeps as the termination message); None once it succeeded or
+    when the pod has none."""
+    statuses = (body.get("status") or {}).get("initContainerStatuses") or []
+    container = next((c for c in statuses if c.get("name") == FETCH_CONTAINER), None)
+    if container is None:
+        has_fetcher = any(c.get("name") == FETCH_CONTAINER
+                          for c in (body.get("spec") or {}).get("initContainers") or [])
+        return FetchProgress("Fetching", message="starting") if has_fetcher else None
+    state = container.get("state") or {}
+    terminated = state.get("terminated")
+    if terminated is not None and terminated.get("exitCode") == 0:
+        return None
+    if "running" in state:
+        return FetchProgress("Fetching")
+    failed = terminated or (container.get("lastState") or {}).get("terminated")
+    if failed is not None:
+        return _failed_fetch(failed)
+    waiting = state.get("waiting") or {}
+    return FetchProgress("Fetching", message=waiting.get("reason") or "starting")
+
+
+def _failed_fetch(terminated: Mapping[str, Any]) -> FetchProgress:
+    lines = [line for line in str(terminated.get("message") or "").splitlines()
+             if line.strip()]
+    record = parse_progress(lines[-1]) if lines else None
+    if record is not None:
+        return FetchProgress("Failed", record.bytes, record.total_bytes, record.message)
+    detail = lines[-1] if lines else terminated.get("reason") or "no message"
+    return FetchProgress("Failed",
+                         message=f"exit code {terminated.get('exitCode')}: {detail}")
+
+
+def with_fetch_log(progress: FetchProgress, line: str) -> FetchProgress:
+    """``progress`` with the bytes and message of the fetch step's last log line."""
+    record = parse_progress(line.strip())
+    if record is None:
+        return progress
+    return dataclasses.replace(progress, bytes=record.bytes, total_bytes=record.total_bytes,
+                               message=record.message or progress.message)
+
+
 def pod_from_object(body: Mapping[str, Any]) -> PodInfo | None:
     """A pod of a slot or a workload; finished pods hold no GPU memory any more."""
     metadata = body.get("metadata", {})
@@ -163,6 +211,7 @@ def pod_from_object(body: Mapping[str, Any]) -> PodInfo | None:
         phase=phase,
         kind=kind,
         uid=metadata.get("uid", ""),
+        fetch=fetch_from_pod(body) if kind == "ModelSlot" else None,
     ) if phase not in ("Succeeded", "Failed") else None
 
 
@@ -275,22 +324,69 @@ def _raw(response: Any) -> dict[str, Any]:
     return data
 
 
-def _litellm_deployments(apps: client.AppsV1Api, policies: list[PolicyInfo]
-                         ) -> dict[tuple[str, str], LiteLLMDeployment]:
-    found: dict[tuple[str, str], LiteLLMDeployment] = {}
-    wanted = {(p.namespace, p.spec.litellm.deployment_name) for p in policies if p.spec}
-    for namespace, name in sorted(wanted):
+@dataclass
+class _LiteLLMObjects:
+    config_maps: dict[tuple[str, str], str] = field(default_factory=dict)
+    deployments: dict[tuple[str, str], LiteLLMDeployment] = field(default_factory=dict)
+    forbidden: dict[str, str] = field(default_factory=dict)
+
+
+def _litellm_objects(core: client.CoreV1Api, apps: client.AppsV1Api,
+                     policies: list[PolicyInfo]) -> _LiteLLMObjects:
+    """The ConfigMap and Deployment each policy names, read by name: the operator
+    needs no right to list ConfigMaps, only to read and write the ones it renders.
+    A namespace it may not read them in is reported, not raised."""
+    found = _LiteLLMObjects()
+    for policy in policies:
+        if policy.spec is None or policy.namespace in found.forbidden:
+            continue
+        namespace, target = policy.namespace, policy.spec.litellm
         try:
-            body = _raw(apps.read_namespaced_deployment(name, namespace,
-                                                        _preload_content=False))
+            try:
+                config_map = _raw(core.read_namespaced_config_map(
+                    target.config_map_name, namespace, _preload_content=False))
+                annotations = config_map["metadata"].get("annotations") or {}
+                found.config_maps[(namespace, target.config_map_name)] = annotations.get(
+                    CONFIG_HASH_ANNOTATION, "")
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+            try:
+                deployment = litellm_from_object(_raw(apps.read_namespaced_deployment(
+                    target.deployment_name, namespace, _preload_content=False)))
+                if deployment is not None:
+                    found.deployments[(namespace, target.deployment_name)] = deployment
+            except ApiException as error:
+                if error.status != 404:
+                    raise
         except ApiException as error:
-            if error.status == 404:
-                continue
-            raise
-        deployment = litellm_from_object(body)
-        if deployment is not None:
-            found[(namespace, name)] = deployment
+            if error.status != 403:
+                raise
+            found.forbidden[namespace] = (
+                f"the operator may not read ConfigMap {target.config_map_name} or "
+                f"Deployment {target.deployment_name} in {namespace} (403); put the "
+                "RoutePolicy in the namespace LiteLLM runs in, where its role applies")
     return found
+
+
+def _read_fetch_logs(core: client.CoreV1Api, pods: tuple[PodInfo, ...]
+                     ) -> tuple[PodInfo, ...]:
+    """Pods whose fetch step runs, with the progress of its last log line. Kubernetes
+    has no other channel from an init container to the operator; a pod whose log
+    cannot be read (gone, not started, no right to pods/log) keeps its state without
+    numbers."""
+    read: list[PodInfo] = []
+    for pod in pods:
+        if pod.fetch is not None and pod.fetch.state == "Fetching" and not pod.terminating:
+            try:
+                line = core.read_namespaced_pod_log(pod.name, pod.namespace,
+                                                    container=FETCH_CONTAINER, tail_lines=1,
+                                                    _request_timeout=5)
+                pod = dataclasses.replace(pod, fetch=with_fetch_log(pod.fetch, str(line)))
+            except ApiException:
+                pass
+        read.append(pod)
+    return tuple(read)
 
 
 def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
@@ -329,17 +425,15 @@ def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
         _preload_content=False))["items"]
     slots = custom.list_cluster_custom_object(GROUP, VERSION, "modelslots")["items"]
     workloads = custom.list_cluster_custom_object(GROUP, VERSION, "gpuworkloads")["items"]
-    config_maps = _raw(core.list_config_map_for_all_namespaces(
-        label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY},{POLICY_LABEL}",
-        _preload_content=False))["items"]
     policies = [policy_from_object(p) for p in custom.list_cluster_custom_object(
         GROUP, VERSION, "routepolicies")["items"]
         if not p.get("metadata", {}).get("deletionTimestamp")]
+    litellm = _litellm_objects(core, apps, policies)
     return View(
         nodes=tuple(n for n in map(node_from_object, nodes) if n),
         slots=tuple(slot_from_object(s) for s in slots
                     if not s.get("metadata", {}).get("deletionTimestamp")),
-        pods=tuple(p for p in map(pod_from_object, pods) if p),
+        pods=_read_fetch_logs(core, tuple(p for p in map(pod_from_object, pods) if p)),
         deployments=tuple(d for d in map(deployment_from_object, deployments) if d),
         services=frozenset((s["metadata"]["namespace"], s["metadata"]["labels"][SLOT_LABEL])
                            for s in services),
@@ -350,10 +444,9 @@ def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
         workload_children=tuple(c for c in map(workload_child_from_object,
                                                 [*jobs, *workload_deployments]) if c),
         policies=tuple(policies),
-        config_maps={(c["metadata"]["namespace"], c["metadata"]["name"]):
-                     (c["metadata"].get("annotations") or {}).get(CONFIG_HASH_ANNOTATION, "")
-                     for c in config_maps},
-        litellm=_litellm_deployments(apps, policies),
+        config_maps=litellm.config_maps,
+        litellm=litellm.deployments,
+        litellm_forbidden=litellm.forbidden,
         spend_reports=dict(spend_reports or {}),
         settings=settings,
     )

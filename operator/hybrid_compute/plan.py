@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from hybrid_compute import admission, children, routing
+from hybrid_compute import admission, children, model_vram, routing
 from hybrid_compute.admission import WorkloadDecision, WorkloadVerdicts
-from hybrid_compute.api.common import parse_bytes, parse_duration
-from hybrid_compute.api.modelslot import ModelSlotSpec
+from hybrid_compute.api.common import parse_duration
+from hybrid_compute.api.modelslot import ModelFetchProgress, ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.conditions import render_status
 from hybrid_compute.ledger import (
     Candidate,
@@ -45,6 +45,7 @@ from hybrid_compute.ledger import (
     start,
     start_blockers,
 )
+from hybrid_compute.model_vram import VramChoice
 from hybrid_compute.routing import PolicyDecision
 from hybrid_compute.view import (
     DeploymentInfo,
@@ -170,10 +171,18 @@ class Plan:
 # ------------------------------------------------------------------ helpers
 
 
-def slot_vram(spec: ModelSlotSpec) -> int | None:
-    if spec.device != "gpu":
-        return 0
-    return parse_bytes(spec.model.vram) if spec.model.vram else None
+def vram_choice(slot: SlotInfo, spec: ModelSlotSpec, view: View,
+                deployment: DeploymentInfo | None) -> VramChoice:
+    """The VRAM a GPU slot is planned with (:mod:`hybrid_compute.model_vram`)."""
+    running = None
+    if (not spec.model.vram and deployment is not None and deployment.replicas > 0
+            and deployment.vram_bytes > 0):
+        started_with = _template(slot, spec, deployment.vram_bytes, view.settings)
+        if children.template_hash(started_with) == deployment.template_hash:
+            running = deployment.vram_bytes
+    key = model_vram.model_file_key(spec, view.settings)
+    header = view.model_headers.get(key) if key is not None else None
+    return model_vram.choose(spec, slot.status, view.settings, header, running)
 
 
 def _min_residency(spec: ModelSlotSpec, view: View) -> datetime.timedelta:
@@ -196,7 +205,8 @@ class _Verdicts:
     """Per-slot findings of the placement pass that the per-slot decisions read."""
 
     unschedulable: dict[tuple[str, str], str]
-    unknown_vram: set[tuple[str, str]]
+    vram: dict[tuple[str, str], VramChoice]
+    """The VRAM figure of every GPU slot; ``bytes`` None where it is not known."""
     requests: dict[tuple[str, str], datetime.datetime | None]
     """The newest request per GPU slot."""
     waiting: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -303,15 +313,16 @@ def plan(view: View, now: datetime.datetime) -> Plan:
     candidates: list[Candidate] = []
     requests: dict[tuple[str, str], datetime.datetime | None] = {}
     unschedulable: dict[tuple[str, str], str] = {}
-    unknown_vram: set[tuple[str, str]] = set()
+    vram_choices: dict[tuple[str, str], VramChoice] = {}
     busy: list[str] = []
     for slot in view.slots:
         spec = slot.spec
         if spec is None or spec.device != "gpu":
             continue
-        vram = slot_vram(spec)
+        choice = vram_choices[slot.key] = vram_choice(slot, spec, view,
+                                                      deployments.get(slot.key))
+        vram = choice.bytes
         if vram is None:
-            unknown_vram.add(slot.key)
             continue
         problem = fit_problem(spec.gpus, vram, gpus)
         if problem:
@@ -362,7 +373,7 @@ def plan(view: View, now: datetime.datetime) -> Plan:
 
     placement: dict[tuple[str, str], list[str]] = {}
     workload_placement: dict[tuple[str, str], list[str]] = {}
-    verdicts = _Verdicts(unschedulable, unknown_vram, requests)
+    verdicts = _Verdicts(unschedulable, vram_choices, requests)
     ready_nodes: dict[str, list[Gpu]] = defaultdict(list)
     for gpu in gpus.values():
         if gpu.node.ready:
@@ -480,8 +491,12 @@ def _decide_slot(
     events: list[EventIntent] = []
 
     pinned_node = deployment.node if deployment else None
+    choice: VramChoice | None = None
 
     def decide(phase: Phase, reason: str, replicas: int, **kwargs: Any) -> SlotDecision:
+        if choice is not None and choice.bytes is not None and choice.source != "Spec":
+            # A figure the user did not give is named, so a surprising one is traced.
+            reason = f"{reason}; VRAM {choice.detail}"
         return SlotDecision(slot, view.settings, now, phase, reason, replicas,
                             pinned_node=pinned_node, **kwargs)
 
@@ -495,7 +510,11 @@ def _decide_slot(
     key = slot.key
     requested = verdicts.requests[key] if key in verdicts.requests else last_request(slot, view)
     updates: dict[str, Any] = {"last_request_time": requested}
-    vram = slot_vram(spec)
+    vram: int | None = 0
+    if spec.device == "gpu":
+        choice = verdicts.vram.get(key) or vram_choice(slot, spec, view, deployment)
+        vram = choice.bytes
+        updates["vram_source"] = choice.source
     template = vram or 0
     current_hash = ""
     if pods or deployment is not None:
@@ -503,6 +522,13 @@ def _decide_slot(
     live = [p for p in pods if not p.terminating]
     stale = [p for p in live if p.template_hash != current_hash]
     current = [p for p in live if p.template_hash == current_hash]
+    fetch_progress, fetch_reason = _fetch_status(current)
+    updates["fetch"] = fetch_progress
+    if (fetch_progress is not None and fetch_progress.state == "Failed"
+            and (previous.fetch is None or previous.fetch.state != "Failed")):
+        events.append(EventIntent(slot.namespace, slot.name, "Warning", "FetchFailed",
+                                  f"Fetching the model of {spec.alias} failed: "
+                                  f"{fetch_progress.message}"))
     phase: Phase
     reason: str
 
@@ -510,18 +536,21 @@ def _decide_slot(
         wanted = spec.activation == "Always" or _cpu_demanded(slot, spec, view, now)
         replicas = 1 if wanted else 0
         phase, reason = _phase_from_pods(wanted, current, pods, "on CPU")
+        if phase == "Loading" and fetch_reason:
+            reason = fetch_reason
         if phase == "Ready" and previous.phase != "Ready":
             updates["ready_since"] = now
         fits: ConditionUpdate = ("Fits", True, "CpuSlot", "runs on CPU; no GPU memory needed")
         return decide(phase, reason, replicas, template_vram=template, status_updates=updates,
                       condition_updates=[accepted, fits, *_readiness(phase, reason)]), events
 
-    if key in verdicts.unknown_vram:
-        message = "spec.model.vram is not set, so the GPU cannot be planned"
+    if vram is None:
+        assert choice is not None
+        message = choice.detail
         return decide("Pending", message, 0, template_vram=template, status_updates=updates,
                       condition_updates=[accepted, ("Fits", None, "VramUnknown", message),
                                          ("Ready", False, "VramUnknown", message)]), events
-    assert vram is not None
+    assert choice is not None
     if key in verdicts.unschedulable:
         message = verdicts.unschedulable[key]
         if previous.phase != "Unschedulable":
@@ -532,7 +561,7 @@ def _decide_slot(
                           accepted, ("Fits", False, "TooLarge", message),
                           ("Resident", False, "Unschedulable", message),
                           ("Ready", False, "Unschedulable", message)]), events
-    fits = ("Fits", True, "Fits", f"needs {gib(vram)}")
+    fits = ("Fits", True, "Fits", f"needs {model_vram.describe(choice)}")
 
     placed = placement.get(key)
     if placed is None:
@@ -580,7 +609,7 @@ def _decide_slot(
     elif already_started:
         replicas = 1
         phase = "Ready" if any(p.ready for p in current) else "Loading"
-        reason = "serving" if phase == "Ready" else "loading the model"
+        reason = "serving" if phase == "Ready" else (fetch_reason or "loading the model")
     else:
         # Break-before-make: start only when everything that exists still fits.
         per_device = vram // spec.gpus
@@ -621,6 +650,7 @@ def _decide_slot(
                 + (f", evicting {', '.join(evicted)}" if evicted else "")))
         if previous.phase != "Ready" or previous.ready_since is None:
             updates["ready_since"] = now
+        updates.update(_measurement(spec, previous, view, key, current))
         updates.update(loading_since=None, evicting=None)
         progress = [("Swapping", False, "Resident", "loaded"),
                     ("Resident", True, "Placed", f"placed on {gpu_label}"),
@@ -628,6 +658,37 @@ def _decide_slot(
     return decide(phase, reason, replicas, gpu=gpu_label, node=node_name, vram=vram,
                   template_vram=template, status_updates=updates,
                   condition_updates=[accepted, fits, *progress]), events
+
+
+def _measurement(spec: ModelSlotSpec, previous: ModelSlotStatus, view: View,
+                 key: tuple[str, str], current: list[PodInfo]) -> dict[str, Any]:
+    """The status fields recording what the GPU agent sees a Ready slot's pods hold.
+    The largest figure seen for the same llama-server is kept: memory only grows
+    after the load, and a record that only grows stops rewriting the status."""
+    seen = view.measured_vram.get(key)
+    if not seen or not any(p.ready for p in current):
+        return {}
+    fingerprint = model_vram.server_fingerprint(spec, view.settings)
+    earlier = model_vram.measured_bytes(spec, previous, view.settings) or 0
+    return {"measured_vram": model_vram.quantity(max(seen, earlier)),
+            "measured_vram_for": fingerprint}
+
+
+def _fetch_status(pods: list[PodInfo]) -> tuple[ModelFetchProgress | None, str | None]:
+    """The model download of the slot's pod, for its status, and a reason naming it."""
+    fetching = next((p.fetch for p in pods if p.fetch is not None), None)
+    if fetching is None:
+        return None, None
+    progress = ModelFetchProgress(state=fetching.state, bytes=fetching.bytes,
+                                  total_bytes=fetching.total_bytes,
+                                  percent=fetching.percent, message=fetching.message or None)
+    if fetching.state == "Failed":
+        return progress, f"fetching the model failed (the kubelet retries): {fetching.message}"
+    if fetching.bytes is None:
+        return progress, "fetching the model"
+    done = (f"{gib(fetching.bytes)} of {gib(fetching.total_bytes)} ({fetching.percent}%)"
+            if fetching.total_bytes else gib(fetching.bytes))
+    return progress, f"fetching the model: {done}"
 
 
 def _readiness(phase: Phase, reason: str) -> list[ConditionUpdate]:

@@ -239,6 +239,14 @@ def _decide_policy(policy: PolicyInfo, view: View, slot_routing: list[SlotRoutin
     fields = {**spend_fields, "gpu_busy": busy,
               "aliases": _alias_states(spec, routing, chains)}
     config_map_key = (policy.namespace, spec.litellm.config_map_name)
+    forbidden = view.litellm_forbidden.get(policy.namespace)
+    if forbidden:
+        updates = [("Accepted", True, "Valid", "the spec is valid"),
+                   ("Rendered", False, "Forbidden", forbidden),
+                   ("Ready", False, "Forbidden", forbidden)]
+        status = render_status(policy.status, updates, generation, now, fields)
+        return PolicyDecision(policy, status, budget=budget, gpu_busy=busy,
+                              spend_included=reported)
     owner = owners.get(config_map_key)
     if owner != policy.name:
         message = (f"ConfigMap {spec.litellm.config_map_name} is rendered by RoutePolicy "

@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from hybrid_compute import clock
 from hybrid_compute.act import act
 from hybrid_compute.gpu_telemetry import GpuTelemetry
+from hybrid_compute.lease_elector import LeaseElector
 from hybrid_compute.metrics import METRICS, OperatorMetrics
 from hybrid_compute.observe import observe
 from hybrid_compute.plan import Plan, PolicyDecision, plan
@@ -33,12 +34,15 @@ class Runtime:
 
     def __init__(self, api: client.ApiClient, settings: PlanSettings,
                  metrics: OperatorMetrics = METRICS,
-                 telemetry: GpuTelemetry | None = None) -> None:
+                 telemetry: GpuTelemetry | None = None,
+                 leadership: LeaseElector | None = None) -> None:
         self.api = api
         self.settings = settings
         self.metrics = metrics
         self.telemetry = telemetry
         """The GPU agents' figures; None plans without them."""
+        self.leadership = leadership
+        """The leader election; None acts without one (a single replica)."""
         self.demands: dict[str, datetime.datetime] = {}
         self.last_plan: Plan | None = None
         self.last_view: View | None = None
@@ -83,6 +87,13 @@ class Runtime:
     def gpu_nodes(self) -> list[str]:
         return [n.name for n in self.last_view.nodes] if self.last_view else []
 
+    def known_aliases(self) -> set[str]:
+        """Every alias a slot or a policy's cloud model serves."""
+        if self.last_view is None:
+            return set()
+        return self.aliases() | {m.alias for p in self.last_view.policies if p.spec
+                                 for m in p.spec.cloud_models}
+
     def aliases(self) -> set[str]:
         if self.last_view is None:
             return set()
@@ -111,11 +122,43 @@ class Runtime:
             wakeup = min(wakeup, now + datetime.timedelta(seconds=FOLLOW_UP_SECONDS))
         return wakeup
 
+    def standing_by(self) -> bool:
+        """True on a replica that does not hold the leader Lease: it must not act."""
+        return self.leadership is not None and not self.leadership.is_leader()
+
+    async def _reconcile_while_leading(self) -> datetime.datetime | None:
+        """One pass, abandoned the moment leadership is lost; None when it was."""
+        if self.leadership is None:
+            return await self.reconcile_once()
+        reconciling = asyncio.ensure_future(self.reconcile_once())
+        stepped_down = asyncio.ensure_future(self.leadership.standby.wait())
+        try:
+            await asyncio.wait({reconciling, stepped_down},
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stepped_down.cancel()
+        if not reconciling.done():
+            # A write already handed to the API client's thread still completes; no
+            # further one starts.
+            reconciling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciling
+            logger.warning("leadership lost: the pass in progress was abandoned")
+            return None
+        return reconciling.result()
+
     async def run(self) -> None:
         while True:
             self._wake.clear()
+            if self.leadership is not None and not self.leadership.leading.is_set():
+                logger.info("standing by: the leader is %s",
+                            self.leadership.describe_leader())
+                await self.leadership.leading.wait()
+                continue
             try:
-                wakeup = await self.reconcile_once()
+                wakeup = await self._reconcile_while_leading()
+                if wakeup is None:
+                    continue
             except asyncio.CancelledError:
                 raise
             except ApiException as error:

@@ -7,12 +7,17 @@ Nothing here talks to the API server; :mod:`hybrid_compute.observe` builds a
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.routepolicy import RoutePolicySpec, RoutePolicyStatus
+
+if TYPE_CHECKING:
+    from hybrid_compute.vram import ModelShape
 
 GIB = 1024**3
 MIB = 1024**2
@@ -31,6 +36,18 @@ POLICY_LABEL = "hybridcompute.io/route-policy"
 DEFAULT_ENDPOINT_TEMPLATE = "http://{service}.{namespace}.svc:{port}/v1"
 
 
+def _own_version() -> str:
+    try:
+        return importlib.metadata.version("hybrid-compute")
+    except importlib.metadata.PackageNotFoundError:
+        return "latest"
+
+
+OPERATOR_IMAGE = f"ghcr.io/hybrid-compute/hybrid-compute:{_own_version()}"
+"""The image this package is built into, as the chart names it; it also runs the
+model fetch step."""
+
+
 @dataclass(frozen=True)
 class PlanSettings:
     """Operator-wide knobs of the plan."""
@@ -41,6 +58,9 @@ class PlanSettings:
     """Default shortest stay of a loaded slot, so swaps cannot thrash."""
     gpu_image: str = "ghcr.io/ggml-org/llama.cpp:server-cuda"
     cpu_image: str = "ghcr.io/ggml-org/llama.cpp:server"
+    fetch_image: str = OPERATOR_IMAGE
+    """Image of the init container that downloads a slot's model (``hybrid-compute
+    fetch``): the operator's own image."""
     model_root: str = "/models"
     """Where the model volume is mounted in llama-server containers."""
     idle_check_interval: datetime.timedelta = datetime.timedelta(seconds=30)
@@ -50,6 +70,9 @@ class PlanSettings:
     default_slot_busy: datetime.timedelta = datetime.timedelta(minutes=5)
     """How long after its last request the default slot counts as in use, so GPU
     workloads do not take the card from it; its idleTimeout overrides this."""
+    gpu_runtime_class: str | None = None
+    """runtimeClassName of GPU pods, for nodes whose default container runtime is not
+    NVIDIA's (k3s registers the RuntimeClass ``nvidia``)."""
     endpoint_template: str = DEFAULT_ENDPOINT_TEMPLATE
     """How LiteLLM reaches a slot's llama-server; {service}, {namespace} and {port}
     are filled in. The default is the slot's Service inside the cluster."""
@@ -79,6 +102,22 @@ class GpuNode:
 
 
 @dataclass(frozen=True)
+class FetchProgress:
+    """The fetch-model init container of a slot's pod, while it runs or after it failed."""
+
+    state: Literal["Fetching", "Failed"]
+    bytes: int | None = None
+    total_bytes: int | None = None
+    message: str = ""
+
+    @property
+    def percent(self) -> float | None:
+        if self.bytes is None or not self.total_bytes:
+            return None
+        return round(min(100.0, 100.0 * self.bytes / self.total_bytes), 1)
+
+
+@dataclass(frozen=True)
 class PodInfo:
     """A pod of a slot's Deployment, Terminating ones included: they still hold VRAM."""
 
@@ -97,6 +136,8 @@ class PodInfo:
     """ModelSlot or GpuWorkload."""
     uid: str = ""
     """The pod's UID, which the GPU agent finds in a process's cgroup."""
+    fetch: FetchProgress | None = None
+    """The model download, while the fetch step runs or after it failed."""
 
 
 @dataclass(frozen=True)
@@ -222,11 +263,18 @@ class View:
     """Bytes held per GPU id by processes that are not the operator's pods."""
     gpu_utilisation: Mapping[str, float] = field(default_factory=dict)
     """Utilisation percentage per GPU id, from the GPU agent (empty without one)."""
+    model_headers: Mapping[tuple[str, str], ModelShape | str] = field(default_factory=dict)
+    """(node folder, file) -> the model file's header shape as the GPU agent read it,
+    or why it could not; for slots without spec.model.vram."""
+    measured_vram: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """(namespace, slot) -> bytes the GPU agent sees the slot's ready pods hold."""
     policies: tuple[PolicyInfo, ...] = ()
     config_maps: Mapping[tuple[str, str], str] = field(default_factory=dict)
     """(namespace, name) of the LiteLLM ConfigMaps the operator wrote -> their hash."""
     litellm: Mapping[tuple[str, str], LiteLLMDeployment] = field(default_factory=dict)
     """(namespace, name) -> the LiteLLM Deployments the policies name that exist."""
+    litellm_forbidden: Mapping[str, str] = field(default_factory=dict)
+    """Namespace -> why the operator may not read its LiteLLM objects there."""
     spend_reports: Mapping[tuple[str, str], float] = field(default_factory=dict)
     """Cloud spend the router reported per policy that no status holds yet."""
     settings: PlanSettings = field(default_factory=PlanSettings)

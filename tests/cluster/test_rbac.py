@@ -26,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from hybrid_compute import kube
 from hybrid_compute.dev.manifests import helm_template
 from hybrid_compute.dev.toolchain import default_toolchain
+from hybrid_compute.leader_election import LEASE_NAME
 from tests.cluster.support import alias, slot
 from tests.conftest import OPERATOR_ARGS, REPOSITORY_ROOT, TestCluster, operator_env
 
@@ -56,14 +57,6 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
@@ -102,22 +95,6 @@ def token_kubeconfig(k8s: TestCluster, token: str, path: Path) -> Path:
 
 
 @pytest.fixture
-def sole_operator(k8s: TestCluster) -> Iterator[None]:
-    """Stops the suite's shared operator for the test, so whatever happens is the
-    restricted operator's doing; restarts it afterwards on the same ports."""
-    state = k8s.cluster.state()
-    assert state is not None
-    pid = state.pids.get("operator")
-    was_running = pid is not None and _alive(pid)
-    ports = dict(state.ports)
-    k8s.cluster.stop_operator()
-    yield
-    if was_running:
-        k8s.cluster.start_operator(extra_args=OPERATOR_ARGS, ports=ports,
-                                   extra_env=operator_env(k8s.cluster))
-
-
-@pytest.fixture
 def restricted_operator(k8s: TestCluster, namespace: str, sole_operator: None,
                         tmp_path: Path) -> Iterator[RestrictedOperator]:
     """The chart's identity and peering objects applied with the release in
@@ -135,7 +112,9 @@ def restricted_operator(k8s: TestCluster, namespace: str, sole_operator: None,
         process = subprocess.Popen(
             [sys.executable, "-m", "hybrid_compute", "run", f"--kubeconfig={kubeconfig}",
              f"--health-port={health_port}", f"--api-port={_free_port()}",
-             "--metrics-port=0", *OPERATOR_ARGS],
+             "--metrics-port=0", *OPERATOR_ARGS,
+             # As in the chart: the Lease in the release's namespace, under its Role.
+             "--leader-election", f"--leader-election-namespace={namespace}"],
             stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=tmp_path,
             env={**os.environ, **operator_env(k8s.cluster), "KUBECONFIG": str(kubeconfig),
@@ -247,6 +226,8 @@ def test_the_charts_rbac_is_enough_to_operate_and_keeps_secrets_out_of_reach(
 
     assert _wait_for("the operator's keep-alive in ClusterKopfPeering hybrid-compute",
                      peering_status, timeout=30)
+    lease = client.CoordinationV1Api(k8s.api).read_namespaced_lease(LEASE_NAME, namespace)
+    assert lease.spec.holder_identity, "the operator acted without holding the Lease"
 
     log = restricted_operator.log.read_text()
     assert "Forbidden" not in log and " 403" not in log, (

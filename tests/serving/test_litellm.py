@@ -301,6 +301,25 @@ def test_swap_bridges_to_cloud_then_serves_locally(stack: Stack) -> None:
     assert stack.cloud.calls == []
 
 
+def _route_count(stack: Stack, alias: str, target: str, outcome: str) -> float:
+    prefix = (f'hybrid_compute_router_requests_total{{alias="{alias}",target="{target}",'
+              f'outcome="{outcome}"}} ')
+    for line in stack.operator.scrape().splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_route_outcomes_are_counted_by_the_operator(stack: Stack) -> None:
+    """Bridged, held and refused requests from the tests above, as operator metrics
+    (the router reports its counts with each state refresh)."""
+    wait(lambda: _route_count(stack, "local/quality", "cloud/mid", "bridged") >= 1, 15,
+         "the bridged request counted")
+    assert _route_count(stack, "local/coder", "local/coder", "held") >= 1
+    assert _route_count(stack, "local/broken", "local/broken", "refused") >= 1
+    assert _route_count(stack, "local/fast", "local/fast", "served") >= 1
+
+
 MATRIX = [
     # (metadata, content, expected alias, expected route)
     pytest.param({"complexity": "simple"}, "Classify: spam?", "local/fast", "local",

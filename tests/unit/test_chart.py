@@ -32,11 +32,11 @@ CLUSTER_PERMISSIONS = {
                                                                   "routepolicies")},
     ("", "nodes", "list"), ("", "nodes", "watch"),
     ("", "pods", "list"), ("", "pods", "watch"),
+    ("", "pods/log", "get"),
     *{("apps", "deployments", verb) for verb in ("list", "watch", "create", "patch", "delete")},
     *{("batch", "jobs", verb) for verb in ("list", "watch", "create", "patch", "delete")},
     ("", "services", "list"), ("", "services", "create"), ("", "services", "patch"),
     ("", "events", "create"),
-    ("", "configmaps", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     *{("kopf.dev", "clusterkopfpeerings", verb) for verb in ("list", "watch", "get", "patch")},
@@ -109,8 +109,9 @@ def test_the_operator_runs_non_root_read_only_with_probes() -> None:
                                            "capabilities": {"drop": ["ALL"]}}
     ports = {p["name"]: p["containerPort"] for p in operator["ports"]}
     assert ports == {"health": 8080, "api": 8081, "metrics": 9090}
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert operator[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # Ready only on the leader, so the Service reaches the replica that acts.
+    assert operator["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "api"}
     assert operator["args"][0] == "run"
     assert {"--health-port=8080", "--api-port=8081", "--metrics-port=9090"} <= set(
         operator["args"])
@@ -164,6 +165,77 @@ def test_without_peering_the_operator_runs_standalone_and_needs_no_peering_right
                                        "operator")["args"]
     granted = permissions(only(documents, "ClusterRole", "hybrid-compute"))
     assert not {p for p in granted if p[0] == "kopf.dev"}
+
+
+def test_leader_election_is_on_with_a_lease_role_for_that_lease_only() -> None:
+    documents = render()
+    operator = container(only(documents, "Deployment", "hybrid-compute"), "operator")
+    assert "--leader-election" in operator["args"]
+    env = env_of(operator)
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    role = only(documents, "Role", "hybrid-compute-leader-election")
+    assert role["metadata"]["namespace"] == "hybrid-compute"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": ["hybrid-compute-leader"], "verbs": ["get", "update"]},
+        # create cannot name the object it creates
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ]
+    binding = only(documents, "RoleBinding", "hybrid-compute-leader-election")
+    assert binding["roleRef"]["name"] == "hybrid-compute-leader-election"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hybrid-compute",
+                                    "namespace": "hybrid-compute"}]
+    two = only(render("operator.replicas=2"), "Deployment", "hybrid-compute")
+    assert two["spec"]["replicas"] == 2
+
+    without = render("operator.leaderElection=false")
+    assert "--leader-election" not in container(
+        only(without, "Deployment", "hybrid-compute"), "operator")["args"]
+    assert not [d for d in without if d["metadata"]["name"] == "hybrid-compute-leader-election"]
+
+
+def test_the_fit_webhook_is_off_by_default() -> None:
+    documents = render()
+    operator = container(only(documents, "Deployment", "hybrid-compute"), "operator")
+    assert not [a for a in operator["args"] if a.startswith("--webhook")]
+    assert "webhook" not in {p["name"] for p in operator["ports"]}
+    service = only(documents, "Service", "hybrid-compute")
+    assert "webhook" not in {p["name"] for p in service["spec"]["ports"]}
+    granted = permissions(only(documents, "ClusterRole", "hybrid-compute"))
+    assert not {p for p in granted if p[0] == "admissionregistration.k8s.io"}
+
+
+def test_the_fit_webhook_is_served_through_the_operators_service() -> None:
+    documents = render("operator.webhook.enabled=true", "operator.webhook.port=8443")
+    operator = container(only(documents, "Deployment", "hybrid-compute"), "operator")
+    # The host names the Service: the operator announces it as a Service reference,
+    # with a certificate for that name.
+    assert {"--webhook-port=8443", "--webhook-host=hybrid-compute.hybrid-compute.svc"} <= set(
+        operator["args"])
+    assert {"name": "webhook", "containerPort": 8443} in operator["ports"]
+    service = only(documents, "Service", "hybrid-compute")
+    assert {"name": "webhook", "port": 8443, "targetPort": "webhook"} in service["spec"]["ports"]
+    role = only(documents, "ClusterRole", "hybrid-compute")
+    webhook_rules = [r for r in role["rules"]
+                     if r["apiGroups"] == ["admissionregistration.k8s.io"]]
+    kinds = ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"]
+    # kopf creates both configurations when missing, then patches them by name.
+    assert webhook_rules == [
+        {"apiGroups": ["admissionregistration.k8s.io"], "resources": kinds,
+         "verbs": ["create"]},
+        {"apiGroups": ["admissionregistration.k8s.io"], "resources": kinds,
+         "resourceNames": ["hybrid-compute.hybridcompute.io"], "verbs": ["patch"]},
+    ]
+    assert permissions(role) - CLUSTER_PERMISSIONS == {
+        ("admissionregistration.k8s.io", kind, verb) for kind in kinds
+        for verb in ("create", "patch")}
+
+
+def test_the_fit_webhook_refuses_several_replicas() -> None:
+    with pytest.raises(RenderError) as refused:
+        render("operator.webhook.enabled=true", "operator.replicas=2")
+    assert "certificate" in str(refused.value), str(refused.value)
 
 
 @pytest.mark.parametrize(("enabled", "keep"), [(True, True), (True, False), (False, True)])
@@ -228,7 +300,7 @@ def test_the_gpu_agent_runs_on_gpu_nodes_without_taking_a_share() -> None:
     agent = container(daemonset, "agent")
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert "runtimeClassName" not in pod
-    assert agent["args"] == ["agent", "--port=9400"]
+    assert agent["args"][:2] == ["agent", "--port=9400"]
     assert agent["ports"][0]["hostPort"] == 9400
     assert pod["hostPID"] is True, "the agent maps GPU processes to pods through /proc"
     operator = container(only(render(), "Deployment", "hybrid-compute"), "operator")
@@ -240,6 +312,45 @@ def test_the_gpu_agent_runs_on_gpu_nodes_without_taking_a_share() -> None:
     assert pod["automountServiceAccountToken"] is False
     k3s = only(render("agent.runtimeClassName=nvidia"), "DaemonSet", "hybrid-compute-gpu-agent")
     assert k3s["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+
+
+def test_the_gpu_agent_reads_the_model_folder_read_only_for_vram_estimates() -> None:
+    daemonset = only(render("agent.modelsHostPath=/srv/models"), "DaemonSet",
+                     "hybrid-compute-gpu-agent")
+    agent = container(daemonset, "agent")
+    assert agent["args"][2:] == ["--model-root=/models", "--model-host-path=/srv/models"]
+    assert agent["volumeMounts"] == [{"name": "models", "mountPath": "/models",
+                                      "readOnly": True}]
+    volumes = daemonset["spec"]["template"]["spec"]["volumes"]
+    assert volumes[0]["hostPath"]["path"] == "/srv/models"
+    without = only(render("agent.modelsHostPath="), "DaemonSet", "hybrid-compute-gpu-agent")
+    assert "volumes" not in without["spec"]["template"]["spec"]
+    assert container(without, "agent")["args"] == ["agent", "--port=9400"]
+
+
+def test_the_gpu_agent_warms_model_files_only_with_a_budget_and_locks_as_asked() -> None:
+    def agent_of(*values: str) -> dict[str, Any]:
+        return container(only(render(*values), "DaemonSet", "hybrid-compute-gpu-agent"),
+                         "agent")
+
+    default = agent_of()
+    assert not any(arg.startswith("--page-cache") for arg in default["args"])
+    assert "add" not in default["securityContext"]["capabilities"]
+    warming = agent_of("agent.pageCache.budget=32Gi")
+    assert warming["args"][-1] == "--page-cache-budget=32Gi"
+    assert warming["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    locking = agent_of("agent.pageCache.budget=32Gi", "agent.pageCache.lock=true")
+    assert locking["args"][-2:] == ["--page-cache-budget=32Gi", "--lock"]
+    assert locking["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+    assert locking["securityContext"]["runAsUser"] == 0, \
+        "an added capability only takes effect for user 0"
+    operator = container(only(render("agent.pageCache.budget=32Gi", "agent.pageCache.lock=true"),
+                              "Deployment", "hybrid-compute"), "operator")
+    assert "add" not in operator["securityContext"]["capabilities"]
+    no_folder = agent_of("agent.pageCache.budget=32Gi", "agent.modelsHostPath=")
+    assert no_folder["args"] == ["agent", "--port=9400"], "warming needs the model folder"
+    with pytest.raises(RenderError, match="budget"):
+        render("agent.pageCache.budget=lots")
 
 
 def test_samples_are_the_seed_table_and_valid_objects() -> None:
@@ -304,7 +415,9 @@ def test_time_slicing_config_is_the_device_plugins_format() -> None:
 
 
 @pytest.mark.parametrize("bad", ["operator.replica=2", "litellm.port=0",
-                                 "operator.headroom=lots", "image.digest=latest"])
+                                 "operator.headroom=lots", "image.digest=latest",
+                                 "operator.webhook.port=0", "operator.webhook.enable=true",
+                                 "operator.leaderElection=maybe"])
 def test_the_values_schema_refuses_mistakes(bad: str) -> None:
     with pytest.raises(RenderError) as refused:
         render(bad)
@@ -334,3 +447,11 @@ def test_every_values_key_is_commented() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     missing = _commented_keys(yaml.compose(text), schema, text.splitlines(), "")
     assert missing == [], f"values.yaml keys without a comment: {missing}"
+
+
+def test_gpu_runtime_class_reaches_the_operator_only_when_set() -> None:
+    default = container(only(render(), "Deployment", "hybrid-compute"), "operator")
+    assert not [a for a in default["args"] if a.startswith("--gpu-runtime-class")]
+    k3s = container(only(render("operator.gpuRuntimeClass=nvidia"), "Deployment",
+                         "hybrid-compute"), "operator")
+    assert "--gpu-runtime-class=nvidia" in k3s["args"]

@@ -3,14 +3,25 @@ numbers; let everything else through."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 from cryptography import x509
 
-from hybrid_compute.fit_webhook import fit_refusal, self_signed_certificate, spec_changed
+from hybrid_compute.fit_webhook import (
+    ServiceWebhookServer,
+    configure_server,
+    fit_refusal,
+    self_signed_certificate,
+    service_of,
+    spec_changed,
+)
 from hybrid_compute.view import GIB, MIB, GpuNode, PlanSettings
 
 DREAMTEAM = GpuNode("dreamteam", gpu_count=1, gpu_memory_bytes=24576 * MIB, replicas=4,
@@ -110,3 +121,48 @@ def test_the_certificate_names_the_host_and_serves_tls(tmp_path: Path) -> None:
         self_signed_certificate("webhook.example", tmp_path)[0].read_bytes())
     dns = named.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert dns.get_values_for_type(x509.DNSName) == ["webhook.example"]
+
+
+@pytest.mark.parametrize(("host", "service"), [
+    ("hybrid-compute.ai.svc", ("ai", "hybrid-compute")),
+    ("127.0.0.1", None), ("localhost", None), ("webhook.example.com", None),
+    ("hybrid-compute.svc", None), (".ai.svc", None)])
+def test_only_a_services_in_cluster_name_is_a_service(host: str,
+                                                      service: tuple[str, str] | None) -> None:
+    assert service_of(host) == service
+
+
+def test_a_service_host_is_announced_as_a_service_reference_with_its_ca() -> None:
+    settings = kopf.OperatorSettings()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    configure_server(settings, port, "hybrid-compute.ai.svc")
+    server = settings.admission.server
+    assert isinstance(server, ServiceWebhookServer)
+    assert settings.admission.managed == "hybrid-compute.hybridcompute.io"
+
+    async def first_config() -> kopf.WebhookClientConfig:
+        async def never_called(*_args: Any, **_kwargs: Any) -> Any:
+            raise AssertionError("no admission request was sent")
+
+        configs = server(never_called)
+        assert isinstance(configs, AsyncGenerator)
+        try:
+            return await anext(configs)
+        finally:
+            await configs.aclose()
+
+    config = asyncio.run(first_config())
+    assert config.get("service") == {"namespace": "ai", "name": "hybrid-compute",
+                                     "port": port, "path": ""}
+    assert "url" not in config, "the API server cannot resolve *.svc in a URL"
+    assert config.get("caBundle"), "the self-signed certificate must be trusted"
+
+
+def test_a_loopback_host_stays_a_url() -> None:
+    settings = kopf.OperatorSettings()
+    configure_server(settings, 9443, "127.0.0.1")
+    server = settings.admission.server
+    assert type(server) is kopf.WebhookServer
+    assert server.host == "127.0.0.1" and server.addr == "127.0.0.1"

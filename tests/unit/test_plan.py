@@ -6,7 +6,7 @@ import datetime
 from dataclasses import replace
 
 from hybrid_compute.plan import plan
-from hybrid_compute.view import View
+from hybrid_compute.view import PlanSettings, View
 from tests.simworld import SEED_SLOTS, START, World, dreamteam, slot
 
 
@@ -136,3 +136,23 @@ def test_unloading_slot_keeps_its_device_on_record_on_a_whole_gpu_node() -> None
         world.step()
         world.check_budget()
     assert world.phase("s2") == "Standby"
+
+
+def test_gpu_pods_get_the_configured_runtime_class() -> None:
+    from hybrid_compute.children import workload_template
+    from tests.simworld import workload
+
+    world = seed_world(settings=PlanSettings(gpu_runtime_class="nvidia"))
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    decisions = {d.name: d for d in world.last_plan.slots}  # type: ignore[union-attr]
+    assert decisions["fast"].deployment["spec"]["template"]["spec"]["runtimeClassName"] \
+        == "nvidia"  # type: ignore[index]
+    assert "runtimeClassName" not in \
+        decisions["embed"].deployment["spec"]["template"]["spec"]  # type: ignore[index]
+    tts = workload("tts", {"class": "TTS", "vram": "4Gi"}).spec
+    assert tts is not None
+    assert workload_template("tts", tts, "nvidia")["spec"]["runtimeClassName"] == "nvidia"
+    own = workload("own", {"class": "TTS", "vram": "4Gi", "template": {"spec": {
+        "runtimeClassName": "custom", "containers": [{"name": "main", "image": "w"}]}}}).spec
+    assert own is not None
+    assert workload_template("own", own, "nvidia")["spec"]["runtimeClassName"] == "custom"

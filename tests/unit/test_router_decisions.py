@@ -167,3 +167,24 @@ def test_an_unknown_model_is_not_rerouted_when_the_budget_is_spent() -> None:
     known = decide({"model": "cloud/frontier", "messages": []}, RULES,
                    state(budget_remaining=0.0))
     assert known.model == RULES["routes"]["budgetExhausted"]
+
+
+def test_the_last_state_is_kept_while_the_operator_is_away(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from hybrid_compute.dev.cluster import free_port
+
+    monkeypatch.setenv("HYBRID_COMPUTE_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
+    client = OperatorClient("lab/hybrid")
+    known = {"slots": [{"namespace": "lab", "alias": "local/fast", "ready": True}]}
+    client.state = known
+    assert asyncio.run(client.current(fresh=True)) == known
+
+    async def spend_while_away() -> None:
+        client.report_spend(0.25)
+        while client.sending:  # the report fails in a worker thread
+            await asyncio.sleep(0.01)
+
+    asyncio.run(spend_while_away())
+    assert client.unsent_spend == 0.25  # kept until the operator takes it

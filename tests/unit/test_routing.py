@@ -228,3 +228,25 @@ def test_reported_spend_must_be_a_sane_amount() -> None:
     assert valid_spend(3) == 3.0
     for bad in (-1, float("nan"), float("inf"), "1", True, None, 2_000_000):
         assert valid_spend(bad) is None
+
+
+def test_a_namespace_the_operator_may_not_write_in_is_a_condition() -> None:
+    view = replace(settled_world().view(), policies=(policy(),),
+                   litellm_forbidden={"lab": "the operator may not read ConfigMap ... (403)"})
+    decision = decide(view)
+    assert decision.config_map is None and decision.litellm_patch is None
+    status, reason, message = condition(decision, "Rendered")
+    assert (status, reason) == ("False", "Forbidden")
+    assert "403" in message
+
+
+def test_route_counts_from_the_router_are_checked() -> None:
+    from hybrid_compute.api_server import _route_problem
+
+    good = {"alias": "local/quality", "target": "cloud/mid", "outcome": "bridged", "count": 3}
+    assert _route_problem(good) is None
+    assert "outcome" in (_route_problem({**good, "outcome": "teleported"}) or "")
+    assert "count" in (_route_problem({**good, "count": 0}) or "")
+    assert "count" in (_route_problem({**good, "count": True}) or "")
+    assert "strings" in (_route_problem({**good, "alias": 7}) or "")
+    assert _route_problem(["not", "an", "object"]) is not None

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hybrid_compute.agent.snapshot import GpuReading, NodeSnapshot
+from hybrid_compute.agent.page_cache import ReleaseReason
+from hybrid_compute.agent.snapshot import CacheState, GpuReading, NodeSnapshot, PageCacheReport
 
 GPU_LABELS = ["node", "gpu"]
 """``gpu`` is ``<node>/<index>``, the id the operator uses for the same device."""
@@ -105,7 +106,54 @@ class SnapshotCollector(Collector):
                                    entry.used_memory_bytes)
 
 
-def agent_registry(latest: Callable[[], NodeSnapshot | None]) -> CollectorRegistry:
+class PageCacheCollector(Collector):
+    """The warm-standby model files: residency per file, the budget, releases."""
+
+    def __init__(self, node: str, report: Callable[[], PageCacheReport]) -> None:
+        self._node = node
+        self._report = report
+
+    def collect(self) -> Iterable[Metric]:
+        report = self._report()
+        node = self._node
+        resident = GaugeMetricFamily(
+            "hybrid_compute_page_cache_resident_bytes",
+            "Bytes of a wanted model file in the node's page cache", labels=["node", "file"])
+        size = GaugeMetricFamily("hybrid_compute_page_cache_file_size_bytes",
+                                 "Size of a wanted model file", labels=["node", "file"])
+        held = GaugeMetricFamily(
+            "hybrid_compute_page_cache_held",
+            "1 when the agent holds the file warm within its budget (2 when locked)",
+            labels=["node", "file"])
+        budget = GaugeMetricFamily("hybrid_compute_page_cache_budget_bytes",
+                                   "RAM the agent may fill with warm model files",
+                                   labels=["node"])
+        pressure = GaugeMetricFamily(
+            "hybrid_compute_page_cache_memory_pressure",
+            "1 while the node's memory is short and the agent gives its budget back",
+            labels=["node"])
+        released = CounterMetricFamily(
+            "hybrid_compute_page_cache_released",
+            "Model files the agent evicted, by reason (budget, pressure)",
+            labels=["node", "reason"])
+        budget.add_metric([node], report.budget_bytes)
+        pressure.add_metric([node], 1 if report.memory_pressure else 0)
+        for reason in ReleaseReason:
+            released.add_metric([node, reason.value], report.released.get(reason.value, 0))
+        for entry in report.files:
+            if entry.resident_bytes is not None:
+                resident.add_metric([node, entry.path], entry.resident_bytes)
+            if entry.size_bytes is not None:
+                size.add_metric([node, entry.path], entry.size_bytes)
+            held.add_metric([node, entry.path], {CacheState.HELD: 1, CacheState.LOCKED: 2}
+                            .get(entry.state, 0))
+        return [resident, size, held, budget, pressure, released]
+
+
+def agent_registry(latest: Callable[[], NodeSnapshot | None],
+                   page_cache: PageCacheCollector | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(SnapshotCollector(latest))
+    if page_cache is not None:
+        registry.register(page_cache)
     return registry

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import enum
 import logging
 import re
 from collections.abc import Callable
@@ -58,6 +59,47 @@ class GpuReading(SnapshotModel):
     """None when the driver cannot list processes on this device."""
 
 
+class CacheState(enum.StrEnum):
+    """Where a warm-standby model file stands in the agent's page-cache budget."""
+
+    PENDING = "Pending"
+    """Asked for; the warmer has not reached it yet."""
+    HELD = "Held"
+    """Within the budget: read into the page cache and kept there by re-reading."""
+    LOCKED = "Locked"
+    """Within the budget and locked in memory (``--lock``)."""
+    OVER_BUDGET = "OverBudget"
+    """Does not fit the budget beside higher-priority files."""
+    PAUSED = "Paused"
+    """Not held because memory is short, or was until recently."""
+    MISSING = "Missing"
+    """The file cannot be read."""
+
+
+class CachedFile(SnapshotModel):
+    path: str
+    """As the operator named it, relative to the node's model folder."""
+    priority: float
+    state: CacheState
+    size_bytes: int | None = None
+    resident_bytes: int | None = None
+    """Bytes of the file in the page cache now, whoever read them."""
+    message: str | None = None
+    """Why a file is not held or not locked."""
+
+
+class PageCacheReport(SnapshotModel):
+    budget_bytes: int
+    held_bytes: int
+    lock: bool
+    """The agent was asked to lock held files in memory."""
+    memory_pressure: bool
+    pressure_reason: str
+    released: dict[str, int] = {}
+    """Files released since start, by reason (budget, pressure)."""
+    files: list[CachedFile] = []
+
+
 class NodeSnapshot(SnapshotModel):
     node: str
     taken_at: datetime.datetime
@@ -66,6 +108,8 @@ class NodeSnapshot(SnapshotModel):
     error: str | None = None
     driver_version: str | None = None
     gpus: list[GpuReading] = []
+    page_cache: PageCacheReport | None = None
+    """The warm-standby model files; None when the agent has no page-cache budget."""
 
 
 def pod_uid_from_cgroup(text: str) -> str | None:

@@ -17,6 +17,7 @@ from hybrid_compute.api.common import (
     DnsLabel,
     Duration,
     PositiveQuantity,
+    SecretKeyRef,
     cel,
     column,
     validations,
@@ -28,8 +29,52 @@ SlotPhase = Literal[
     "Pending", "Standby", "Loading", "Ready", "Unloading", "Unschedulable", "Failed"
 ]
 SLOT_CONDITION_TYPES = ("Accepted", "Fits", "Resident", "Swapping", "Ready")
+VramSource = Literal["Spec", "Measured", "Estimated"]
 
 ArgString = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class HuggingFaceFile(ApiModel):
+    """A file in a Hugging Face repository, fetched from its resolve URL."""
+
+    repo: Annotated[str, StringConstraints(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200)]
+    """The repository, owner/name, for example bartowski/Meta-Llama-3.1-8B-Instruct-GGUF."""
+    file: Annotated[str, StringConstraints(pattern=r"^[^/\x00][^\x00]*$", max_length=1024)]
+    """The file's path in the repository, for example Meta-Llama-3.1-8B-Instruct-Q6_K.gguf."""
+    revision: Annotated[str, StringConstraints(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", max_length=255)] = "main"
+    """Branch, tag or commit to fetch; a commit pins the exact file."""
+    token_secret_ref: SecretKeyRef | None = None
+    """A Secret key holding a Hugging Face token, for gated or private repositories.
+    Only the fetch container gets it, as an environment variable."""
+
+
+class ModelFetchSource(ApiModel):
+    """Where the fetch step downloads the model file from, when it is not on the node."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("has(self.huggingFace) != has(self.url)",
+                "set exactly one of huggingFace or url", field_path=".url"),
+        )
+    )
+
+    hugging_face: HuggingFaceFile | None = None
+    """A file in a Hugging Face repository."""
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)
+                   ] | None = None
+    """A plain http(s) URL of the file."""
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    """The file's SHA-256. With it, a file on the node that differs is fetched again
+    and a download that differs is refused; without it, any file already at the path
+    is used as it is."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelFetchSource:
+        if (self.hugging_face is None) == (self.url is None):
+            raise ValueError("url: set exactly one of huggingFace or url")
+        return self
 
 
 class ModelSource(ApiModel):
@@ -60,6 +105,9 @@ class ModelSource(ApiModel):
     """Folder on the node that holds the model files; the default is /models."""
     persistent_volume_claim: DnsLabel | None = None
     """Name of a PersistentVolumeClaim holding the model files, instead of hostPath."""
+    source: ModelFetchSource | None = None
+    """Where to download the file from when it is missing from the model folder (or
+    differs from sha256); unset means the file is already there."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
@@ -121,6 +169,10 @@ class ModelSlotSpec(ApiModel):
                 field_path=".server.nGpuLayers"),
             cel("self.device != 'cpu' || self.gpus == 1",
                 "spec.gpus applies to GPU slots only", field_path=".gpus"),
+            cel("self.device != 'gpu' || !has(self.model.source) || has(self.model.vram)",
+                "a GPU slot that downloads its model needs spec.model.vram: the estimate "
+                "reads the file's header on the node, which is not there before the "
+                "download", reason="FieldValueRequired", field_path=".model.vram"),
         )
     )
 
@@ -179,9 +231,30 @@ class ModelSlotSpec(ApiModel):
             problems.append("server.nGpuLayers: a CPU slot cannot offload layers")
         if self.device == "cpu" and self.gpus != 1:
             problems.append("gpus: applies to GPU slots only")
+        if self.device == "gpu" and self.model.source and not self.model.vram:
+            problems.append("model.vram: a GPU slot that downloads its model needs "
+                            "spec.model.vram")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+FetchPhase = Literal["Fetching", "Failed"]
+
+
+class ModelFetchProgress(ApiModel):
+    """The download of spec.model.source by the pod's fetch-model init container."""
+
+    state: FetchPhase
+    """Fetching while the init container runs; Failed when its last run failed."""
+    bytes: Annotated[int, Field(ge=0)] | None = None
+    """Bytes of the file on the node so far (the partial file included)."""
+    total_bytes: Annotated[int, Field(ge=0)] | None = None
+    """Size of the file, when the server says."""
+    percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    """bytes as a share of totalBytes."""
+    message: str | None = None
+    """What the fetch step last said: why it waits, resumes or failed."""
 
 
 class ModelSlotStatus(ApiModel):
@@ -203,8 +276,15 @@ class ModelSlotStatus(ApiModel):
     """The in-cluster URL of the slot's OpenAI-compatible API."""
     vram: str | None = None
     """The VRAM the plan reserves for the slot."""
+    vram_source: VramSource | None = None
+    """Where the slot's VRAM figure comes from: Spec (spec.model.vram, which always
+    wins), Measured (measuredVram) or Estimated (from the model file's header)."""
     measured_vram: str | None = None
-    """The VRAM the GPU agent measured while the model was loaded."""
+    """The VRAM the GPU agent measured while the model was loaded; preferred over the
+    estimate at the next load when spec.model.vram is not set."""
+    measured_vram_for: str | None = None
+    """Fingerprint of the llama-server (image, model, flags) measuredVram was taken
+    with; a different one makes the measurement stale."""
     last_request_time: datetime.datetime | None = None
     """When the router last saw a request for this alias."""
     swaps: Annotated[int, Field(ge=0)] | None = None
@@ -217,6 +297,9 @@ class ModelSlotStatus(ApiModel):
     """When the current load was decided."""
     evicting: list[str] | None = None
     """Aliases unloaded to make room for the current load."""
+    fetch: ModelFetchProgress | None = None
+    """Progress of the model download while the fetch step runs or after it failed;
+    absent once the file is on the node. Refreshed at each pass of the operator."""
 
 
 class ModelSlot(CustomObject):

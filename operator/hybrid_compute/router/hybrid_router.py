@@ -218,6 +218,9 @@ def decide(data: dict[str, Any], rules: dict[str, Any], state: dict[str, Any],
 # for a proxy without an operator.
 
 STATE_REFRESH_SECONDS = 2.0
+# The operator's metric outcomes for each route a decision takes.
+ROUTE_OUTCOMES = {"local": "served", "cloud": "served", "bridged": "bridged",
+                  "hold": "held", "refused": "refused"}
 DEMAND_INTERVAL_SECONDS = 1.0
 HOLD_POLL_SECONDS = 0.5
 ROUTE_HEADER = "x-hybrid-route"
@@ -240,6 +243,8 @@ class OperatorClient:
         self.unsent_spend = 0.0
         self.sending = False
         self.spend_lock = threading.Lock()  # the sender runs in a worker thread
+        self.route_counts: dict[tuple[str, str, str], int] = {}
+        """(alias asked, target, outcome) -> requests not yet reported."""
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None
                  ) -> dict[str, Any]:
@@ -252,7 +257,29 @@ class OperatorClient:
             answer: dict[str, Any] = json.loads(response.read() or b"{}")
             return answer
 
+    def record_route(self, asked: str, decision: Decision) -> None:
+        outcome = ROUTE_OUTCOMES.get(decision.route, "served")
+        key = (asked, decision.model, outcome)
+        with self.spend_lock:
+            self.route_counts[key] = self.route_counts.get(key, 0) + 1
+
+    def _send_route_counts(self) -> None:
+        """Reported with each state refresh: counts, not a call per request."""
+        with self.spend_lock:
+            counts, self.route_counts = self.route_counts, {}
+        if not counts or not self.url:
+            return
+        try:
+            self._request("POST", "/v1/routes", {"counts": [
+                {"alias": alias, "target": target, "outcome": outcome, "count": count}
+                for (alias, target, outcome), count in counts.items()]})
+        except (OSError, ValueError, urllib.error.URLError):
+            with self.spend_lock:  # kept for the next refresh
+                for key, count in counts.items():
+                    self.route_counts[key] = self.route_counts.get(key, 0) + count
+
     def _fetch(self) -> None:
+        self._send_route_counts()
         try:
             if self.state_file:
                 state = json.loads(Path(self.state_file).read_text())
@@ -331,9 +358,12 @@ class HybridRouter(CustomLogger):  # type: ignore[misc]
         if self.rules is None:
             return data
         state = await self.operator.current()
+        asked = str(data.get("model") or "")
         decision = decide(data, self.rules, state, call_type)
         if decision.route == "hold":
+            self.operator.record_route(asked, decision)
             decision = await self._hold(data, call_type, decision)
+        self.operator.record_route(asked, decision)
         if decision.route == "refused":
             raise HTTPException(status_code=decision.status, detail=decision.reason)
         data["model"] = decision.model
