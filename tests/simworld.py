@@ -23,6 +23,7 @@ from hybrid_compute.view import (
     GpuNode,
     PlanSettings,
     PodInfo,
+    SlotActivity,
     SlotInfo,
     View,
     WorkloadChild,
@@ -94,6 +95,9 @@ class World:
     demands: dict[str, datetime.datetime] = field(default_factory=dict)
     last_plan: Plan | None = None
     counter: int = 0
+    in_flight: dict[str, int] = field(default_factory=dict)
+    """Requests each slot's llama-server is processing, by slot name (0 if absent)."""
+    router_fetched_at: datetime.datetime | None = None
 
     def view(self) -> View:
         return View(nodes=tuple(self.nodes), slots=tuple(self.slots),
@@ -101,7 +105,11 @@ class World:
                     deployments=tuple(self.deployments.values()),
                     demands=dict(self.demands), settings=self.settings,
                     workloads=tuple(self.workloads),
-                    workload_children=tuple(self.children.values()))
+                    workload_children=tuple(self.children.values()),
+                    slot_activity={(p.info.namespace, p.info.owner):
+                                   SlotActivity(self.in_flight.get(p.info.owner, 0))
+                                   for p in self.pods if p.info.ready},
+                    router_fetched_at=self.router_fetched_at)
 
     def demand(self, alias: str) -> None:
         self.demands[alias] = self.now

@@ -3,7 +3,8 @@
 ``POST /v1/demand {"alias": ...}`` signals that a request for an alias arrived;
 ``POST /v1/spend {"policy": "namespace/name", "amount": USD}`` adds cloud spend to a
 RoutePolicy's budget period; ``GET /v1/state`` returns every slot's phase,
-residency and endpoint, the GPU ledger and each policy's budget. Every call needs
+residency, endpoint and predicted wait (:mod:`.swap_wait`), the GPU ledger and each
+policy's budget. Every call needs
 ``Authorization: Bearer <token>``; the token comes from a Secret and is never
 logged.
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hybrid_compute import clock, metrics
+from hybrid_compute import clock, metrics, swap_wait
 from hybrid_compute.routing import PolicyDecision, valid_spend
 from hybrid_compute.runtime import Runtime
 
@@ -36,9 +37,10 @@ def state_document(runtime: Runtime) -> dict[str, Any]:
     result = runtime.last_plan
     if result is None:
         return {"ready": False, "slots": [], "gpus": []}
+    now = clock.now()
     return {
         "ready": True,
-        "generatedAt": clock.now().isoformat().replace("+00:00", "Z"),
+        "generatedAt": now.isoformat().replace("+00:00", "Z"),
         "slots": [{
             "namespace": d.namespace,
             "name": d.name,
@@ -51,6 +53,8 @@ def state_document(runtime: Runtime) -> dict[str, Any]:
             "gpu": d.gpu,
             "node": d.node,
             "lastRequestTime": d.status.get("lastRequestTime"),
+            "predictedWaitSeconds": swap_wait.predicted_wait(
+                d.phase, d.status, now, d.settings.default_swap_time.total_seconds()),
         } for d in result.slots],
         "gpus": [{
             "id": g.id,
@@ -187,6 +191,7 @@ def build_app(runtime: Runtime, token: str | None) -> web.Application:
         return web.json_response({"accepted": len(counts)}, status=202)
 
     async def state(_request: web.Request) -> web.Response:
+        runtime.state_fetched()
         return web.json_response(state_document(runtime))
 
     app = web.Application(middlewares=[authenticate], client_max_size=MAX_BODY_BYTES)

@@ -346,6 +346,47 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from hybrid_compute import clock, evaluation, kube
+    from hybrid_compute.api.common import GROUP, VERSION
+    from hybrid_compute.children import served_name
+    from hybrid_compute.observe import slot_from_object
+
+    try:
+        api = kube.load_client(args.kubeconfig)
+        body = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            GROUP, VERSION, args.namespace, "modelslots", args.slot)
+    except ApiException as error:
+        print(f"error: cannot read ModelSlot {args.namespace}/{args.slot}: {error.status} "
+              f"{error.reason}", file=sys.stderr)
+        return 2
+    except Exception as error:  # no kubeconfig, no cluster
+        print(f"error: cannot reach the cluster: {error}", file=sys.stderr)
+        return 2
+    slot = slot_from_object(body)
+    if slot.spec is None:
+        print(f"error: the spec is invalid: {slot.invalid_reason}", file=sys.stderr)
+        return 2
+    if slot.spec.evaluation is None:
+        print(f"error: {args.namespace}/{args.slot} has no spec.evaluation", file=sys.stderr)
+        return 2
+    endpoint = args.endpoint or slot.status.endpoint
+    if not endpoint:
+        print("error: the slot's status names no endpoint yet; pass --endpoint "
+              "(e.g. after kubectl port-forward svc/SLOT PORT: "
+              "--endpoint http://127.0.0.1:PORT/v1)", file=sys.stderr)
+        return 2
+    name = served_name(slot.spec)
+    model = evaluation.model_fingerprint(slot.spec.model)
+    print(f"evaluating {name} (model {model}) of {slot.spec.alias} at {endpoint}")
+    result = evaluation.run(slot.spec.evaluation, endpoint, name, model, clock.now)
+    print(evaluation.report(result))
+    return 0 if result.passed else 1
+
+
 def _add_cost_assumption_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per cost assumption, documented by the model, so none is fixed."""
     from hybrid_compute.cost import CostAssumptions
@@ -562,6 +603,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JSON progress file (default: DEST.fetch.json); the token, if "
                             "any, comes from $HF_TOKEN")
     fetch.set_defaults(handler=_fetch)
+
+    eval_command = commands.add_parser(
+        "eval", help="run a ModelSlot's spec.evaluation against its endpoint now and print "
+                     "each prompt's checks (exit 1 when it fails)")
+    eval_command.add_argument("slot", metavar="SLOT", help="the ModelSlot's name")
+    eval_command.add_argument("-n", "--namespace", default="default",
+                              help="its namespace (default: default)")
+    eval_command.add_argument("--endpoint", metavar="URL",
+                              help="OpenAI base URL to send the prompts to, e.g. "
+                                   "http://127.0.0.1:8080/v1 after kubectl port-forward "
+                                   "(default: the slot's status.endpoint)")
+    eval_command.add_argument("--kubeconfig",
+                              help="kubeconfig file (default: $KUBECONFIG, in-cluster)")
+    eval_command.set_defaults(handler=_eval)
 
     crds = commands.add_parser("crds", help="generate crds/ and the chart's copies")
     crds.add_argument("--check", action="store_true",

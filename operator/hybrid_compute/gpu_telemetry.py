@@ -1,26 +1,33 @@
 """What the GPU agents tell the operator: memory held by processes that are not the
 operator's pods (subtracted from each GPU's budget in ``plan``), utilisation
 (:mod:`hybrid_compute.routing` calls a GPU above the RoutePolicy's threshold busy),
-the memory each slot's ready pods hold (its measured VRAM) and the header of the
+the memory each slot's ready pods hold (its measured VRAM), the header of the
 model file of each GPU slot without ``spec.model.vram`` (its estimated VRAM, see
-:mod:`hybrid_compute.model_vram`).
+:mod:`hybrid_compute.model_vram`) and how much of each warm model file the page
+cache holds. The other way, each agent with a page-cache budget is sent the plan's
+warm list for its node (:mod:`hybrid_compute.warm_standby`).
 
 The agents are polled in the background, never inside a reconcile: a slow or
 unreachable agent cannot stall the loop. Without an answer from a node the plan
-proceeds as if nothing foreign held memory there, and the log says so once.
+proceeds as if nothing foreign held memory there, and the log says so once. A
+warm list is sent only when it differs from what the agent reports holding (so
+again after the agent restarts); an agent that cannot take it is logged once and
+asked again at the next round.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from pydantic import TypeAdapter, ValidationError
@@ -33,12 +40,16 @@ from hybrid_compute.agent.snapshot import (
     GpuReader,
     GpuReading,
     NodeSnapshot,
+    PageCacheReport,
     proc_cgroup_reader,
 )
+from hybrid_compute.agent.warmer import WarmFileRequest, WarmRequest
+from hybrid_compute.children import DEFAULT_HOST_PATH
 from hybrid_compute.metrics import OperatorMetrics
 from hybrid_compute.model_vram import ModelFileKey, model_file_key
-from hybrid_compute.view import PodInfo, View
+from hybrid_compute.view import FileResidency, PodInfo, View
 from hybrid_compute.vram import ModelShape
+from hybrid_compute.warm_standby import WarmFile
 
 logger = logging.getLogger("hybrid_compute.telemetry")
 
@@ -164,6 +175,55 @@ def shape_from_answer(status: int, body: object) -> HeaderAnswer:
     return None
 
 
+def page_cache_residency(snapshots: Iterable[NodeSnapshot]
+                         ) -> dict[ModelFileKey, dict[str, FileResidency]]:
+    """(node folder, file) -> node -> how much of it the page cache holds, for the
+    files the agents keep warm."""
+    result: dict[ModelFileKey, dict[str, FileResidency]] = {}
+    for snapshot in snapshots:
+        report = snapshot.page_cache
+        if report is None:
+            continue
+        folder = report.host_path or DEFAULT_HOST_PATH
+        for entry in report.files:
+            result.setdefault((folder, entry.path), {})[snapshot.node] = FileResidency(
+                entry.state.value, entry.size_bytes, entry.resident_bytes)
+    return result
+
+
+def _cache_figures(snapshots: Iterable[NodeSnapshot]) -> dict[ModelFileKey, dict[str, Any]]:
+    """The residency as the slots' statuses show it: a change here is worth a plan."""
+    return {file: {node: (found.state, found.size_bytes, found.resident_percent)
+                   for node, found in nodes.items()}
+            for file, nodes in page_cache_residency(snapshots).items()}
+
+
+def warm_request(files: Sequence[WarmFile]) -> dict[str, Any]:
+    """The ``PUT /warm`` body the agent takes (:class:`~hybrid_compute.agent.warmer.
+    WarmRequest`); no ``budgetBytes``: the agent's own budget applies."""
+    return WarmRequest(files=[
+        WarmFileRequest(path=f.path, priority=f.priority, host_path=f.host_path)
+        for f in files]).model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _held(report: PageCacheReport) -> list[tuple[str, float]]:
+    return [(entry.path, entry.priority) for entry in report.files]
+
+
+def _listed(files: Sequence[WarmFile]) -> list[tuple[str, float]]:
+    return [(f.path, f.priority) for f in files]
+
+
+@dataclass(frozen=True)
+class WarmProblem:
+    """Why an agent did not take a warm list."""
+
+    message: str
+    retry: bool
+    """The agent did not answer, or failed: ask again next round. False: it refused
+    this list, which is sent again only once it changes."""
+
+
 def gpu_utilisation(snapshots: Iterable[NodeSnapshot]) -> dict[str, float]:
     """Utilisation percent per GPU id, for GPUs that report it."""
     return {gpu_id(s.node, g.index): float(g.utilization_percent)
@@ -182,6 +242,10 @@ class SnapshotSource(Protocol):
         """The header of ``file`` as the agent on ``node`` reads it."""
         ...
 
+    async def warm(self, node: str, files: Sequence[WarmFile]) -> WarmProblem | None:
+        """Asks the agent on ``node`` to keep ``files`` warm; None when it took them."""
+        ...
+
 
 class HttpAgents:
     """Agents reached over HTTP. A URL may contain ``{node}``, filled in with each
@@ -193,9 +257,14 @@ class HttpAgents:
     def __init__(self, urls: list[str], timeout: float = FETCH_TIMEOUT_SECONDS) -> None:
         self.urls = urls
         self.timeout = timeout
+        self.node_urls: dict[str, str] = {}
+        """The URL each node's snapshot last came from."""
 
     def base_url(self, node: str) -> str:
-        """The agent that serves ``node``: the first URL naming nodes, else the first."""
+        """The agent that serves ``node``: the one whose snapshot names it, else the
+        first URL naming nodes, else the first."""
+        if node in self.node_urls:
+            return self.node_urls[node]
         for url in self.urls:
             if "{node}" in url:
                 return url.format(node=node).rstrip("/")
@@ -230,12 +299,31 @@ class HttpAgents:
                 try:
                     async with session.get(target) as response:
                         response.raise_for_status()
-                        snapshots.append(NodeSnapshot.model_validate(await response.json()))
+                        snapshot = NodeSnapshot.model_validate(await response.json())
+                    snapshots.append(snapshot)
+                    self.node_urls[snapshot.node] = target.removesuffix("/snapshot")
                 except (aiohttp.ClientError, TimeoutError, ValueError,
                         ValidationError) as error:
                     problems.append(f"{target}: {type(error).__name__}: {error}".rstrip(": "))
             await asyncio.gather(*(one(t) for t in self.targets(nodes)))
         return snapshots, problems
+
+    async def warm(self, node: str, files: Sequence[WarmFile]) -> WarmProblem | None:
+        url = f"{self.base_url(node)}/warm"
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.put(
+                    url, json=warm_request(files)) as response:
+                if response.status == 200:
+                    return None
+                status, text = response.status, await response.text()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            return WarmProblem(f"{url}: {type(error).__name__}: {error}".rstrip(": "),
+                               retry=True)
+        reason = text.strip()[:200]
+        with contextlib.suppress(ValueError, AttributeError):
+            reason = str(json.loads(text).get("error") or reason)
+        return WarmProblem(f"{url} answered {status}: {reason}", retry=status >= 500)
 
 
 class LocalAgent:
@@ -258,6 +346,11 @@ class LocalAgent:
         except ModelFileRefused as refused:
             return refused.message
 
+    async def warm(self, node: str, files: Sequence[WarmFile]) -> WarmProblem | None:
+        return WarmProblem("the operator's local GPU agent keeps no page cache; run "
+                           "hybrid-compute agent --page-cache-budget on the node",
+                           retry=False)
+
 
 @dataclass
 class GpuTelemetry:
@@ -274,6 +367,15 @@ class GpuTelemetry:
     _pods: dict[tuple[str, str, str], PodInfo] = field(default_factory=dict)
     _departed: dict[tuple[str, str, str], tuple[PodInfo, datetime.datetime]] = field(
         default_factory=dict)
+    _warm_wanted: dict[str, tuple[WarmFile, ...]] | None = None
+    """The plan's warm list per node; None before the first plan (an agent keeps what
+    it holds until then) and on a replica that does not lead."""
+    _warm_sent: dict[str, tuple[WarmFile, ...]] = field(default_factory=dict)
+    """The list each agent took."""
+    _warm_refused: dict[str, tuple[WarmFile, ...]] = field(default_factory=dict)
+    _warm_failing: dict[str, str] = field(default_factory=dict)
+    """Nodes whose agent did not take its list, and why (logged once)."""
+    _warm_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def annotate(self, view: View, now: datetime.datetime) -> View:
         """The view with the latest figures, counting pods that just went away."""
@@ -288,6 +390,63 @@ class GpuTelemetry:
         headers = {k: v for k, v in self.headers.items() if k in self._wanted_headers}
         return with_telemetry(view, self.snapshots.values(),
                               [pod for pod, _gone in self._departed.values()], headers)
+
+    def want_warm(self, lists: Mapping[str, tuple[WarmFile, ...]] | None) -> None:
+        """The plan's warm lists; the background task sends what changed at once.
+        None (a replica that stopped leading) sends nothing more."""
+        wanted = dict(lists) if lists is not None else None
+        if wanted != self._warm_wanted:
+            self._warm_wanted = wanted
+            self._warm_changed.set()
+
+    async def push_warm(self) -> list[str]:
+        """Sends each agent with a page cache its node's warm list where it differs
+        from what the agent took; returns the nodes sent to. Only files under the
+        agent's own folder are sent: it refuses a list naming any other."""
+        self._warm_changed.clear()
+        if self._warm_wanted is None:
+            return []
+        sent: list[str] = []
+        for node, snapshot in sorted(self.snapshots.items()):
+            report, wanted = snapshot.page_cache, self._warm_wanted.get(node)
+            if report is None or wanted is None:
+                continue
+            files = tuple(f for f in wanted if report.host_path in (None, f.host_path))
+            if files in (self._warm_sent.get(node), self._warm_refused.get(node)):
+                continue
+            if node not in self._warm_sent and _held(report) == _listed(files):
+                # Sent by this operator before it restarted: sending it again would
+                # only reset the agent's report to Pending.
+                self._warm_sent[node] = files
+                continue
+            problem = await self.source.warm(node, files)
+            if problem is None:
+                self._warm_sent[node] = files
+                self._warm_refused.pop(node, None)
+                self._warm_failing.pop(node, None)
+                logger.info("the GPU agent on %s keeps warm: %s", node,
+                            ", ".join(f.path for f in files) or "nothing")
+                sent.append(node)
+                continue
+            if not problem.retry:
+                self._warm_refused[node] = files
+            if not problem.retry or node not in self._warm_failing:
+                logger.warning("the GPU agent on %s did not take the warm list, going on "
+                               "without it: %s", node, problem.message)
+            self._warm_failing[node] = problem.message
+        return sent
+
+    def _forget_lost_warm_lists(self) -> None:
+        """An agent that reports other files than it took (it restarted, or someone
+        else sent it a list) is sent its list again."""
+        for node, files in list(self._warm_sent.items()):
+            snapshot = self.snapshots.get(node)
+            if snapshot is None or snapshot.page_cache is None:
+                continue
+            if _held(snapshot.page_cache) != _listed(files):
+                logger.info("the GPU agent on %s no longer holds its warm list (restarted?); "
+                            "sending it again", node)
+                del self._warm_sent[node]
 
     async def read_headers(self, nodes: list[str]) -> bool:
         """Asks for the headers the last view needs; True when one changed. The agent
@@ -324,39 +483,57 @@ class GpuTelemetry:
             self._problems = problems
         before = {n: (s.available, [(g.available, g.memory_used_bytes, g.utilization_percent)
                                     for g in s.gpus]) for n, s in self.snapshots.items()}
+        cache_before = _cache_figures(self.snapshots.values())
         # A node whose agent did not answer drops out: its last figures may be stale.
         self.snapshots = {s.node: s for s in fetched}
         after = {n: (s.available, [(g.available, g.memory_used_bytes, g.utilization_percent)
                                    for g in s.gpus]) for n, s in self.snapshots.items()}
+        self._forget_lost_warm_lists()
         headers_changed = await self.read_headers(nodes)
-        return before != after or headers_changed
+        return (before != after or headers_changed
+                or cache_before != _cache_figures(self.snapshots.values()))
 
     @property
     def reachable(self) -> bool:
         return not self._problems
 
     async def run(self, nodes: Callable[[], list[str]], changed: Callable[[], None]) -> None:
+        """Polls every ``interval`` and sends warm lists after each poll, and as soon
+        as the plan changes one in between."""
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 if await self.poll(nodes()):
                     changed()
+                await self.push_warm()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("reading the GPU agents failed; trying again")
-            await asyncio.sleep(self.interval)
+            deadline = loop.time() + self.interval
+            while (left := deadline - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._warm_changed.wait(), left)
+                if self._warm_changed.is_set():
+                    try:
+                        await self.push_warm()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        logger.exception("sending the warm lists failed; trying again")
 
 
 def with_telemetry(view: View, snapshots: Iterable[NodeSnapshot],
                    departed: Iterable[PodInfo] = (),
                    headers: Mapping[ModelFileKey, ModelShape | str] | None = None) -> View:
-    """The view with the agents' foreign memory, utilisation, measured slot memory
-    and model headers filled in."""
+    """The view with the agents' foreign memory, utilisation, measured slot memory,
+    model headers and page-cache residency filled in."""
     latest = list(snapshots)
     return replace(view, foreign_vram=foreign_vram(latest, view, departed),
                    gpu_utilisation=gpu_utilisation(latest),
                    measured_vram=measured_vram(latest, view),
-                   model_headers=dict(headers or {}))
+                   model_headers=dict(headers or {}),
+                   page_cache=page_cache_residency(latest))
 
 
 LOCAL_AGENT = "local"

@@ -150,7 +150,7 @@ def render_config(policy: RoutePolicySpec, slots: list[SlotInfo],
 def render_rules(policy: RoutePolicySpec, slots: list[SlotInfo],
                  policy_key: str | None = None) -> dict[str, Any]:
     """What the router module needs besides the live state: the matrix, the
-    privacy tags, the budget action and which aliases are local. ``policy_key``
+    privacy tags, the patience, the budget action and which aliases are local. ``policy_key``
     (namespace/name) tells the router which policy's budget in the operator's
     state is its own."""
     routing = policy.routing
@@ -162,6 +162,8 @@ def render_rules(policy: RoutePolicySpec, slots: list[SlotInfo],
         "longContextTokens": routing.long_context_tokens,
         "gpuBusyThreshold": routing.gpu_busy_threshold,
         "privacy": routing.privacy.model_dump(by_alias=True),
+        "patienceSeconds": parse_duration(routing.patience).total_seconds(),
+        "maxPatienceSeconds": parse_duration(routing.max_patience).total_seconds(),
         "budget": policy.budget.model_dump(by_alias=True) if policy.budget else None,
         "fallbacks": fallbacks(policy, slots),
         "localAliases": sorted({s.spec.alias for s in slots if s.spec}),

@@ -3,7 +3,8 @@
 The loop records each pass with :meth:`OperatorMetrics.record_plan`: how long
 ``plan`` took, swaps (counted when a slot that was loading becomes Ready, with
 the time since the swap began), swaps deferred for want of room, residency and
-phase per slot, VRAM per GPU, workloads admitted and preempted. The router's
+phase per slot, how warm each not-loaded slot's model file is in the page cache,
+VRAM per GPU, workloads admitted and preempted. The router's
 side (requests bridged, privacy requests held or refused, cloud spend) is
 recorded through :func:`record_route` and :func:`set_spend`, which the
 operator's API calls when the router reports.
@@ -45,7 +46,11 @@ Ready; held: a privacy request waited for the local slot; refused: a privacy req
 was turned away rather than leave the box."""
 ROUTE_OUTCOMES: tuple[RouteOutcome, ...] = ("served", "bridged", "held", "refused")
 RESIDENT_PHASES = ("Loading", "Ready")
-SLOT_PHASES = ("Pending", "Standby", "Loading", "Ready", "Unloading", "Unschedulable", "Failed")
+SLOT_PHASES = ("Pending", "Standby", "Loading", "Evaluating", "Ready", "Draining", "Unloading",
+               "Unschedulable", "Failed")
+SWAP_PHASES = ("drain", "unload", "schedule", "container_start", "model_load", "route_restored")
+"""The fields of a slot's status.lastSwapPhases, in the order a swap goes through them."""
+PHASE_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 
 class OperatorMetrics:
@@ -70,6 +75,15 @@ class OperatorMetrics:
             "hybrid_compute_swap_duration_seconds",
             "From the plan starting a swap (the demand it answered) to the slot being Ready",
             SLOT_LABELS, buckets=SWAP_SECONDS_BUCKETS, registry=registry)
+        self.swap_phase_duration = Histogram(
+            "hybrid_compute_swap_phase_duration_seconds",
+            "Seconds one phase of a swap took (drain, unload, schedule, container_start, "
+            "model_load, route_restored), for the slot swapped in",
+            (*SLOT_LABELS, "phase"), buckets=PHASE_SECONDS_BUCKETS, registry=registry)
+        self.drains_cut = Counter(
+            "hybrid_compute_drain_cut_requests",
+            "Requests still running when a drain timed out and the slot was unloaded anyway",
+            SLOT_LABELS, registry=registry)
         self.swaps_deferred = Counter(
             "hybrid_compute_swaps_deferred",
             "Times a wanted slot had to wait for room (GPU taken, mutex, foreign memory)",
@@ -105,6 +119,11 @@ class OperatorMetrics:
         self.workloads_preempted = Counter(
             "hybrid_compute_workloads_preempted", "GpuWorkloads suspended to make room",
             WORKLOAD_LABELS, registry=registry)
+        self.evaluations = Counter(
+            "hybrid_compute_model_evaluations",
+            "Evaluations of a slot's new model (spec.evaluation) by result: Passed, or "
+            "Failed (the slot rolls back to its previous model)",
+            [*SLOT_LABELS, "result"], registry=registry)
         self.router_requests = Counter(
             "hybrid_compute_router_requests",
             "Requests the router decided, by alias asked, target and outcome "
@@ -124,7 +143,12 @@ class OperatorMetrics:
             "hybrid_compute_model_fetch_total_bytes",
             "Size of the model file a slot's fetch step downloads", SLOT_LABELS,
             registry=registry)
+        self.slot_page_cache = Gauge(
+            "hybrid_compute_slot_page_cache_resident_ratio",
+            "Share of the slot's model file in the page cache of the node it would load "
+            "on (present where a GPU agent keeps it warm)", SLOT_LABELS, registry=registry)
         self._fetch_series: set[tuple[str, str, str]] = set()
+        self._page_cache_series: set[tuple[str, str, str]] = set()
         self._slot_series: set[tuple[str, str, str]] = set()
         self._gpu_series: set[tuple[str, str]] = set()
 
@@ -150,6 +174,9 @@ class OperatorMetrics:
             if "swaps" in updates and updates.get("last_swap_seconds") is not None:
                 self.swaps.labels(*labels).inc()
                 self.swap_duration.labels(*labels).observe(updates["last_swap_seconds"])
+            self._record_swap_phases(labels, decision)
+            if decision.cut_requests:
+                self.drains_cut.labels(*labels).inc(decision.cut_requests)
             waiting = any(c[0] == "Swapping" and c[2] == "Waiting"
                           for c in decision.condition_updates)
             if decision.phase == "Pending" and waiting and previous != "Pending":
@@ -159,11 +186,25 @@ class OperatorMetrics:
             for phase in SLOT_PHASES:
                 self.slot_phase.labels(*labels, phase).set(1 if phase == decision.phase else 0)
         self._record_fetches(decisions)
+        self._record_page_cache(decisions)
         for gone in self._slot_series - seen:
             self.slot_resident.remove(*gone)
             for phase in SLOT_PHASES:
                 self.slot_phase.remove(*gone, phase)
         self._slot_series = seen
+
+    def _record_swap_phases(self, labels: tuple[str, str, str], decision: SlotDecision) -> None:
+        """Each phase once: the plan writes a swap's phases at Ready, and the route
+        restoration in a later pass."""
+        phases = decision.status_updates.get("last_swap_phases")
+        if phases is None:
+            return
+        before = None if "swaps" in decision.status_updates else \
+            decision.slot.status.last_swap_phases
+        for phase in SWAP_PHASES:
+            value = getattr(phases, phase)
+            if value is not None and (before is None or getattr(before, phase) is None):
+                self.swap_phase_duration.labels(*labels, phase).observe(value)
 
     def _record_fetches(self, decisions: tuple[SlotDecision, ...]) -> None:
         """Download progress, from what the plan read off the fetch step's log."""
@@ -182,6 +223,20 @@ class OperatorMetrics:
             with contextlib.suppress(KeyError):
                 self.fetch_total_bytes.remove(*done)
         self._fetch_series = fetching
+
+    def _record_page_cache(self, decisions: tuple[SlotDecision, ...]) -> None:
+        """Residency of the model files of slots the agents keep warm."""
+        warm: set[tuple[str, str, str]] = set()
+        for decision in decisions:
+            page_cache = decision.status_updates.get("page_cache")
+            if page_cache is None:
+                continue
+            labels = (decision.namespace, decision.name, decision.alias or "")
+            warm.add(labels)
+            self.slot_page_cache.labels(*labels).set(page_cache.resident_percent / 100)
+        for gone in self._page_cache_series - warm:
+            self.slot_page_cache.remove(*gone)
+        self._page_cache_series = warm
 
     def _record_gpus(self, view: View, result: Plan) -> None:
         seen: set[tuple[str, str]] = set()
@@ -208,6 +263,9 @@ class OperatorMetrics:
                 self.workloads_admitted.labels(*labels).inc()
             if decision.phase == "Preempted" and previous != "Preempted":
                 self.workloads_preempted.labels(*labels).inc()
+
+    def record_evaluation(self, namespace: str, slot: str, alias: str, passed: bool) -> None:
+        self.evaluations.labels(namespace, slot, alias, "Passed" if passed else "Failed").inc()
 
     def record_reconcile_error(self, cause: Literal["api", "crd_missing", "internal"]) -> None:
         self.reconcile_errors.labels(cause).inc()

@@ -20,15 +20,22 @@ plan. The rules are the seed's swap strategy and GPU scheduling:
 from __future__ import annotations
 
 import datetime
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from hybrid_compute import admission, children, model_vram, routing
+from hybrid_compute import admission, children, evaluation, model_vram, routing, swap_wait
 from hybrid_compute.admission import WorkloadDecision, WorkloadVerdicts
 from hybrid_compute.api.common import parse_duration
-from hybrid_compute.api.modelslot import ModelFetchProgress, ModelSlotSpec, ModelSlotStatus
+from hybrid_compute.api.modelslot import (
+    ModelFetchProgress,
+    ModelSlotSpec,
+    ModelSlotStatus,
+    SwapPhases,
+    SwapProgress,
+)
 from hybrid_compute.conditions import render_status
 from hybrid_compute.ledger import (
     Candidate,
@@ -55,9 +62,10 @@ from hybrid_compute.view import (
     View,
     gib,
 )
+from hybrid_compute.warm_standby import WarmFile, page_cache_status, warm_lists
 
-Phase = Literal["Pending", "Standby", "Loading", "Ready", "Unloading", "Unschedulable",
-                "Failed"]
+Phase = Literal["Pending", "Standby", "Loading", "Evaluating", "Ready", "Draining",
+                "Unloading", "Unschedulable", "Failed"]
 
 __all__ = ["EventIntent", "GpuSummary", "Plan", "PolicyDecision", "SlotDecision",
            "WorkloadDecision", "plan"]
@@ -84,6 +92,15 @@ class SlotDecision:
     not roll a new ReplicaSet."""
     status_updates: dict[str, Any] = field(default_factory=dict)
     condition_updates: list[ConditionUpdate] = field(default_factory=list)
+    served: ModelSlotSpec | None = None
+    """The spec the pod template is rendered from when it is not the slot's: spec.model
+    replaced by the previous model while the spec's is rejected (:mod:`.evaluation`)."""
+    evaluate: evaluation.EvaluationRequest | None = None
+    """An evaluation the runtime should run before the slot is routed to."""
+    waiting_on: tuple[str, ...] = ()
+    """Slots whose pods a load waits for: draining ones mark its drain phase."""
+    cut_requests: int = 0
+    """Requests still running when a timed-out drain unloaded the slot anyway."""
 
     @property
     def namespace(self) -> str:
@@ -131,7 +148,8 @@ class SlotDecision:
     def template(self) -> dict[str, Any] | None:
         if self.slot.spec is None or self.template_vram is None:
             return None
-        return _template(self.slot, self.slot.spec, self.template_vram, self.settings)
+        return _template(self.slot, self.served or self.slot.spec, self.template_vram,
+                         self.settings)
 
     @cached_property
     def deployment(self) -> dict[str, Any] | None:
@@ -157,6 +175,9 @@ class Plan:
     next_wakeup: datetime.datetime | None
     workloads: tuple[WorkloadDecision, ...] = ()
     policies: tuple[PolicyDecision, ...] = ()
+    warm: dict[str, tuple[WarmFile, ...]] = field(default_factory=dict)
+    """GPU node -> the model files its agent keeps warm in the page cache, the most
+    likely next load first (:mod:`hybrid_compute.warm_standby`)."""
 
     def slot(self, namespace: str, name: str) -> SlotDecision:
         return next(s for s in self.slots if (s.namespace, s.name) == (namespace, name))
@@ -310,6 +331,9 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         record_holding(gpus, placed, held, 1, key[1], mutex)
 
     # Who wants a GPU, in what order.
+    # The evaluation gate picks the model each slot's pods run, before anything is sized.
+    gates = {slot.key: evaluation.Gate.build(slot, view.evaluations.get(slot.key), now)
+             for slot in view.slots if slot.spec is not None}
     candidates: list[Candidate] = []
     requests: dict[tuple[str, str], datetime.datetime | None] = {}
     unschedulable: dict[tuple[str, str], str] = {}
@@ -319,6 +343,7 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         spec = slot.spec
         if spec is None or spec.device != "gpu":
             continue
+        spec = gates[slot.key].served
         choice = vram_choices[slot.key] = vram_choice(slot, spec, view,
                                                       deployments.get(slot.key))
         vram = choice.bytes
@@ -338,6 +363,11 @@ def plan(view: View, now: datetime.datetime) -> Plan:
                   and slot.status.ready_since is not None and slot.status.ready_since <= now)
         if pinned and pinned_until:
             wakeups.append(pinned_until)
+        # A drain that timed out with requests in flight keeps the slot for a while.
+        deferred_until = slot.status.drain_deferred_until
+        if ready_pod and deferred_until is not None and now < deferred_until:
+            pinned = True
+            wakeups.append(deferred_until)
         requested = last_request(slot, view)
         requests[slot.key] = requested
         in_use_until = None
@@ -446,11 +476,18 @@ def plan(view: View, now: datetime.datetime) -> Plan:
     for slot in sorted(view.slots, key=lambda s: s.key):
         decision, new_events = _decide_slot(
             slot, view, now, gpus, placement, held_gpus, slot_pods.get(slot.key, []),
-            deployments.get(slot.key), verdicts)
+            deployments.get(slot.key), verdicts, gates.get(slot.key))
         decisions.append(decision)
+        decision.status_updates["page_cache"] = page_cache_status(
+            view, slot, decision.node or decision.pinned_node)
         events += new_events
         if decision.phase in ("Loading", "Unloading"):
             wakeups.append(now + datetime.timedelta(seconds=5))
+        elif decision.phase == "Draining":
+            wakeups.append(now + DRAIN_POLL)
+        elif _route_restore_pending(decision, view, now):
+            wakeups.append(now + ROUTE_RESTORE_POLL)
+    _mark_drained(decisions, now)
     workload_decisions: list[WorkloadDecision] = []
     for workload in sorted(view.workloads, key=lambda w: w.key):
         workload_decision, new_events = admission.decide(
@@ -472,7 +509,8 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         for g in gpus.values())
     wakeups.append(now + settings.idle_check_interval)
     return Plan(tuple(decisions), summaries, tuple(events), min(wakeups),
-                tuple(workload_decisions), tuple(policies))
+                tuple(workload_decisions), tuple(policies),
+                warm_lists(view, decisions, lambda s: last_request(s, view), now))
 
 
 def _decide_slot(
@@ -485,6 +523,7 @@ def _decide_slot(
     pods: list[PodInfo],
     deployment: DeploymentInfo | None,
     verdicts: _Verdicts,
+    gate: evaluation.Gate | None = None,
 ) -> tuple[SlotDecision, list[EventIntent]]:
     spec = slot.spec
     previous = slot.status
@@ -497,6 +536,13 @@ def _decide_slot(
         if choice is not None and choice.bytes is not None and choice.source != "Spec":
             # A figure the user did not give is named, so a surprising one is traced.
             reason = f"{reason}; VRAM {choice.detail}"
+        if gate is not None:
+            kwargs["status_updates"] = {**gate.status_updates(),
+                                        **kwargs.get("status_updates", {})}
+            kwargs["condition_updates"] = [*kwargs.get("condition_updates", []),
+                                           *gate.conditions(phase)]
+            kwargs.update(served=gate.served, evaluate=gate.request)
+            events.extend(gate.events)
         return SlotDecision(slot, view.settings, now, phase, reason, replicas,
                             pinned_node=pinned_node, **kwargs)
 
@@ -506,6 +552,8 @@ def _decide_slot(
             ("Accepted", False, "InvalidSpec", message),
             ("Ready", False, "InvalidSpec", message)]), events
 
+    if gate is not None:
+        spec = gate.served
     accepted: ConditionUpdate = ("Accepted", True, "Valid", "the spec is valid")
     key = slot.key
     requested = verdicts.requests[key] if key in verdicts.requests else last_request(slot, view)
@@ -538,6 +586,8 @@ def _decide_slot(
         phase, reason = _phase_from_pods(wanted, current, pods, "on CPU")
         if phase == "Loading" and fetch_reason:
             reason = fetch_reason
+        if gate is not None:
+            phase, reason = gate.live(phase, reason, now, previous.phase)
         if phase == "Ready" and previous.phase != "Ready":
             updates["ready_since"] = now
         fits: ConditionUpdate = ("Fits", True, "CpuSlot", "runs on CPU; no GPU memory needed")
@@ -565,16 +615,30 @@ def _decide_slot(
 
     placed = placement.get(key)
     if placed is None:
-        updates.update(loading_since=None, evicting=None)
+        updates.update(loading_since=None, evicting=None, swap_progress=None)
+        still_held = held_gpus.get(key) if pods else None
+        drain = _drain(key, spec, previous, current, view, now)
+        if drain is not None and drain.state in ("Draining", "Deferred"):
+            return _draining_decision(decide, slot, spec, previous, drain, now, updates,
+                                      [accepted, fits], still_held, gpus, template, events)
+        updates["draining_since"] = None
         if pods:
             phase = "Unloading"
             taker = verdicts.taken_by.get(key)
             reason = f"unloading for {taker}" if taker else "unloading"
             swapping: ConditionUpdate = ("Swapping", True, "Unloading", reason)
             if previous.phase != "Unloading":
+                drained = ""
+                if drain is not None and previous.draining_since is not None:
+                    drained = (f" after draining for "
+                               f"{(now - previous.draining_since).total_seconds():.1f}s")
                 events.append(EventIntent(slot.namespace, slot.name, "Normal", "Unloading",
                                           f"Unloading {spec.alias}"
-                                          + (f" for {taker}" if taker else "")))
+                                          + (f" for {taker}" if taker else "") + drained))
+            if drain is not None and drain.state == "Cut":
+                events.append(EventIntent(slot.namespace, slot.name, "Warning", "DrainCut",
+                                          f"Unloading {spec.alias} with {drain.busy} "
+                                          f"request(s) still running: {drain.reason}"))
         elif key in verdicts.waiting:
             phase, reason = "Pending", verdicts.waiting[key]
             swapping = ("Swapping", False, "Waiting", reason)
@@ -586,18 +650,28 @@ def _decide_slot(
             swapping = ("Swapping", False, "Idle", reason)
         # While its pods exist the slot keeps its GPU on record: the next plan
         # counts their VRAM there, not on whichever device comes first.
-        still_held = held_gpus.get(key) if pods else None
         node = gpus[still_held[0]].node.name if still_held else None
         return decide(phase, reason, 0, node=node,
                       gpu=",".join(still_held) if still_held else None,
+                      cut_requests=drain.busy if drain and drain.state == "Cut" else 0,
                       template_vram=template, status_updates=updates,
                       condition_updates=[accepted, fits, swapping,
                                          ("Resident", False, phase, reason),
                                          ("Ready", False, phase, reason)]), events
 
     # Wanted on `placed`.
-    node_name = gpus[placed[0]].node.name
-    gpu_label = ",".join(placed)
+    waiting_on: tuple[str, ...] = ()
+    updates["draining_since"] = None
+    if previous.drain_deferred_until is not None and now >= previous.drain_deferred_until:
+        updates["drain_deferred_until"] = None
+    # The status records where the slot's pods hold memory, which the next plan
+    # counts them on: while pods placed elsewhere still exist (Terminating, or of an
+    # older template) that is their GPU, not the new place, or a newcomer could start
+    # beside them on a GPU that looks free.
+    old_place = held_gpus.get(key)
+    recorded = old_place if pods and old_place and set(old_place) != set(placed) else placed
+    node_name = gpus[recorded[0]].node.name
+    gpu_label = ",".join(recorded)
     own_held = sum(p.vram_bytes for p in pods)
     asked = deployment.replicas * deployment.vram_bytes if deployment else 0
     already_started = bool(current) or (
@@ -619,14 +693,19 @@ def _decide_slot(
         if blocked or any(p.terminating for p in pods):
             replicas, phase = 0, "Loading"
             holders = sorted({h for g in blocked for h in g.holders if h != slot.name})
+            waiting_on = tuple(holders)
             held_text = gib(max(g.held for g in blocked)) if blocked else gib(own_held)
             reason = (f"waiting for {', '.join(holders) or 'its old pods'} to unload "
                       f"({held_text} still held)")
         else:
             replicas, phase, reason = 1, "Loading", "loading the model"
             start(gpus, placed, per_device, slot.name, view.settings.mutex_bytes)
+    if gate is not None:
+        phase, reason = gate.live(phase, reason, now, previous.phase)
 
     if phase == "Loading":
+        progress_marks = _progress(previous, current, replicas, now)
+        updates["swap_progress"] = progress_marks
         if previous.loading_since is None:
             evicted = sorted({a for g in placed for a in verdicts.evictions.get(g, [])
                               if a != spec.alias})
@@ -643,21 +722,219 @@ def _decide_slot(
         if previous.loading_since is not None:
             seconds = (now - previous.loading_since).total_seconds()
             evicted = previous.evicting or []
-            updates.update(last_swap_seconds=round(seconds, 2), swaps=(previous.swaps or 0) + 1)
+            phases = swap_phases(previous.loading_since,
+                                 _progress(previous, current, replicas, now), now,
+                                 bool(evicted))
+            updates.update(last_swap_seconds=round(seconds, 2), swaps=(previous.swaps or 0) + 1,
+                           last_swap_phases=phases, swap_progress=None)
+            updates["recent_swap_seconds"] = swap_wait.remember_swap(
+                previous.recent_swap_seconds, seconds)
             events.append(EventIntent(
                 slot.namespace, slot.name, "Normal", "Swapped",
                 f"Swapped {spec.alias} in on {node_name} in {seconds:.1f}s"
-                + (f", evicting {', '.join(evicted)}" if evicted else "")))
-        if previous.phase != "Ready" or previous.ready_since is None:
+                + (f", evicting {', '.join(evicted)}" if evicted else "")
+                + f" ({describe_phases(phases)})"))
+        restored = _route_restored(previous, view, now)
+        if restored is not None:
+            updates["last_swap_phases"] = restored
+        if previous.phase not in (phase, "Ready", "Draining") or previous.ready_since is None:
             updates["ready_since"] = now
         updates.update(_measurement(spec, previous, view, key, current))
         updates.update(loading_since=None, evicting=None)
         progress = [("Swapping", False, "Resident", "loaded"),
                     ("Resident", True, "Placed", f"placed on {gpu_label}"),
-                    ("Ready", True, "Serving", f"serving {children.served_name(spec)}")]
+                    ("Ready", True, "Serving", f"serving {children.served_name(spec)}")
+                    if phase == "Ready" else ("Ready", False, phase, reason)]
     return decide(phase, reason, replicas, gpu=gpu_label, node=node_name, vram=vram,
-                  template_vram=template, status_updates=updates,
+                  template_vram=template, status_updates=updates, waiting_on=waiting_on,
                   condition_updates=[accepted, fits, *progress]), events
+
+
+# ------------------------------------------------------------------ draining
+
+DRAIN_POLL = datetime.timedelta(seconds=0.5)
+"""How often a draining slot's llama-server is asked whether it is still busy."""
+ROUTER_ACTIVE_WINDOW = datetime.timedelta(seconds=10)
+"""A router that fetched the state within this window (five of its refreshes) may
+still route by it; one silent for longer is gone."""
+ROUTE_RESTORE_POLL = datetime.timedelta(seconds=1)
+ROUTE_RESTORE_LIMIT = datetime.timedelta(minutes=5)
+"""A router fetch later than this after Ready is not the swap's route restoration."""
+
+DrainState = Literal["Draining", "Drained", "Deferred", "Cut"]
+
+
+@dataclass(frozen=True)
+class DrainVerdict:
+    state: DrainState
+    since: datetime.datetime
+    busy: int
+    reason: str
+
+
+def _drain(key: tuple[str, str], spec: ModelSlotSpec, previous: ModelSlotStatus,
+           current: list[PodInfo], view: View, now: datetime.datetime) -> DrainVerdict | None:
+    """Whether a serving slot that lost its place may be unloaded yet. None when
+    there is nothing to drain: no ready pod, or a slot that was not serving."""
+    if spec.device != "gpu" or previous.phase not in ("Ready", "Draining"):
+        return None
+    if not any(p.ready for p in current):
+        return None
+    timeout = parse_duration(spec.drain.timeout)
+    if timeout <= datetime.timedelta(0):
+        return None
+    since = (previous.draining_since
+             if previous.phase == "Draining" and previous.draining_since is not None
+             and previous.draining_since <= now else now)
+    waited = now - since
+    # Routers refresh their state every 2 s: one that fetched recently may still
+    # send a request the old way until the grace has passed.
+    fetched = view.router_fetched_at
+    routers_quiet = fetched is None or fetched < since - ROUTER_ACTIVE_WINDOW
+    routers_informed = routers_quiet or waited >= view.settings.drain_route_grace
+    activity = view.slot_activity.get(key)
+    busy = activity.busy if activity is not None else None
+    if routers_informed and activity is not None and busy == 0:
+        note = f" ({activity.error})" if activity.error else ""
+        return DrainVerdict("Drained", since, 0, f"no request in flight{note}")
+    if waited < timeout:
+        what = ("waiting for routers to stop sending requests" if not routers_informed
+                else "waiting for in-flight requests" if busy is None
+                else f"waiting for {busy} request(s) in flight")
+        return DrainVerdict("Draining", since, busy or 0,
+                            f"draining: {what} (up to {spec.drain.timeout})")
+    running = busy or 0
+    summary = f"{running} request(s) still running after {spec.drain.timeout}"
+    if spec.drain.on_timeout == "Cut":
+        return DrainVerdict("Cut", since, running, summary)
+    return DrainVerdict("Deferred", since, running, summary)
+
+
+def _draining_decision(decide: Any, slot: SlotInfo, spec: ModelSlotSpec,
+                       previous: ModelSlotStatus, drain: DrainVerdict,
+                       now: datetime.datetime, updates: dict[str, Any],
+                       head: list[ConditionUpdate], still_held: list[str] | None,
+                       gpus: dict[str, Gpu], template: int, events: list[EventIntent]
+                       ) -> tuple[SlotDecision, list[EventIntent]]:
+    """A slot that keeps its pod while requests finish, or after a drain that timed
+    out with requests running (Deferred: it serves on, and the swap waits)."""
+    gpu_label = ",".join(still_held) if still_held else previous.gpu
+    node = gpus[still_held[0]].node.name if still_held else previous.node
+    if drain.state == "Draining":
+        updates["draining_since"] = drain.since
+        decision: SlotDecision = decide(
+            "Draining", drain.reason, 1, gpu=gpu_label, node=node, vram=template,
+            template_vram=template, status_updates=updates, condition_updates=[
+                *head, ("Swapping", True, "Draining", drain.reason),
+                ("Resident", True, "Placed", f"placed on {gpu_label}"),
+                ("Ready", False, "Draining", drain.reason)])
+        if previous.phase != "Draining":
+            events.append(EventIntent(
+                slot.namespace, slot.name, "Normal", "Draining",
+                f"Draining {spec.alias}: new requests go elsewhere while those in flight "
+                f"finish (up to {spec.drain.timeout})"))
+        return decision, events
+    retry_at = now + parse_duration(spec.drain.timeout)
+    updates.update(draining_since=None, drain_deferred_until=retry_at)
+    reason = (f"swap deferred: {drain.reason}; serving until "
+              f"{retry_at.strftime('%H:%M:%S')} UTC, then draining again")
+    decision = decide("Ready", reason, 1, gpu=gpu_label, node=node, vram=template,
+                      template_vram=template, status_updates=updates, condition_updates=[
+                          *head, ("Swapping", False, "Deferred", reason),
+                          ("Resident", True, "Placed", f"placed on {gpu_label}"),
+                          ("Ready", True, "Serving", f"serving {children.served_name(spec)}")])
+    events.append(EventIntent(slot.namespace, slot.name, "Warning", "SwapDeferred",
+                              f"Kept {spec.alias} loaded: {drain.reason}"))
+    return decision, events
+
+
+def _mark_drained(decisions: list[SlotDecision], now: datetime.datetime) -> None:
+    """A load waiting only on slots that are no longer draining has its drain
+    phase over: what is left is their pods going away."""
+    draining = {d.name for d in decisions if d.phase == "Draining"}
+    for decision in decisions:
+        marks = decision.status_updates.get("swap_progress")
+        if (isinstance(marks, SwapProgress) and marks.drained_at is None
+                and not draining.intersection(decision.waiting_on)):
+            decision.status_updates["swap_progress"] = marks.model_copy(
+                update={"drained_at": now})
+
+
+# ------------------------------------------------------------------ swap timing
+
+
+def _progress(previous: ModelSlotStatus, current: list[PodInfo], replicas: int,
+              now: datetime.datetime) -> SwapProgress:
+    """The moments of the load in progress, with the ones first seen in this pass."""
+    marks = (previous.swap_progress if previous.loading_since is not None
+             and previous.swap_progress is not None else SwapProgress())
+    seen: dict[str, datetime.datetime] = {}
+    if replicas > 0 or current:
+        seen["started_at"] = marks.started_at or now
+        seen["drained_at"] = marks.drained_at or now
+    if any(p.node for p in current):
+        seen["scheduled_at"] = marks.scheduled_at or now
+    if any(p.phase == "Running" or p.ready for p in current):
+        seen["running_at"] = marks.running_at or now
+    return marks.model_copy(update=seen) if seen else marks
+
+
+def swap_phases(decided: datetime.datetime, marks: SwapProgress, ready: datetime.datetime,
+                evicted: bool) -> SwapPhases:
+    """Seconds per phase from the moments seen. A moment the operator did not see
+    (two steps between two passes) counts as the next one, so the phases always add
+    up to the whole swap."""
+    points = [decided, marks.drained_at, marks.started_at, marks.scheduled_at,
+              marks.running_at, ready]
+    for index in range(len(points) - 2, 0, -1):
+        points[index] = points[index] or points[index + 1]
+    moments = [p or ready for p in points]
+    for index in range(1, len(moments)):  # clocks never run backwards here
+        moments[index] = max(moments[index], moments[index - 1])
+    spans = [round((b - a).total_seconds(), 2) for a, b in itertools.pairwise(moments)]
+    drain, unload, schedule, container_start, model_load = spans
+    return SwapPhases(drain=drain if evicted else None, unload=unload if evicted else None,
+                      schedule=schedule + (0 if evicted else drain + unload),
+                      container_start=container_start, model_load=model_load)
+
+
+def describe_phases(phases: SwapPhases) -> str:
+    names = {"drain": "drain", "unload": "unload", "schedule": "schedule",
+             "container_start": "container start", "model_load": "model load",
+             "route_restored": "route restored"}
+    return ", ".join(f"{label} {value:.1f}s" for key, label in names.items()
+                     if (value := getattr(phases, key)) is not None)
+
+
+def _route_restored(previous: ModelSlotStatus, view: View, now: datetime.datetime
+                    ) -> SwapPhases | None:
+    """The last swap's phases with the route restoration filled in, once a router
+    has fetched a state in which the slot is Ready."""
+    phases = previous.last_swap_phases
+    fetched = view.router_fetched_at
+    if (phases is None or phases.route_restored is not None or previous.phase != "Ready"
+            or previous.ready_since is None or fetched is None):
+        return None
+    if not previous.ready_since < fetched <= now:
+        return None
+    waited = fetched - previous.ready_since
+    if waited > ROUTE_RESTORE_LIMIT:
+        return None
+    return phases.model_copy(update={"route_restored": round(waited.total_seconds(), 2)})
+
+
+def _route_restore_pending(decision: SlotDecision, view: View, now: datetime.datetime) -> bool:
+    """A slot that just swapped in while a router is active: plan again soon, so the
+    router's next fetch is timed."""
+    if decision.phase != "Ready" or view.router_fetched_at is None:
+        return False
+    if now - view.router_fetched_at > ROUTER_ACTIVE_WINDOW:
+        return False
+    phases = decision.status_updates.get("last_swap_phases") or \
+        decision.slot.status.last_swap_phases
+    ready_since = decision.status_updates.get("ready_since") or decision.slot.status.ready_since
+    return (isinstance(phases, SwapPhases) and phases.route_restored is None
+            and ready_since is not None and now - ready_since < ROUTE_RESTORE_LIMIT)
 
 
 def _measurement(spec: ModelSlotSpec, previous: ModelSlotStatus, view: View,

@@ -1,10 +1,15 @@
 """The control loop: observe, plan, act; woken by watch events, demands and the
-plan's own next deadline (an idle timeout, the end of a minimum residency)."""
+plan's own next deadline (an idle timeout, the end of a minimum residency).
+
+Evaluations of new models (:mod:`hybrid_compute.evaluation`) run beside the loop:
+a plan asks for one, the loop starts it in the background after acting, and its
+result reaches the next plan through the View until a status holds it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
 import threading
@@ -13,13 +18,13 @@ import time
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from hybrid_compute import clock
+from hybrid_compute import clock, drain_probe, evaluation
 from hybrid_compute.act import act
 from hybrid_compute.gpu_telemetry import GpuTelemetry
 from hybrid_compute.lease_elector import LeaseElector
 from hybrid_compute.metrics import METRICS, OperatorMetrics
 from hybrid_compute.observe import observe
-from hybrid_compute.plan import Plan, PolicyDecision, plan
+from hybrid_compute.plan import Plan, PolicyDecision, SlotDecision, plan
 from hybrid_compute.view import PlanSettings, View
 
 logger = logging.getLogger("hybrid_compute.loop")
@@ -46,11 +51,22 @@ class Runtime:
         self.demands: dict[str, datetime.datetime] = {}
         self.last_plan: Plan | None = None
         self.last_view: View | None = None
+        # A router may have fetched the state from the previous operator just before
+        # this one started: count the start as a fetch, so drains give routers time.
+        self.router_fetched_at: datetime.datetime | None = clock.now()
         self._wake = asyncio.Event()
         # Cloud spend the router reported that no RoutePolicy status holds yet. The
         # API adds to it on the event loop; act subtracts in its thread.
         self._spend: dict[tuple[str, str], float] = {}
         self._spend_lock = threading.Lock()
+        self.evaluations: dict[tuple[str, str], evaluation.EvaluationResult] = {}
+        """Finished evaluations, per slot, until its status holds the verdict."""
+        self._evaluating: dict[tuple[str, str], tuple[tuple[str, str], asyncio.Task[None]]] = {}
+        """The evaluation running per slot, with the (model, criteria) it checks."""
+
+    def state_fetched(self) -> None:
+        """A router fetched /v1/state."""
+        self.router_fetched_at = clock.now()
 
     def poke(self) -> None:
         """Something changed: plan again soon."""
@@ -108,12 +124,21 @@ class Runtime:
                                        None, spend)
         if self.telemetry is not None:
             view = self.telemetry.annotate(view, now)
+        activity = await asyncio.to_thread(
+            drain_probe.probe, drain_probe.draining_endpoints(view.slots, self.settings))
+        view = dataclasses.replace(view, slot_activity=activity,
+                                   router_fetched_at=self.router_fetched_at)
+        view = dataclasses.replace(view, evaluations=self._unrecorded_evaluations(view))
         started = time.perf_counter()
         result = plan(view, now)
         plan_seconds = time.perf_counter() - started
         writes = await asyncio.to_thread(act, self.api, result, view, now,
                                          self._spend_saved)
         self.last_view, self.last_plan = view, result
+        for decision in result.slots:
+            self._start_evaluation(decision)
+        if self.telemetry is not None:
+            self.telemetry.want_warm(result.warm)
         self.metrics.record_plan(view, result, plan_seconds)
         for line in writes:
             logger.info("applied %s", line)
@@ -121,6 +146,53 @@ class Runtime:
         if writes:
             wakeup = min(wakeup, now + datetime.timedelta(seconds=FOLLOW_UP_SECONDS))
         return wakeup
+
+    def _unrecorded_evaluations(self, view: View
+                                ) -> dict[tuple[str, str], evaluation.EvaluationResult]:
+        """Drops results whose verdict a slot's status holds, or whose slot is gone."""
+        statuses = {slot.key: slot.status for slot in view.slots}
+        for key, result in list(self.evaluations.items()):
+            status = statuses.get(key)
+            record = status.evaluation if status is not None else None
+            if status is None or (record is not None and (record.model, record.finished) == (
+                    result.model, result.finished)):
+                del self.evaluations[key]
+        return dict(self.evaluations)
+
+    def _start_evaluation(self, decision: SlotDecision) -> None:
+        """Starts the evaluation a plan asks for, unless it runs or has a result."""
+        request, endpoint = decision.evaluate, decision.endpoint
+        if request is None or endpoint is None:
+            return
+        key, wanted = (request.namespace, request.name), (request.model, request.criteria)
+        running = self._evaluating.get(key)
+        if running is not None and running[0] == wanted and not running[1].done():
+            return
+        held = self.evaluations.get(key)
+        if held is not None and (held.model, held.criteria) == wanted:
+            return
+        logger.info("evaluating model %s of %s/%s at %s", request.served_name, *key, endpoint)
+        task = asyncio.create_task(self._evaluate(request, endpoint),
+                                   name=f"hybrid-compute-evaluate-{key[0]}-{key[1]}")
+        self._evaluating[key] = (wanted, task)
+
+    async def _evaluate(self, request: evaluation.EvaluationRequest, endpoint: str) -> None:
+        key = (request.namespace, request.name)
+        try:
+            result = await asyncio.to_thread(
+                evaluation.run, request.evaluation, endpoint, request.served_name,
+                request.model, clock.now)
+        except Exception:
+            # The next plan asks again; a broken evaluation must not reject a model.
+            logger.exception("evaluating %s/%s failed", *key)
+            return
+        self.evaluations[key] = result
+        self.metrics.record_evaluation(request.namespace, request.name, request.alias,
+                                       result.passed)
+        logger.info("evaluation of %s (%s/%s): %s (%s)%s", request.served_name, *key,
+                    "passed" if result.passed else "FAILED", result.summary(),
+                    "" if result.passed else ": " + "; ".join(result.failed_checks()))
+        self.poke()
 
     def standing_by(self) -> bool:
         """True on a replica that does not hold the leader Lease: it must not act."""
@@ -153,6 +225,9 @@ class Runtime:
             if self.leadership is not None and not self.leadership.leading.is_set():
                 logger.info("standing by: the leader is %s",
                             self.leadership.describe_leader())
+                if self.telemetry is not None:
+                    # The leader tells the agents what to keep warm; two would flap.
+                    self.telemetry.want_warm(None)
                 await self.leadership.leading.wait()
                 continue
             try:

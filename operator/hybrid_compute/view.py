@@ -17,6 +17,7 @@ from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.routepolicy import RoutePolicySpec, RoutePolicyStatus
 
 if TYPE_CHECKING:
+    from hybrid_compute.evaluation import EvaluationResult
     from hybrid_compute.vram import ModelShape
 
 GIB = 1024**3
@@ -73,6 +74,12 @@ class PlanSettings:
     gpu_runtime_class: str | None = None
     """runtimeClassName of GPU pods, for nodes whose default container runtime is not
     NVIDIA's (k3s registers the RuntimeClass ``nvidia``)."""
+    drain_route_grace: datetime.timedelta = datetime.timedelta(seconds=3)
+    """How long a draining slot waits for routers to stop sending it requests: longer
+    than the router's state refresh (2 s)."""
+    default_swap_time: datetime.timedelta = datetime.timedelta(seconds=30)
+    """The predicted load time of a slot with no loads on record (the seed's swaps
+    take 15-30 s); its own recent loads replace it after the first."""
     endpoint_template: str = DEFAULT_ENDPOINT_TEMPLATE
     """How LiteLLM reaches a slot's llama-server; {service}, {namespace} and {port}
     are filled in. The default is the slot's Service inside the cluster."""
@@ -138,6 +145,35 @@ class PodInfo:
     """The pod's UID, which the GPU agent finds in a process's cgroup."""
     fetch: FetchProgress | None = None
     """The model download, while the fetch step runs or after it failed."""
+
+
+@dataclass(frozen=True)
+class SlotActivity:
+    """What a draining slot's llama-server says about its requests (``GET /slots``)."""
+
+    busy: int
+    """Server slots still processing a request."""
+    error: str | None = None
+    """Why /slots could not be read; such a server is taken as idle: it answers no
+    request either."""
+
+
+@dataclass(frozen=True)
+class FileResidency:
+    """A model file in a node's page cache, as the GPU agent measured it (``mincore``)."""
+
+    state: str
+    """The agent's word for it: Pending, Held, Locked, OverBudget, Paused or Missing."""
+    size_bytes: int | None = None
+    resident_bytes: int | None = None
+
+    @property
+    def resident_percent(self) -> int:
+        """Whole percent, rounded down: 100 only once every byte is resident, and a
+        slowly changing figure rewrites a status at most once per percent."""
+        if not self.size_bytes:
+            return 0 if self.size_bytes is None else 100
+        return min(100, (self.resident_bytes or 0) * 100 // self.size_bytes)
 
 
 @dataclass(frozen=True)
@@ -268,6 +304,10 @@ class View:
     or why it could not; for slots without spec.model.vram."""
     measured_vram: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """(namespace, slot) -> bytes the GPU agent sees the slot's ready pods hold."""
+    page_cache: Mapping[tuple[str, str], Mapping[str, FileResidency]] = field(
+        default_factory=dict)
+    """(node folder, file) -> node -> how much of the file its page cache holds, for the
+    files the GPU agents keep warm (see :mod:`hybrid_compute.warm_standby`)."""
     policies: tuple[PolicyInfo, ...] = ()
     config_maps: Mapping[tuple[str, str], str] = field(default_factory=dict)
     """(namespace, name) of the LiteLLM ConfigMaps the operator wrote -> their hash."""
@@ -275,8 +315,15 @@ class View:
     """(namespace, name) -> the LiteLLM Deployments the policies name that exist."""
     litellm_forbidden: Mapping[str, str] = field(default_factory=dict)
     """Namespace -> why the operator may not read its LiteLLM objects there."""
+    slot_activity: Mapping[tuple[str, str], SlotActivity] = field(default_factory=dict)
+    """(namespace, slot) -> requests in flight, read for the slots that are draining."""
+    router_fetched_at: datetime.datetime | None = None
+    """When a router last fetched ``/v1/state``; None when none has since the start."""
     spend_reports: Mapping[tuple[str, str], float] = field(default_factory=dict)
     """Cloud spend the router reported per policy that no status holds yet."""
+    evaluations: Mapping[tuple[str, str], EvaluationResult] = field(default_factory=dict)
+    """(namespace, slot) -> the last evaluation the operator ran of the slot's new model
+    that no status holds yet."""
     settings: PlanSettings = field(default_factory=PlanSettings)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import statistics
 import time
 import urllib.error
 import urllib.request
@@ -73,11 +74,12 @@ class Stack:
     master_key: str
     cloud_key: str
 
-    def call(self, path: str, body: dict[str, Any], timeout: float = 60) -> Answer:
+    def call(self, path: str, body: dict[str, Any], timeout: float = 60,
+             headers: dict[str, str] | None = None) -> Answer:
         request = urllib.request.Request(
             f"{self.litellm.url}{path}", method="POST", data=json.dumps(body).encode(),
             headers={"Authorization": f"Bearer {self.master_key}",
-                     "Content-Type": "application/json"})
+                     "Content-Type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return Answer(response.status, {k.lower(): v for k, v in response.headers.items()},
@@ -272,6 +274,82 @@ def test_private_request_waits_for_its_swap_and_never_reaches_the_cloud(
     assert stack.cloud.calls == [], "a privacy-tagged request reached the cloud"
 
 
+def _predicted_wait(stack: Stack, slot: str) -> float | None:
+    code, body = stack.operator.call("GET", "/v1/state")
+    assert code == 200, body
+    entry = next(s for s in body["slots"]
+                 if (s["namespace"], s["name"]) == (stack.namespace, slot))
+    wait_seconds: float | None = entry.get("predictedWaitSeconds")
+    return wait_seconds
+
+
+def _recent_swaps(stack: Stack, slot: str) -> list[float]:
+    body = stack.k8s.custom.get_namespaced_custom_object(
+        GROUP, "v1alpha1", stack.namespace, "modelslots", slot)
+    recent: list[float] = (body.get("status") or {}).get("recentSwapSeconds") or []
+    return recent
+
+
+def _set_idle_timeout(stack: Stack, slot: str, idle: str) -> None:
+    stack.k8s.custom.patch_namespaced_custom_object(
+        GROUP, "v1alpha1", stack.namespace, "modelslots", slot,
+        {"spec": {"idleTimeout": idle}})
+
+
+def _chat_with_patience(stack: Stack, model: str, patience: str) -> tuple[Answer, float]:
+    started = time.monotonic()
+    answer = stack.call("/v1/chat/completions", {
+        "model": model, "max_tokens": 8,
+        "messages": [{"role": "user", "content": "Review this diff."}]},
+        headers={"x-hybrid-patience": patience})
+    return answer, time.monotonic() - started
+
+
+def test_a_request_waits_for_a_swap_within_its_patience_and_is_bridged_beyond_it(
+        stack: Stack) -> None:
+    """coder's kwok readiness delay (SWAP_DELAY) makes each of its loads take about
+    3 s, evicting fast; the operator predicts the next load from the ones it saw
+    (the test above loads coder once; alone, this test does)."""
+    # coder idles out in 5 s instead of 20 s, so it is back in Standby soon; still
+    # longer than a load, which a demand must outlast.
+    _set_idle_timeout(stack, "coder", "5s")
+    try:
+        if not _recent_swaps(stack, "coder"):
+            stack.operator.demand("local/coder")
+            wait(lambda: bool(_recent_swaps(stack, "coder")), 60, "coder loaded once")
+        wait(lambda: phase(stack.k8s, stack.namespace, "coder") == "Standby", 60,
+             "coder idle again")
+        recent = _recent_swaps(stack, "coder")
+        predicted = _predicted_wait(stack, "coder")
+        assert predicted == pytest.approx(statistics.median(recent), abs=0.1), (
+            f"expected the median of coder's loads {recent}, got {predicted}")
+        assert 1.5 <= predicted <= 8, f"expected loads of about 3 s, got {recent}"
+        time.sleep(2.5)  # the router's state refresh
+        stack.cloud.clear()
+        held, waited = _chat_with_patience(stack, "local/coder", "10")
+        assert held.status == 200, held.body
+        assert (held.route, held.served_by) == ("local", "local/coder"), held.headers
+        reason = held.headers["x-hybrid-reason"]
+        assert reason.startswith("held ") and "for the swap of local/coder" in reason, reason
+        assert waited >= 1.5, "the request was answered before coder could have loaded"
+        assert stack.cloud.calls == [], "a request with patience for the swap reached the cloud"
+
+        wait(lambda: phase(stack.k8s, stack.namespace, "coder") == "Standby", 60,
+             "coder idle again")
+        predicted = _predicted_wait(stack, "coder")
+        assert predicted is not None and predicted > 1, predicted
+        time.sleep(2.5)
+        stack.cloud.clear()
+        bridged, waited = _chat_with_patience(stack, "local/coder", "1")
+        assert bridged.status == 200, bridged.body
+        assert (bridged.route, bridged.served_by) == ("bridged", "cloud/mid"), bridged.headers
+        reason = bridged.headers["x-hybrid-reason"]
+        assert "bridged to cloud/mid: predicted" in reason and "> patience 1 s" in reason, reason
+        assert stack.cloud.models_called() == ["cloud-mid"]
+    finally:
+        _set_idle_timeout(stack, "coder", "20s")
+
+
 def test_private_request_gets_503_when_its_model_cannot_load(stack: Stack) -> None:
     stack.cloud.clear()
     started = time.monotonic()
@@ -302,11 +380,14 @@ def test_swap_bridges_to_cloud_then_serves_locally(stack: Stack) -> None:
 
 
 def _route_count(stack: Stack, alias: str, target: str, outcome: str) -> float:
-    prefix = (f'hybrid_compute_router_requests_total{{alias="{alias}",target="{target}",'
-              f'outcome="{outcome}"}} ')
+    # Label order is the client library's (prometheus_client 0.26 sorts them).
+    wanted = {f'alias="{alias}"', f'target="{target}"', f'outcome="{outcome}"'}
     for line in stack.operator.scrape().splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[-1])
+        name, _, rest = line.partition("{")
+        if name == "hybrid_compute_router_requests_total":
+            labels, _, value = rest.rpartition("} ")
+            if set(labels.split(",")) == wanted:
+                return float(value)
     return 0.0
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from hybrid_compute.plan import plan
 from hybrid_compute.view import PlanSettings, View
-from tests.simworld import SEED_SLOTS, START, World, dreamteam, slot
+from tests.simworld import SEED_SLOTS, START, World, dreamteam, dual_node, slot
 
 
 def seed_world(**kwargs) -> World:  # type: ignore[no-untyped-def]
@@ -156,3 +156,30 @@ def test_gpu_pods_get_the_configured_runtime_class() -> None:
         "runtimeClassName": "custom", "containers": [{"name": "main", "image": "w"}]}}}).spec
     assert own is not None
     assert workload_template("own", own, "nvidia")["spec"]["runtimeClassName"] == "custom"
+
+
+def test_a_slot_moved_to_another_gpu_keeps_its_old_pods_counted_where_they_are() -> None:
+    # Found by the property test: s0 is evicted from dual/0 by s2, then placed on
+    # dual/1 while its old pod still terminates on dual/0. Recording dual/1 at once
+    # made dual/0 look free, and s2 started beside the Terminating pod.
+    specs = {
+        "default": {"alias": "local/default", "model": {"path": "d.gguf", "vram": "4Gi"},
+                    "default": True},
+        "s0": {"alias": "local/s0", "model": {"path": "s0.gguf", "vram": "14Gi"},
+               "activation": "OnDemand", "idleTimeout": "5s", "priority": 0},
+        "s1": {"alias": "local/s1", "model": {"path": "s1.gguf", "vram": "10Gi"},
+               "priority": 1},
+        "s2": {"alias": "local/s2", "model": {"path": "s2.gguf", "vram": "14Gi"},
+               "activation": "OnDemand", "idleTimeout": "5s", "priority": 1},
+        "s3": {"alias": "local/s3", "model": {"path": "s3.gguf", "vram": "14Gi"},
+               "priority": 0},
+    }
+    world = World([slot(name, spec) for name, spec in specs.items()],
+                  nodes=[dreamteam(), dual_node()], load_steps=0, terminate_steps=3)
+    for tick in range(12):
+        if tick == 0:
+            world.demand("local/s0")
+        if tick == 1:
+            world.demand("local/s2")
+        world.step()
+        world.check_budget()

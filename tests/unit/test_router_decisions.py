@@ -3,6 +3,9 @@ privacy and budget. The LiteLLM proxy tests prove the same through the proxy."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -11,12 +14,16 @@ from hybrid_compute.api.routepolicy import RoutePolicySpec
 from hybrid_compute.dev.bootstrap import sample_manifests
 from hybrid_compute.litellm_config import render_rules
 from hybrid_compute.observe import slot_from_object
+from hybrid_compute.router import hybrid_router
 from hybrid_compute.router.hybrid_router import (
+    HybridRouter,
     OperatorClient,
     decide,
     estimate_tokens,
     is_private,
     own_policy_state,
+    parse_patience,
+    request_patience,
 )
 from tests.conftest import REPOSITORY_ROOT
 
@@ -188,3 +195,159 @@ def test_the_last_state_is_kept_while_the_operator_is_away(
 
     asyncio.run(spend_while_away())
     assert client.unsent_spend == 0.25  # kept until the operator takes it
+
+
+# ------------------------------------------------- patience: wait for a swap or bridge
+
+
+def waiting(wait: float | None, phase: str = "Standby") -> dict[str, Any]:
+    """The state with local/quality not Ready and the operator's predicted wait."""
+    current = state(not_ready=("local/quality",))
+    for entry in current["slots"]:
+        if entry["alias"] == "local/quality":
+            entry.update(phase=phase, predictedWaitSeconds=wait)
+    return current
+
+
+def asking(header: str | None = None, **metadata: Any) -> dict[str, Any]:
+    """A request for local/quality, with an x-hybrid-patience header when given."""
+    data: dict[str, Any] = {"model": "local/quality", "messages": [], "metadata": metadata}
+    if header is not None:
+        # As LiteLLM's proxy hands the client's headers to the hook.
+        data["proxy_server_request"] = {"headers": MappingProxyType(
+            {"content-type": "application/json", "X-Hybrid-Patience": header})}
+    return data
+
+
+def test_a_request_whose_patience_covers_the_predicted_swap_waits_for_it() -> None:
+    decision = decide(asking("10"), RULES, waiting(3.0))
+    assert (decision.model, decision.route, decision.wanted) == (
+        "local/quality", "hold", "local/quality")
+    assert not decision.private
+    assert "predicted 3 s <= patience 10 s" in decision.reason, decision.reason
+
+
+def test_a_request_whose_patience_is_shorter_than_the_swap_is_bridged_at_once() -> None:
+    decision = decide(asking("1"), RULES, waiting(3.0))
+    assert (decision.model, decision.route, decision.wanted) == (
+        "cloud/mid", "bridged", "local/quality")
+    assert "bridged to cloud/mid: predicted 3 s > patience 1 s" in decision.reason
+
+
+def test_the_policy_patience_applies_when_the_request_names_none() -> None:
+    assert RULES["patienceSeconds"] == 0.0
+    assert decide(asking(), RULES, waiting(0.5)).route == "bridged"
+    patient = {**RULES, "patienceSeconds": 5.0}
+    assert decide(asking(), patient, waiting(3.0)).route == "hold"
+    assert decide(asking(), patient, waiting(8.0)).route == "bridged"
+
+
+def test_a_slot_without_a_prediction_is_bridged_whatever_the_patience() -> None:
+    decision = decide(asking("60"), RULES, waiting(None, phase="Pending"))
+    assert decision.route == "bridged"
+    assert "cannot be predicted" in decision.reason
+
+
+def test_the_header_wins_over_metadata_and_both_are_capped() -> None:
+    assert request_patience(asking("10s"), RULES) == 10.0
+    assert request_patience(asking(patience="1.5s"), RULES) == 1.5
+    assert request_patience(asking("4", patience=9), RULES) == 4.0
+    assert request_patience(asking("1h"), RULES) == RULES["maxPatienceSeconds"] == 60.0
+    # Unreadable values fall back to the policy's patience.
+    assert request_patience(asking("soon"), {**RULES, "patienceSeconds": 5.0}) == 5.0
+    headers_in_metadata = {"model": "local/quality",
+                           "metadata": {"headers": {"x-hybrid-patience": "7"}}}
+    assert request_patience(headers_in_metadata, RULES) == 7.0
+
+
+@pytest.mark.parametrize("value, seconds", [
+    (10, 10.0), ("10", 10.0), ("2.5", 2.5), ("1.5s", 1.5), ("2m", 120.0),
+    ("500ms", 0.5), ("1m30s", 90.0), ("-3", None), ("nan", None), ("inf", None),
+    ("soon", None), ("", None), (True, None), (None, None), ([5], None),
+])
+def test_patience_values(value: Any, seconds: float | None) -> None:
+    assert parse_patience(value) == seconds
+
+
+def test_privacy_requests_keep_holding_whatever_the_patience() -> None:
+    data = asking("0", tags=["private"])
+    decision = decide(data, RULES, waiting(None, phase="Pending"))
+    assert (decision.route, decision.private, decision.model) == (
+        "hold", True, "local/quality")
+
+
+def test_the_patience_reaches_the_router_through_the_rendered_rules() -> None:
+    policy = next(o for o in SAMPLES if o["kind"] == "RoutePolicy")["spec"]
+    spec = RoutePolicySpec.model_validate(
+        {**policy, "routing": {**policy.get("routing", {}), "patience": "5s",
+                               "maxPatience": "2m"}})
+    rules = render_rules(spec, [])
+    assert (rules["patienceSeconds"], rules["maxPatienceSeconds"]) == (5.0, 120.0)
+
+
+class ScriptedOperator(OperatorClient):
+    """The operator's state as a list of snapshots, one per poll; the last repeats."""
+
+    def __init__(self, states: list[dict[str, Any]]) -> None:
+        super().__init__("lab/hybrid")
+        self.states = states
+        self.state = states[0]
+        self.demanded: list[str] = []
+
+    async def current(self, fresh: bool = False) -> dict[str, Any]:
+        if fresh and len(self.states) > 1:
+            self.states.pop(0)
+        self.state = self.states[0]
+        return self.state
+
+    def demand(self, alias: str) -> None:
+        self.demanded.append(alias)
+
+
+def hook(states: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+         ) -> tuple[HybridRouter, ScriptedOperator]:
+    monkeypatch.setattr(hybrid_router, "HOLD_POLL_SECONDS", 0.01)
+    router = HybridRouter()
+    router.rules = RULES
+    operator = ScriptedOperator(states)
+    router.operator = operator
+    return router, operator
+
+
+def test_a_held_request_is_served_locally_once_its_slot_is_ready(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    router, operator = hook([waiting(3.0), waiting(2.5, phase="Loading"), state()],
+                            monkeypatch)
+    data = asyncio.run(router.async_pre_call_hook(None, None, asking("10"), "acompletion"))
+    route = data["metadata"]["hybrid_route"]
+    assert (data["model"], route["route"]) == ("local/quality", "local"), route
+    assert route["reason"].startswith("held "), route["reason"]
+    assert "for the swap of local/quality" in route["reason"]
+    assert "local/quality" in operator.demanded
+    assert {(target, outcome) for (_, target, outcome) in operator.route_counts} == {
+        ("local/quality", "held"), ("local/quality", "served")}
+
+
+def test_a_held_request_is_bridged_when_its_patience_runs_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The swap runs late: the operator keeps predicting a little more.
+    router, operator = hook([waiting(0.1, phase="Loading")], monkeypatch)
+    started = time.monotonic()
+    data = asyncio.run(router.async_pre_call_hook(None, None, asking("0.3"), "acompletion"))
+    held = time.monotonic() - started
+    route = data["metadata"]["hybrid_route"]
+    assert (data["model"], route["route"]) == ("cloud/mid", "bridged"), route
+    assert 0.2 <= held < 2, f"held {held:.2f} s for a patience of 0.3 s"
+    assert route["reason"].startswith("held 0.") and "bridged to cloud/mid" in route["reason"]
+    assert {(target, outcome) for (_, target, outcome) in operator.route_counts} == {
+        ("local/quality", "held"), ("cloud/mid", "bridged")}
+
+
+def test_a_held_request_is_bridged_early_when_the_prediction_outgrows_its_patience(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    router, _ = hook([waiting(3.0), waiting(30.0, phase="Loading")], monkeypatch)
+    started = time.monotonic()
+    data = asyncio.run(router.async_pre_call_hook(None, None, asking("10"), "acompletion"))
+    assert time.monotonic() - started < 2
+    route = data["metadata"]["hybrid_route"]
+    assert route["route"] == "bridged" and "predicted 30 s > patience" in route["reason"]

@@ -97,6 +97,9 @@ class PageCacheReport(SnapshotModel):
     pressure_reason: str
     released: dict[str, int] = {}
     """Files released since start, by reason (budget, pressure)."""
+    host_path: str | None = None
+    """The node folder the files are under (``--model-host-path``): the operator asks
+    only for files there."""
     files: list[CachedFile] = []
 
 

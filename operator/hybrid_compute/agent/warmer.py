@@ -101,7 +101,8 @@ class Warmer:
         self._released: collections.Counter[str] = collections.Counter()
         self._report = PageCacheReport(budget_bytes=budget_bytes, held_bytes=0, lock=lock,
                                        memory_pressure=False,
-                                       pressure_reason=NO_PRESSURE.reason)
+                                       pressure_reason=NO_PRESSURE.reason,
+                                       host_path=models.host_path)
         self.wake = asyncio.Event()
         """Set by ``want`` so a new list is acted on without waiting for the interval."""
 
@@ -241,7 +242,8 @@ class Warmer:
                                     message=message))
         return PageCacheReport(budget_bytes=budget, held_bytes=held_bytes, lock=self.lock,
                                memory_pressure=pressure.high, pressure_reason=pressure.reason,
-                               released=dict(self._released), files=files)
+                               released=dict(self._released), files=files,
+                               host_path=self.models.host_path)
 
     async def run(self, interval: float) -> None:
         while True:

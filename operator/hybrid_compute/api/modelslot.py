@@ -20,15 +20,18 @@ from hybrid_compute.api.common import (
     SecretKeyRef,
     cel,
     column,
+    parse_duration,
     validations,
 )
 
 Device = Literal["gpu", "cpu"]
 Activation = Literal["Always", "OnDemand"]
+DrainTimeoutAction = Literal["Defer", "Cut"]
 SlotPhase = Literal[
-    "Pending", "Standby", "Loading", "Ready", "Unloading", "Unschedulable", "Failed"
+    "Pending", "Standby", "Loading", "Evaluating", "Ready", "Draining", "Unloading",
+    "Unschedulable", "Failed"
 ]
-SLOT_CONDITION_TYPES = ("Accepted", "Fits", "Resident", "Swapping", "Ready")
+SLOT_CONDITION_TYPES = ("Accepted", "Fits", "Resident", "Swapping", "Ready", "Evaluated")
 VramSource = Literal["Spec", "Measured", "Estimated"]
 
 ArgString = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
@@ -142,6 +145,112 @@ class ServerSettings(ApiModel):
     """Further llama-server arguments, passed as given."""
 
 
+class DrainSettings(ApiModel):
+    """How a loaded slot lets its in-flight requests finish before it is unloaded."""
+
+    timeout: Duration = "60s"
+    """Longest wait for llama-server to report no busy slot (its /slots endpoint) once
+    the router has stopped sending new requests; 0s unloads without waiting."""
+    on_timeout: DrainTimeoutAction = "Defer"
+    """Defer: the slot keeps serving and the swap is tried again after another timeout,
+    so no request is cut. Cut: unload anyway, ending the requests still running."""
+
+
+ChatRole = Literal["system", "user", "assistant"]
+EvaluationOutcome = Literal["Evaluating", "Passed", "Failed", "NotEvaluated"]
+Verdict = Literal["Passed", "Failed"]
+PromptText = Annotated[str, StringConstraints(min_length=1, max_length=16384)]
+TokensPerSecond = Annotated[float, Field(gt=0, le=100000)]
+MAX_EVALUATION_LATENCY = "10m"
+HISTORY_LENGTH = 5
+
+
+def _latency_rule(field: str) -> dict[str, str]:
+    return cel(f"!has(self.{field}) || (duration(self.{field}) > duration('0s') && "
+               f"duration(self.{field}) <= duration('{MAX_EVALUATION_LATENCY}'))",
+               f"{field} must be above 0s and at most {MAX_EVALUATION_LATENCY}",
+               field_path=f".{field}")
+
+
+def _check_latency(value: str | None, field: str) -> None:
+    if value is not None and not (datetime.timedelta(0) < parse_duration(value)
+                                  <= parse_duration(MAX_EVALUATION_LATENCY)):
+        raise ValueError(f"{field}: must be above 0s and at most {MAX_EVALUATION_LATENCY}")
+
+
+class ChatMessage(ApiModel):
+    """One message of an evaluation prompt, as the OpenAI chat API takes it."""
+
+    role: ChatRole = "user"
+    """system, user or assistant."""
+    content: PromptText
+    """The message text."""
+
+
+class EvaluationPrompt(ApiModel):
+    """One request sent to a new model before the router sends it traffic, and what
+    its answer must show."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("has(self.prompt) != has(self.messages)",
+                "set exactly one of prompt or messages", field_path=".prompt"),
+            _latency_rule("maxLatency"),
+        )
+    )
+
+    name: Annotated[str, StringConstraints(
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$", max_length=63)] | None = None
+    """A short label for reports and conditions; prompt N (from 1) when unset."""
+    prompt: PromptText | None = None
+    """A single user message."""
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=32)] | None = None
+    """A whole conversation, instead of prompt."""
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] = 32
+    """max_tokens of the request: keep it small, the checks do not need long answers."""
+    expect_json: bool = False
+    """Ask for a JSON object (response_format json_object) and check the answer parses
+    as JSON."""
+    max_latency: Duration | None = None
+    """This prompt's bound on the time to the whole answer, instead of the
+    evaluation's maxLatency."""
+    min_tokens_per_second: TokensPerSecond | None = None
+    """This prompt's generation speed floor, instead of the evaluation's."""
+
+    @model_validator(mode="after")
+    def _one_input(self) -> EvaluationPrompt:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("prompt: set exactly one of prompt or messages")
+        _check_latency(self.max_latency, "maxLatency")
+        return self
+
+
+class ModelEvaluation(ApiModel):
+    """Prompts a new model must answer well enough before it is routed to; a model
+    that fails is rolled back to the previous one."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(_latency_rule("maxLatency"))
+    )
+
+    prompts: Annotated[list[EvaluationPrompt], Field(min_length=1, max_length=16)]
+    """Sent one after the other to the slot's endpoint once the new model's pod is
+    Ready. Each answer is checked for a server error, its latency, its generation speed
+    (with a floor) and valid JSON (with expectJson)."""
+    max_latency: Duration = "30s"
+    """Each answer must arrive within this, for example 5s."""
+    min_tokens_per_second: TokensPerSecond | None = None
+    """Generation speed floor in tokens per second (llama-server's own timing, else
+    completion tokens over the request's time); unset: not checked."""
+    pass_ratio: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """Share of the prompts that must pass all their checks; 1 means every prompt."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ModelEvaluation:
+        _check_latency(self.max_latency, "maxLatency")
+        return self
+
+
 class ModelSlotSpec(ApiModel):
     """A local model endpoint: which model, on which device, when it holds the GPU."""
 
@@ -173,6 +282,9 @@ class ModelSlotSpec(ApiModel):
                 "a GPU slot that downloads its model needs spec.model.vram: the estimate "
                 "reads the file's header on the node, which is not there before the "
                 "download", reason="FieldValueRequired", field_path=".model.vram"),
+            cel("!self.embedding || !has(self.evaluation)",
+                "spec.evaluation sends chat prompts; an embedding slot cannot be evaluated",
+                field_path=".evaluation"),
         )
     )
 
@@ -212,6 +324,13 @@ class ModelSlotSpec(ApiModel):
     server: ServerSettings = Field(default_factory=ServerSettings,
                                    json_schema_extra={"default": {}})
     """llama-server settings."""
+    drain: DrainSettings = Field(default_factory=DrainSettings,
+                                 json_schema_extra={"default": {}})
+    """What happens to requests in flight when the slot is unloaded for another."""
+    evaluation: ModelEvaluation | None = None
+    """Prompts a new spec.model must pass once loaded before the router sends it
+    traffic; one that fails is rolled back to the previous model. Unset: a new model is
+    routed to as soon as it is Ready."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ModelSlotSpec:
@@ -234,9 +353,39 @@ class ModelSlotSpec(ApiModel):
         if self.device == "gpu" and self.model.source and not self.model.vram:
             problems.append("model.vram: a GPU slot that downloads its model needs "
                             "spec.model.vram")
+        if self.embedding and self.evaluation is not None:
+            problems.append("evaluation: an embedding slot cannot be evaluated")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+class SwapPhases(ApiModel):
+    """Seconds each phase of a swap took; a phase that did not happen is absent."""
+
+    drain: float | None = None
+    """Waiting for the outgoing slot's in-flight requests to finish."""
+    unload: float | None = None
+    """From scaling the outgoing slot to 0 until its pods were gone."""
+    schedule: float | None = None
+    """From deciding to load until the pod was bound to a node."""
+    container_start: float | None = None
+    """From binding until llama-server's container was running."""
+    model_load: float | None = None
+    """From the container running until llama-server answered /health (pod Ready)."""
+    route_restored: float | None = None
+    """From Ready until the router fetched a state that routes the alias locally."""
+
+
+class SwapProgress(ApiModel):
+    """Moments of the load in progress, as the operator saw them."""
+
+    drained_at: datetime.datetime | None = None
+    """The slots it replaces had finished their in-flight requests."""
+    started_at: datetime.datetime | None = None
+    """Nothing held its memory any more: its Deployment was scaled to 1."""
+    scheduled_at: datetime.datetime | None = None
+    running_at: datetime.datetime | None = None
 
 
 FetchPhase = Literal["Fetching", "Failed"]
@@ -257,17 +406,76 @@ class ModelFetchProgress(ApiModel):
     """What the fetch step last said: why it waits, resumes or failed."""
 
 
+class ModelPageCache(ApiModel):
+    """How much of the slot's model file a node's page cache holds while the slot is
+    not loaded, as the GPU agent there measured it; a load from the cache reads
+    memory instead of disk."""
+
+    node: str
+    """The node whose page cache this is: where the slot runs or its Deployment
+    points, else the node holding most of the file."""
+    resident_percent: Annotated[int, Field(ge=0, le=100)]
+    """Share of the file in the page cache, in whole percent rounded down."""
+    state: Annotated[str, StringConstraints(max_length=32)]
+    """The agent's word for the file: Held or Locked (within its budget), OverBudget,
+    Paused (memory is short), Pending (not reached yet) or Missing."""
+    size_bytes: Annotated[int, Field(ge=0)] | None = None
+    """Size of the model file; absent when the agent cannot read it."""
+
+
+class ModelHistoryEntry(ApiModel):
+    """One model the slot ran, from when it first answered until another replaced it."""
+
+    model: ModelSource
+    """spec.model as it was (the operator renders it again to roll back)."""
+    served_name: str
+    """The name llama-server served it under."""
+    fingerprint: str
+    """Identifies the model file and name (spec.model without vram and quantization)."""
+    since: datetime.datetime
+    """When its pod first answered."""
+    until: datetime.datetime | None = None
+    """When another model replaced it; absent while it is the slot's model."""
+    evaluation: EvaluationOutcome
+    """Evaluating, Passed, Failed, or NotEvaluated (the slot had no spec.evaluation, or
+    the model was rolled back to)."""
+    failed_checks: Annotated[list[str], Field(max_length=16)] | None = None
+    """The checks it failed, for example "prompt 1: latency 2.31s > 1s"."""
+
+
+class EvaluationRecord(ApiModel):
+    """The verdict of the last evaluation the operator ran."""
+
+    model: str
+    """Fingerprint of the model evaluated."""
+    served_name: str
+    """Its served name."""
+    criteria: str
+    """Fingerprint of spec.evaluation at the time: changed criteria evaluate again."""
+    result: Verdict
+    """Passed or Failed."""
+    passed_prompts: Annotated[int, Field(ge=0)]
+    """Prompts that passed every check."""
+    prompts: Annotated[int, Field(ge=0)]
+    """Prompts sent."""
+    failed_checks: Annotated[list[str], Field(max_length=16)] | None = None
+    """The checks that failed."""
+    finished: datetime.datetime
+    """When the evaluation ended."""
+
+
 class ModelSlotStatus(ApiModel):
     """What the operator observed and decided for this slot."""
 
     phase: SlotPhase | None = None
-    """Pending, Standby, Loading, Ready, Unloading, Unschedulable or Failed."""
+    """Pending, Standby, Loading, Evaluating, Ready, Draining, Unloading, Unschedulable
+    or Failed."""
     reason: str | None = None
     """Why the slot is in this phase, in a few words."""
     observed_generation: int | None = None
     """The metadata.generation the operator last acted on."""
     conditions: Conditions = Field(default_factory=list)
-    """Accepted, Fits, Resident, Swapping and Ready."""
+    """Accepted, Fits, Resident, Swapping, Ready and Evaluated."""
     node: str | None = None
     """The node the slot is (or will be) loaded on."""
     gpu: str | None = None
@@ -291,15 +499,36 @@ class ModelSlotStatus(ApiModel):
     """How many times the slot has been loaded."""
     last_swap_seconds: float | None = None
     """How long the last load took, from the decision to load it to Ready."""
+    recent_swap_seconds: list[float] | None = Field(default=None, max_length=10)
+    """The durations of the last few loads, oldest first; the router's wait estimate
+    comes from them."""
+    last_swap_phases: SwapPhases | None = None
+    """Where the time of the last swap went, phase by phase."""
+    swap_progress: SwapProgress | None = None
+    """When each step of the current load was seen; becomes lastSwapPhases at Ready."""
+    draining_since: datetime.datetime | None = None
+    """When the slot stopped taking new requests to be unloaded."""
+    drain_deferred_until: datetime.datetime | None = None
+    """A drain that timed out with requests in flight keeps the slot loaded until then."""
     ready_since: datetime.datetime | None = None
     """When the slot last became Ready (the minimum residency counts from here)."""
     loading_since: datetime.datetime | None = None
     """When the current load was decided."""
     evicting: list[str] | None = None
     """Aliases unloaded to make room for the current load."""
+    evaluation: EvaluationRecord | None = None
+    """The last evaluation of a new model (spec.evaluation)."""
+    rejected_model: str | None = None
+    """Fingerprint of spec.model while it is rejected: it failed evaluation, so the pod
+    runs the previous model until spec.model (or spec.evaluation) changes."""
+    history: Annotated[list[ModelHistoryEntry], Field(max_length=HISTORY_LENGTH)] | None = None
+    """The last models the slot ran, oldest first."""
     fetch: ModelFetchProgress | None = None
     """Progress of the model download while the fetch step runs or after it failed;
     absent once the file is on the node. Refreshed at each pass of the operator."""
+    page_cache: ModelPageCache | None = None
+    """The model file in the node's page cache, where the node's GPU agent keeps the
+    files of slots that are not loaded warm (hybrid-compute agent --page-cache-budget)."""
 
 
 class ModelSlot(CustomObject):

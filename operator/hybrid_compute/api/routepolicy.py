@@ -133,6 +133,16 @@ class Routing(ApiModel):
     """GPU utilisation percentage above which the GPU counts as busy."""
     privacy: Privacy = Field(default_factory=Privacy, json_schema_extra={"default": {}})
     """Privacy guarantee for tagged requests."""
+    patience: Duration = "0s"
+    """How long a request for a local alias whose slot is not Ready may wait for it
+    instead of going to its fallback: it waits when the operator predicts the slot
+    Ready within this time (from the slot's recent swaps), and goes to the fallback
+    once the time is up. A request may ask for its own with the header
+    x-hybrid-patience or metadata.patience. 0s bridges at once, as the seed does
+    during a swap."""
+    max_patience: Duration = "60s"
+    """The longest patience a request may ask for, so that clients cannot hold the
+    proxy's connections open for long."""
 
 
 class Budget(ApiModel):

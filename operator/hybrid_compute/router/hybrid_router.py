@@ -9,7 +9,10 @@ GPU is busy, what budget is left) comes from the operator's ``/v1/state``.
 :func:`decide` is pure: given a request, the rules and the state it says which
 alias serves the request and why, whether the request must wait for a local
 model, or whether it is refused. Privacy-tagged requests are never given a
-cloud alias, whatever else fails.
+cloud alias, whatever else fails. Any other request for a local alias whose slot
+is not Ready waits for it when the operator predicts it Ready within the
+request's patience (``x-hybrid-patience``, ``metadata.patience`` or the policy's
+``routing.patience``), and goes to the alias's fallback otherwise.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,6 +41,7 @@ RULES_FILE = Path(__file__).with_name("hybrid_router.json")
 CHARS_PER_TOKEN = 4
 SHORT_CONTEXT_TOKENS = 2000
 EMBEDDING_CALLS = ("embedding", "aembedding")
+PATIENCE_HEADER = "x-hybrid-patience"
 
 
 class Decision(NamedTuple):
@@ -46,7 +52,8 @@ class Decision(NamedTuple):
     """The alias that serves the request (unchanged when refused)."""
     route: str
     """local, cloud, bridged (a local alias sent to its fallback), hold (wait for a
-    local model) or refused."""
+    local model: a privacy-tagged request, or one whose patience covers the predicted
+    swap) or refused."""
     reason: str
     private: bool = False
     status: int = 200
@@ -95,6 +102,49 @@ def is_private(data: dict[str, Any], rules: dict[str, Any]) -> bool:
     flag = metadata.get("privacy")
     return flag is True or (isinstance(flag, str) and flag.lower() in (
         "private", "sensitive", "local", "true", "yes"))
+
+
+def parse_patience(value: Any) -> float | None:
+    """Seconds from a number or a duration (``10``, ``"10"``, ``"1.5s"``, ``"2m"``);
+    None when the value is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        try:
+            seconds = float(value.strip())
+        except ValueError:
+            try:
+                seconds = _seconds(value.strip())
+            except (KeyError, ValueError):
+                return None
+    else:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _request_headers(data: dict[str, Any]) -> Mapping[str, Any]:
+    """The client's request headers: LiteLLM's proxy puts them in
+    ``proxy_server_request`` (and in the metadata) before the hook runs."""
+    for holder in (data.get("proxy_server_request"), _metadata(data)):
+        headers = holder.get("headers") if isinstance(holder, dict) else None
+        if isinstance(headers, Mapping):
+            return headers
+    return {}
+
+
+def request_patience(data: dict[str, Any], rules: dict[str, Any]) -> float:
+    """Seconds this request may wait for a local swap: the header
+    ``x-hybrid-patience``, else ``metadata.patience``, else the policy's
+    ``routing.patience``. What a request asks for is capped at ``maxPatience``."""
+    asked = next((parse_patience(value) for name, value in _request_headers(data).items()
+                  if str(name).lower() == PATIENCE_HEADER), None)
+    if asked is None:
+        asked = parse_patience(_metadata(data).get("patience"))
+    if asked is None:
+        return float(rules.get("patienceSeconds", 0.0))
+    return min(asked, float(rules.get("maxPatienceSeconds", asked)))
 
 
 def local_aliases(rules: dict[str, Any], state: dict[str, Any]) -> set[str]:
@@ -155,6 +205,20 @@ def _slot(state: dict[str, Any], alias: str) -> dict[str, Any] | None:
     return next((s for s in ready if s.get("ready")), ready[0] if ready else None)
 
 
+def predicted_wait(state: dict[str, Any], alias: str) -> float | None:
+    """The operator's prediction of how soon a slot of ``alias`` serves, or None
+    when it cannot say (the slot waits for room, is unloading for another, or the
+    operator publishes no prediction)."""
+    waits = [s["predictedWaitSeconds"] for s in state.get("slots", [])
+             if s.get("alias") == alias
+             and isinstance(s.get("predictedWaitSeconds"), int | float)]
+    return float(min(waits)) if waits else None
+
+
+def _s(seconds: float) -> str:
+    return f"{round(seconds, 1):g} s"
+
+
 def _private_target(alias: str, rules: dict[str, Any], locals_: set[str]) -> str | None:
     """The local alias a privacy-tagged request goes to instead of a cloud one."""
     for candidate in (rules["routes"]["medium"], rules["routes"]["simple"],
@@ -165,7 +229,9 @@ def _private_target(alias: str, rules: dict[str, Any], locals_: set[str]) -> str
 
 
 def decide(data: dict[str, Any], rules: dict[str, Any], state: dict[str, Any],
-           call_type: str = "acompletion") -> Decision:
+           call_type: str = "acompletion", patience: float | None = None) -> Decision:
+    """``patience``: seconds the request may still wait for a swap; by default
+    :func:`request_patience`."""
     requested = str(data.get("model") or "")
     private = is_private(data, rules)
     locals_ = local_aliases(rules, state)
@@ -203,9 +269,18 @@ def decide(data: dict[str, Any], rules: dict[str, Any], state: dict[str, Any],
             fallback = slot.get("fallback") or next(
                 iter(rules.get("fallbacks", {}).get(alias, [])), None)
             if fallback:
-                return Decision(fallback, "bridged",
-                                f"{why}; {alias} is {slot.get('phase', 'not ready')}, "
-                                f"bridged to {fallback}", wanted=alias)
+                phase = slot.get("phase", "not ready")
+                wait = predicted_wait(state, alias)
+                if patience is None:
+                    patience = request_patience(data, rules)
+                if wait is not None and patience > 0 and wait <= patience:
+                    return Decision(alias, "hold", f"{why}; waiting for {alias} ({phase}): "
+                                    f"predicted {_s(wait)} <= patience {_s(patience)}",
+                                    wanted=alias)
+                because = (f"predicted {_s(wait)} > patience {_s(patience)}"
+                           if wait is not None else "its load time cannot be predicted")
+                return Decision(fallback, "bridged", f"{why}; {alias} is {phase}, "
+                                f"bridged to {fallback}: {because}", wanted=alias)
         return Decision(alias, "local", why, private, wanted=alias)
     return Decision(alias, "cloud", why, private)
 
@@ -379,18 +454,30 @@ class HybridRouter(CustomLogger):  # type: ignore[misc]
 
     async def _hold(self, data: dict[str, Any], call_type: str, decision: Decision
                     ) -> Decision:
-        """Waits (bounded) for the local model of a privacy-tagged request."""
+        """Waits for the local model: a privacy-tagged request up to
+        ``privacy.holdTimeout``, then refused (it never leaves the box); any other up
+        to its patience, then bridged. A request whose slot turns out slower than
+        the patience left is bridged as soon as the operator predicts so."""
         assert self.rules is not None
         self.operator.demand(decision.model)
-        limit = _seconds(self.rules["privacy"]["holdTimeout"])
-        action = self.rules["privacy"]["action"]
-        deadline = time.monotonic() + (limit if action == "Hold" else 0)
-        while time.monotonic() < deadline:
-            await asyncio.sleep(HOLD_POLL_SECONDS)
+        started = time.monotonic()
+        if decision.private:
+            action = self.rules["privacy"]["action"]
+            limit = _seconds(self.rules["privacy"]["holdTimeout"]) if action == "Hold" else 0
+        else:
+            limit = request_patience(data, self.rules)
+        deadline = started + limit
+        while (now := time.monotonic()) < deadline:
+            await asyncio.sleep(min(HOLD_POLL_SECONDS, deadline - now))
             state = await self.operator.current(fresh=True)
-            again = decide(data, self.rules, state, call_type)
+            again = decide(data, self.rules, state, call_type,
+                           patience=max(deadline - time.monotonic(), 0.0))
             if again.route != "hold":
-                return again
+                return _after_hold(again, decision.model, started)
+        if not decision.private:
+            again = decide(data, self.rules, self.operator.with_unsent_spend(), call_type,
+                           patience=0.0)
+            return _after_hold(again, decision.model, started)
         return Decision(decision.model, "refused",
                         f"{decision.model} is not ready and privacy-tagged requests never "
                         f"leave the box; retry later", private=True, status=503)
@@ -411,6 +498,11 @@ class HybridRouter(CustomLogger):  # type: ignore[misc]
             return None
         return {ROUTE_HEADER: route["route"], MODEL_HEADER: route["model"],
                 REASON_HEADER: route["reason"][:200]}
+
+
+def _after_hold(decision: Decision, alias: str, started: float) -> Decision:
+    held = _s(time.monotonic() - started)
+    return decision._replace(reason=f"held {held} for the swap of {alias}; {decision.reason}")
 
 
 def _seconds(duration: str) -> float:

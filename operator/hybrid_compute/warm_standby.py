@@ -1,0 +1,164 @@
+"""Which model files each GPU node's agent keeps warm in its page cache, and how
+warm a slot's file is. Pure: ``plan`` calls it, the GPU telemetry sends the lists.
+
+A slot that is not loaded (Standby, Pending, Unloading) starts its next load by
+mapping its GGUF file. When the node's page cache already holds the file, that
+load reads memory instead of disk, which is most of a swap's time for a large
+model on a slow disk. The agent on each node holds what its RAM budget allows
+(``hybrid-compute agent --page-cache-budget``), first to last in the order given
+here: the order is the bet on which model is asked for next.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import posixpath
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from hybrid_compute.api.modelslot import ModelPageCache, ModelSlotSpec
+from hybrid_compute.model_vram import ModelFileKey, model_file_key
+from hybrid_compute.view import GpuNode, PlanSettings, SlotInfo, View
+
+WARM_PHASES = frozenset({"Standby", "Pending", "Unloading"})
+"""Phases of a slot whose model is not loaded (Unloading: not for long)."""
+RECENT_DEMAND = datetime.timedelta(hours=1)
+"""Agents work in sessions: a model asked for within the hour is likely asked for
+again soon, while an older request says little more than the slot's priority."""
+
+
+@dataclass(frozen=True)
+class WarmFile:
+    """One entry of a node's warm list, as ``PUT /warm`` names it."""
+
+    host_path: str
+    """The node folder (the slot's ``spec.model.hostPath``)."""
+    path: str
+    """The file, relative to that folder."""
+    priority: float
+    """Higher first; the list is already in this order."""
+
+
+class SlotOutcome(Protocol):
+    """What the ordering reads of a slot's decision (``plan.SlotDecision``)."""
+
+    @property
+    def slot(self) -> SlotInfo: ...
+
+    @property
+    def phase(self) -> str: ...
+
+    @property
+    def node(self) -> str | None: ...
+
+    @property
+    def template_vram(self) -> int | None: ...
+
+
+def warm_file_key(spec: ModelSlotSpec, settings: PlanSettings) -> ModelFileKey | None:
+    """The file the agent is asked to keep warm for a slot; None for a CPU slot, a
+    model on a PersistentVolumeClaim (the agent does not mount it) or a path that
+    leaves the model folder."""
+    if spec.device != "gpu":
+        return None
+    key = model_file_key(spec, settings)
+    if key is None:
+        return None
+    # Two spellings of one file would be one entry to the agent and two to us.
+    path = posixpath.normpath(key[1])
+    if path == ".." or path.startswith("../"):
+        # Outside the folder: the agent would refuse the whole list for it.
+        return None
+    return key[0].rstrip("/") or "/", path
+
+
+def demand_rank(spec: ModelSlotSpec, phase: str, requested: datetime.datetime | None,
+                now: datetime.datetime) -> tuple[int, int, int, float, int, float]:
+    """Sorts a not-loaded slot by how soon it is likely to load (lowest first):
+
+    1. Pending: the plan already wants it and waits for room, so it is the next load.
+    2. The default slot: the GPU returns to it whenever the slot that took it goes
+       idle, which makes it the surest load after that.
+    3. Slots asked for within :data:`RECENT_DEMAND`, the most recent first.
+    4. The rest by ``spec.priority`` (a slow load hurts most where the user said the
+       model matters most), then by their last request.
+    """
+    recent = requested is not None and now - requested < RECENT_DEMAND
+    stamp = requested.timestamp() if requested is not None else -math.inf
+    return (0 if phase == "Pending" else 1,
+            0 if spec.default else 1,
+            0 if recent else 1,
+            -stamp if recent else 0.0,
+            -spec.priority,
+            -stamp)
+
+
+def _could_load_on(node: GpuNode, spec: ModelSlotSpec, vram: int | None,
+                   settings: PlanSettings) -> bool:
+    """The node has the devices the slot needs and, when its VRAM is known, room for it."""
+    if node.gpu_count < spec.gpus:
+        return False
+    return not vram or vram // spec.gpus <= node.gpu_memory_bytes - settings.headroom_bytes
+
+
+def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
+               requested: Callable[[SlotInfo], datetime.datetime | None],
+               now: datetime.datetime) -> dict[str, tuple[WarmFile, ...]]:
+    """Per GPU node, the model files of its not-loaded GPU slots, most likely first.
+
+    A slot's file is listed on every node it could load on, except where a loaded
+    slot serves the same file (llama-server's mapping keeps it resident there).
+    Every GPU node gets a list, an empty one included, so an agent lets go of
+    files no longer wanted. ``requested`` gives a slot's last request.
+    """
+    settings = view.settings
+    loaded: dict[str, set[ModelFileKey]] = {}
+    ranked: list[tuple[tuple[int, int, int, float, int, float, str, str], ModelFileKey,
+                       ModelSlotSpec, int | None]] = []
+    for outcome in outcomes:
+        slot = outcome.slot
+        spec = slot.spec
+        key = warm_file_key(spec, settings) if spec is not None else None
+        if spec is None or key is None:
+            continue
+        if outcome.phase not in WARM_PHASES:
+            if outcome.node is not None:
+                loaded.setdefault(outcome.node, set()).add(key)
+            continue
+        rank = demand_rank(spec, outcome.phase, requested(slot), now)
+        ranked.append(((*rank, slot.namespace, slot.name), key, spec, outcome.template_vram))
+    ranked.sort(key=lambda entry: entry[0])
+    lists: dict[str, tuple[WarmFile, ...]] = {}
+    for node in sorted(view.nodes, key=lambda n: n.name):
+        keys: list[ModelFileKey] = []
+        skipped = set(loaded.get(node.name, ()))
+        for _rank, key, spec, vram in ranked:
+            if key not in skipped and _could_load_on(node, spec, vram, settings):
+                keys.append(key)
+                skipped.add(key)
+        lists[node.name] = tuple(WarmFile(host, path, float(len(keys) - index))
+                                 for index, (host, path) in enumerate(keys))
+    return lists
+
+
+def page_cache_status(view: View, slot: SlotInfo, node: str | None) -> ModelPageCache | None:
+    """How much of the slot's model file a node's page cache holds, for its status.
+
+    ``node`` is where the slot runs or its Deployment points; without one, the node
+    that holds most of the file (where a load would be fastest). None when no agent
+    reports the file there.
+    """
+    spec = slot.spec
+    key = warm_file_key(spec, view.settings) if spec is not None else None
+    reports = view.page_cache.get(key) if key is not None else None
+    if not reports:
+        return None
+    if node is None:
+        node = min(reports, key=lambda name: (-(reports[name].resident_bytes or 0), name))
+    residency = reports.get(node)
+    if residency is None:
+        return None
+    return ModelPageCache(node=node, resident_percent=residency.resident_percent,
+                          size_bytes=residency.size_bytes, state=residency.state)

@@ -1,0 +1,149 @@
+"""A swap never cuts a request: the outgoing slot drains first.
+
+Two slots share the simulated GPU; the outgoing one is served by a real
+llama-server (a slower random-weight model, so a long answer takes seconds).
+While a long completion runs on it, a demand for the other slot evicts it: the
+operator must keep its kwok pod until llama-server's /slots says the request is
+done, and only then scale it to 0.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hybrid_compute.dev import llmtools
+from hybrid_compute.dev.cluster import free_port
+from hybrid_compute.view import SLOT_LABEL
+from tests.cluster.support import apply, phase, read, wait
+from tests.conftest import OperatorHandle, TestCluster
+from tests.serving.conftest import LlamaServer
+from tests.serving.tiny_gguf import TinyShape, write_tiny_model
+
+pytestmark = [pytest.mark.cluster, pytest.mark.serving]
+
+QUICK = {"pod-ready.stage.kwok.x-k8s.io/delay": "500ms",
+         "pod-delete.stage.kwok.x-k8s.io/delay": "500ms"}
+SLOW_SHAPE = TinyShape(layers=4, embedding=512, heads=8, kv_heads=8, feed_forward=2048,
+                       context=4096)
+"""About 17M parameters: a few hundred tokens per second on one thread, so a
+900-token answer lasts several seconds."""
+LONG_ANSWER_TOKENS = 900
+
+
+def _slot(name: str, alias: str, port: int, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "hybridcompute.io/v1alpha1", "kind": "ModelSlot",
+            "metadata": {"name": name},
+            "spec": {"alias": alias, "server": {"port": port}, "podAnnotations": QUICK,
+                     "minResidency": "1s", **spec}}
+
+
+def _busy(server: LlamaServer) -> int:
+    with urllib.request.urlopen(f"{server.url}/slots", timeout=2) as answer:
+        return sum(1 for s in json.loads(answer.read()) if s.get("is_processing"))
+
+
+class LongCompletion(threading.Thread):
+    """A completion that keeps llama-server busy; records when it finished."""
+
+    def __init__(self, server: LlamaServer) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.finished_at: datetime.datetime | None = None
+        self.status: int | None = None
+        self.body: dict[str, Any] = {}
+
+    def run(self) -> None:
+        payload = json.dumps({
+            "messages": [{"role": "user", "content": "Write a long story."}],
+            "max_tokens": LONG_ANSWER_TOKENS, "ignore_eos": True}).encode()
+        request = urllib.request.Request(f"{self.server.url}/v1/chat/completions",
+                                         data=payload,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            self.status = answer.status
+            self.body = json.loads(answer.read())
+        self.finished_at = datetime.datetime.now(datetime.UTC)
+
+
+@pytest.fixture
+def outgoing(serving_tools: llmtools.ServingTools, tmp_path: Path) -> Iterator[LlamaServer]:
+    model = write_tiny_model(tmp_path / "slow.gguf", SLOW_SHAPE, name="slow")
+    server = LlamaServer(serving_tools.llama_server, model, free_port(),
+                         tmp_path / "llama-outgoing.log")
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def namespace(k8s: TestCluster) -> Iterator[str]:
+    name = f"drain-{uuid.uuid4().hex[:6]}"
+    k8s.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        k8s.kubectl("delete", "modelslots", "--all", "-n", name, "--wait=false", check=False)
+        k8s.kubectl("wait", "--for=delete", "pods", "--all", "-n", name, "--timeout=60s",
+                    check=False)
+        k8s.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def test_a_request_in_flight_finishes_before_the_outgoing_pod_is_deleted(
+        k8s: TestCluster, operator: OperatorHandle, outgoing: LlamaServer,
+        namespace: str) -> None:
+    suffix = namespace.rsplit("-", 1)[-1]
+    apply(k8s, namespace, [
+        _slot("outgoing", f"local/outgoing-{suffix}", outgoing.port,
+              model={"path": "slow.gguf", "vram": "16Gi"}, drain={"timeout": "60s"}),
+        _slot("incoming", f"local/incoming-{suffix}", free_port(), activation="OnDemand",
+              idleTimeout="10m", priority=300, model={"path": "tiny.gguf", "vram": "16Gi"}),
+    ])
+    wait(lambda: phase(k8s, namespace, "outgoing") == "Ready", 60, "outgoing Ready")
+    pod = k8s.core.list_namespaced_pod(namespace,
+                                       label_selector=f"{SLOT_LABEL}=outgoing").items[0]
+
+    completion = LongCompletion(outgoing)
+    completion.start()
+    wait(lambda: _busy(outgoing) > 0, 10, "the long completion to start")
+    operator.demand(f"local/incoming-{suffix}")
+
+    # Until the completion is done, the outgoing slot drains and its pod stays.
+    phases_seen: set[str | None] = set()
+    deleted_at: datetime.datetime | None = None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and deleted_at is None:
+        phases_seen.add(phase(k8s, namespace, "outgoing"))
+        current = k8s.core.list_namespaced_pod(
+            namespace, field_selector=f"metadata.name={pod.metadata.name}").items
+        if not current or current[0].metadata.deletion_timestamp is not None:
+            deleted_at = datetime.datetime.now(datetime.UTC)
+        time.sleep(0.05)
+    completion.join(120)
+    assert deleted_at is not None, "the outgoing pod was never deleted"
+    assert "Draining" in phases_seen, f"the slot never drained: {phases_seen}"
+    assert completion.status == 200, completion.body
+    usage = completion.body["usage"]
+    assert usage["completion_tokens"] == LONG_ANSWER_TOKENS, "the answer was cut short"
+    assert completion.finished_at is not None and completion.finished_at <= deleted_at, (
+        f"the pod was deleted at {deleted_at:%T.%f}, before the request finished at "
+        f"{completion.finished_at:%T.%f}")
+
+    wait(lambda: phase(k8s, namespace, "incoming") == "Ready", 60, "incoming Ready")
+    status = read(k8s, namespace, "incoming")["status"]
+    phases = status["lastSwapPhases"]
+    assert phases["drain"] > 0.5, phases
+    assert {"unload", "schedule", "containerStart", "modelLoad"} <= set(phases), phases
+    total = sum(v for k, v in phases.items() if k != "routeRestored")
+    assert total == pytest.approx(status["lastSwapSeconds"], abs=0.05)

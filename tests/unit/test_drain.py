@@ -1,0 +1,223 @@
+"""Draining a serving slot before it is unloaded, and the timing of each swap phase."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from hybrid_compute import drain_probe
+from hybrid_compute.api.modelslot import ModelSlotStatus, SwapProgress
+from hybrid_compute.plan import swap_phases
+from tests.simworld import SEED_SLOTS, START, World, slot
+
+
+def seed_world(drain: dict[str, Any] | None = None, **kwargs: Any) -> World:
+    slots = []
+    for name, spec in SEED_SLOTS.items():
+        if drain is not None and name == "fast":
+            spec = {**spec, "drain": drain}
+        slots.append(slot(name, spec))
+    return World(slots, **kwargs)
+
+
+def status(world: World, name: str) -> ModelSlotStatus:
+    return next(s.status for s in world.slots if s.name == name)
+
+
+def condition(world: World, name: str, type_: str) -> tuple[str, str]:
+    found = next(c for c in status(world, name).conditions if c.type == type_)
+    return found.status, found.reason
+
+
+def events(world: World, reason: str) -> list[str]:
+    assert world.last_plan is not None
+    return [e.message for e in world.last_plan.events if e.reason == reason]
+
+
+def fast_serving_then_quality_demanded(world: World) -> None:
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    world.now += datetime.timedelta(minutes=1)  # past fast's minimum residency
+    world.demand("local/quality")
+
+
+def test_a_busy_slot_drains_before_its_pod_goes_and_the_phases_are_timed() -> None:
+    world = seed_world()
+    fast_serving_then_quality_demanded(world)
+    world.in_flight["fast"] = 2
+    world.step()
+    assert world.phase("fast") == "Draining"
+    assert condition(world, "fast", "Ready") == ("False", "Draining")
+    assert events(world, "Draining")
+    fast_pods = [p for p in world.pods if p.info.owner == "fast"]
+    for _ in range(5):
+        world.step()
+        assert world.phase("fast") == "Draining"
+        assert world.last_plan is not None
+        assert world.last_plan.slot("lab", "fast").replicas == 1
+        assert all(not p.info.terminating for p in fast_pods), "a busy pod was stopped"
+        assert not [p for p in world.pods if p.info.owner == "quality"]
+    assert "2 request(s) in flight" in (status(world, "fast").reason or "")
+
+    world.in_flight["fast"] = 0
+    world.step()
+    assert world.phase("fast") == "Unloading"
+    assert any("after draining for" in m for m in events(world, "Unloading"))
+    world.run_until(lambda: world.phase("quality") == "Ready")
+    quality = status(world, "quality")
+    phases = quality.last_swap_phases
+    assert phases is not None and quality.last_swap_seconds is not None
+    assert phases.drain is not None and phases.drain >= 6
+    assert phases.unload is not None and phases.unload >= 1
+    total = sum(v for v in phases.model_dump().values() if v is not None)
+    assert total == pytest.approx(quality.last_swap_seconds, abs=0.05)
+    assert quality.swap_progress is None
+    swapped = events(world, "Swapped")
+    assert swapped and f"drain {phases.drain:.1f}s, unload {phases.unload:.1f}s" in swapped[0]
+
+
+def test_a_drain_that_times_out_defers_the_swap_and_keeps_serving() -> None:
+    world = seed_world(drain={"timeout": "5s"})
+    fast_serving_then_quality_demanded(world)
+    world.in_flight["fast"] = 1
+    world.run_until(lambda: world.phase("fast") != "Draining" and world.tick > 2, limit=20)
+    assert world.phase("fast") == "Ready"
+    assert condition(world, "fast", "Swapping") == ("False", "Deferred")
+    assert events(world, "SwapDeferred")
+    assert "1 request(s) still running after 5s" in (status(world, "fast").reason or "")
+    assert status(world, "fast").drain_deferred_until is not None
+    # While deferred, quality waits and fast keeps its pod.
+    for _ in range(3):
+        world.demand("local/quality")
+        world.step()
+        assert world.phase("fast") == "Ready"
+        assert world.phase("quality") in ("Pending", "Loading")
+    # Once the request is done, the next attempt drains and swaps.
+    world.in_flight["fast"] = 0
+    world.now += datetime.timedelta(seconds=10)
+    world.demand("local/quality")
+    world.run_until(lambda: world.phase("quality") == "Ready", limit=30)
+    assert status(world, "fast").drain_deferred_until is None or \
+        world.phase("fast") == "Standby"
+
+
+def test_a_drain_that_times_out_cuts_when_the_slot_says_so() -> None:
+    world = seed_world(drain={"timeout": "3s", "onTimeout": "Cut"})
+    fast_serving_then_quality_demanded(world)
+    world.in_flight["fast"] = 1
+    world.run_until(lambda: world.phase("fast") == "Unloading", limit=10)
+    cut = events(world, "DrainCut")
+    assert cut and "1 request(s) still running after 3s" in cut[0]
+    assert world.last_plan is not None
+    assert world.last_plan.slot("lab", "fast").cut_requests == 1
+    world.run_until(lambda: world.phase("quality") == "Ready")
+
+
+def test_a_zero_timeout_unloads_at_once() -> None:
+    world = seed_world(drain={"timeout": "0s"})
+    fast_serving_then_quality_demanded(world)
+    world.in_flight["fast"] = 3
+    world.step()
+    assert world.phase("fast") == "Unloading"
+
+
+def test_an_idle_slot_still_waits_for_active_routers_to_refresh() -> None:
+    world = seed_world()
+    fast_serving_then_quality_demanded(world)
+    world.router_fetched_at = world.now
+    world.step()
+    assert world.phase("fast") == "Draining"
+    assert "waiting for routers" in (status(world, "fast").reason or "")
+    world.step()
+    world.step()
+    assert world.phase("fast") == "Draining"
+    world.run_until(lambda: world.phase("fast") == "Unloading", limit=3)
+
+
+def test_the_route_restoration_is_timed_from_the_routers_next_fetch() -> None:
+    world = seed_world()
+    fast_serving_then_quality_demanded(world)
+    world.run_until(lambda: world.phase("quality") == "Ready")
+    ready_since = status(world, "quality").ready_since
+    assert ready_since is not None
+    phases = status(world, "quality").last_swap_phases
+    assert phases is not None and phases.route_restored is None
+    world.router_fetched_at = world.now + datetime.timedelta(seconds=0.4)
+    world.now += datetime.timedelta(seconds=1)
+    world.step()
+    phases = status(world, "quality").last_swap_phases
+    assert phases is not None and phases.route_restored is not None
+    expected = (world.router_fetched_at - ready_since).total_seconds()
+    assert phases.route_restored == pytest.approx(expected, abs=0.01)
+
+
+def test_swap_phases_count_an_unseen_moment_as_the_next_one() -> None:
+    at = [START + datetime.timedelta(seconds=s) for s in (0, 2, 3, 10)]
+    phases = swap_phases(at[0], SwapProgress(drained_at=at[1], started_at=at[2],
+                                             scheduled_at=None, running_at=None),
+                         at[3], evicted=True)
+    assert (phases.drain, phases.unload, phases.schedule, phases.container_start,
+            phases.model_load) == (2, 1, 7, 0, 0)
+    fresh = swap_phases(at[0], SwapProgress(started_at=at[0], drained_at=at[0],
+                                            scheduled_at=at[1], running_at=at[2]),
+                        at[3], evicted=False)
+    assert fresh.drain is None and fresh.unload is None
+    assert (fresh.schedule, fresh.container_start, fresh.model_load) == (2, 1, 7)
+
+
+# ------------------------------------------------------------------ the probe
+
+
+def test_busy_sequences_reads_both_slot_formats() -> None:
+    assert drain_probe.busy_sequences([{"id": 0, "is_processing": True},
+                                       {"id": 1, "is_processing": False}]) == 1
+    assert drain_probe.busy_sequences([{"id": 0, "state": 1}, {"id": 1, "state": 0}]) == 1
+    with pytest.raises(ValueError):
+        drain_probe.busy_sequences({"error": "no slots"})
+
+
+def test_slots_url_sits_beside_the_openai_path() -> None:
+    assert drain_probe.slots_url("http://fast.lab.svc:8080/v1") == "http://fast.lab.svc:8080/slots"
+    assert drain_probe.slots_url("http://127.0.0.1:9/v1/") == "http://127.0.0.1:9/slots"
+
+
+@pytest.fixture
+def slots_server() -> Iterator[tuple[str, dict[str, Any]]]:
+    state: dict[str, Any] = {"status": 200, "body": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(state["body"]).encode()
+            self.send_response(state["status"])
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/slots", state
+    finally:
+        server.shutdown()
+
+
+def test_probe_reports_busy_errors_and_unreachable_servers(
+        slots_server: tuple[str, dict[str, Any]]) -> None:
+    url, state = slots_server
+    state["body"] = [{"id": 0, "is_processing": True}, {"id": 1, "is_processing": True}]
+    assert drain_probe.probe({("lab", "fast"): url}) == {
+        ("lab", "fast"): drain_probe.SlotActivity(2)}
+    state["status"] = 501
+    answer = drain_probe.probe_one(url)
+    assert answer.busy == 0 and answer.error == "/slots answered HTTP 501"
+    gone = drain_probe.probe_one("http://127.0.0.1:9/slots", timeout=0.5)
+    assert gone.busy == 0 and gone.error is not None and "unreachable" in gone.error
