@@ -45,7 +45,7 @@ RouteOutcome = Literal["served", "bridged", "held", "refused"]
 Ready; held: a privacy request waited for the local slot; refused: a privacy request
 was turned away rather than leave the box."""
 ROUTE_OUTCOMES: tuple[RouteOutcome, ...] = ("served", "bridged", "held", "refused")
-RESIDENT_PHASES = ("Loading", "Ready")
+RESIDENT_PHASES = ("Loading", "Evaluating", "Ready", "Draining")
 SLOT_PHASES = ("Pending", "Standby", "Loading", "Evaluating", "Ready", "Draining", "Unloading",
                "Unschedulable", "Failed")
 SWAP_PHASES = ("drain", "unload", "schedule", "container_start", "model_load", "route_restored")
@@ -89,7 +89,8 @@ class OperatorMetrics:
             "Times a wanted slot had to wait for room (GPU taken, mutex, foreign memory)",
             SLOT_LABELS, registry=registry)
         self.slot_resident = Gauge(
-            "hybrid_compute_slot_resident", "1 while the slot holds its GPU (Loading or Ready)",
+            "hybrid_compute_slot_resident",
+            "1 while the slot holds its GPU (Loading, Evaluating, Ready or Draining)",
             SLOT_LABELS, registry=registry)
         self.slot_phase = Gauge(
             "hybrid_compute_slot_phase", "1 for the slot's current phase, 0 for the others",

@@ -44,21 +44,14 @@ def validations(*rules: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
 
 
-Alias = Annotated[
-    str,
-    StringConstraints(pattern=ALIAS_PATTERN, max_length=128),
-    Field(description="A model alias of the form provider/name, for example local/fast."),
-]
-Duration = Annotated[
-    str,
-    StringConstraints(pattern=DURATION_PATTERN, max_length=32),
-    Field(description="A duration such as 30s, 5m or 1h30m."),
-]
-ClockTime = Annotated[
-    str,
-    StringConstraints(pattern=CLOCK_PATTERN),
-    Field(description="A time of day, HH:MM on a 24-hour clock."),
-]
+# The types carry no description of their own: a type-level description would
+# replace the docstring of every field using it in the CRD (kubectl explain).
+Alias = Annotated[str, StringConstraints(pattern=ALIAS_PATTERN, max_length=128)]
+"""A model alias of the form provider/name, for example local/fast."""
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=32)]
+"""A duration such as 30s, 5m or 1h30m."""
+ClockTime = Annotated[str, StringConstraints(pattern=CLOCK_PATTERN)]
+"""A time of day, HH:MM on a 24-hour clock."""
 DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, max_length=63)]
 def _positive_quantity(value: str) -> str:
     if parse_bytes(value) <= 0:
