@@ -31,10 +31,11 @@ LLAMA_CPP_PYTHON_VERSION=0.3.36
 WHEELS=(gguf==0.19.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
         typing-inspection==0.4.5 typing-extensions==4.16.0 kubernetes==37.0.2
         durationpy==0.11 requests-oauthlib==2.0.0 oauthlib==4.0.1 websocket-client==1.9.2)
-# What the build does not need: conversion scripts, docs, model vocabularies, the web UI
-# sources, tests, other backends' CI files. Keeps the carried archive small.
+# What the build does not need: conversion scripts, docs, model vocabularies, the web
+# UI's sources (the build embeds prebuilt assets, which need the network, or none),
+# tests, CI files. Keeps the carried archive small.
 PRUNE=(docs models media benches tests examples gguf-py conversion .github .devops
-       tools/ui pocs app skills .git)
+       tools/ui/src tools/ui/tests pocs app skills .git)
 
 prepare() {
     set -e
@@ -56,7 +57,7 @@ prepare() {
         --implementation cp --platform manylinux_2_28_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --dest "$CARRY/wheels" "${WHEELS[@]}"
-    du -sh "$CARRY" "$CARRY"/*
+    du -sh "$CARRY"/* "$CARRY"
     echo "carry .gpu-carry to the GPU machine and run: bash bench/gpu_load_check.sh"
 }
 
@@ -150,7 +151,7 @@ build_cuda_server() {
         -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH" \
         -DGGML_CUDA_FA="$CUDA_FA" -DGGML_CUDA_NCCL=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
-        -DBUILD_SHARED_LIBS=OFF >"$WORK/cmake.log" 2>&1 || { tail -30 "$WORK/cmake.log"; return 1; }
+        -DLLAMA_USE_PREBUILT_UI=OFF -DBUILD_SHARED_LIBS=OFF >"$WORK/cmake.log" 2>&1 || { tail -30 "$WORK/cmake.log"; return 1; }
     timeout "$BUILD_TIMEOUT" cmake --build "$WORK/build" --target llama-server -j "$(nproc)" \
         >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; return 1; }
     "$SERVER" --version 2>&1 | tail -3

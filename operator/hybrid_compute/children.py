@@ -66,6 +66,12 @@ def server_args(spec: ModelSlotSpec, settings: PlanSettings) -> list[str]:
         args += ["--flash-attn", "on"]
     if server.threads is not None:
         args += ["--threads", str(server.threads)]
+    # auto is llama-server's own default: no flag keeps the pod template, and so the
+    # running pods, of slots written before these fields unchanged.
+    if server.load_mode != "auto":
+        args += ["--load-mode", server.load_mode]
+    if not server.warmup:
+        args.append("--no-warmup")
     if server.cont_batching:
         args.append("--cont-batching")
     if spec.embedding:

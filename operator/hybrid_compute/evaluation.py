@@ -363,6 +363,16 @@ class EvaluationRequest:
     evaluation: ModelEvaluation
 
 
+def model_label(model: ModelSource) -> str:
+    """How reasons and Events name a model: its served name, with the file when the
+    name does not say which file it is."""
+    name = model.served_name
+    path = model.path
+    if name is None or path.rsplit("/", 1)[-1].removesuffix(".gguf") == name:
+        return path.rsplit("/", 1)[-1].removesuffix(".gguf")
+    return f"{name} ({path})"
+
+
 _SERVED: dict[int, tuple[ModelSlotSpec, str, ModelSlotSpec]] = {}
 
 
@@ -439,7 +449,7 @@ class Gate:
 
     @property
     def wanted_name(self) -> str:
-        return children.served_name(self.spec)
+        return model_label(self.spec.model)
 
     @property
     def served_fingerprint(self) -> str:
@@ -473,7 +483,7 @@ class Gate:
         self.history[-1] = top.model_copy(update={
             "evaluation": "Failed", "failed_checks": failed,
             "until": now if target is not None else None})
-        then = (f"rolling back to {target.served_name}" if target is not None
+        then = (f"rolling back to {model_label(target.model)}" if target is not None
                 else "no earlier model to roll back to: the slot stays not Ready")
         self._event("Warning", "EvaluationFailed",
                     f"Model {name} of {self.alias} failed evaluation ({result.summary()}): "
@@ -500,7 +510,7 @@ class Gate:
              previous_phase: SlotPhase | None) -> tuple[SlotPhase, str]:
         """The phase and reason of the slot, given the phase its pods show."""
         if phase == "Loading" and self.rollback is not None:
-            return phase, (f"rolling back to {self.rollback.served_name} "
+            return phase, (f"rolling back to {model_label(self.rollback.model)} "
                            f"({self.wanted_name} failed evaluation): {reason}")
         if phase != "Ready":
             return phase, reason
@@ -509,7 +519,7 @@ class Gate:
             self._append(now)
             top = self.history[-1]
         if self.rollback is not None:
-            return "Ready", (f"serving the previous model {self.rollback.served_name}: "
+            return "Ready", (f"serving the previous model {model_label(self.rollback.model)}: "
                              f"{self.wanted_name} failed evaluation")
         if self.criteria is None:
             if top.evaluation == "Evaluating":
@@ -525,7 +535,8 @@ class Gate:
                                                       "failed_checks": None})
         assert self.spec.evaluation is not None
         self.request = EvaluationRequest(
-            self.slot.namespace, self.slot.name, self.alias, self.wanted_name, self.wanted,
+            self.slot.namespace, self.slot.name, self.alias,
+            children.served_name(self.spec), self.wanted,
             self.criteria, self.spec.evaluation)
         if previous_phase != "Evaluating":
             self._event("Normal", "Evaluating",
@@ -546,7 +557,7 @@ class Gate:
                 if had else []
         record = self.record
         if self.rejected and record is not None:
-            then = (f"serving the previous model {self.rollback.served_name}"
+            then = (f"serving the previous model {model_label(self.rollback.model)}"
                     if self.rollback is not None else "there is no earlier model to roll back to")
             checks = "; ".join(record.failed_checks or [])
             return [("Evaluated", False, "EvaluationFailed",
