@@ -145,19 +145,19 @@ class ServerSettings(ApiModel):
     for CPU slots when unset."""
     load_mode: LoadMode = "auto"
     """--load-mode: how llama-server reads the model file. auto passes no flag, and
-    llama-server maps the file (mmap); measured on CPU (bench/model_load.py) it loaded
-    fastest from a cold page cache (as fast as the disk reads the file) and from a
-    warm one (no copy: 5x faster than cold). none reads into llama-server's own
-    buffers (a copy; GPU slots upload it from pinned memory), dio reads past the page
-    cache (O_DIRECT: a warm-standby file does not help, and the next load is cold
-    again), mlock and mmap+mlock pin the weights in RAM (needs RLIMIT_MEMLOCK or
-    CAP_IPC_LOCK; refused, llama-server warns and goes on). Values other than auto
-    need a llama-server that knows --load-mode."""
+    llama-server maps the file (mmap), which loaded fastest in bench/model_load.py on
+    CPU, both from a cold page cache and from a warm one (2.8x faster warm than cold).
+    none reads into llama-server's own buffers (a copy: 2.1x slower cold, 4.5x warm),
+    dio reads past the page cache (O_DIRECT: 4.9x slower cold, and a warm-standby file
+    does not help), mlock and mmap+mlock pin the weights in RAM (needs RLIMIT_MEMLOCK
+    or CAP_IPC_LOCK; when refused, llama-server warns and goes on). Values other than
+    auto need a llama-server that knows --load-mode."""
     warmup: bool = True
     """false passes --no-warmup: /health answers before llama-server's first empty
-    decode, which the first request then pays for instead; the slot is Ready before
-    its weights were read. Measured on CPU it saved one forward pass (0.1 s for a
-    1.6 GB model), so it stays on."""
+    decode, and the first request pays for what that decode prepares. On CPU the
+    warmup took about 0.27 s and the first token came about 0.1 s sooner without it;
+    it stays on, llama-server's own default, so a slot is Ready only once it has
+    decoded."""
     extra_args: list[ArgString] = Field(default_factory=list, max_length=64)
     """Further llama-server arguments, passed as given."""
 
