@@ -19,7 +19,7 @@
 # BUILD_TIMEOUT=420, LOAD_TIMEOUT=330, MODEL_DIR=/tmp, CUDA_FA=OFF (ON compiles the
 # flash-attention kernels too, minutes more), SKIP_CUDA=1 (no CUDA build or copy
 # test, no -ngl: the CPU llama-server in LLAMA_SERVER or the project's cache; for
-# trying the script on a machine without a GPU).
+# trying the script on a machine without a GPU), PY=python3 (the interpreter).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -76,7 +76,7 @@ SKIP_CUDA=${SKIP_CUDA:-0}
 WORK=${WORK:-/tmp/gpu-load-check}
 MODEL=$MODEL_DIR/gpu-load-check-${SIZE_GIB}gib.gguf
 SERVER=$WORK/build/bin/llama-server
-PY=python3
+PY=${PY:-python3}
 declare -a SUMMARY=()
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -120,8 +120,12 @@ python_packages() {
         $PY -c 'import gguf, pydantic' && return 0
         return 1
     fi
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site "$CARRY"/wheels/*.whl || return 1
+    if ! $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "$CARRY"/wheels/*.whl; then
+        # Wheels for another Python (a trial run here): the interpreter's own will do.
+        echo "the carried wheels do not install for $($PY --version); using its own packages"
+        rm -rf /tmp/site
+    fi
     $PY -c 'import gguf, pydantic, numpy; print("gguf", gguf.__file__); print("pydantic", pydantic.VERSION)'
 }
 
