@@ -19,6 +19,7 @@ import json
 import statistics
 import threading
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -97,13 +98,32 @@ def phase(custom: client.CustomObjectsApi, name: str) -> str | None:
     return (body.get("status") or {}).get("phase")
 
 
-def wait(predicate: Any, timeout: float = 60) -> None:
+def wait(predicate: Any, custom: client.CustomObjectsApi, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.02)
-    raise TimeoutError("the cluster did not settle")
+    slots = custom.list_namespaced_custom_object("hybridcompute.io", "v1alpha1", NAMESPACE,
+                                                 "modelslots")["items"]
+    seen = "; ".join(f"{s['metadata']['name']}: {(s.get('status') or {}).get('phase')} "
+                     f"({(s.get('status') or {}).get('reason')})" for s in slots)
+    raise TimeoutError(f"the cluster did not settle in {timeout:.0f} s: {seen}")
+
+
+def post_demand(request: urllib.request.Request) -> float:
+    """Sends the demand and returns when it was sent. A restarted operator answers 503
+    until it holds the leader Lease and has observed the cluster."""
+    deadline = time.monotonic() + 60
+    while True:
+        asked = time.monotonic()
+        try:
+            urllib.request.urlopen(request, timeout=5).close()
+            return asked
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or asked > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -132,17 +152,16 @@ def main() -> None:
     try:
         for _ in range(ROUNDS):
             wait(lambda: phase(custom, "fast") == "Ready"
-                 and phase(custom, "quality") == "Standby")
+                 and phase(custom, "quality") == "Standby", custom)
             with recorder.lock:
                 known = set(recorder.pod_created)
                 ready_count = len(recorder.slot_ready)
             request = urllib.request.Request(
                 demand_url, data=json.dumps({"alias": "local/quality"}).encode(),
                 headers={"Authorization": f"Bearer {token}"}, method="POST")
-            asked = time.monotonic()
-            urllib.request.urlopen(request, timeout=5).close()
+            asked = post_demand(request)
             wait(lambda seen=ready_count: any(  # type: ignore[misc]
-                n == "quality" for n, _ in recorder.slot_ready[seen:]))
+                n == "quality" for n, _ in recorder.slot_ready[seen:]), custom)
             with recorder.lock:
                 pod = next(n for n in recorder.pod_created
                            if n.startswith("quality-") and n not in known)

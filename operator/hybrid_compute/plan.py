@@ -374,7 +374,7 @@ def plan(view: View, now: datetime.datetime) -> Plan:
         if requested is not None and (spec.activation == "OnDemand" or spec.default):
             idle = (parse_duration(spec.idle_timeout) if spec.idle_timeout
                     else settings.default_slot_busy)
-            in_use_until = requested + idle
+            in_use_until = demanded_until(requested, idle, slot, ready_pod, settings, now)
         in_use = in_use_until is not None and now < in_use_until
         if in_use and in_use_until:
             wakeups.append(in_use_until)
@@ -581,7 +581,8 @@ def _decide_slot(
     reason: str
 
     if spec.device == "cpu":
-        wanted = spec.activation == "Always" or _cpu_demanded(slot, spec, view, now)
+        serving = any(p.ready and not p.terminating for p in current)
+        wanted = spec.activation == "Always" or _cpu_demanded(slot, spec, view, serving, now)
         replicas = 1 if wanted else 0
         phase, reason = _phase_from_pods(wanted, current, pods, "on CPU")
         if phase == "Loading" and fetch_reason:
@@ -972,12 +973,34 @@ def _readiness(phase: Phase, reason: str) -> list[ConditionUpdate]:
     return [("Ready", phase == "Ready", "Serving" if phase == "Ready" else phase, reason)]
 
 
-def _cpu_demanded(slot: SlotInfo, spec: ModelSlotSpec, view: View,
+def demanded_until(requested: datetime.datetime, idle: datetime.timedelta, slot: SlotInfo,
+                   serving: bool, settings: PlanSettings, now: datetime.datetime
+                   ) -> datetime.datetime:
+    """Until when a request keeps its slot wanted. The idle clock runs while the slot
+    serves: a request that came while the slot was still swapping in counts from the
+    moment it became Ready (now, when its pod has just turned Ready or is still being
+    evaluated), and while no pod is Ready the request also covers the swap itself
+    (twice its typical time), or a short idleTimeout would expire during the drain
+    or the load and give the GPU back before anything was served."""
+    since = slot.status.ready_since
+    if serving:
+        served = slot.status.phase in ("Ready", "Draining")
+        start = since if since is not None and served else now
+        return max(requested, start) + idle
+    if since is not None and since >= requested:
+        return since + idle  # it served after the request: the idle clock ran from then
+    typical = swap_wait.typical_swap(slot.status.recent_swap_seconds,
+                                     settings.default_swap_time.total_seconds())
+    return requested + 2 * datetime.timedelta(seconds=typical) + idle
+
+
+def _cpu_demanded(slot: SlotInfo, spec: ModelSlotSpec, view: View, serving: bool,
                   now: datetime.datetime) -> bool:
     requested = last_request(slot, view)
     if requested is None or spec.idle_timeout is None:
         return False
-    return now < requested + parse_duration(spec.idle_timeout)
+    return now < demanded_until(requested, parse_duration(spec.idle_timeout), slot, serving,
+                                view.settings, now)
 
 
 def _phase_from_pods(wanted: bool, current: list[Any], pods: list[Any],

@@ -183,3 +183,80 @@ def test_a_slot_moved_to_another_gpu_keeps_its_old_pods_counted_where_they_are()
             world.demand("local/s2")
         world.step()
         world.check_budget()
+
+
+def test_a_short_idle_timeout_counts_from_when_the_swapped_in_slot_is_ready() -> None:
+    """Regression: one request for a slot with idleTimeout 1s expired while the
+    outgoing slot drained and terminated, and the swap was abandoned."""
+    specs = {**SEED_SLOTS, "quality": {**SEED_SLOTS["quality"], "idleTimeout": "1s"}}
+    world = World([slot(name, spec) for name, spec in specs.items()],
+                  terminate_steps=4, load_steps=3)
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    world.now += datetime.timedelta(minutes=1)  # past fast's minimum residency
+    world.demand("local/quality")
+    asked = world.now
+    world.run_until(lambda: world.phase("quality") == "Ready")
+    assert world.now - asked > datetime.timedelta(seconds=5), "the swap was not slow"
+    status = next(s.status for s in world.slots if s.name == "quality")
+    assert status.ready_since is not None
+    # Served from then on, and idle one second later: the GPU goes back to fast.
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    assert world.phase("quality") == "Standby"
+    assert world.now - status.ready_since < datetime.timedelta(seconds=60)
+
+
+def test_a_request_for_a_slot_that_never_gets_room_expires() -> None:
+    """The request also covers the swap, but not for ever: twice the default swap
+    time, then the idle timeout."""
+    specs = {"fast": {**SEED_SLOTS["fast"]},
+             "pinned": {"alias": "local/pinned", "model": {"path": "p.gguf", "vram": "20Gi"},
+                        "activation": "Always", "priority": 900},
+             "quality": {**SEED_SLOTS["quality"], "idleTimeout": "1s", "priority": 0}}
+    world = World([slot(name, spec) for name, spec in specs.items()])
+    world.run_until(lambda: world.phase("pinned") == "Ready")
+    world.demand("local/quality")
+    world.step()
+    assert world.phase("quality") == "Pending"
+    world.now += datetime.timedelta(seconds=62)  # 2 x 30 s + 1 s later
+    world.step()
+    assert world.phase("quality") == "Standby"
+
+
+def test_a_slot_that_idled_out_after_serving_does_not_come_back_by_itself() -> None:
+    """The swap allowance covers a request only until the slot has served: once it
+    idles out and unloads, the same old request does not swap it back in."""
+    specs = {**SEED_SLOTS, "quality": {**SEED_SLOTS["quality"], "idleTimeout": "1s",
+                                       "minResidency": "0s"}}
+    world = World([slot(name, spec) for name, spec in specs.items()], terminate_steps=3)
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    world.now += datetime.timedelta(minutes=1)
+    world.demand("local/quality")
+    world.run_until(lambda: world.phase("quality") == "Ready")
+    seen = []
+    for _ in range(30):
+        world.step()
+        seen.append(world.phase("quality"))
+    assert "Loading" not in seen, seen
+    assert (world.phase("quality"), world.phase("fast")) == ("Standby", "Ready")
+
+
+def test_an_idle_slot_draining_stays_drained_until_it_unloads() -> None:
+    """Regression: a Draining slot's idle clock restarted, so it flapped between
+    Ready and Draining while the slot waiting for its GPU never loaded."""
+    specs = {**SEED_SLOTS, "quality": {**SEED_SLOTS["quality"], "idleTimeout": "1s",
+                                       "minResidency": "0s"}}
+    world = World([slot(name, spec) for name, spec in specs.items()])
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    world.now += datetime.timedelta(minutes=1)
+    world.demand("local/quality")
+    world.run_until(lambda: world.phase("quality") == "Ready")
+    world.in_flight["quality"] = 1  # a long answer keeps it draining
+    world.run_until(lambda: world.phase("quality") == "Draining")
+    phases = []
+    for _ in range(5):
+        world.step()
+        phases.append(world.phase("quality"))
+    assert phases == ["Draining"] * 5, phases
+    world.in_flight["quality"] = 0
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    assert world.phase("quality") == "Standby"
