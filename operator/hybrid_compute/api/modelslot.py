@@ -324,7 +324,8 @@ class ModelSlotSpec(ApiModel):
     """Higher wins when slots compete for the GPU."""
     idle_timeout: Duration | None = None
     """For OnDemand slots: how long without a request before the GPU goes back to the
-    default slot, for example 5m."""
+    default slot, for example 5m. It counts from the last request or, when the slot
+    was swapped in for it, from the moment the slot became Ready."""
     min_residency: Duration | None = None
     """Shortest time a slot stays loaded once it is Ready, so swaps cannot thrash;
     the operator's default applies when unset."""
