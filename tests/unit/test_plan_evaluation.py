@@ -165,12 +165,18 @@ def test_a_failing_model_is_rolled_back_to_the_previous_one_without_touching_the
         assert world.phase("fast") == "Ready"
 
 
-def test_a_spec_change_after_a_rejection_tries_the_new_model() -> None:
+def rolled_back_from_v2() -> GateWorld:
+    """fast-v1 passed, fast-v2 failed its evaluation, and v1 serves again."""
     world = passed_first_model()
     world.change_spec(with_model("fast-v2.gguf"))
     world.run_until(lambda: world.phase("fast") == "Evaluating")
     world.finish_evaluation(passed=False)
     world.run_until(lambda: world.phase("fast") == "Ready")
+    return world
+
+
+def test_a_spec_change_after_a_rejection_tries_the_new_model() -> None:
+    world = rolled_back_from_v2()
 
     world.change_spec(with_model("fast-v3.gguf"))
     world.run_until(lambda: world.phase("fast") == "Evaluating")
@@ -184,11 +190,7 @@ def test_a_spec_change_after_a_rejection_tries_the_new_model() -> None:
 
 
 def test_changed_criteria_evaluate_a_rejected_model_again() -> None:
-    world = passed_first_model()
-    world.change_spec(with_model("fast-v2.gguf"))
-    world.run_until(lambda: world.phase("fast") == "Evaluating")
-    world.finish_evaluation(passed=False)
-    world.run_until(lambda: world.phase("fast") == "Ready")
+    world = rolled_back_from_v2()
     looser = with_model("fast-v2.gguf",
                         evaluation={"maxLatency": "5s", "prompts": [{"prompt": "Say hello."}]})
     world.change_spec(looser)
