@@ -984,8 +984,8 @@ def demanded_until(requested: datetime.datetime, idle: datetime.timedelta, slot:
     or the load and give the GPU back before anything was served."""
     since = slot.status.ready_since
     if serving:
-        served = slot.status.phase in ("Ready", "Draining")
-        start = since if since is not None and served else now
+        coming_in = slot.status.phase in ("Pending", "Standby", "Loading", "Evaluating")
+        start = now if coming_in or since is None else since
         return max(requested, start) + idle
     if since is not None and since >= requested:
         return since + idle  # it served after the request: the idle clock ran from then
