@@ -983,15 +983,19 @@ def demanded_until(requested: datetime.datetime, idle: datetime.timedelta, slot:
     (twice its typical time), or a short idleTimeout would expire during the drain
     or the load and give the GPU back before anything was served."""
     since = slot.status.ready_since
-    if serving:
-        coming_in = slot.status.phase in ("Pending", "Standby", "Loading", "Evaluating")
-        start = now if coming_in or since is None else since
-        return max(requested, start) + idle
-    if since is not None and since >= requested:
-        return since + idle  # it served after the request: the idle clock ran from then
     typical = swap_wait.typical_swap(slot.status.recent_swap_seconds,
                                      settings.default_swap_time.total_seconds())
-    return requested + 2 * datetime.timedelta(seconds=typical) + idle
+    covered = requested + 2 * datetime.timedelta(seconds=typical) + idle
+    if serving:
+        coming_in = slot.status.phase in ("Pending", "Standby", "Loading", "Evaluating")
+        if coming_in or since is None:
+            # Just Ready (or being evaluated): the clock starts now, unless the request
+            # had already given up on the swap.
+            return now + idle if now < covered else covered
+        return max(requested, since) + idle
+    if since is not None and since >= requested:
+        return since + idle  # it served after the request: the idle clock ran from then
+    return covered
 
 
 def _cpu_demanded(slot: SlotInfo, spec: ModelSlotSpec, view: View, serving: bool,

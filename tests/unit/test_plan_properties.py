@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.simworld import World, dreamteam, dual_node, slot
@@ -33,7 +33,24 @@ def slot_sets(draw: st.DrawFn) -> list:  # type: ignore[type-arg]
     return slots
 
 
+def _slow_load_late_demand() -> list:  # type: ignore[type-arg]
+    """Found by this test: a request whose slot was still loading when the clock jumped
+    ten minutes revived the slot once its pod turned Ready."""
+    def always(name: str) -> object:
+        return slot(name, {"alias": f"local/{name}", "model": {"path": f"{name}.gguf",
+                                                               "vram": "1Gi"}})
+    return [slot("default", {"alias": "local/default", "model": {"path": "d.gguf",
+                                                                 "vram": "4Gi"},
+                             "default": True}),
+            always("s0"),
+            slot("s1", {"alias": "local/s1", "model": {"path": "s1.gguf", "vram": "18Gi"},
+                        "activation": "OnDemand", "idleTimeout": "5s"}),
+            always("s2"), always("s3")]
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(slots=_slow_load_late_demand(), demands=[(116, 1)], load_steps=6, terminate_steps=6,
+         two_nodes=True)
 @given(slots=slot_sets(),
        demands=st.lists(st.tuples(st.integers(min_value=0, max_value=120),
                                   st.integers(min_value=0, max_value=4)), max_size=25),
