@@ -366,11 +366,9 @@ class EvaluationRequest:
 def model_label(model: ModelSource) -> str:
     """How reasons and Events name a model: its served name, with the file when the
     name does not say which file it is."""
+    stem = model.path.rsplit("/", 1)[-1].removesuffix(".gguf")
     name = model.served_name
-    path = model.path
-    if name is None or path.rsplit("/", 1)[-1].removesuffix(".gguf") == name:
-        return path.rsplit("/", 1)[-1].removesuffix(".gguf")
-    return f"{name} ({path})"
+    return stem if name is None or name == stem else f"{name} ({model.path})"
 
 
 _SERVED: dict[int, tuple[ModelSlotSpec, str, ModelSlotSpec]] = {}

@@ -354,7 +354,7 @@ def plan(view: View, now: datetime.datetime) -> Plan:
             unschedulable[slot.key] = problem
             continue
         pods = slot_pods.get(slot.key, [])
-        ready_pod = any(p.ready and not p.terminating for p in pods)
+        ready_pod = _any_serving(pods)
         pinned_until = None
         if ready_pod and slot.status.ready_since:
             pinned_until = slot.status.ready_since + _min_residency(spec, view)
@@ -581,7 +581,7 @@ def _decide_slot(
     reason: str
 
     if spec.device == "cpu":
-        serving = any(p.ready and not p.terminating for p in current)
+        serving = _any_serving(current)
         wanted = spec.activation == "Always" or _cpu_demanded(slot, spec, view, serving, now)
         replicas = 1 if wanted else 0
         phase, reason = _phase_from_pods(wanted, current, pods, "on CPU")
@@ -971,6 +971,11 @@ def _fetch_status(pods: list[PodInfo]) -> tuple[ModelFetchProgress | None, str |
 
 def _readiness(phase: Phase, reason: str) -> list[ConditionUpdate]:
     return [("Ready", phase == "Ready", "Serving" if phase == "Ready" else phase, reason)]
+
+
+def _any_serving(pods: list[Any]) -> bool:
+    """A pod that answers requests: Ready and not on its way out."""
+    return any(p.ready and not p.terminating for p in pods)
 
 
 def demanded_until(requested: datetime.datetime, idle: datetime.timedelta, slot: SlotInfo,
