@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 
 from tests.serving.cloud import CloudStandIn  # noqa: E402
 
-from hybrid_compute import litellm_config  # noqa: E402
 from hybrid_compute.api.routepolicy import RoutePolicySpec  # noqa: E402
 from hybrid_compute.dev import llmtools  # noqa: E402
 from hybrid_compute.dev.cluster import free_port  # noqa: E402
+from hybrid_compute.render import litellm_config  # noqa: E402
 
 PLAN = {1: (40, 10), 50: (12, 200)}
 """concurrency -> (rounds, requests per proxy per round)"""

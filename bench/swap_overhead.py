@@ -25,7 +25,7 @@ from typing import Any
 
 from kubernetes import client, watch
 
-from hybrid_compute import kube
+from hybrid_compute.control import kube
 from hybrid_compute.dev.bootstrap import bootstrap_manifests
 from hybrid_compute.dev.cluster import DevCluster
 

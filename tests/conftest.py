@@ -23,14 +23,14 @@ import yaml
 from aiohttp import web
 from kubernetes import client
 
-from hybrid_compute import kube
-from hybrid_compute.agent.fake import FakeGpu, FakeNvml
 from hybrid_compute.agent.server import AgentService, build_app
 from hybrid_compute.agent.snapshot import GpuReader
-from hybrid_compute.clock import OFFSET_FILE_ENV
+from hybrid_compute.control import kube
+from hybrid_compute.control.clock import OFFSET_FILE_ENV
 from hybrid_compute.dev.bootstrap import bootstrap_manifests
 from hybrid_compute.dev.cluster import DevCluster, free_port
 from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME
+from tests.fake_nvml import FakeGpu, FakeNvml
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 # A second checkout (or a second run) can use a cluster of its own beside this one.

@@ -15,7 +15,7 @@ from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.dev.nodes import PROFILES
 from hybrid_compute.plan import Plan, plan
-from hybrid_compute.view import (
+from hybrid_compute.plan.view import (
     MIB,
     TEMPLATE_HASH_ANNOTATION,
     VRAM_ANNOTATION,

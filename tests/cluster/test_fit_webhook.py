@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hybrid_compute.fit_webhook import CONFIGURATION_NAME
+from hybrid_compute.server.admission_webhook import CONFIGURATION_NAME
 from tests.cluster.support import alias, slot, wait
 from tests.conftest import OPERATOR_ARGS, OperatorHandle, TestCluster, operator_env
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from hybrid_compute.leader_election import LEASE_NAME, ElectionTiming
+from hybrid_compute.control.leader_election import LEASE_NAME, ElectionTiming
 from tests.cluster.support import alias, apply, read, slot, wait
 from tests.conftest import TestCluster, operator_env
 

@@ -23,10 +23,10 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from hybrid_compute import kube
+from hybrid_compute.control import kube
+from hybrid_compute.control.leader_election import LEASE_NAME
 from hybrid_compute.dev.manifests import helm_template
 from hybrid_compute.dev.toolchain import default_toolchain
-from hybrid_compute.leader_election import LEASE_NAME
 from tests.cluster.support import alias, slot
 from tests.conftest import OPERATOR_ARGS, REPOSITORY_ROOT, TestCluster, operator_env
 

@@ -11,9 +11,9 @@ import datetime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hybrid_compute.admission import priority
 from hybrid_compute.api.common import parse_bytes
-from hybrid_compute.windows import window_state
+from hybrid_compute.plan.windows import window_state
+from hybrid_compute.plan.workloads import priority
 from tests.simworld import World, dreamteam, dual_node, slot, workload
 
 # Around the 2026 daylight-saving changes in New Zealand, and an ordinary night.

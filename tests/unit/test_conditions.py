@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 
-from hybrid_compute.conditions import set_condition
+from hybrid_compute.plan.conditions import set_condition
 
 T0 = datetime.datetime(2026, 12, 1, 2, 0, tzinfo=datetime.UTC)
 T1 = T0 + datetime.timedelta(minutes=5)

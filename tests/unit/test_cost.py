@@ -14,7 +14,7 @@ from typing import ClassVar
 import pytest
 
 from hybrid_compute import cli
-from hybrid_compute.cost import (
+from hybrid_compute.cost.estimate import (
     AliasUsage,
     CostAssumptions,
     MeasuredUsage,
@@ -23,7 +23,7 @@ from hybrid_compute.cost import (
     seed_table,
     summary_rows,
 )
-from hybrid_compute.usage_metrics import measure, prometheus_query, window_days
+from hybrid_compute.cost.usage import measure, prometheus_query, window_days
 
 SEED_SUMMARY = [
     ("All Sonnet 4.5", "$540", "baseline"),

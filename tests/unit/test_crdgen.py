@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from hybrid_compute.crdgen import SchemaError, all_crds, structural, write_crds
+from hybrid_compute.api.crdgen import SchemaError, all_crds, structural, write_crds
 from tests.conftest import REPOSITORY_ROOT
 
 FORBIDDEN_IN_STRUCTURAL = {"$ref", "$defs", "anyOf", "oneOf", "allOf", "const", "title",

@@ -15,7 +15,7 @@ import yaml
 
 from hybrid_compute.agent.metrics import agent_registry
 from hybrid_compute.dev.manifests import helm_template
-from hybrid_compute.metrics import OperatorMetrics
+from hybrid_compute.server.metrics import OperatorMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "charts" / "hybrid-compute" / "dashboards" / "hybrid-compute.json"

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from hybrid_compute import drain_probe
 from hybrid_compute.api.modelslot import ModelSlotStatus, SwapProgress
-from hybrid_compute.plan import swap_phases
+from hybrid_compute.control import drain_probe
+from hybrid_compute.plan.planner import swap_phases
 from tests.simworld import SEED_SLOTS, START, World, slot
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from hybrid_compute import evaluation
 from hybrid_compute.api.modelslot import ModelEvaluation, ModelSource
-from hybrid_compute.evaluation import (
+from hybrid_compute.plan import evaluation
+from hybrid_compute.plan.evaluation import (
     EVALUATION_HEADER,
     Reply,
     check_json,
@@ -27,7 +27,7 @@ from hybrid_compute.evaluation import (
     judge,
     required_prompts,
 )
-from hybrid_compute.metrics import OperatorMetrics
+from hybrid_compute.server.metrics import OperatorMetrics
 
 NOW = datetime.datetime(2026, 12, 1, 2, 0, tzinfo=datetime.UTC)
 
@@ -276,7 +276,7 @@ def _slot_object(endpoint: str | None, **spec: Any) -> dict[str, Any]:
 def _fake_cluster(monkeypatch: pytest.MonkeyPatch, body: dict[str, Any]) -> list[Any]:
     from kubernetes import client
 
-    from hybrid_compute import kube
+    from hybrid_compute.control import kube
 
     asked: list[Any] = []
 

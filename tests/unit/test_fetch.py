@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from hybrid_compute import cli, fetch
-from hybrid_compute.fetch import (
+from hybrid_compute import cli
+from hybrid_compute.fetch import download
+from hybrid_compute.fetch.download import (
     ExitCode,
     Fetcher,
     FetchError,
@@ -143,14 +144,14 @@ def _fetcher(hub: ModelHub, dest: Path, sha256: str | None = CONTENT_SHA256,
 
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()
-                  if not p.name.endswith((fetch.LOCK_SUFFIX, fetch.PROGRESS_SUFFIX)))
+                  if not p.name.endswith((download.LOCK_SUFFIX, download.PROGRESS_SUFFIX)))
 
 
 def test_hugging_face_url_follows_the_resolve_layout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(fetch.HF_ENDPOINT_ENV, raising=False)
+    monkeypatch.delenv(download.HF_ENDPOINT_ENV, raising=False)
     assert hugging_face_url("org/model", "sub dir/m.gguf", "v1.0") == (
         "https://huggingface.co/org/model/resolve/v1.0/sub%20dir/m.gguf")
-    monkeypatch.setenv(fetch.HF_ENDPOINT_ENV, "http://mirror.local:8080/")
+    monkeypatch.setenv(download.HF_ENDPOINT_ENV, "http://mirror.local:8080/")
     assert hugging_face_url("org/model", "m.gguf") == (
         "http://mirror.local:8080/org/model/resolve/main/m.gguf")
 
@@ -200,7 +201,7 @@ def test_dropped_connection_resumes_from_the_partial_size(hub: ModelHub,
 
 def test_partial_file_from_an_earlier_run_is_resumed(hub: ModelHub, tmp_path: Path) -> None:
     dest = tmp_path / FILE
-    (tmp_path / (FILE + fetch.PART_SUFFIX)).write_bytes(CONTENT[:1000])
+    (tmp_path / (FILE + download.PART_SUFFIX)).write_bytes(CONTENT[:1000])
     assert _fetcher(hub, dest).run() == "Downloaded"
     assert dest.read_bytes() == CONTENT
     assert [r["range"] for r in hub.requests] == ["bytes=1000-"]
@@ -208,7 +209,7 @@ def test_partial_file_from_an_earlier_run_is_resumed(hub: ModelHub, tmp_path: Pa
 
 def test_complete_partial_file_is_only_verified(hub: ModelHub, tmp_path: Path) -> None:
     dest = tmp_path / FILE
-    (tmp_path / (FILE + fetch.PART_SUFFIX)).write_bytes(CONTENT)
+    (tmp_path / (FILE + download.PART_SUFFIX)).write_bytes(CONTENT)
     assert _fetcher(hub, dest).run() == "Downloaded"
     assert dest.read_bytes() == CONTENT
     assert [r["range"] for r in hub.requests] == [f"bytes={len(CONTENT)}-"]
@@ -217,7 +218,7 @@ def test_complete_partial_file_is_only_verified(hub: ModelHub, tmp_path: Path) -
 def test_server_ignoring_range_restarts_from_zero(hub: ModelHub, tmp_path: Path) -> None:
     hub.mode = "ignore-range"
     dest = tmp_path / FILE
-    (tmp_path / (FILE + fetch.PART_SUFFIX)).write_bytes(b"x" * 5000)
+    (tmp_path / (FILE + download.PART_SUFFIX)).write_bytes(b"x" * 5000)
     assert _fetcher(hub, dest).run() == "Downloaded"
     assert dest.read_bytes() == CONTENT, "the stale prefix must not stay in the file"
     assert hub.requests[0]["range"] == "bytes=5000-"
@@ -226,7 +227,7 @@ def test_server_ignoring_range_restarts_from_zero(hub: ModelHub, tmp_path: Path)
 def test_disk_full_refuses_before_downloading(hub: ModelHub, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     dest = tmp_path / FILE
-    (tmp_path / (FILE + fetch.PART_SUFFIX)).write_bytes(CONTENT[:48576])
+    (tmp_path / (FILE + download.PART_SUFFIX)).write_bytes(CONTENT[:48576])
     needed = len(CONTENT) - 48576
     real = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage",
@@ -237,7 +238,7 @@ def test_disk_full_refuses_before_downloading(hub: ModelHub, tmp_path: Path,
     message = str(refused.value)
     assert f"{needed} bytes" in message and f"{needed - 1} bytes" in message, message
     assert not dest.exists()
-    assert (tmp_path / (FILE + fetch.PART_SUFFIX)).stat().st_size == 48576, (
+    assert (tmp_path / (FILE + download.PART_SUFFIX)).stat().st_size == 48576, (
         "the refusal must not touch the partial file")
 
 
@@ -321,7 +322,7 @@ def test_progress_lines_and_file_report_bytes_and_percent(hub: ModelHub,
     assert all(lines), stream.getvalue()
     states = [p.state for p in lines if p]
     assert states[0] == "Downloading" and states[-1] == "Downloaded", states
-    final = json.loads((tmp_path / (FILE + fetch.PROGRESS_SUFFIX)).read_text())
+    final = json.loads((tmp_path / (FILE + download.PROGRESS_SUFFIX)).read_text())
     assert final == {"state": "Downloaded", "file": FILE, "bytes": len(CONTENT),
                      "totalBytes": len(CONTENT), "percent": 100.0}
 
@@ -329,8 +330,8 @@ def test_progress_lines_and_file_report_bytes_and_percent(hub: ModelHub,
 def test_cli_fetches_from_a_hugging_face_layout(hub: ModelHub, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv(fetch.HF_ENDPOINT_ENV, hub.base_url)
-    monkeypatch.setenv(fetch.TOKEN_ENV, TOKEN)
+    monkeypatch.setenv(download.HF_ENDPOINT_ENV, hub.base_url)
+    monkeypatch.setenv(download.TOKEN_ENV, TOKEN)
     dest = tmp_path / FILE
     code = cli.main(["fetch", "--hf-repo", REPO, "--hf-file", FILE, "--dest", str(dest),
                      "--sha256", CONTENT_SHA256])

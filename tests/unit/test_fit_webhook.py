@@ -14,7 +14,8 @@ import kopf
 import pytest
 from cryptography import x509
 
-from hybrid_compute.fit_webhook import (
+from hybrid_compute.plan.view import GIB, MIB, GpuNode, PlanSettings
+from hybrid_compute.server.admission_webhook import (
     ServiceWebhookServer,
     configure_server,
     fit_refusal,
@@ -22,7 +23,6 @@ from hybrid_compute.fit_webhook import (
     service_of,
     spec_changed,
 )
-from hybrid_compute.view import GIB, MIB, GpuNode, PlanSettings
 
 DREAMTEAM = GpuNode("dreamteam", gpu_count=1, gpu_memory_bytes=24576 * MIB, replicas=4,
                     allocatable=4)

@@ -13,11 +13,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hybrid_compute.agent.fake import GIB, FakeGpu, FakeNvml, driver_not_loaded
 from hybrid_compute.agent.nvml import ERROR_LIBRARY_NOT_FOUND, NvmlError, ProcessMemory, load_nvml
 from hybrid_compute.agent.server import AgentService, build_app
 from hybrid_compute.agent.snapshot import GpuReader, NodeSnapshot, pod_uid_from_cgroup
 from hybrid_compute.cli import build_parser
+from tests.fake_nvml import GIB, FakeGpu, FakeNvml, driver_not_loaded
 
 MOMENT = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
 POD_UID = "1f2e3d4c-5b6a-4978-8a9b-0c1d2e3f4a5b"

@@ -12,20 +12,20 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp.test_utils import TestServer
 
-from hybrid_compute.agent.fake import GIB, FakeGpu, FakeNvml
 from hybrid_compute.agent.nvml import ProcessMemory
 from hybrid_compute.agent.server import AgentService, build_app
 from hybrid_compute.agent.snapshot import GpuReader, NodeSnapshot
-from hybrid_compute.gpu_telemetry import (
+from hybrid_compute.control.telemetry import (
     GpuTelemetry,
     HttpAgents,
     foreign_vram,
     with_telemetry,
 )
-from hybrid_compute.metrics import OperatorMetrics
 from hybrid_compute.plan import Plan, plan
-from hybrid_compute.routing import gpu_busy
-from hybrid_compute.view import PodInfo, View
+from hybrid_compute.plan.routing import gpu_busy
+from hybrid_compute.plan.view import PodInfo, View
+from hybrid_compute.server.metrics import OperatorMetrics
+from tests.fake_nvml import GIB, FakeGpu, FakeNvml
 from tests.simworld import SEED_SLOTS, START, World, dreamteam, slot
 
 FAST_POD_UID = "1f2e3d4c-5b6a-4978-8a9b-0c1d2e3f4a5b"

@@ -1,4 +1,4 @@
-"""Leader election: the pure rules of :mod:`hybrid_compute.leader_election`, the
+"""Leader election: the pure rules of :mod:`hybrid_compute.control.leader_election`, the
 elector over an in-memory Lease store that enforces resourceVersions as the API
 server does, and what a standby replica's API answers."""
 
@@ -16,8 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from hybrid_compute import api_server
-from hybrid_compute.leader_election import (
+from hybrid_compute.control.leader_election import (
     ElectionTiming,
     LeaseRecord,
     Sighting,
@@ -26,9 +25,10 @@ from hybrid_compute.leader_election import (
     lease_record,
     micro_time,
 )
-from hybrid_compute.lease_elector import LeaseElector
-from hybrid_compute.runtime import Runtime
-from hybrid_compute.view import PlanSettings
+from hybrid_compute.control.lease_elector import LeaseElector
+from hybrid_compute.control.loop import Runtime
+from hybrid_compute.plan.view import PlanSettings
+from hybrid_compute.server import state_api
 
 T0 = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
 TIMING = ElectionTiming()
@@ -288,7 +288,7 @@ def test_only_the_leader_is_ready_and_a_standby_refuses_with_the_leaders_name(
         await standby.leadership.step()
         answers: dict[str, dict[str, tuple[int, Any]]] = {}
         for name, runtime in (("leader", leader), ("standby", standby)):
-            app = api_server.build_app(runtime, "secret")
+            app = state_api.build_app(runtime, "secret")
             async with TestClient(TestServer(app)) as http:
                 got: dict[str, tuple[int, Any]] = {}
                 response = await http.get("/readyz")
@@ -318,7 +318,7 @@ def test_without_a_token_only_readiness_is_served(runtimes: tuple[Runtime, Runti
     leader, _ = runtimes
 
     async def scenario() -> None:
-        async with TestClient(TestServer(api_server.build_app(leader, None))) as http:
+        async with TestClient(TestServer(state_api.build_app(leader, None))) as http:
             assert (await http.get("/readyz")).status == 503, "not elected yet"
             assert (await http.get("/v1/state",
                                    headers={"Authorization": "Bearer None"})).status == 401

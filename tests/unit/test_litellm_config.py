@@ -6,8 +6,9 @@ from __future__ import annotations
 import yaml
 
 from hybrid_compute.api.routepolicy import RoutePolicySpec
+from hybrid_compute.control.observe import slot_from_object
 from hybrid_compute.dev.bootstrap import sample_manifests
-from hybrid_compute.litellm_config import (
+from hybrid_compute.render.litellm_config import (
     CONFIG_KEY,
     ROUTER_MODULE_KEY,
     RULES_KEY,
@@ -17,7 +18,6 @@ from hybrid_compute.litellm_config import (
     render_rules,
     secret_env,
 )
-from hybrid_compute.observe import slot_from_object
 from tests.conftest import REPOSITORY_ROOT
 
 SAMPLES = sample_manifests(REPOSITORY_ROOT)

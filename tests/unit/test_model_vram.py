@@ -13,17 +13,16 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from hybrid_compute import model_vram, vram
 from hybrid_compute.agent import models as agent_models
-from hybrid_compute.agent.fake import GIB, FakeGpu, FakeNvml
 from hybrid_compute.agent.models import ModelFileRefused, ModelHeaders
 from hybrid_compute.agent.nvml import ProcessMemory
 from hybrid_compute.agent.server import AgentService, build_app
 from hybrid_compute.agent.snapshot import GpuReader
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
-from hybrid_compute.gpu_telemetry import GpuTelemetry, HttpAgents, measured_vram
-from hybrid_compute.plan import plan
-from hybrid_compute.view import MIB, PlanSettings, PodInfo, View, gib
+from hybrid_compute.control.telemetry import GpuTelemetry, HttpAgents, measured_vram
+from hybrid_compute.plan import model_vram, plan, vram
+from hybrid_compute.plan.view import MIB, PlanSettings, PodInfo, View, gib
+from tests.fake_nvml import GIB, FakeGpu, FakeNvml
 from tests.simworld import START, World, dreamteam, slot
 from tests.unit.test_vram import TinyModel
 

@@ -24,7 +24,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from hybrid_compute.agent.fake import FakeNvml
 from hybrid_compute.agent.models import ModelFileRefused, ModelHeaders
 from hybrid_compute.agent.page_cache import (
     NO_PRESSURE,
@@ -43,6 +42,7 @@ from hybrid_compute.agent.server import AgentService, build_app
 from hybrid_compute.agent.snapshot import CacheState, GpuReader, PageCacheReport
 from hybrid_compute.agent.warmer import Warmer, WarmFileRequest, WarmRequest, node_warmer
 from hybrid_compute.cli import build_parser
+from tests.fake_nvml import FakeNvml
 
 MIB = 1024 * 1024
 FILE_BYTES = 16 * MIB

@@ -6,7 +6,7 @@ import datetime
 from dataclasses import replace
 
 from hybrid_compute.plan import plan
-from hybrid_compute.view import PlanSettings, View
+from hybrid_compute.plan.view import PlanSettings, View
 from tests.simworld import SEED_SLOTS, START, World, dreamteam, dual_node, slot
 
 
@@ -108,7 +108,7 @@ def test_model_change_unloads_before_loading_the_new_model() -> None:
 
 
 def test_invalid_slot_fails_without_touching_others() -> None:
-    from hybrid_compute.view import SlotInfo
+    from hybrid_compute.plan.view import SlotInfo
     broken = SlotInfo("lab", "broken", "uid-b", 1, None, invalid_reason="spec.alias: missing")
     result = plan(View(nodes=(dreamteam(),), slots=(broken, slot("fast", SEED_SLOTS["fast"]))),
                   START)
@@ -139,7 +139,7 @@ def test_unloading_slot_keeps_its_device_on_record_on_a_whole_gpu_node() -> None
 
 
 def test_gpu_pods_get_the_configured_runtime_class() -> None:
-    from hybrid_compute.children import workload_template
+    from hybrid_compute.render.children import workload_template
     from tests.simworld import workload
 
     world = seed_world(settings=PlanSettings(gpu_runtime_class="nvidia"))

@@ -10,15 +10,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hybrid_compute.api.modelslot import ModelSlotSpec
-from hybrid_compute.evaluation import (
+from hybrid_compute.plan import Plan, SlotDecision
+from hybrid_compute.plan.evaluation import (
     Check,
     EvaluationRequest,
     EvaluationResult,
     PromptVerdict,
     model_fingerprint,
 )
-from hybrid_compute.plan import Plan, SlotDecision
-from hybrid_compute.view import View
+from hybrid_compute.plan.view import View
 from tests.simworld import World, slot
 
 GATED: dict[str, Any] = {

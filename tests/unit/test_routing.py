@@ -7,10 +7,10 @@ import datetime
 from dataclasses import replace
 
 from hybrid_compute.api.routepolicy import RoutePolicySpec, RoutePolicyStatus, Spend
-from hybrid_compute.conditions import find, parse_conditions
 from hybrid_compute.plan import plan
-from hybrid_compute.routing import PolicyDecision, period_start, valid_spend
-from hybrid_compute.view import LiteLLMDeployment, PolicyInfo, View
+from hybrid_compute.plan.conditions import find, parse_conditions
+from hybrid_compute.plan.routing import PolicyDecision, period_start, valid_spend
+from hybrid_compute.plan.view import LiteLLMDeployment, PolicyInfo, View
 from tests.simworld import SEED_SLOTS, START, World, slot
 
 POLICY = {
@@ -241,7 +241,7 @@ def test_a_namespace_the_operator_may_not_write_in_is_a_condition() -> None:
 
 
 def test_route_counts_from_the_router_are_checked() -> None:
-    from hybrid_compute.api_server import _route_problem
+    from hybrid_compute.server.state_api import _route_problem
 
     good = {"alias": "local/quality", "target": "cloud/mid", "outcome": "bridged", "count": 3}
     assert _route_problem(good) is None

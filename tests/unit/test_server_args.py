@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from hybrid_compute import children
 from hybrid_compute.api.modelslot import ModelSlotSpec
-from hybrid_compute.view import PlanSettings
+from hybrid_compute.plan.view import PlanSettings
+from hybrid_compute.render import children
 
 SETTINGS = PlanSettings()
 SLOT: dict[str, Any] = {"alias": "local/fast", "model": {"path": "fast.gguf", "vram": "7Gi"}}

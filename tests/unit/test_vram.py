@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFWriter
 
-from hybrid_compute import cli, vram
-from hybrid_compute.vram import ServerSettings, estimate, read_shape
+from hybrid_compute import cli
+from hybrid_compute.plan import vram
+from hybrid_compute.plan.vram import ServerSettings, estimate, read_shape
 
 Q8_0_BLOCK_BYTES, Q8_0_BLOCK_ELEMENTS = 34, 32
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from hybrid_compute.agent.fake import GIB, FakeNvml
 from hybrid_compute.agent.page_cache import evict_file, measure_residency
 from hybrid_compute.agent.server import AgentService, build_app
 from hybrid_compute.agent.snapshot import (
@@ -35,18 +34,19 @@ from hybrid_compute.agent.snapshot import (
 )
 from hybrid_compute.agent.warmer import parse_warm_request
 from hybrid_compute.api.modelslot import ModelSlotStatus
-from hybrid_compute.gpu_telemetry import (
+from hybrid_compute.control.telemetry import (
     GpuTelemetry,
     HeaderAnswer,
     HttpAgents,
     WarmProblem,
     warm_request,
 )
-from hybrid_compute.metrics import OperatorMetrics
-from hybrid_compute.model_vram import ModelFileKey
 from hybrid_compute.plan import plan
-from hybrid_compute.view import MIB, FileResidency, GpuNode, SlotInfo, View
-from hybrid_compute.warm_standby import WarmFile, warm_lists
+from hybrid_compute.plan.model_vram import ModelFileKey
+from hybrid_compute.plan.view import MIB, FileResidency, GpuNode, SlotInfo, View
+from hybrid_compute.plan.warm_standby import WarmFile, warm_lists
+from hybrid_compute.server.metrics import OperatorMetrics
+from tests.fake_nvml import GIB, FakeNvml
 from tests.simworld import SEED_SLOTS, START, World, dreamteam, dual_node, slot
 
 NOW = START

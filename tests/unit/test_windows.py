@@ -8,7 +8,7 @@ import zoneinfo
 import pytest
 
 from hybrid_compute.api.gpuworkload import Schedule
-from hybrid_compute.windows import local_text, window_state
+from hybrid_compute.plan.windows import local_text, window_state
 
 AUCKLAND = zoneinfo.ZoneInfo("Pacific/Auckland")
 

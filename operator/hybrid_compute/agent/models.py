@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from hybrid_compute.children import DEFAULT_HOST_PATH
-from hybrid_compute.vram import GgufError, ModelShape, read_shape
+from hybrid_compute.plan.vram import GgufError, ModelShape, read_shape
+from hybrid_compute.render.children import DEFAULT_HOST_PATH
 
 
 class ModelFileRefused(Exception):

@@ -2,7 +2,7 @@
 
 The agent needs a handful of calls; :class:`Nvml` names them, :class:`PynvmlNvml`
 implements them over ``pynvml`` (the nvidia-ml-py package), and tests use
-:class:`hybrid_compute.agent.fake.FakeNvml`. Every failure crosses the boundary
+:class:`tests.fake_nvml.FakeNvml`. Every failure crosses the boundary
 as :class:`NvmlError`, so the rest of the agent never imports ``pynvml``.
 """
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from hybrid_compute.crdgen import all_crds
+from hybrid_compute.api.crdgen import all_crds
 
 SAMPLES_FOLDER = "manifests/samples"
 

@@ -9,7 +9,7 @@ In order of trust:
   the processes in the pod's cgroup) once it was Ready, stored in the status
   with a fingerprint of the llama-server command line it was measured with; a
   changed context, parallelism, image or model makes it stale.
-* **Estimated**: :func:`hybrid_compute.vram.estimate` over the model file's header,
+* **Estimated**: :func:`hybrid_compute.plan.vram.estimate` over the model file's header,
   which the GPU agent on the node reads (the file never leaves the node).
 
 A loaded slot keeps the figure its pods were started with while the spec does
@@ -27,10 +27,11 @@ import math
 from dataclasses import dataclass
 from typing import cast
 
-from hybrid_compute import children, vram
 from hybrid_compute.api.common import parse_bytes
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus, VramSource
-from hybrid_compute.view import MIB, PlanSettings, gib
+from hybrid_compute.plan import vram
+from hybrid_compute.plan.view import MIB, PlanSettings, gib
+from hybrid_compute.render import children
 
 ModelFileKey = tuple[str, str]
 """(node folder, file path relative to it): what the GPU agent is asked about."""

@@ -28,8 +28,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from hybrid_compute.plan import Plan, SlotDecision
-from hybrid_compute.view import View
+from hybrid_compute.plan.planner import Plan, SlotDecision
+from hybrid_compute.plan.view import View
 
 SLOT_LABELS = ("namespace", "slot", "alias")
 WORKLOAD_LABELS = ("namespace", "workload", "class")

@@ -19,10 +19,10 @@ from typing import Any
 
 import yaml
 
-from hybrid_compute import children
 from hybrid_compute.api.common import SecretKeyRef, parse_duration
 from hybrid_compute.api.routepolicy import RoutePolicySpec
-from hybrid_compute.view import DEFAULT_ENDPOINT_TEMPLATE, SlotInfo
+from hybrid_compute.plan.view import DEFAULT_ENDPOINT_TEMPLATE, SlotInfo
+from hybrid_compute.render import children
 
 CONFIG_KEY = "config.yaml"
 ROUTER_MODULE_KEY = "hybrid_router.py"

@@ -4,7 +4,7 @@ llama-server's ``GET /slots`` lists its parallel sequences; one with
 ``is_processing`` true (``state`` 1 in older builds) is answering a request.
 Only slots the last plan left Draining are asked, a few at a time, with a short
 timeout: a server that cannot answer is reported as such and counts as idle
-(:class:`~hybrid_compute.view.SlotActivity`), since it answers no request either.
+(:class:`~hybrid_compute.plan.view.SlotActivity`), since it answers no request either.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hybrid_compute import children
-from hybrid_compute.view import PlanSettings, SlotActivity, SlotInfo
+from hybrid_compute.plan.view import PlanSettings, SlotActivity, SlotInfo
+from hybrid_compute.render import children
 
 PROBE_TIMEOUT_SECONDS = 1.0
 MAX_PARALLEL_PROBES = 8

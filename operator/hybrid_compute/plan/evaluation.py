@@ -26,7 +26,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hybrid_compute import children
 from hybrid_compute.api.common import parse_duration
 from hybrid_compute.api.modelslot import (
     HISTORY_LENGTH,
@@ -39,8 +38,9 @@ from hybrid_compute.api.modelslot import (
     ModelSource,
     SlotPhase,
 )
-from hybrid_compute.ledger import ConditionUpdate, EventIntent
-from hybrid_compute.view import SlotInfo
+from hybrid_compute.plan.ledger import ConditionUpdate, EventIntent
+from hybrid_compute.plan.view import SlotInfo
+from hybrid_compute.render import children
 
 CheckName = Literal["serverError", "latency", "json", "tokensPerSecond"]
 EVALUATION_HEADER = "X-Hybrid-Compute-Evaluation"

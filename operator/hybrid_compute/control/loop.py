@@ -1,7 +1,7 @@
 """The control loop: observe, plan, act; woken by watch events, demands and the
 plan's own next deadline (an idle timeout, the end of a minimum residency).
 
-Evaluations of new models (:mod:`hybrid_compute.evaluation`) run beside the loop:
+Evaluations of new models (:mod:`hybrid_compute.plan.evaluation`) run beside the loop:
 a plan asks for one, the loop starts it in the background after acting, and its
 result reaches the next plan through the View until a status holds it."""
 
@@ -18,14 +18,15 @@ import time
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from hybrid_compute import clock, drain_probe, evaluation
-from hybrid_compute.act import act
-from hybrid_compute.gpu_telemetry import GpuTelemetry
-from hybrid_compute.lease_elector import LeaseElector
-from hybrid_compute.metrics import METRICS, OperatorMetrics
-from hybrid_compute.observe import observe
-from hybrid_compute.plan import Plan, PolicyDecision, SlotDecision, plan
-from hybrid_compute.view import PlanSettings, View
+from hybrid_compute.control import clock, drain_probe
+from hybrid_compute.control.act import act
+from hybrid_compute.control.lease_elector import LeaseElector
+from hybrid_compute.control.observe import observe
+from hybrid_compute.control.telemetry import GpuTelemetry
+from hybrid_compute.plan import evaluation
+from hybrid_compute.plan.planner import Plan, PolicyDecision, SlotDecision, plan
+from hybrid_compute.plan.view import PlanSettings, View
+from hybrid_compute.server.metrics import METRICS, OperatorMetrics
 
 logger = logging.getLogger("hybrid_compute.loop")
 

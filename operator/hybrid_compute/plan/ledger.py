@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hybrid_compute.view import GpuNode, View, gib
+from hybrid_compute.plan.view import GpuNode, View, gib
 
 EventType = Literal["Normal", "Warning"]
 ConditionUpdate = tuple[str, "bool | None", str, str]

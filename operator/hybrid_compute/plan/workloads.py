@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from hybrid_compute import children
 from hybrid_compute.api.common import parse_bytes
 from hybrid_compute.api.gpuworkload import CLASS_PRIORITY, GpuWorkloadSpec
-from hybrid_compute.conditions import render_status
-from hybrid_compute.ledger import (
+from hybrid_compute.plan.conditions import render_status
+from hybrid_compute.plan.ledger import (
     Candidate,
     ConditionUpdate,
     EventIntent,
@@ -32,8 +31,9 @@ from hybrid_compute.ledger import (
     start,
     start_blockers,
 )
-from hybrid_compute.view import PlanSettings, PodInfo, WorkloadChild, WorkloadInfo, gib
-from hybrid_compute.windows import describe, local_text, window_state
+from hybrid_compute.plan.view import PlanSettings, PodInfo, WorkloadChild, WorkloadInfo, gib
+from hybrid_compute.plan.windows import describe, local_text, window_state
+from hybrid_compute.render import children
 
 WorkloadPhase = Literal["Queued", "Admitted", "Running", "Preempted", "Succeeded", "Failed"]
 KIND = "GpuWorkload"

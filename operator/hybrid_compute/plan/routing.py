@@ -1,7 +1,7 @@
 """The RoutePolicy part of the plan: what LiteLLM is given, whether the LiteLLM
 Deployment runs it, how much of the cloud budget is left, and the policy's status.
 
-Pure like the rest of :func:`hybrid_compute.plan.plan`. A policy routes to the
+Pure like the rest of :func:`hybrid_compute.plan.planner.plan`. A policy routes to the
 ModelSlots of its own namespace. Its rendering goes into the ConfigMap it names;
 LiteLLM reads its config only at start, so the Deployment's pod template carries
 the rendering's hash and a new hash rolls it. Swaps change nothing here (a slot's
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hybrid_compute import litellm_config
 from hybrid_compute.api.common import API_VERSION
 from hybrid_compute.api.routepolicy import (
     AliasState,
@@ -27,9 +26,9 @@ from hybrid_compute.api.routepolicy import (
     RoutePolicySpec,
     Spend,
 )
-from hybrid_compute.conditions import render_status
-from hybrid_compute.ledger import ConditionUpdate, EventIntent
-from hybrid_compute.view import (
+from hybrid_compute.plan.conditions import render_status
+from hybrid_compute.plan.ledger import ConditionUpdate, EventIntent
+from hybrid_compute.plan.view import (
     CONFIG_HASH_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -39,6 +38,7 @@ from hybrid_compute.view import (
     SlotInfo,
     View,
 )
+from hybrid_compute.render import litellm_config
 
 ROLLOUT_CHECK = datetime.timedelta(seconds=2)
 UNBUDGETED_PERIOD: BudgetPeriod = "Month"

@@ -31,13 +31,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client
 from pydantic import ValidationError
 
-from hybrid_compute.admission import uses_gpu
 from hybrid_compute.api.common import parse_bytes
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
 from hybrid_compute.api.modelslot import ModelSlotSpec
-from hybrid_compute.ledger import build_gpus, fit_problem
-from hybrid_compute.observe import node_from_object
-from hybrid_compute.view import GpuNode, PlanSettings, View, gib
+from hybrid_compute.control.observe import node_from_object
+from hybrid_compute.plan.ledger import build_gpus, fit_problem
+from hybrid_compute.plan.view import GpuNode, PlanSettings, View, gib
+from hybrid_compute.plan.workloads import uses_gpu
 
 CONFIGURATION_NAME = "hybrid-compute.hybridcompute.io"
 """The ValidatingWebhookConfiguration kopf manages."""

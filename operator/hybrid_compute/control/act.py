@@ -14,22 +14,22 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from hybrid_compute import kube
 from hybrid_compute.api.common import API_VERSION
 from hybrid_compute.api.gpuworkload import GpuWorkload
 from hybrid_compute.api.modelslot import ModelSlot
 from hybrid_compute.api.routepolicy import RoutePolicy
-from hybrid_compute.children import template_hash
-from hybrid_compute.plan import (
+from hybrid_compute.control import kube
+from hybrid_compute.plan.planner import (
     EventIntent,
     Plan,
     PolicyDecision,
     SlotDecision,
     WorkloadDecision,
 )
-from hybrid_compute.view import DeploymentInfo, SlotInfo, View
+from hybrid_compute.plan.view import DeploymentInfo, SlotInfo, View
+from hybrid_compute.render.children import template_hash
 
-logger = logging.getLogger("hybrid_compute.act")
+logger = logging.getLogger("hybrid_compute.control.act")
 
 REPORTING_COMPONENT = "hybrid-compute"
 

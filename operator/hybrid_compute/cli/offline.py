@@ -12,10 +12,10 @@ from typing import Any
 import yaml
 
 from hybrid_compute.api.common import parse_bytes
+from hybrid_compute.control.observe import node_from_object, slot_from_object
 from hybrid_compute.dev.nodes import PROFILES, node_manifest
-from hybrid_compute.observe import node_from_object, slot_from_object
-from hybrid_compute.plan import Plan, plan
-from hybrid_compute.view import PlanSettings, View, gib
+from hybrid_compute.plan.planner import Plan, plan
+from hybrid_compute.plan.view import PlanSettings, View, gib
 
 
 class ManifestError(ValueError):

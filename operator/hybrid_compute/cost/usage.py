@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hybrid_compute.cost import AliasUsage, MeasuredUsage
+from hybrid_compute.cost.estimate import AliasUsage, MeasuredUsage
 
 # LiteLLM's Prometheus counters (prometheus_client adds the _total suffix).
 LITELLM_SPEND = "litellm_spend_metric_total"

@@ -1,6 +1,6 @@
 """kopf handlers. Each hands off in one line; decisions live in pure modules.
 
-Watch events only wake the control loop (:mod:`hybrid_compute.runtime`); the loop
+Watch events only wake the control loop (:mod:`hybrid_compute.control.loop`); the loop
 observes the cluster afresh, plans, and applies the difference.
 """
 
@@ -14,17 +14,18 @@ from typing import Any
 
 import kopf
 
-from hybrid_compute import api_server, fit_webhook, gpu_telemetry, kube, metrics
 from hybrid_compute.api import GROUP, VERSION
-from hybrid_compute.lease_elector import LeaseElector, default_identity, default_namespace
-from hybrid_compute.runtime import Runtime
-from hybrid_compute.view import (
+from hybrid_compute.control import kube, telemetry
+from hybrid_compute.control.lease_elector import LeaseElector, default_identity, default_namespace
+from hybrid_compute.control.loop import Runtime
+from hybrid_compute.plan.view import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     SLOT_LABEL,
     WORKLOAD_LABEL,
     PlanSettings,
 )
+from hybrid_compute.server import admission_webhook, metrics, state_api
 
 logger = logging.getLogger("hybrid_compute")
 
@@ -60,31 +61,31 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     options = _OPTIONS[-1] if _OPTIONS else OperatorOptions(PlanSettings(), 8081, None)
     api = kube.load_client(os.environ.get("KUBECONFIG") or None)
-    telemetry = gpu_telemetry.from_options(options.gpu_agents, metrics.METRICS)
+    gpu_telemetry = telemetry.from_options(options.gpu_agents, metrics.METRICS)
     elector = None
     if options.leader_election:
         elector = LeaseElector(api, default_namespace(options.leader_election_namespace),
                                default_identity())
         logger.info("leader election on: Lease %s/%s, this replica is %s",
                     elector.namespace, elector.name, elector.identity)
-    runtime = Runtime(api, options.settings, telemetry=telemetry, leadership=elector)
+    runtime = Runtime(api, options.settings, telemetry=gpu_telemetry, leadership=elector)
     memo.api = api
     memo.election = None if elector is None else asyncio.create_task(
         elector.run(), name="hybrid-compute-leader-election")
     memo.runtime = runtime
     if options.webhook_port:
-        fit_webhook.configure_server(settings, options.webhook_port,
+        admission_webhook.configure_server(settings, options.webhook_port,
                                      options.webhook_host)
     memo.loop = asyncio.create_task(runtime.run(), name="hybrid-compute-loop")
-    memo.telemetry = None if telemetry is None else asyncio.create_task(
-        telemetry.run(runtime.gpu_nodes, runtime.poke), name="hybrid-compute-gpu-telemetry")
+    memo.telemetry = None if gpu_telemetry is None else asyncio.create_task(
+        gpu_telemetry.run(runtime.gpu_nodes, runtime.poke), name="hybrid-compute-gpu-telemetry")
     memo.metrics_http = None
     if options.metrics_port:
         memo.metrics_http = await metrics.start(metrics.METRICS, options.metrics_port)
         logger.info("Prometheus metrics on port %d at /metrics", options.metrics_port)
     memo.http = None
     if options.api_port and (options.api_token or elector is not None):
-        memo.http = await api_server.start(runtime, options.api_token, options.api_port)
+        memo.http = await state_api.start(runtime, options.api_token, options.api_port)
         logger.info("%s listening on port %d", "demand/state API and /readyz"
                     if options.api_token else "/readyz", options.api_port)
     if not options.api_token:
@@ -158,13 +159,13 @@ def _register_fit_webhook() -> None:
     @kopf.on.validate(GROUP, VERSION, "modelslots", id="modelslot-fits",
                       operations=["CREATE", "UPDATE"], ignore_failures=True)
     async def modelslot_fits(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        await fit_webhook.admit("ModelSlot", body, kwargs.get("old"), memo.api,
+        await admission_webhook.admit("ModelSlot", body, kwargs.get("old"), memo.api,
                                 memo.runtime.settings)
 
     @kopf.on.validate(GROUP, VERSION, "gpuworkloads", id="gpuworkload-fits",
                       operations=["CREATE", "UPDATE"], ignore_failures=True)
     async def gpuworkload_fits(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        await fit_webhook.admit("GpuWorkload", body, kwargs.get("old"), memo.api,
+        await admission_webhook.admit("GpuWorkload", body, kwargs.get("old"), memo.api,
                                 memo.runtime.settings)
 
 

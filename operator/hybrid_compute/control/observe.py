@@ -1,4 +1,4 @@
-"""Builds the :class:`~hybrid_compute.view.View` from the API server.
+"""Builds the :class:`~hybrid_compute.plan.view.View` from the API server.
 
 Every plan starts from fresh lists of slots, pods, Deployments and GPU nodes, so
 the loop is level-based: after a restart it sees exactly what exists, Terminating
@@ -18,14 +18,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
-from hybrid_compute.acceptance import describe_validation_error
 from hybrid_compute.api.common import GROUP, VERSION
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.routepolicy import RoutePolicySpec, RoutePolicyStatus
-from hybrid_compute.children import FETCH_CONTAINER
-from hybrid_compute.fetch import parse_progress
-from hybrid_compute.view import (
+from hybrid_compute.api.validation import describe_validation_error
+from hybrid_compute.fetch.download import parse_progress
+from hybrid_compute.plan.view import (
     CONFIG_HASH_ANNOTATION,
     GPUS_ANNOTATION,
     MANAGED_BY,
@@ -48,6 +47,7 @@ from hybrid_compute.view import (
     WorkloadChild,
     WorkloadInfo,
 )
+from hybrid_compute.render.children import FETCH_CONTAINER
 
 GPU_RESOURCE = "nvidia.com/gpu"
 

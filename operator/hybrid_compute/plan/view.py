@@ -1,6 +1,6 @@
 """The operator's picture of the cluster: plain, immutable data that ``plan`` reads.
 
-Nothing here talks to the API server; :mod:`hybrid_compute.observe` builds a
+Nothing here talks to the API server; :mod:`hybrid_compute.control.observe` builds a
 :class:`View` from API objects, and tests build them by hand.
 """
 
@@ -17,8 +17,8 @@ from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.routepolicy import RoutePolicySpec, RoutePolicyStatus
 
 if TYPE_CHECKING:
-    from hybrid_compute.evaluation import EvaluationResult
-    from hybrid_compute.vram import ModelShape
+    from hybrid_compute.plan.evaluation import EvaluationResult
+    from hybrid_compute.plan.vram import ModelShape
 
 GIB = 1024**3
 MIB = 1024**2
@@ -307,7 +307,7 @@ class View:
     page_cache: Mapping[tuple[str, str], Mapping[str, FileResidency]] = field(
         default_factory=dict)
     """(node folder, file) -> node -> how much of the file its page cache holds, for the
-    files the GPU agents keep warm (see :mod:`hybrid_compute.warm_standby`)."""
+    files the GPU agents keep warm (see :mod:`hybrid_compute.plan.warm_standby`)."""
     policies: tuple[PolicyInfo, ...] = ()
     config_maps: Mapping[tuple[str, str], str] = field(default_factory=dict)
     """(namespace, name) of the LiteLLM ConfigMaps the operator wrote -> their hash."""

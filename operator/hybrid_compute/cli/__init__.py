@@ -20,14 +20,14 @@ from hybrid_compute.dev.toolchain import (
     default_toolchain,
     ensure_toolchain,
 )
-from hybrid_compute.view import DEFAULT_ENDPOINT_TEMPLATE, OPERATOR_IMAGE
+from hybrid_compute.plan.view import DEFAULT_ENDPOINT_TEMPLATE, OPERATOR_IMAGE
 
 API_TOKEN_ENV = "HYBRID_COMPUTE_API_TOKEN"
 
 
 def _repository_root() -> Path | None:
     """The source checkout this package runs from, when it runs from one."""
-    candidate = Path(__file__).resolve().parents[2]
+    candidate = Path(__file__).resolve().parents[3]
     return candidate if (candidate / "manifests").is_dir() else None
 
 
@@ -123,8 +123,8 @@ def _dev_kubectl(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from hybrid_compute.api.common import parse_bytes, parse_duration
-    from hybrid_compute.main import run_operator
-    from hybrid_compute.view import PlanSettings
+    from hybrid_compute.control.handlers import run_operator
+    from hybrid_compute.plan.view import PlanSettings
 
     token = os.environ.get(API_TOKEN_ENV)
     if args.api_token_file:
@@ -190,7 +190,7 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from hybrid_compute.offline import ManifestError, plan_folder, report
+    from hybrid_compute.cli.offline import ManifestError, plan_folder, report
 
     nodes = [tuple(spec.split("=", 1)) for spec in args.node] or [
         (DEFAULT_NODE_NAME, "rtx3090")]
@@ -215,9 +215,9 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _render_litellm(args: argparse.Namespace) -> int:
     from hybrid_compute.api.routepolicy import RoutePolicySpec
-    from hybrid_compute.litellm_config import CONFIG_KEY, RULES_KEY, config_files
-    from hybrid_compute.observe import slot_from_object
-    from hybrid_compute.offline import ManifestError, load_objects
+    from hybrid_compute.cli.offline import ManifestError, load_objects
+    from hybrid_compute.control.observe import slot_from_object
+    from hybrid_compute.render.litellm_config import CONFIG_KEY, RULES_KEY, config_files
 
     try:
         objects = load_objects([Path(p) for p in args.filename])
@@ -242,7 +242,7 @@ def _render_litellm(args: argparse.Namespace) -> int:
 
 
 def _vram(args: argparse.Namespace) -> int:
-    from hybrid_compute import vram
+    from hybrid_compute.plan import vram
 
     if args.seed_table:
         print(vram.seed_table(vram.seed_rows()))
@@ -268,8 +268,8 @@ def _cost(args: argparse.Namespace) -> int:
     import pydantic
     import yaml
 
-    from hybrid_compute.cost import CostAssumptions, measured_table, render, seed_table
-    from hybrid_compute.usage_metrics import MetricsError, measure, prometheus_query
+    from hybrid_compute.cost.estimate import CostAssumptions, measured_table, render, seed_table
+    from hybrid_compute.cost.usage import MetricsError, measure, prometheus_query
 
     values: dict[str, object] = {}
     if args.assumptions:
@@ -306,7 +306,13 @@ def _cost(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from hybrid_compute.fetch import TOKEN_ENV, ExitCode, FetchRequest, hugging_face_url, run_fetch
+    from hybrid_compute.fetch.download import (
+        TOKEN_ENV,
+        ExitCode,
+        FetchRequest,
+        hugging_face_url,
+        run_fetch,
+    )
 
     if bool(args.url) == bool(args.hf_repo):
         print("error: give either --url or --hf-repo with --hf-file", file=sys.stderr)
@@ -328,7 +334,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _crds(args: argparse.Namespace) -> int:
-    from hybrid_compute.crdgen import write_crds
+    from hybrid_compute.api.crdgen import write_crds
 
     root = Path(args.root) if args.root else _repository_root()
     if root is None:
@@ -350,10 +356,11 @@ def _eval(args: argparse.Namespace) -> int:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    from hybrid_compute import clock, evaluation, kube
     from hybrid_compute.api.common import GROUP, VERSION
-    from hybrid_compute.children import served_name
-    from hybrid_compute.observe import slot_from_object
+    from hybrid_compute.control import clock, kube
+    from hybrid_compute.control.observe import slot_from_object
+    from hybrid_compute.plan import evaluation
+    from hybrid_compute.render.children import served_name
 
     try:
         api = kube.load_client(args.kubeconfig)
@@ -389,7 +396,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _add_cost_assumption_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per cost assumption, documented by the model, so none is fixed."""
-    from hybrid_compute.cost import CostAssumptions
+    from hybrid_compute.cost.estimate import CostAssumptions
 
     for name, info in CostAssumptions.model_fields.items():
         kind = str if info.annotation is str else float
@@ -544,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print the router's rules instead of config.yaml")
     litellm.set_defaults(handler=_render_litellm)
 
-    from hybrid_compute.vram import CACHE_TYPES
+    from hybrid_compute.plan.vram import CACHE_TYPES
 
     vram_command = commands.add_parser(
         "vram", help="estimate the GPU memory a llama-server needs for a GGUF model")

@@ -22,9 +22,11 @@ from typing import Any
 
 from aiohttp import web
 
-from hybrid_compute import clock, metrics, swap_wait
-from hybrid_compute.routing import PolicyDecision, valid_spend
-from hybrid_compute.runtime import Runtime
+from hybrid_compute.control import clock
+from hybrid_compute.control.loop import Runtime
+from hybrid_compute.plan import swap_wait
+from hybrid_compute.plan.routing import PolicyDecision, valid_spend
+from hybrid_compute.server import metrics
 
 MAX_BODY_BYTES = 4096
 

@@ -1,6 +1,6 @@
 """The pure decision: which consumers hold which GPU, and what every object says.
 
-``plan(view, now)`` reads a :class:`~hybrid_compute.view.View` and returns a
+``plan(view, now)`` reads a :class:`~hybrid_compute.plan.view.View` and returns a
 :class:`Plan`; it does no I/O, so the same view and clock always give the same
 plan. The rules are the seed's swap strategy and GPU scheduling:
 
@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from hybrid_compute import admission, children, evaluation, model_vram, routing, swap_wait
-from hybrid_compute.admission import WorkloadDecision, WorkloadVerdicts
 from hybrid_compute.api.common import parse_duration
 from hybrid_compute.api.modelslot import (
     ModelFetchProgress,
@@ -36,8 +34,9 @@ from hybrid_compute.api.modelslot import (
     SwapPhases,
     SwapProgress,
 )
-from hybrid_compute.conditions import render_status
-from hybrid_compute.ledger import (
+from hybrid_compute.plan import evaluation, model_vram, routing, swap_wait, workloads
+from hybrid_compute.plan.conditions import render_status
+from hybrid_compute.plan.ledger import (
     Candidate,
     ConditionUpdate,
     EventIntent,
@@ -52,9 +51,9 @@ from hybrid_compute.ledger import (
     start,
     start_blockers,
 )
-from hybrid_compute.model_vram import VramChoice
-from hybrid_compute.routing import PolicyDecision
-from hybrid_compute.view import (
+from hybrid_compute.plan.model_vram import VramChoice
+from hybrid_compute.plan.routing import PolicyDecision
+from hybrid_compute.plan.view import (
     DeploymentInfo,
     PlanSettings,
     PodInfo,
@@ -62,7 +61,9 @@ from hybrid_compute.view import (
     View,
     gib,
 )
-from hybrid_compute.warm_standby import WarmFile, page_cache_status, warm_lists
+from hybrid_compute.plan.warm_standby import WarmFile, page_cache_status, warm_lists
+from hybrid_compute.plan.workloads import WorkloadDecision, WorkloadVerdicts
+from hybrid_compute.render import children
 
 Phase = Literal["Pending", "Standby", "Loading", "Evaluating", "Ready", "Draining",
                 "Unloading", "Unschedulable", "Failed"]
@@ -177,7 +178,7 @@ class Plan:
     policies: tuple[PolicyDecision, ...] = ()
     warm: dict[str, tuple[WarmFile, ...]] = field(default_factory=dict)
     """GPU node -> the model files its agent keeps warm in the page cache, the most
-    likely next load first (:mod:`hybrid_compute.warm_standby`)."""
+    likely next load first (:mod:`hybrid_compute.plan.warm_standby`)."""
 
     def slot(self, namespace: str, name: str) -> SlotDecision:
         return next(s for s in self.slots if (s.namespace, s.name) == (namespace, name))
@@ -194,7 +195,7 @@ class Plan:
 
 def vram_choice(slot: SlotInfo, spec: ModelSlotSpec, view: View,
                 deployment: DeploymentInfo | None) -> VramChoice:
-    """The VRAM a GPU slot is planned with (:mod:`hybrid_compute.model_vram`)."""
+    """The VRAM a GPU slot is planned with (:mod:`hybrid_compute.plan.model_vram`)."""
     running = None
     if (not spec.model.vram and deployment is not None and deployment.replicas > 0
             and deployment.vram_bytes > 0):
@@ -397,7 +398,7 @@ def plan(view: View, now: datetime.datetime) -> Plan:
             is_default=spec.default,
             running=bool(current) and any(not p.terminating for p in pods)))
     workload_verdicts = WorkloadVerdicts()
-    candidates += admission.candidates(view.workloads, workload_children, workload_held,
+    candidates += workloads.candidates(view.workloads, workload_children, workload_held,
                                        gpus, busy, now, workload_verdicts, wakeups,
                                        fit_problem)
 
@@ -490,7 +491,7 @@ def plan(view: View, now: datetime.datetime) -> Plan:
     _mark_drained(decisions, now)
     workload_decisions: list[WorkloadDecision] = []
     for workload in sorted(view.workloads, key=lambda w: w.key):
-        workload_decision, new_events = admission.decide(
+        workload_decision, new_events = workloads.decide(
             workload, settings, now, gpus, workload_placement, workload_held,
             workload_pods.get(workload.key, []), workload_children.get(workload.key),
             workload_verdicts)

@@ -1,11 +1,11 @@
 """What the GPU agents tell the operator: memory held by processes that are not the
 operator's pods (subtracted from each GPU's budget in ``plan``), utilisation
-(:mod:`hybrid_compute.routing` calls a GPU above the RoutePolicy's threshold busy),
+(:mod:`hybrid_compute.plan.routing` calls a GPU above the RoutePolicy's threshold busy),
 the memory each slot's ready pods hold (its measured VRAM), the header of the
 model file of each GPU slot without ``spec.model.vram`` (its estimated VRAM, see
-:mod:`hybrid_compute.model_vram`) and how much of each warm model file the page
+:mod:`hybrid_compute.plan.model_vram`) and how much of each warm model file the page
 cache holds. The other way, each agent with a page-cache budget is sent the plan's
-warm list for its node (:mod:`hybrid_compute.warm_standby`).
+warm list for its node (:mod:`hybrid_compute.plan.warm_standby`).
 
 The agents are polled in the background, never inside a reconcile: a slow or
 unreachable agent cannot stall the loop. Without an answer from a node the plan
@@ -44,12 +44,12 @@ from hybrid_compute.agent.snapshot import (
     proc_cgroup_reader,
 )
 from hybrid_compute.agent.warmer import WarmFileRequest, WarmRequest
-from hybrid_compute.children import DEFAULT_HOST_PATH
-from hybrid_compute.metrics import OperatorMetrics
-from hybrid_compute.model_vram import ModelFileKey, model_file_key
-from hybrid_compute.view import FileResidency, PodInfo, View
-from hybrid_compute.vram import ModelShape
-from hybrid_compute.warm_standby import WarmFile
+from hybrid_compute.plan.model_vram import ModelFileKey, model_file_key
+from hybrid_compute.plan.view import FileResidency, PodInfo, View
+from hybrid_compute.plan.vram import ModelShape
+from hybrid_compute.plan.warm_standby import WarmFile
+from hybrid_compute.render.children import DEFAULT_HOST_PATH
+from hybrid_compute.server.metrics import OperatorMetrics
 
 logger = logging.getLogger("hybrid_compute.telemetry")
 

@@ -1,4 +1,4 @@
-"""Reads and writes the leader Lease for :mod:`hybrid_compute.leader_election`, and
+"""Reads and writes the leader Lease for :mod:`hybrid_compute.control.leader_election`, and
 tells the control loop whether this replica leads.
 
 Every API error is logged and retried: a replica that cannot reach the Lease never
@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from hybrid_compute.leader_election import (
+from hybrid_compute.control.leader_election import (
     LEASE_NAME,
     Decision,
     ElectionTiming,

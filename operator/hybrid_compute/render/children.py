@@ -10,8 +10,8 @@ from typing import Any
 from hybrid_compute.api.common import API_VERSION, parse_bytes, parse_duration
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
 from hybrid_compute.api.modelslot import ModelSlotSpec
-from hybrid_compute.fetch import TOKEN_ENV as FETCH_TOKEN_ENV
-from hybrid_compute.view import (
+from hybrid_compute.fetch.download import TOKEN_ENV as FETCH_TOKEN_ENV
+from hybrid_compute.plan.view import (
     DEFAULT_ENDPOINT_TEMPLATE,
     GPUS_ANNOTATION,
     MANAGED_BY,
