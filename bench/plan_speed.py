@@ -16,8 +16,9 @@ import time
 
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
 from hybrid_compute.api.modelslot import ModelSlotSpec
+from hybrid_compute.api.units import MIB
 from hybrid_compute.plan import plan
-from hybrid_compute.plan.view import MIB, GpuNode, PodInfo, SlotInfo, View, WorkloadInfo
+from hybrid_compute.plan.view import GpuNode, PodInfo, SlotInfo, View, WorkloadInfo
 
 TARGET_MS = 10.0
 NODES = 16

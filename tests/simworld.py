@@ -12,16 +12,15 @@ import datetime
 from dataclasses import dataclass, field, replace
 
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
+from hybrid_compute.api.labels import TEMPLATE_HASH_ANNOTATION, VRAM_ANNOTATION
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
+from hybrid_compute.api.units import MIB
 from hybrid_compute.dev.nodes import PROFILES
 from hybrid_compute.plan import Plan, plan
+from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import (
-    MIB,
-    TEMPLATE_HASH_ANNOTATION,
-    VRAM_ANNOTATION,
     DeploymentInfo,
     GpuNode,
-    PlanSettings,
     PodInfo,
     SlotActivity,
     SlotInfo,

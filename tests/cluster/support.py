@@ -9,8 +9,9 @@ from typing import Any
 
 from kubernetes import client
 
+from hybrid_compute.api.labels import SLOT_LABEL, VRAM_ANNOTATION
+from hybrid_compute.api.units import GIB, MIB
 from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME
-from hybrid_compute.plan.view import GIB, MIB, SLOT_LABEL, VRAM_ANNOTATION
 from tests.conftest import TestCluster
 
 BUDGET = 24576 * MIB - GIB  # an RTX 3090 less the operator's default headroom

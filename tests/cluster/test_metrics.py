@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hybrid_compute.plan.view import GIB, MIB
+from hybrid_compute.api.units import GIB, MIB
 from hybrid_compute.server.metrics import SWAP_SECONDS_BUCKETS
 from tests.cluster.support import alias, apply, read, seed_slots, wait, wait_phases
 from tests.conftest import OperatorHandle, TestCluster

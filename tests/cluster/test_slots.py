@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from hybrid_compute.api.labels import SLOT_LABEL, VRAM_ANNOTATION
+from hybrid_compute.api.units import GIB
 from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME
-from hybrid_compute.plan.view import GIB, SLOT_LABEL, VRAM_ANNOTATION
 from tests.cluster.support import (
     VramSampler,
     alias,

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
+from hybrid_compute.api.labels import SLOT_LABEL
 from hybrid_compute.dev import llmtools
 from hybrid_compute.dev.cluster import free_port
-from hybrid_compute.plan.view import SLOT_LABEL
 from tests.cluster.support import apply, phase, read, wait
 from tests.conftest import OperatorHandle, TestCluster
 from tests.serving.conftest import LlamaServer

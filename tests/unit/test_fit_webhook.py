@@ -14,7 +14,9 @@ import kopf
 import pytest
 from cryptography import x509
 
-from hybrid_compute.plan.view import GIB, MIB, GpuNode, PlanSettings
+from hybrid_compute.api.units import GIB, MIB
+from hybrid_compute.plan.settings import PlanSettings
+from hybrid_compute.plan.view import GpuNode
 from hybrid_compute.server.admission_webhook import (
     ServiceWebhookServer,
     configure_server,

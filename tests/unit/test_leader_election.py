@@ -27,7 +27,7 @@ from hybrid_compute.control.leader_election import (
 )
 from hybrid_compute.control.lease_elector import LeaseElector
 from hybrid_compute.control.loop import Runtime
-from hybrid_compute.plan.view import PlanSettings
+from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.server import state_api
 
 T0 = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)

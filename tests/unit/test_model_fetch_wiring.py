@@ -8,11 +8,13 @@ import json
 from dataclasses import replace
 from typing import Any
 
+from hybrid_compute.api.labels import SLOT_LABEL
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.control.observe import fetch_from_pod, pod_from_object, with_fetch_log
 from hybrid_compute.fetch.download import Progress
 from hybrid_compute.plan import plan
-from hybrid_compute.plan.view import SLOT_LABEL, FetchProgress, PlanSettings
+from hybrid_compute.plan.settings import PlanSettings
+from hybrid_compute.plan.view import FetchProgress
 from hybrid_compute.render import children
 from hybrid_compute.server.metrics import OperatorMetrics
 from tests.simworld import World, slot

@@ -19,9 +19,11 @@ from hybrid_compute.agent.nvml import ProcessMemory
 from hybrid_compute.agent.server import AgentService, build_app
 from hybrid_compute.agent.snapshot import GpuReader
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
+from hybrid_compute.api.units import MIB, gib
 from hybrid_compute.control.telemetry import GpuTelemetry, HttpAgents, measured_vram
 from hybrid_compute.plan import model_vram, plan, vram
-from hybrid_compute.plan.view import MIB, PlanSettings, PodInfo, View, gib
+from hybrid_compute.plan.settings import PlanSettings
+from hybrid_compute.plan.view import PodInfo, View
 from tests.fake_nvml import GIB, FakeGpu, FakeNvml
 from tests.simworld import START, World, dreamteam, slot
 from tests.unit.test_vram import TinyModel

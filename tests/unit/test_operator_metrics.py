@@ -10,8 +10,8 @@ import datetime
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from hybrid_compute.api.units import GIB
 from hybrid_compute.plan import Plan
-from hybrid_compute.plan.view import GIB
 from hybrid_compute.server.metrics import OperatorMetrics, build_app
 from tests.simworld import SEED_SLOTS, World, slot
 from tests.unit.test_admission import INSIDE_WINDOW, NIGHT, night_world, phase

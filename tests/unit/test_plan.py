@@ -6,7 +6,8 @@ import datetime
 from dataclasses import replace
 
 from hybrid_compute.plan import plan
-from hybrid_compute.plan.view import PlanSettings, View
+from hybrid_compute.plan.settings import PlanSettings
+from hybrid_compute.plan.view import View
 from tests.simworld import SEED_SLOTS, START, World, dreamteam, dual_node, slot
 
 

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from hybrid_compute.api.modelslot import ModelSlotSpec
-from hybrid_compute.plan.view import PlanSettings
+from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.render import children
 
 SETTINGS = PlanSettings()

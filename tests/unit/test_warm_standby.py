@@ -34,6 +34,7 @@ from hybrid_compute.agent.snapshot import (
 )
 from hybrid_compute.agent.warmer import parse_warm_request
 from hybrid_compute.api.modelslot import ModelSlotStatus
+from hybrid_compute.api.units import MIB
 from hybrid_compute.control.telemetry import (
     GpuTelemetry,
     HeaderAnswer,
@@ -43,7 +44,7 @@ from hybrid_compute.control.telemetry import (
 )
 from hybrid_compute.plan import plan
 from hybrid_compute.plan.model_vram import ModelFileKey
-from hybrid_compute.plan.view import MIB, FileResidency, GpuNode, SlotInfo, View
+from hybrid_compute.plan.view import FileResidency, GpuNode, SlotInfo, View
 from hybrid_compute.plan.warm_standby import WarmFile, warm_lists
 from hybrid_compute.server.metrics import OperatorMetrics
 from tests.fake_nvml import GIB, FakeNvml

@@ -20,7 +20,7 @@ from hybrid_compute.dev.toolchain import (
     default_toolchain,
     ensure_toolchain,
 )
-from hybrid_compute.plan.view import DEFAULT_ENDPOINT_TEMPLATE, OPERATOR_IMAGE
+from hybrid_compute.plan.settings import DEFAULT_ENDPOINT_TEMPLATE, OPERATOR_IMAGE
 
 API_TOKEN_ENV = "HYBRID_COMPUTE_API_TOKEN"
 
@@ -124,7 +124,7 @@ def _dev_kubectl(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from hybrid_compute.api.common import parse_bytes, parse_duration
     from hybrid_compute.control.handlers import run_operator
-    from hybrid_compute.plan.view import PlanSettings
+    from hybrid_compute.plan.settings import PlanSettings
 
     token = os.environ.get(API_TOKEN_ENV)
     if args.api_token_file:

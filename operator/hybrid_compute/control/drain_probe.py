@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hybrid_compute.plan.view import PlanSettings, SlotActivity, SlotInfo
+from hybrid_compute.plan.settings import PlanSettings
+from hybrid_compute.plan.view import SlotActivity, SlotInfo
 from hybrid_compute.render import children
 
 PROBE_TIMEOUT_SECONDS = 1.0

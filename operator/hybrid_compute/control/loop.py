@@ -25,7 +25,8 @@ from hybrid_compute.control.observe import observe
 from hybrid_compute.control.telemetry import GpuTelemetry
 from hybrid_compute.plan import evaluation
 from hybrid_compute.plan.planner import Plan, PolicyDecision, SlotDecision, plan
-from hybrid_compute.plan.view import PlanSettings, View
+from hybrid_compute.plan.settings import PlanSettings
+from hybrid_compute.plan.view import View
 from hybrid_compute.server.metrics import METRICS, OperatorMetrics
 
 logger = logging.getLogger("hybrid_compute.loop")

@@ -20,26 +20,28 @@ from pydantic import BaseModel, ValidationError
 
 from hybrid_compute.api.common import GROUP, VERSION
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
-from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
-from hybrid_compute.api.routepolicy import RoutePolicySpec, RoutePolicyStatus
-from hybrid_compute.api.validation import describe_validation_error
-from hybrid_compute.fetch.download import parse_progress
-from hybrid_compute.plan.view import (
+from hybrid_compute.api.labels import (
     CONFIG_HASH_ANNOTATION,
     GPUS_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_LABEL,
-    MIB,
     REQUESTED_AT_ANNOTATION,
     SLOT_LABEL,
     TEMPLATE_HASH_ANNOTATION,
     VRAM_ANNOTATION,
     WORKLOAD_LABEL,
+)
+from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
+from hybrid_compute.api.routepolicy import RoutePolicySpec, RoutePolicyStatus
+from hybrid_compute.api.units import MIB
+from hybrid_compute.api.validation import describe_validation_error
+from hybrid_compute.fetch.download import parse_progress
+from hybrid_compute.plan.settings import PlanSettings
+from hybrid_compute.plan.view import (
     DeploymentInfo,
     FetchProgress,
     GpuNode,
     LiteLLMDeployment,
-    PlanSettings,
     PodInfo,
     PolicyInfo,
     SlotInfo,

@@ -38,7 +38,7 @@ from hybrid_compute.api.modelslot import (
     ModelSource,
     SlotPhase,
 )
-from hybrid_compute.plan.ledger import ConditionUpdate, EventIntent
+from hybrid_compute.plan.outputs import ConditionUpdate, EventIntent
 from hybrid_compute.plan.view import SlotInfo
 from hybrid_compute.render import children
 

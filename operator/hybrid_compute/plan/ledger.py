@@ -5,12 +5,10 @@ GpuWorkload) there — VRAM, whole devices, and the large-consumer mutex."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from hybrid_compute.plan.view import GpuNode, View, gib
-
-EventType = Literal["Normal", "Warning"]
-ConditionUpdate = tuple[str, "bool | None", str, str]
+from hybrid_compute.api.units import gib
+from hybrid_compute.plan.view import GpuNode, View
 
 
 @dataclass(slots=True)
@@ -38,27 +36,6 @@ class Gpu:
     @property
     def free_for_plan(self) -> int:
         return self.capacity - self.reserved
-
-
-@dataclass(frozen=True)
-class EventIntent:
-    """An Event the act layer posts on a ModelSlot or GpuWorkload."""
-
-    namespace: str
-    name: str
-    type: EventType
-    reason: str
-    message: str
-    kind: str = "ModelSlot"
-
-
-@dataclass(frozen=True)
-class GpuSummary:
-    id: str
-    capacity_bytes: int
-    planned_bytes: int
-    held_bytes: int
-    residents: tuple[str, ...]
 
 
 @dataclass(slots=True)

@@ -29,8 +29,9 @@ from typing import cast
 
 from hybrid_compute.api.common import parse_bytes
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus, VramSource
+from hybrid_compute.api.units import MIB, gib
 from hybrid_compute.plan import vram
-from hybrid_compute.plan.view import MIB, PlanSettings, gib
+from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.render import children
 
 ModelFileKey = tuple[str, str]

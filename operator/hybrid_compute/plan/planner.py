@@ -34,14 +34,12 @@ from hybrid_compute.api.modelslot import (
     SwapPhases,
     SwapProgress,
 )
+from hybrid_compute.api.units import gib
 from hybrid_compute.plan import evaluation, model_vram, routing, swap_wait, workloads
 from hybrid_compute.plan.conditions import render_status
 from hybrid_compute.plan.ledger import (
     Candidate,
-    ConditionUpdate,
-    EventIntent,
     Gpu,
-    GpuSummary,
     build_gpus,
     choose_gpus,
     fit_problem,
@@ -52,15 +50,10 @@ from hybrid_compute.plan.ledger import (
     start_blockers,
 )
 from hybrid_compute.plan.model_vram import VramChoice
+from hybrid_compute.plan.outputs import ConditionUpdate, EventIntent, GpuSummary
 from hybrid_compute.plan.routing import PolicyDecision
-from hybrid_compute.plan.view import (
-    DeploymentInfo,
-    PlanSettings,
-    PodInfo,
-    SlotInfo,
-    View,
-    gib,
-)
+from hybrid_compute.plan.settings import PlanSettings
+from hybrid_compute.plan.view import DeploymentInfo, PodInfo, SlotInfo, View
 from hybrid_compute.plan.warm_standby import WarmFile, page_cache_status, warm_lists
 from hybrid_compute.plan.workloads import WorkloadDecision, WorkloadVerdicts
 from hybrid_compute.render import children

@@ -19,6 +19,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from hybrid_compute.api.common import API_VERSION
+from hybrid_compute.api.labels import (
+    CONFIG_HASH_ANNOTATION,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    POLICY_LABEL,
+)
 from hybrid_compute.api.routepolicy import (
     AliasState,
     Budget,
@@ -27,17 +33,8 @@ from hybrid_compute.api.routepolicy import (
     Spend,
 )
 from hybrid_compute.plan.conditions import render_status
-from hybrid_compute.plan.ledger import ConditionUpdate, EventIntent
-from hybrid_compute.plan.view import (
-    CONFIG_HASH_ANNOTATION,
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-    POLICY_LABEL,
-    LiteLLMDeployment,
-    PolicyInfo,
-    SlotInfo,
-    View,
-)
+from hybrid_compute.plan.outputs import ConditionUpdate, EventIntent
+from hybrid_compute.plan.view import LiteLLMDeployment, PolicyInfo, SlotInfo, View
 from hybrid_compute.render import litellm_config
 
 ROLLOUT_CHECK = datetime.timedelta(seconds=2)

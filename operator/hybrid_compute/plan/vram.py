@@ -36,7 +36,7 @@ import yaml
 from pydantic import Field
 
 from hybrid_compute.api.common import ApiModel
-from hybrid_compute.plan.view import GIB, MIB
+from hybrid_compute.api.units import GIB, MIB
 
 CacheType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl"]
 CACHE_TYPES: tuple[str, ...] = get_args(CacheType)

@@ -20,7 +20,8 @@ from typing import Protocol
 
 from hybrid_compute.api.modelslot import ModelPageCache, ModelSlotSpec
 from hybrid_compute.plan.model_vram import ModelFileKey, model_file_key
-from hybrid_compute.plan.view import GpuNode, PlanSettings, SlotInfo, View
+from hybrid_compute.plan.settings import PlanSettings
+from hybrid_compute.plan.view import GpuNode, SlotInfo, View
 
 WARM_PHASES = frozenset({"Standby", "Pending", "Unloading"})
 """Phases of a slot whose model is not loaded (Unloading: not for long)."""

@@ -21,17 +21,12 @@ from typing import Any, Literal
 
 from hybrid_compute.api.common import parse_bytes
 from hybrid_compute.api.gpuworkload import CLASS_PRIORITY, GpuWorkloadSpec
+from hybrid_compute.api.units import gib
 from hybrid_compute.plan.conditions import render_status
-from hybrid_compute.plan.ledger import (
-    Candidate,
-    ConditionUpdate,
-    EventIntent,
-    EventType,
-    Gpu,
-    start,
-    start_blockers,
-)
-from hybrid_compute.plan.view import PlanSettings, PodInfo, WorkloadChild, WorkloadInfo, gib
+from hybrid_compute.plan.ledger import Candidate, Gpu, start, start_blockers
+from hybrid_compute.plan.outputs import ConditionUpdate, EventIntent, EventType
+from hybrid_compute.plan.settings import PlanSettings
+from hybrid_compute.plan.view import PodInfo, WorkloadChild, WorkloadInfo
 from hybrid_compute.plan.windows import describe, local_text, window_state
 from hybrid_compute.render import children
 

@@ -9,10 +9,7 @@ from typing import Any
 
 from hybrid_compute.api.common import API_VERSION, parse_bytes, parse_duration
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
-from hybrid_compute.api.modelslot import ModelSlotSpec
-from hybrid_compute.fetch.download import TOKEN_ENV as FETCH_TOKEN_ENV
-from hybrid_compute.plan.view import (
-    DEFAULT_ENDPOINT_TEMPLATE,
+from hybrid_compute.api.labels import (
     GPUS_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -20,8 +17,10 @@ from hybrid_compute.plan.view import (
     TEMPLATE_HASH_ANNOTATION,
     VRAM_ANNOTATION,
     WORKLOAD_LABEL,
-    PlanSettings,
 )
+from hybrid_compute.api.modelslot import ModelSlotSpec
+from hybrid_compute.fetch.download import TOKEN_ENV as FETCH_TOKEN_ENV
+from hybrid_compute.plan.settings import DEFAULT_ENDPOINT_TEMPLATE, PlanSettings
 
 GPU_RESOURCE = "nvidia.com/gpu"
 SERVER_CONTAINER = "llama-server"

@@ -21,7 +21,8 @@ import yaml
 
 from hybrid_compute.api.common import SecretKeyRef, parse_duration
 from hybrid_compute.api.routepolicy import RoutePolicySpec
-from hybrid_compute.plan.view import DEFAULT_ENDPOINT_TEMPLATE, SlotInfo
+from hybrid_compute.plan.settings import DEFAULT_ENDPOINT_TEMPLATE
+from hybrid_compute.plan.view import SlotInfo
 from hybrid_compute.render import children
 
 CONFIG_KEY = "config.yaml"

@@ -1,0 +1,12 @@
+"""Labels and annotations the operator puts on what it creates and reads back."""
+
+SLOT_LABEL = "hybridcompute.io/slot"
+WORKLOAD_LABEL = "hybridcompute.io/workload"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "hybrid-compute"
+VRAM_ANNOTATION = "hybridcompute.io/vram-bytes"
+GPUS_ANNOTATION = "hybridcompute.io/gpus"
+TEMPLATE_HASH_ANNOTATION = "hybridcompute.io/template-hash"
+REQUESTED_AT_ANNOTATION = "hybridcompute.io/requested-at"
+CONFIG_HASH_ANNOTATION = "hybridcompute.io/config-hash"
+POLICY_LABEL = "hybridcompute.io/route-policy"
