@@ -1,15 +1,23 @@
-"""The operator's only writer: server-side apply under one field manager."""
+"""Every write of the control loop: server-side apply under one field manager, the
+deletion of a workload's child, and Events.
+
+The one other writer is :mod:`hybrid_compute.control.lease_elector`, which owns the
+leader Lease and its optimistic-concurrency protocol.
+"""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from kubernetes import client, config
 
 from hybrid_compute.api.common import API_VERSION, CrdInfo
+from hybrid_compute.plan.outputs import EventIntent
 
 FIELD_MANAGER = "hybrid-compute"
 APPLY_PATCH = "application/apply-patch+yaml"
+REPORTING_COMPONENT = "hybrid-compute"
 
 
 def load_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -23,8 +31,14 @@ def load_client(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient()
 
 
-def apply(api: client.ApiClient, manifest: dict[str, Any]) -> None:
-    """Server-side applies a Deployment, Service, Job or ConfigMap."""
+def apply(api: client.ApiClient, manifest: dict[str, Any],
+          resource_version: str | None = None) -> None:
+    """Server-side applies a Deployment, Service, Job or ConfigMap; with
+    ``resource_version``, only while the object is at that version (409 otherwise,
+    404 when it is gone)."""
+    if resource_version is not None:
+        manifest = {**manifest, "metadata": {**manifest["metadata"],
+                                             "resourceVersion": resource_version}}
     metadata = manifest["metadata"]
     options = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY_PATCH}
     if manifest["kind"] == "Deployment":
@@ -62,3 +76,25 @@ def delete_child(api: client.ApiClient, kind: str, namespace: str, name: str) ->
         client.BatchV1Api(api).delete_namespaced_job(name, namespace, body=body)
     else:
         client.AppsV1Api(api).delete_namespaced_deployment(name, namespace, body=body)
+
+
+def post_event(api: client.ApiClient, event: EventIntent, now: datetime.datetime) -> None:
+    """Creates the Event ``event`` describes, stamped ``now``."""
+    stamp = now.isoformat().replace("+00:00", "Z")
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{event.name}.", "namespace": event.namespace},
+        "involvedObject": {"apiVersion": API_VERSION, "kind": event.kind,
+                           "name": event.name, "namespace": event.namespace},
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message,
+        "source": {"component": REPORTING_COMPONENT},
+        "reportingComponent": REPORTING_COMPONENT,
+        "reportingInstance": REPORTING_COMPONENT,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+    client.CoreV1Api(api).create_namespaced_event(event.namespace, body)

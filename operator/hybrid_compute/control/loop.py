@@ -1,4 +1,4 @@
-"""The control loop: observe, plan, act; woken by watch events, demands and the
+"""The control loop: observe, plan, diff, act; woken by watch events, demands and the
 plan's own next deadline (an idle timeout, the end of a minimum residency).
 
 Evaluations of new models (:mod:`hybrid_compute.plan.evaluation`) run beside the loop:
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime
 import logging
 import threading
@@ -18,15 +17,16 @@ import time
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from hybrid_compute.control import clock, drain_probe
+from hybrid_compute.control import clock
 from hybrid_compute.control.act import act
+from hybrid_compute.control.diff import diff
 from hybrid_compute.control.lease_elector import LeaseElector
-from hybrid_compute.control.observe import observe
+from hybrid_compute.control.observe import Signals, observe
 from hybrid_compute.control.telemetry import GpuTelemetry
 from hybrid_compute.plan import evaluation
 from hybrid_compute.plan.planner import Plan, PolicyDecision, SlotDecision, plan
 from hybrid_compute.plan.settings import PlanSettings
-from hybrid_compute.plan.view import View
+from hybrid_compute.plan.view import SlotInfo, View
 from hybrid_compute.server.metrics import METRICS, OperatorMetrics
 
 logger = logging.getLogger("hybrid_compute.loop")
@@ -118,24 +118,15 @@ class Runtime:
         return {s.spec.alias for s in self.last_view.slots if s.spec}
 
     async def reconcile_once(self) -> datetime.datetime:
-        """One observe → plan → act pass; returns when the plan wants to run again."""
+        """One observe → plan → diff → act pass; returns when the plan wants to run
+        again."""
         now = clock.now()
-        with self._spend_lock:
-            spend = dict(self._spend)
-        view = await asyncio.to_thread(observe, self.api, self.demands, self.settings,
-                                       None, spend)
-        if self.telemetry is not None:
-            view = self.telemetry.annotate(view, now)
-        activity = await asyncio.to_thread(
-            drain_probe.probe, drain_probe.draining_endpoints(view.slots, self.settings))
-        view = dataclasses.replace(view, slot_activity=activity,
-                                   router_fetched_at=self.router_fetched_at)
-        view = dataclasses.replace(view, evaluations=self._unrecorded_evaluations(view))
+        view = await observe(self.api, self.settings, self._signals(), now)
         started = time.perf_counter()
         result = plan(view, now)
         plan_seconds = time.perf_counter() - started
-        writes = await asyncio.to_thread(act, self.api, result, view, now,
-                                         self._spend_saved)
+        changes = await asyncio.to_thread(diff, result, view)
+        writes = await asyncio.to_thread(act, self.api, changes, now, self._spend_saved)
         self.last_view, self.last_plan = view, result
         for decision in result.slots:
             self._start_evaluation(decision)
@@ -149,10 +140,18 @@ class Runtime:
             wakeup = min(wakeup, now + datetime.timedelta(seconds=FOLLOW_UP_SECONDS))
         return wakeup
 
-    def _unrecorded_evaluations(self, view: View
+    def _signals(self) -> Signals:
+        with self._spend_lock:
+            spend = dict(self._spend)
+        return Signals(demands=self.demands, spend_reports=spend,
+                       router_fetched_at=lambda: self.router_fetched_at,
+                       unrecorded_evaluations=self._unrecorded_evaluations,
+                       telemetry=self.telemetry)
+
+    def _unrecorded_evaluations(self, slots: tuple[SlotInfo, ...]
                                 ) -> dict[tuple[str, str], evaluation.EvaluationResult]:
         """Drops results whose verdict a slot's status holds, or whose slot is gone."""
-        statuses = {slot.key: slot.status for slot in view.slots}
+        statuses = {slot.key: slot.status for slot in slots}
         for key, result in list(self.evaluations.items()):
             status = statuses.get(key)
             record = status.evaluation if status is not None else None

@@ -1,16 +1,20 @@
-"""Builds the :class:`~hybrid_compute.plan.view.View` from the API server.
+"""Builds the :class:`~hybrid_compute.plan.view.View`, the one snapshot a plan reads.
 
 Every plan starts from fresh lists of slots, pods, Deployments and GPU nodes, so
 the loop is level-based: after a restart it sees exactly what exists, Terminating
-pods included. The parsing functions are pure and tested on their own.
+pods included. The rest of the View comes from what the operator hears besides
+the API server (:class:`Signals`): demands and spend from routers, the GPU agents'
+figures, the draining servers' answers, evaluations no status holds yet. The
+parsing functions are pure and tested on their own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -35,7 +39,10 @@ from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.routepolicy import RoutePolicySpec, RoutePolicyStatus
 from hybrid_compute.api.units import MIB
 from hybrid_compute.api.validation import describe_validation_error
+from hybrid_compute.control import drain_probe
+from hybrid_compute.control.telemetry import GpuTelemetry
 from hybrid_compute.fetch.download import parse_progress
+from hybrid_compute.plan.evaluation import EvaluationResult
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import (
     DeploymentInfo,
@@ -44,6 +51,7 @@ from hybrid_compute.plan.view import (
     LiteLLMDeployment,
     PodInfo,
     PolicyInfo,
+    SlotActivity,
     SlotInfo,
     View,
     WorkloadChild,
@@ -391,10 +399,49 @@ def _read_fetch_logs(core: client.CoreV1Api, pods: tuple[PodInfo, ...]
     return tuple(read)
 
 
-def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
-            settings: PlanSettings,
-            foreign_vram: Mapping[str, int] | None = None,
-            spend_reports: Mapping[tuple[str, str], float] | None = None) -> View:
+SlotKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the View holds besides the API server's objects. The runtime fills it at
+    the start of a pass; what may change while the lists are read is read after
+    them, through the callables and the live ``demands`` mapping."""
+
+    demands: Mapping[str, datetime.datetime]
+    """Last request time per alias, as routers signalled it; copied once the lists
+    are read."""
+    spend_reports: Mapping[tuple[str, str], float]
+    """Cloud spend routers reported per policy that no status holds yet."""
+    router_fetched_at: Callable[[], datetime.datetime | None]
+    """When a router last fetched ``/v1/state``, read last."""
+    unrecorded_evaluations: Callable[[tuple[SlotInfo, ...]], Mapping[SlotKey, EvaluationResult]]
+    """The finished evaluations whose verdict none of these slots' statuses holds."""
+    telemetry: GpuTelemetry | None = None
+    """The GPU agents' figures; None plans without them."""
+    probe: Callable[[Mapping[SlotKey, str]], Mapping[SlotKey, SlotActivity]] = \
+        drain_probe.probe
+    """Asks draining slots' servers for the requests they still run."""
+
+
+async def observe(api: client.ApiClient, settings: PlanSettings, signals: Signals,
+                  now: datetime.datetime) -> View:
+    """The whole View: the cluster's objects, then the GPU agents' figures on its
+    pods, then the activity of the slots it shows draining, then the signals."""
+    listed = await asyncio.to_thread(list_cluster, api, settings, signals.demands,
+                                     signals.spend_reports)
+    if signals.telemetry is not None:
+        listed = signals.telemetry.annotate(listed, now)
+    activity = await asyncio.to_thread(
+        signals.probe, drain_probe.draining_endpoints(listed.slots, settings))
+    return dataclasses.replace(
+        listed, slot_activity=activity, router_fetched_at=signals.router_fetched_at(),
+        evaluations=signals.unrecorded_evaluations(listed.slots))
+
+
+def list_cluster(api: client.ApiClient, settings: PlanSettings,
+                 demands: Mapping[str, datetime.datetime],
+                 spend_reports: Mapping[tuple[str, str], float]) -> View:
     """Lists what the plan needs, cluster-wide.
 
     Children are listed before their owners. The garbage collector removes a
@@ -440,7 +487,6 @@ def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
         services=frozenset((s["metadata"]["namespace"], s["metadata"]["labels"][SLOT_LABEL])
                            for s in services),
         demands=dict(demands),
-        foreign_vram=dict(foreign_vram or {}),
         workloads=tuple(workload_from_object(w) for w in workloads
                         if not w.get("metadata", {}).get("deletionTimestamp")),
         workload_children=tuple(c for c in map(workload_child_from_object,
@@ -449,6 +495,6 @@ def observe(api: client.ApiClient, demands: Mapping[str, datetime.datetime],
         config_maps=litellm.config_maps,
         litellm=litellm.deployments,
         litellm_forbidden=litellm.forbidden,
-        spend_reports=dict(spend_reports or {}),
+        spend_reports=dict(spend_reports),
         settings=settings,
     )

@@ -1,0 +1,250 @@
+"""What a plan changes: the ordered writes that take the cluster from the View to the Plan.
+
+Pure: every comparison of what the plan wants with what the View observed happens
+here, and only what differs becomes a write; :mod:`hybrid_compute.control.act`
+performs the list as it is. The order is part of the answer:
+
+1. statuses that carry a new demand (``lastRequestTime``), so a demand is stored
+   before anything acts on it;
+2. per slot, scale-downs first: Deployment, Service, status;
+3. per GpuWorkload: its child (deleted or applied), then its status;
+4. per RoutePolicy: ConfigMap, LiteLLM Deployment, then the status that stores the
+   reported spend;
+5. Events.
+
+Each write names its :class:`Group`: a failed write stops the rest of its group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from hybrid_compute.api.common import CrdInfo
+from hybrid_compute.api.gpuworkload import GpuWorkload
+from hybrid_compute.api.modelslot import ModelSlot
+from hybrid_compute.api.routepolicy import RoutePolicy
+from hybrid_compute.plan.outputs import EventIntent
+from hybrid_compute.plan.planner import Plan, PolicyDecision, SlotDecision, WorkloadDecision
+from hybrid_compute.plan.view import DeploymentInfo, View, WorkloadChild
+from hybrid_compute.render.children import template_hash
+
+GroupKind = Literal["demand", "slot", "workload", "policy", "event"]
+
+
+@dataclass(frozen=True)
+class Group:
+    """The writes for one object in one step of the order. When one fails (the
+    object changed or went away meanwhile), the rest of its group is skipped and the
+    next plan starts from what is new; an Event's failure stops nothing."""
+
+    kind: GroupKind
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ApplyObject:
+    """Server-side apply of a Deployment, Service, Job or ConfigMap."""
+
+    manifest: dict[str, Any]
+    line: str
+    """What the write reports once done, for logs and tests."""
+    group: Group
+    resource_version: str | None = None
+    """Apply only while the object is at this version: the scale-up of a Deployment
+    the View saw, so one the garbage collector removed since (its slot was deleted)
+    is not created again beside pods still terminating."""
+
+
+@dataclass(frozen=True)
+class ApplyStatus:
+    """Server-side apply of the status of a ModelSlot, GpuWorkload or RoutePolicy."""
+
+    crd: CrdInfo
+    namespace: str
+    name: str
+    status: dict[str, Any]
+    line: str
+    group: Group
+    repeats: Group | None = None
+    """The demand write that stored this status first: this one is written only when
+    that one failed."""
+    stores_spend_of: PolicyDecision | None = None
+    """The RoutePolicy decision whose reported spend this status holds once stored."""
+
+
+@dataclass(frozen=True)
+class DeleteChild:
+    """Deletes a GpuWorkload's Job or Deployment whose template changed while idle."""
+
+    kind: str
+    namespace: str
+    name: str
+    line: str
+    group: Group
+
+
+@dataclass(frozen=True)
+class PostEvent:
+    event: EventIntent
+    line: str
+    group: Group
+
+
+Write = ApplyObject | ApplyStatus | DeleteChild | PostEvent
+
+
+def diff(plan: Plan, view: View) -> list[Write]:
+    """The writes that make the cluster read as ``plan``, in the order to write them."""
+    stored = {slot.key: _dump(slot.status) for slot in view.slots}
+    demands = _demand_statuses(plan, stored)
+    demanded = {(write.namespace, write.name) for write in demands}
+    deployments = _first_per_key(view.deployments, lambda d: (d.namespace, d.owner))
+    writes: list[Write] = list(demands)
+    # Scale-downs first, so VRAM is released before anything else asks for it.
+    for decision in sorted(plan.slots, key=lambda d: d.replicas):
+        key = (decision.namespace, decision.name)
+        writes += _slot_writes(decision, view, deployments.get(key), stored.get(key, {}),
+                               key in demanded)
+    children = _first_per_key(view.workload_children, lambda c: (c.namespace, c.owner))
+    workloads = _first_per_key(view.workloads, lambda w: w.key)
+    for workload in plan.workloads:
+        key = (workload.namespace, workload.name)
+        stored_workload = workloads.get(key)
+        writes += _workload_writes(workload, children.get(key),
+                                   _dump(stored_workload.status) if stored_workload else {})
+    for policy in plan.policies:
+        writes += _policy_writes(policy)
+    writes += [PostEvent(event, f"event {event.reason} {event.namespace}/{event.name}",
+                         Group("event", event.namespace, event.name))
+               for event in plan.events]
+    return writes
+
+
+def _demand_statuses(plan: Plan, stored: dict[tuple[str, str], dict[str, Any]]
+                     ) -> list[ApplyStatus]:
+    """A demand lives in the operator's memory until a status holds it: it is
+    recorded before it is acted on, or an operator killed between evicting the old
+    slot and writing the new one's status forgets why it evicted anything."""
+    writes: list[ApplyStatus] = []
+    for decision in plan.slots:
+        namespace, name = decision.namespace, decision.name
+        current = stored.get((namespace, name))
+        heard = decision.status.get("lastRequestTime")
+        if heard and current is not None and current.get("lastRequestTime") != heard:
+            writes.append(ApplyStatus(
+                ModelSlot.crd, namespace, name, decision.status,
+                f"status {namespace}/{name} phase={decision.phase} (demand)",
+                Group("demand", namespace, name)))
+    return writes
+
+
+def _slot_writes(decision: SlotDecision, view: View, observed: DeploymentInfo | None,
+                 current: dict[str, Any], demanded: bool) -> list[Write]:
+    namespace, name = decision.namespace, decision.name
+    group = Group("slot", namespace, name)
+    writes: list[Write] = []
+    desired = decision.deployment
+    if desired is not None and not _deployment_matches(desired, observed):
+        precondition = (observed.resource_version
+                        if observed is not None and decision.replicas > 0 else None)
+        writes.append(ApplyObject(
+            desired, f"deployment {namespace}/{name} replicas={desired['spec']['replicas']}",
+            group, precondition))
+    if decision.service is not None and (namespace, name) not in view.services:
+        writes.append(ApplyObject(decision.service, f"service {namespace}/{name}", group))
+    if current != decision.status:
+        writes.append(ApplyStatus(
+            ModelSlot.crd, namespace, name, decision.status,
+            f"status {namespace}/{name} phase={decision.phase}", group,
+            repeats=Group("demand", namespace, name) if demanded else None))
+    return writes
+
+
+def _deployment_matches(desired: dict[str, Any], observed: DeploymentInfo | None) -> bool:
+    if observed is None:
+        return False
+    template = desired["spec"]["template"]
+    return (observed.replicas == desired["spec"]["replicas"]
+            and observed.template_hash == template_hash(template)
+            and observed.node == _hostname(template))
+
+
+def _workload_writes(decision: WorkloadDecision, child: WorkloadChild | None,
+                     current: dict[str, Any]) -> list[Write]:
+    namespace, name = decision.namespace, decision.name
+    key = f"{namespace}/{name}"
+    group = Group("workload", namespace, name)
+    writes: list[Write] = []
+    if decision.recreate_child and child is not None:
+        writes.append(DeleteChild(child.kind, namespace, name,
+                                  f"deleted {child.kind.lower()} {key} (template changed)",
+                                  group))
+    elif decision.child is not None and not _child_matches(decision, decision.child, child):
+        writes.append(ApplyObject(
+            decision.child, f"{decision.child['kind'].lower()} {key} active={decision.active}",
+            group))
+    if current != decision.status:
+        writes.append(ApplyStatus(GpuWorkload.crd, namespace, name, decision.status,
+                                  f"status {key} phase={decision.phase}", group))
+    return writes
+
+
+def _child_matches(decision: WorkloadDecision, desired: dict[str, Any],
+                   observed: WorkloadChild | None) -> bool:
+    if observed is None:
+        return False
+    template = desired["spec"]["template"]
+    return (observed.active == decision.active and observed.node == _hostname(template)
+            and observed.template_hash == template_hash(template))
+
+
+def _policy_writes(decision: PolicyDecision) -> list[Write]:
+    """ConfigMap first, then the Deployment that loads it, then the status; the
+    status carries reported spend, so it is written last, once the rest held."""
+    namespace, name = decision.namespace, decision.name
+    group = Group("policy", namespace, name)
+    config = (decision.config_hash or "")[:12]
+    writes: list[Write] = []
+    if decision.config_map is not None:
+        writes.append(ApplyObject(
+            decision.config_map,
+            f"configmap {namespace}/{decision.config_map['metadata']['name']} config={config}",
+            group))
+    if decision.litellm_patch is not None:
+        writes.append(ApplyObject(
+            decision.litellm_patch,
+            f"deployment {namespace}/{decision.litellm_patch['metadata']['name']} "
+            f"config={config}", group))
+    if _dump(decision.policy.status) != decision.status:
+        writes.append(ApplyStatus(RoutePolicy.crd, namespace, name, decision.status,
+                                  f"status routepolicy {namespace}/{name}", group,
+                                  stores_spend_of=decision))
+    return writes
+
+
+def _hostname(template: dict[str, Any]) -> str | None:
+    hostname: str | None = template["spec"].get("nodeSelector", {}).get(
+        "kubernetes.io/hostname")
+    return hostname
+
+
+def _dump(status: BaseModel) -> dict[str, Any]:
+    """A stored status as the plan renders one, to compare the two."""
+    return status.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+ObjectT = TypeVar("ObjectT")
+
+
+def _first_per_key(objects: Iterable[ObjectT], key: Callable[[ObjectT], tuple[str, str]]
+                   ) -> dict[tuple[str, str], ObjectT]:
+    """(namespace, name) -> the first object the View lists under it."""
+    found: dict[tuple[str, str], ObjectT] = {}
+    for item in objects:
+        found.setdefault(key(item), item)
+    return found
