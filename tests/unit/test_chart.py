@@ -21,7 +21,7 @@ CHART = ROOT / CHART_FOLDER
 OUR_CRDS = {"modelslots.hybridcompute.io", "routepolicies.hybridcompute.io",
             "gpuworkloads.hybridcompute.io"}
 
-# (apiGroup, resource, verb) the operator's code uses, from observe.py, act.py,
+# (apiGroup, resource, verb) the operator's code uses, from observe.py,
 # kube.py, main.py's kopf handlers and kopf's own needs (CRD scanning, peering).
 CLUSTER_PERMISSIONS = {
     *{("hybridcompute.io", kind, verb) for kind in ("modelslots", "gpuworkloads",
