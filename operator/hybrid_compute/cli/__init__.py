@@ -20,7 +20,8 @@ from hybrid_compute.dev.toolchain import (
     default_toolchain,
     ensure_toolchain,
 )
-from hybrid_compute.plan.settings import DEFAULT_ENDPOINT_TEMPLATE, OPERATOR_IMAGE
+from hybrid_compute.plan.settings import OPERATOR_IMAGE
+from hybrid_compute.render.children import DEFAULT_ENDPOINT_TEMPLATE
 
 API_TOKEN_ENV = "HYBRID_COMPUTE_API_TOKEN"
 

@@ -15,15 +15,17 @@ import json
 import re
 from decimal import Decimal
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from hybrid_compute.api.common import SecretKeyRef, parse_duration
 from hybrid_compute.api.routepolicy import RoutePolicySpec
-from hybrid_compute.plan.settings import DEFAULT_ENDPOINT_TEMPLATE
-from hybrid_compute.plan.view import SlotInfo
 from hybrid_compute.render import children
+from hybrid_compute.render.children import DEFAULT_ENDPOINT_TEMPLATE
+
+if TYPE_CHECKING:
+    from hybrid_compute.plan.view import SlotInfo
 
 CONFIG_KEY = "config.yaml"
 ROUTER_MODULE_KEY = "hybrid_router.py"
