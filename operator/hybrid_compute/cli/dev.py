@@ -90,11 +90,19 @@ def _dev_status(args: argparse.Namespace) -> int:
     return 0 if description["running"] else 1
 
 
-def _dev_kubeconfig(args: argparse.Namespace) -> int:
-    cluster = DevCluster(args.name)
+def _cluster_that_is_up(name: str) -> DevCluster | None:
+    """The named cluster when it has been started, else None (and says so)."""
+    cluster = DevCluster(name)
     if cluster.state() is None:
-        print(f"cluster {args.name!r} is not up; start it with `hybrid-compute dev up`",
+        print(f"cluster {name!r} is not up; start it with `hybrid-compute dev up`",
               file=sys.stderr)
+        return None
+    return cluster
+
+
+def _dev_kubeconfig(args: argparse.Namespace) -> int:
+    cluster = _cluster_that_is_up(args.name)
+    if cluster is None:
         return 1
     print(cluster.kubeconfig)
     return 0
@@ -125,10 +133,8 @@ def _dev_build(args: argparse.Namespace) -> int:
 
 
 def _dev_kubectl(args: argparse.Namespace) -> int:
-    cluster = DevCluster(args.name)
-    if cluster.state() is None:
-        print(f"cluster {args.name!r} is not up; start it with `hybrid-compute dev up`",
-              file=sys.stderr)
+    cluster = _cluster_that_is_up(args.name)
+    if cluster is None:
         return 1
     result = cluster.kubectl(*args.kubectl_args, check=False)
     sys.stdout.write(result.stdout)
