@@ -8,8 +8,9 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.http_stub import StubHandler, StubServer
 
 PROMPT_TOKENS = 1000
 COMPLETION_TOKENS = 500
@@ -35,29 +36,18 @@ class CloudStandIn:
         self._lock = threading.Lock()
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(StubHandler):
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
+                body = json.loads(self.read_body() or b"{}")
                 call = CloudCall(self.path, str(body.get("model", "")),
                                  self.headers.get("Authorization", ""), body)
                 with stand_in._lock:
                     stand_in.calls.append(call)
-                answer = stand_in.answer(call)
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_json(200, stand_in.answer(call))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server = StubServer(Handler)
+        self.port = self.server.port
+        self.url = f"{self.server.url}/v1"
 
     def answer(self, call: CloudCall) -> dict[str, Any]:
         usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
@@ -82,9 +72,8 @@ class CloudStandIn:
             self.calls.clear()
 
     def __enter__(self) -> CloudStandIn:
-        self._thread.start()
+        self.server.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()

@@ -12,16 +12,15 @@ and share one stack.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from hybrid_compute.dev.cluster import free_port
 from hybrid_compute.plan.evaluation import EVALUATION_HEADER
 from tests.cluster.support import apply, phase, wait
 from tests.conftest import OperatorHandle, TestCluster
+from tests.http_stub import StubHandler, StubServer
 from tests.serving.cloud import CloudStandIn
 from tests.serving.conftest import LlamaServer
 from tests.serving.litellm_runner import LiteLLMRunner
@@ -71,15 +71,12 @@ class RecordingProxy:
         self.evaluation_delay = 0.0
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_: Any) -> None:
-                pass
-
+        class Handler(StubHandler):
             def do_GET(self) -> None:
                 self._forward(None)
 
             def do_POST(self) -> None:
-                self._forward(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                self._forward(self.read_body())
 
             def _forward(self, data: bytes | None) -> None:
                 evaluating = EVALUATION_HEADER.lower() in {k.lower() for k in self.headers}
@@ -95,25 +92,16 @@ class RecordingProxy:
                         status, body = answer.status, answer.read()
                 except urllib.error.HTTPError as error:
                     status, body = error.code, error.read()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the evaluation gave up waiting
+                with contextlib.suppress(OSError):  # the evaluation gave up waiting
+                    self.send_body(status, body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = StubServer(Handler, port).start()
 
     def routed(self) -> list[Seen]:
         return [s for s in self.seen if not s.evaluation and s.path.endswith("/completions")]
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 @dataclass

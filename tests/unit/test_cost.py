@@ -4,10 +4,8 @@ from Prometheus data served by a small local HTTP server."""
 from __future__ import annotations
 
 import json
-import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,6 +22,7 @@ from hybrid_compute.cost.estimate import (
     summary_rows,
 )
 from hybrid_compute.cost.usage import measure, prometheus_query, window_days
+from tests.http_stub import StubHandler, StubServer
 
 SEED_SUMMARY = [
     ("All Sonnet 4.5", "$540", "baseline"),
@@ -156,15 +155,14 @@ SERIES = {
 }
 
 
-class PrometheusStandIn(BaseHTTPRequestHandler):
+class PrometheusStandIn(StubHandler):
     """Answers /api/v1/query the way Prometheus does, from SERIES."""
 
     queries: ClassVar[list[str]] = []
     fail_with: ClassVar[str | None] = None
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", 0))
-        form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+        form = urllib.parse.parse_qs(self.read_body().decode())
         self._answer(self.path, form.get("query", [""])[0])
 
     def do_GET(self) -> None:
@@ -174,11 +172,11 @@ class PrometheusStandIn(BaseHTTPRequestHandler):
     def _answer(self, path: str, query: str) -> None:
         type(self).queries.append(query)
         if path != "/api/v1/query":
-            self._send(404, {"status": "error", "error": "not found"})
+            self.send_json(404, {"status": "error", "error": "not found"})
             return
         if self.fail_with:
-            self._send(400, {"status": "error", "errorType": "bad_data",
-                             "error": self.fail_with})
+            self.send_json(400, {"status": "error", "errorType": "bad_data",
+                                 "error": self.fail_with})
             return
         result = []
         for metric, values in SERIES.items():
@@ -190,33 +188,16 @@ class PrometheusStandIn(BaseHTTPRequestHandler):
                           for alias, value in values.items()]
             else:
                 result = [{"metric": {}, "value": [1.0, str(values)]}]
-        self._send(200, {"status": "success",
-                         "data": {"resultType": "vector", "result": result}})
-
-    def _send(self, status: int, body: dict[str, object]) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.send_json(200, {"status": "success",
+                             "data": {"resultType": "vector", "result": result}})
 
 
 @pytest.fixture
 def prometheus() -> Iterator[str]:
     PrometheusStandIn.queries = []
     PrometheusStandIn.fail_with = None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), PrometheusStandIn)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with StubServer(PrometheusStandIn) as server:
+        yield server.url
 
 
 def test_usage_is_read_per_cloud_alias_and_from_llama_server(prometheus: str) -> None:

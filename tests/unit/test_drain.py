@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import datetime
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -14,6 +11,7 @@ import pytest
 from hybrid_compute.api.modelslot import ModelSlotStatus, SwapProgress
 from hybrid_compute.control import drain_probe
 from hybrid_compute.plan.planner import swap_phases
+from tests.http_stub import StubHandler, StubServer
 from tests.simworld import SEED_SLOTS, START, World, slot
 
 
@@ -190,24 +188,12 @@ def test_slots_url_sits_beside_the_openai_path() -> None:
 def slots_server() -> Iterator[tuple[str, dict[str, Any]]]:
     state: dict[str, Any] = {"status": 200, "body": []}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(StubHandler):
         def do_GET(self) -> None:
-            body = json.dumps(state["body"]).encode()
-            self.send_response(state["status"])
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_json(state["status"], state["body"])
 
-        def log_message(self, *_args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/slots", state
-    finally:
-        server.shutdown()
+    with StubServer(Handler) as server:
+        yield f"{server.url}/slots", state
 
 
 def test_probe_reports_busy_errors_and_unreachable_servers(

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import datetime
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -28,6 +26,7 @@ from hybrid_compute.plan.evaluation import (
     required_prompts,
 )
 from hybrid_compute.server.metrics import OperatorMetrics
+from tests.http_stub import StubHandler, StubServer
 
 NOW = datetime.datetime(2026, 12, 1, 2, 0, tzinfo=datetime.UTC)
 
@@ -190,32 +189,17 @@ class StandIn:
 def stand_in() -> Iterator[StandIn]:
     state = StandIn()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(StubHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", 0))
             state.seen.append((self.headers.get(EVALUATION_HEADER, ""),
-                               json.loads(self.rfile.read(length))))
+                               json.loads(self.read_body())))
             time.sleep(state.delay)
-            body = json.dumps(state.body if state.status < 400 else
-                              {"error": {"message": "model is loading"}}).encode()
-            self.send_response(state.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_json(state.status, state.body if state.status < 400 else
+                           {"error": {"message": "model is loading"}})
 
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
+    with StubServer(Handler) as server:
+        state.url = f"{server.url}/v1"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_run_sends_each_prompt_marked_as_evaluation_traffic(stand_in: StandIn) -> None:

@@ -12,9 +12,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,6 +27,7 @@ from hybrid_compute.fetch.download import (
     parse_progress,
     run_fetch,
 )
+from tests.http_stub import StubHandler, StubServer
 
 REPO = "acme/tiny-llm-GGUF"
 FILE = "tiny-q4_k_m.gguf"
@@ -60,12 +59,9 @@ class ModelHub:
         return CONTENT
 
 
-def _handler(hub: ModelHub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler(hub: ModelHub) -> type[StubHandler]:
+    class Handler(StubHandler):
         protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
 
         def do_GET(self) -> None:
             with hub.lock:
@@ -73,10 +69,10 @@ def _handler(hub: ModelHub) -> type[BaseHTTPRequestHandler]:
                                      "range": self.headers.get("Range", ""),
                                      "authorization": self.headers.get("Authorization", "")})
             if self.path != f"/{REPO}/resolve/main/{FILE}":
-                self._answer(404, b"not found")
+                self.send_body(404, b"not found", content_type=None)
                 return
             if hub.require_token and self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                self._answer(401, b"gated repository")
+                self.send_body(401, b"gated repository", content_type=None)
                 return
             body = hub.body()
             start = 0
@@ -108,31 +104,16 @@ def _handler(hub: ModelHub) -> type[BaseHTTPRequestHandler]:
                 return
             self.wfile.write(remaining)
 
-        def _answer(self, code: int, text: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Length", str(len(text)))
-            self.end_headers()
-            self.wfile.write(text)
-
     return Handler
-
-
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that stops reading (the disk-full refusal) is expected here."""
 
 
 @pytest.fixture
 def hub() -> Iterator[ModelHub]:
     state = ModelHub()
-    server = _QuietServer(("127.0.0.1", 0), _handler(state))
-    state.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,),
-                              daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    # A client that stops reading (the disk-full refusal) is expected here.
+    with StubServer(_handler(state), expect_disconnects=True) as server:
+        state.base_url = server.url
+        yield state
 
 
 def _fetcher(hub: ModelHub, dest: Path, sha256: str | None = CONTENT_SHA256,

@@ -96,6 +96,8 @@ def test_rules_carry_the_matrix_privacy_and_budget() -> None:
     assert rules["routes"]["complex"] == "cloud/frontier"
     assert rules["tasks"]["code-completion"] == "local/quality"
     assert rules["privacy"]["tags"] == ["private", "privacy", "sensitive"]
+    # Durations reach the router as numbers of seconds: it parses none of the policy's.
+    assert (rules["privacy"]["action"], rules["privacy"]["holdTimeoutSeconds"]) == ("Hold", 60.0)
     assert rules["budget"]["whenExhausted"] == "RouteLocal"
     assert "local/fast" in rules["localAliases"]
 

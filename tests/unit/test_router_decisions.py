@@ -343,6 +343,19 @@ def test_a_held_request_is_bridged_when_its_patience_runs_out(
         ("local/quality", "held"), ("cloud/mid", "bridged")}
 
 
+def test_a_private_request_is_held_up_to_the_policy_hold_timeout_then_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    router, operator = hook([waiting(None, phase="Pending")], monkeypatch)
+    router.rules = {**RULES, "privacy": {**RULES["privacy"], "holdTimeoutSeconds": 0.3}}
+    data = asking(tags=["private"])
+    held = decide(data, router.rules, operator.state)
+    started = time.monotonic()
+    decision = asyncio.run(router._hold(data, "acompletion", held))
+    waited = time.monotonic() - started
+    assert (decision.route, decision.status, decision.private) == ("refused", 503, True)
+    assert 0.2 <= waited < 2, f"held {waited:.2f} s for a hold timeout of 0.3 s"
+
+
 def test_a_held_request_is_bridged_early_when_the_prediction_outgrows_its_patience(
         monkeypatch: pytest.MonkeyPatch) -> None:
     router, _ = hook([waiting(3.0), waiting(30.0, phase="Loading")], monkeypatch)

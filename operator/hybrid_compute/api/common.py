@@ -8,12 +8,12 @@ import functools
 import re
 import zoneinfo
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
-from kubernetes.utils import parse_quantity
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
+
+from hybrid_compute.api.units import parse_quantity
 
 GROUP = "hybridcompute.io"
 VERSION = "v1alpha1"
@@ -202,5 +202,4 @@ def parse_duration(text: str) -> datetime.timedelta:
 @functools.lru_cache(maxsize=4096)
 def parse_bytes(quantity: str) -> int:
     """A Kubernetes memory quantity in bytes."""
-    value: Decimal = parse_quantity(quantity)
-    return int(value)
+    return int(parse_quantity(quantity))

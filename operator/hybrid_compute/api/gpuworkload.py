@@ -26,7 +26,7 @@ from hybrid_compute.api.common import (
 WorkloadClass = Literal["TTS", "Embedding", "ImageGeneration", "FineTuning", "Other"]
 WorkloadKind = Literal["Job", "Deployment"]
 WorkloadPhase = Literal["Queued", "Admitted", "Running", "Preempted", "Succeeded", "Failed"]
-WORKLOAD_CONDITION_TYPES = ("Accepted", "Admitted", "Preempted", "Finished")
+WORKLOAD_CONDITION_TYPES = ("Accepted", "Fits", "Admitted", "Preempted", "Finished")
 
 # The seed's priority table; LLM inference (ModelSlots) ranks above all of these.
 CLASS_PRIORITY: dict[str, int] = {
@@ -155,7 +155,7 @@ class GpuWorkloadStatus(ApiModel):
     observed_generation: int | None = None
     """The metadata.generation the operator last acted on."""
     conditions: Conditions = Field(default_factory=list)
-    """Accepted, Admitted, Preempted and Finished."""
+    """Accepted, Fits, Admitted, Preempted and Finished."""
     window: str | None = None
     """The schedule, for display, e.g. 02:00-08:00 Pacific/Auckland."""
     node: str | None = None

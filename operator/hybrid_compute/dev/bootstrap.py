@@ -1,4 +1,5 @@
-"""What ``dev up`` installs into a fresh cluster: the CRDs and the samples."""
+"""What ``dev up`` installs into a fresh cluster: the CRDs and the samples of the
+source checkout the package runs from."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ import yaml
 from hybrid_compute.api.crdgen import all_crds
 
 SAMPLES_FOLDER = "manifests/samples"
+
+
+def repository_root() -> Path | None:
+    """The source checkout this package runs from, when it runs from one."""
+    candidate = Path(__file__).resolve().parents[3]
+    return candidate if (candidate / "manifests").is_dir() else None
 
 
 def sample_manifests(repository_root: Path) -> list[dict[str, Any]]:

@@ -7,8 +7,7 @@ import importlib.metadata
 from dataclasses import dataclass
 
 from hybrid_compute.api.units import GIB
-
-DEFAULT_ENDPOINT_TEMPLATE = "http://{service}.{namespace}.svc:{port}/v1"
+from hybrid_compute.render.children import DEFAULT_ENDPOINT_TEMPLATE
 
 
 def _own_version() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hybrid_compute.api.common import API_VERSION, parse_bytes, parse_duration
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
@@ -20,7 +20,9 @@ from hybrid_compute.api.labels import (
 )
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.fetch.download import TOKEN_ENV as FETCH_TOKEN_ENV
-from hybrid_compute.plan.settings import DEFAULT_ENDPOINT_TEMPLATE, PlanSettings
+
+if TYPE_CHECKING:
+    from hybrid_compute.plan.settings import PlanSettings
 
 GPU_RESOURCE = "nvidia.com/gpu"
 SERVER_CONTAINER = "llama-server"
@@ -31,6 +33,8 @@ DEFAULT_HOST_PATH = "/models"
 # until it is done, so liveness only starts once the startup probe has passed.
 STARTUP_PROBE_SECONDS = 900
 RUN_AS_USER = 1000
+DEFAULT_ENDPOINT_TEMPLATE = "http://{service}.{namespace}.svc:{port}/v1"
+"""How LiteLLM reaches a slot's llama-server by default: its Service in the cluster."""
 
 
 def served_name(spec: ModelSlotSpec) -> str:

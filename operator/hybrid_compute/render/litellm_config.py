@@ -15,15 +15,17 @@ import json
 import re
 from decimal import Decimal
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from hybrid_compute.api.common import SecretKeyRef, parse_duration
 from hybrid_compute.api.routepolicy import RoutePolicySpec
-from hybrid_compute.plan.settings import DEFAULT_ENDPOINT_TEMPLATE
-from hybrid_compute.plan.view import SlotInfo
 from hybrid_compute.render import children
+from hybrid_compute.render.children import DEFAULT_ENDPOINT_TEMPLATE
+
+if TYPE_CHECKING:
+    from hybrid_compute.plan.view import SlotInfo
 
 CONFIG_KEY = "config.yaml"
 ROUTER_MODULE_KEY = "hybrid_router.py"
@@ -151,7 +153,8 @@ def render_config(policy: RoutePolicySpec, slots: list[SlotInfo],
 def render_rules(policy: RoutePolicySpec, slots: list[SlotInfo],
                  policy_key: str | None = None) -> dict[str, Any]:
     """What the router module needs besides the live state: the matrix, the
-    privacy tags, the patience, the budget action and which aliases are local. ``policy_key``
+    privacy tags, the patience, the budget action and which aliases are local.
+    Durations are numbers of seconds, so the router parses none. ``policy_key``
     (namespace/name) tells the router which policy's budget in the operator's
     state is its own."""
     routing = policy.routing
@@ -162,7 +165,11 @@ def render_rules(policy: RoutePolicySpec, slots: list[SlotInfo],
         "tasks": dict(sorted(routing.tasks.items())),
         "longContextTokens": routing.long_context_tokens,
         "gpuBusyThreshold": routing.gpu_busy_threshold,
-        "privacy": routing.privacy.model_dump(by_alias=True),
+        "privacy": {
+            "tags": routing.privacy.tags,
+            "action": routing.privacy.action,
+            "holdTimeoutSeconds": parse_duration(routing.privacy.hold_timeout).total_seconds(),
+        },
         "patienceSeconds": parse_duration(routing.patience).total_seconds(),
         "maxPatienceSeconds": parse_duration(routing.max_patience).total_seconds(),
         "budget": policy.budget.model_dump(by_alias=True) if policy.budget else None,

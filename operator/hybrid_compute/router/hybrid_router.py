@@ -116,7 +116,7 @@ def parse_patience(value: Any) -> float | None:
             seconds = float(value.strip())
         except ValueError:
             try:
-                seconds = _seconds(value.strip())
+                seconds = _duration_seconds(value.strip())
             except (KeyError, ValueError):
                 return None
     else:
@@ -215,7 +215,7 @@ def predicted_wait(state: dict[str, Any], alias: str) -> float | None:
     return float(min(waits)) if waits else None
 
 
-def _s(seconds: float) -> str:
+def _seconds_text(seconds: float) -> str:
     return f"{round(seconds, 1):g} s"
 
 
@@ -275,9 +275,9 @@ def decide(data: dict[str, Any], rules: dict[str, Any], state: dict[str, Any],
                     patience = request_patience(data, rules)
                 if wait is not None and patience > 0 and wait <= patience:
                     return Decision(alias, "hold", f"{why}; waiting for {alias} ({phase}): "
-                                    f"predicted {_s(wait)} <= patience {_s(patience)}",
-                                    wanted=alias)
-                because = (f"predicted {_s(wait)} > patience {_s(patience)}"
+                                    f"predicted {_seconds_text(wait)} <= "
+                                    f"patience {_seconds_text(patience)}", wanted=alias)
+                because = (f"predicted {_seconds_text(wait)} > patience {_seconds_text(patience)}"
                            if wait is not None else "its load time cannot be predicted")
                 return Decision(fallback, "bridged", f"{why}; {alias} is {phase}, "
                                 f"bridged to {fallback}: {because}", wanted=alias)
@@ -455,7 +455,7 @@ class HybridRouter(CustomLogger):  # type: ignore[misc]
     async def _hold(self, data: dict[str, Any], call_type: str, decision: Decision
                     ) -> Decision:
         """Waits for the local model: a privacy-tagged request up to
-        ``privacy.holdTimeout``, then refused (it never leaves the box); any other up
+        ``privacy.holdTimeoutSeconds``, then refused (it never leaves the box); any other up
         to its patience, then bridged. A request whose slot turns out slower than
         the patience left is bridged as soon as the operator predicts so."""
         assert self.rules is not None
@@ -463,7 +463,7 @@ class HybridRouter(CustomLogger):  # type: ignore[misc]
         started = time.monotonic()
         if decision.private:
             action = self.rules["privacy"]["action"]
-            limit = _seconds(self.rules["privacy"]["holdTimeout"]) if action == "Hold" else 0
+            limit = float(self.rules["privacy"]["holdTimeoutSeconds"]) if action == "Hold" else 0.0
         else:
             limit = request_patience(data, self.rules)
         deadline = started + limit
@@ -501,11 +501,13 @@ class HybridRouter(CustomLogger):  # type: ignore[misc]
 
 
 def _after_hold(decision: Decision, alias: str, started: float) -> Decision:
-    held = _s(time.monotonic() - started)
+    held = _seconds_text(time.monotonic() - started)
     return decision._replace(reason=f"held {held} for the swap of {alias}; {decision.reason}")
 
 
-def _seconds(duration: str) -> float:
+def _duration_seconds(duration: str) -> float:
+    """Seconds from a duration a client wrote (``1.5s``, ``2m``, ``1h30m``, ``250ms``);
+    the rules carry numbers of seconds already."""
     units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
     total, number = 0.0, ""
     index = 0

@@ -25,12 +25,11 @@ from typing import Any
 
 import kopf
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import hashes
 from kubernetes import client
 from pydantic import ValidationError
 
+from hybrid_compute import tls
 from hybrid_compute.api.common import parse_bytes
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
 from hybrid_compute.api.modelslot import ModelSlotSpec
@@ -109,32 +108,16 @@ def self_signed_certificate(host: str, folder: Path | None = None) -> tuple[Path
     """A certificate for ``host`` (a name or an IP address) that is its own CA, as the
     webhook's caBundle; returns the certificate and key files."""
     folder = folder or Path(tempfile.mkdtemp(prefix="hybrid-compute-webhook-"))
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hybrid-compute-webhook")])
-    try:
-        names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(host))]
-    except ValueError:
-        names = [x509.DNSName(host)]
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + _CERTIFICATE_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    key = tls.new_key()
+    subject = tls.name("hybrid-compute-webhook")
+    certificate = tls.for_servers(
+        tls.builder(subject, subject, key.public_key(), _CERTIFICATE_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True),
+        [host],
+    ).sign(key, hashes.SHA256())
     certificate_file, key_file = folder / "webhook.crt", folder / "webhook.key"
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_file.chmod(0o600)
-    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    tls.write_key(key_file, key)
+    tls.write_certificate(certificate_file, certificate)
     return certificate_file, key_file
 
 

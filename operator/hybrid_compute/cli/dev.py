@@ -1,0 +1,142 @@
+"""``hybrid-compute dev``: the local cluster (up, down, status, kubeconfig, kubectl,
+add-node) and the build of its binaries."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from hybrid_compute.dev import llmtools
+from hybrid_compute.dev.cluster import DevCluster
+from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME, PROFILES
+from hybrid_compute.dev.toolchain import KUBERNETES_VERSION, default_toolchain, ensure_toolchain
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dev = commands.add_parser("dev", help="a local control plane with a simulated GPU node")
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True)
+    up = dev_commands.add_parser("up", help="start (or reuse) the local cluster")
+    up.add_argument("--node", action="append", default=[], metavar="NAME=PROFILE",
+                    help=f"add a GPU node besides {DEFAULT_NODE_NAME}; profiles: "
+                         f"{', '.join(sorted(PROFILES))}")
+    up.add_argument("--no-operator", action="store_true", help="do not start the operator")
+    up.add_argument("--no-samples", action="store_true", help="do not apply the samples")
+    up.set_defaults(handler=_dev_up)
+    down = dev_commands.add_parser("down", help="stop the local cluster and delete its data")
+    down.set_defaults(handler=_dev_down)
+    status = dev_commands.add_parser("status", help="show processes, ports and nodes")
+    status.set_defaults(handler=_dev_status)
+    kubeconfig = dev_commands.add_parser("kubeconfig", help="print the kubeconfig path")
+    kubeconfig.set_defaults(handler=_dev_kubeconfig)
+    add_node = dev_commands.add_parser("add-node", help="add a simulated GPU node")
+    add_node.add_argument("node_name")
+    add_node.add_argument("--profile", choices=sorted(PROFILES), default="dual-rtx3090")
+    add_node.set_defaults(handler=_dev_add_node)
+    build = dev_commands.add_parser("build", help="build the control plane binaries and helm "
+                                                 "(cached)")
+    build.add_argument("--serving", action="store_true",
+                       help="also install the LiteLLM proxy and build llama-server, which "
+                            "the serving tests and benchmarks run")
+    build.set_defaults(handler=_dev_build)
+    kubectl = dev_commands.add_parser("kubectl", help="run the matching kubectl against it")
+    kubectl.add_argument("kubectl_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    kubectl.set_defaults(handler=_dev_kubectl)
+    for sub in (up, down, status, kubeconfig, add_node, kubectl):
+        sub.add_argument("--name", default="dev", help="cluster name (default: dev)")
+
+
+def _dev_up(args: argparse.Namespace) -> int:
+    from hybrid_compute.dev.bootstrap import bootstrap_manifests, repository_root
+
+    cluster = DevCluster(args.name)
+    extra = [tuple(spec.split("=", 1)) for spec in args.node]
+    for node_name, profile in extra:
+        if profile not in PROFILES:
+            print(f"unknown node profile {profile!r} for {node_name}; known: "
+                  f"{', '.join(sorted(PROFILES))}", file=sys.stderr)
+            return 2
+    manifests = bootstrap_manifests(repository_root(), samples=not args.no_samples)
+    seconds = cluster.up(
+        extra_nodes=[(n, p) for n, p in extra],
+        manifests=manifests,
+        operator=not args.no_operator,
+    )
+    print(f"cluster {cluster.name!r} ready in {seconds:.1f}s at {cluster.server}")
+    print(f"  GPU node: {DEFAULT_NODE_NAME} ({PROFILES['rtx3090'].description})")
+    print(f"  kubeconfig: {cluster.kubeconfig}")
+    print(f"  use it:     export KUBECONFIG={cluster.kubeconfig}; kubectl get nodes,hybrid -A")
+    print(f"  or:         hybrid-compute dev kubectl get nodes   "
+          f"(kubectl {KUBERNETES_VERSION} at {default_toolchain().binary('kubectl')})")
+    print(f"  logs:       {cluster.folder / 'logs'}")
+    print(f"  stop it:    hybrid-compute dev down{_name_flag(args.name)}")
+    return 0
+
+
+def _name_flag(name: str) -> str:
+    return "" if name == "dev" else f" --name {name}"
+
+
+def _dev_down(args: argparse.Namespace) -> int:
+    cluster = DevCluster(args.name)
+    stopped = cluster.down()
+    print(f"cluster {args.name!r} is down ({len(stopped)} processes stopped)")
+    return 0
+
+
+def _dev_status(args: argparse.Namespace) -> int:
+    description = DevCluster(args.name).describe()
+    print(json.dumps(description, indent=2))
+    return 0 if description["running"] else 1
+
+
+def _cluster_that_is_up(name: str) -> DevCluster | None:
+    """The named cluster when it has been started, else None (and says so)."""
+    cluster = DevCluster(name)
+    if cluster.state() is None:
+        print(f"cluster {name!r} is not up; start it with `hybrid-compute dev up`",
+              file=sys.stderr)
+        return None
+    return cluster
+
+
+def _dev_kubeconfig(args: argparse.Namespace) -> int:
+    cluster = _cluster_that_is_up(args.name)
+    if cluster is None:
+        return 1
+    print(cluster.kubeconfig)
+    return 0
+
+
+def _dev_add_node(args: argparse.Namespace) -> int:
+    cluster = DevCluster(args.name)
+    if not cluster.is_running():
+        print(f"cluster {args.name!r} is not running", file=sys.stderr)
+        return 1
+    cluster.add_node(args.node_name, args.profile)
+    cluster.wait_nodes_ready(timeout=60)
+    print(f"node {args.node_name} ({PROFILES[args.profile].description}) is Ready")
+    return 0
+
+
+def _dev_build(args: argparse.Namespace) -> int:
+    from hybrid_compute.dev.helm import ensure_helm
+
+    tools = ensure_toolchain()
+    print(f"control plane binaries: {tools.bin_dir}")
+    print(f"helm (for the chart's tests): {ensure_helm()}")
+    if args.serving:
+        serving = llmtools.ensure_serving_tools()
+        print(f"litellm: {serving.litellm}")
+        print(f"llama-server: {serving.llama_server}")
+    return 0
+
+
+def _dev_kubectl(args: argparse.Namespace) -> int:
+    cluster = _cluster_that_is_up(args.name)
+    if cluster is None:
+        return 1
+    result = cluster.kubectl(*args.kubectl_args, check=False)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    return result.returncode
