@@ -28,8 +28,8 @@ from hybrid_compute.control.diff import (
     Write,
     diff,
 )
-from hybrid_compute.control.observe import deployment_from_object, workload_child_from_object
 from hybrid_compute.plan import Plan, plan
+from hybrid_compute.plan.objects import deployment_from_object, workload_child_from_object
 from hybrid_compute.plan.routing import PolicyDecision
 from hybrid_compute.plan.view import View, WorkloadChild
 from tests.simworld import SEED_SLOTS, World, slot, workload

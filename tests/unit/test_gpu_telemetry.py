@@ -163,7 +163,7 @@ def test_agents_are_read_over_http_and_an_unreachable_one_is_logged_not_raised(
             assert telemetry.snapshots["dreamteam"].gpus[0].memory_used_bytes == 11 * GIB
             assert metrics.agent_reachable.labels("http")._value.get() == 1
             dead = GpuTelemetry(HttpAgents(["http://127.0.0.1:9"], timeout=1), metrics=metrics)
-            with caplog.at_level(logging.WARNING, "hybrid_compute.telemetry"):
+            with caplog.at_level(logging.WARNING, "hybrid_compute.control.telemetry"):
                 assert not await dead.poll(["dreamteam"])
             assert dead.snapshots == {}
             assert metrics.agent_reachable.labels("http")._value.get() == 0

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from hybrid_compute.control import state_api
 from hybrid_compute.control.leader_election import (
     ElectionTiming,
     LeaseRecord,
@@ -28,7 +29,6 @@ from hybrid_compute.control.leader_election import (
 from hybrid_compute.control.lease_elector import LeaseElector
 from hybrid_compute.control.loop import Runtime
 from hybrid_compute.plan.settings import PlanSettings
-from hybrid_compute.server import state_api
 
 T0 = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
 TIMING = ElectionTiming()

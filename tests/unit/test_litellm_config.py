@@ -6,8 +6,8 @@ from __future__ import annotations
 import yaml
 
 from hybrid_compute.api.routepolicy import RoutePolicySpec
-from hybrid_compute.control.observe import slot_from_object
 from hybrid_compute.dev.bootstrap import sample_manifests
+from hybrid_compute.plan.objects import slot_from_object
 from hybrid_compute.render.litellm_config import (
     CONFIG_KEY,
     ROUTER_MODULE_KEY,

@@ -10,9 +10,9 @@ from typing import Any
 
 from hybrid_compute.api.labels import SLOT_LABEL
 from hybrid_compute.api.modelslot import ModelSlotSpec
-from hybrid_compute.control.observe import fetch_from_pod, pod_from_object, with_fetch_log
 from hybrid_compute.fetch.download import Progress
 from hybrid_compute.plan import plan
+from hybrid_compute.plan.objects import fetch_from_pod, pod_from_object, with_fetch_log
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import FetchProgress
 from hybrid_compute.render import children

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from hybrid_compute.api.routepolicy import RoutePolicySpec
-from hybrid_compute.control.observe import slot_from_object
 from hybrid_compute.dev.bootstrap import sample_manifests
+from hybrid_compute.plan.objects import slot_from_object
 from hybrid_compute.render.litellm_config import render_rules
 from hybrid_compute.router import hybrid_router
 from hybrid_compute.router.hybrid_router import (

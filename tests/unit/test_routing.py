@@ -241,7 +241,7 @@ def test_a_namespace_the_operator_may_not_write_in_is_a_condition() -> None:
 
 
 def test_route_counts_from_the_router_are_checked() -> None:
-    from hybrid_compute.server.state_api import _route_problem
+    from hybrid_compute.control.state_api import _route_problem
 
     good = {"alias": "local/quality", "target": "cloud/mid", "outcome": "bridged", "count": 3}
     assert _route_problem(good) is None

@@ -318,7 +318,7 @@ def test_an_agent_that_restarted_is_sent_its_list_again(caplog: pytest.LogCaptur
         telemetry.want_warm({"dreamteam": files("coder.gguf")})
         await round_trip(telemetry)
         agents.held.clear()
-        with caplog.at_level(logging.INFO, "hybrid_compute.telemetry"):
+        with caplog.at_level(logging.INFO, "hybrid_compute.control.telemetry"):
             assert await round_trip(telemetry) == ["dreamteam"]
         assert await round_trip(telemetry) == []
 
@@ -336,7 +336,7 @@ def test_an_unreachable_agent_is_logged_once_and_asked_again(caplog: pytest.LogC
         telemetry.want_warm({"dreamteam": files("coder.gguf")})
         await telemetry.poll(["dreamteam"])
         agents.unreachable = True
-        with caplog.at_level(logging.WARNING, "hybrid_compute.telemetry"):
+        with caplog.at_level(logging.WARNING, "hybrid_compute.control.telemetry"):
             for _ in range(3):
                 assert await telemetry.push_warm() == []
         agents.unreachable = False
@@ -354,7 +354,7 @@ def test_a_refused_list_waits_until_it_changes(caplog: pytest.LogCaptureFixture)
     async def exercise() -> None:
         telemetry.want_warm({"dreamteam": files("coder.gguf")})
         await telemetry.poll(["dreamteam"])
-        with caplog.at_level(logging.WARNING, "hybrid_compute.telemetry"):
+        with caplog.at_level(logging.WARNING, "hybrid_compute.control.telemetry"):
             assert await telemetry.push_warm() == []
             assert await telemetry.push_warm() == []
         agents.refusal = None

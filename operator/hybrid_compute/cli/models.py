@@ -127,8 +127,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     from hybrid_compute.api.common import GROUP, VERSION
     from hybrid_compute.control import clock, kube
-    from hybrid_compute.control.observe import slot_from_object
     from hybrid_compute.plan import evaluation
+    from hybrid_compute.plan.objects import slot_from_object
     from hybrid_compute.render.children import served_name
 
     try:

@@ -25,7 +25,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _render_litellm(args: argparse.Namespace) -> int:
     from hybrid_compute.api.routepolicy import RoutePolicySpec
     from hybrid_compute.cli.offline import ManifestError, load_objects
-    from hybrid_compute.control.observe import slot_from_object
+    from hybrid_compute.plan.objects import slot_from_object
     from hybrid_compute.render.litellm_config import CONFIG_KEY, RULES_KEY, config_files
 
     try:

@@ -16,11 +16,11 @@ import kopf
 
 from hybrid_compute.api import GROUP, VERSION
 from hybrid_compute.api.labels import MANAGED_BY, MANAGED_BY_LABEL, SLOT_LABEL, WORKLOAD_LABEL
-from hybrid_compute.control import kube, telemetry
+from hybrid_compute.control import kube, state_api, telemetry
 from hybrid_compute.control.lease_elector import LeaseElector, default_identity, default_namespace
 from hybrid_compute.control.loop import Runtime
 from hybrid_compute.plan.settings import PlanSettings
-from hybrid_compute.server import admission_webhook, metrics, state_api
+from hybrid_compute.server import admission_webhook, metrics
 
 logger = logging.getLogger("hybrid_compute")
 

@@ -32,7 +32,7 @@ from hybrid_compute.control.leader_election import (
     released_spec,
 )
 
-logger = logging.getLogger("hybrid_compute.leader")
+logger = logging.getLogger("hybrid_compute.control.lease_elector")
 
 CONFLICT = 409
 NOT_FOUND = 404

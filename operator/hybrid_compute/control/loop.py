@@ -29,7 +29,7 @@ from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import SlotInfo, View
 from hybrid_compute.server.metrics import METRICS, OperatorMetrics
 
-logger = logging.getLogger("hybrid_compute.loop")
+logger = logging.getLogger("hybrid_compute.control.loop")
 
 DEBOUNCE_SECONDS = 0.02
 RETRY_SECONDS = 5.0

@@ -51,7 +51,7 @@ from hybrid_compute.plan.warm_standby import WarmFile
 from hybrid_compute.render.children import DEFAULT_HOST_PATH
 from hybrid_compute.server.metrics import OperatorMetrics
 
-logger = logging.getLogger("hybrid_compute.telemetry")
+logger = logging.getLogger("hybrid_compute.control.telemetry")
 
 POLL_SECONDS = 5.0
 DEPARTED_GRACE = datetime.timedelta(seconds=20)

@@ -1,2 +1,3 @@
-"""The operator's HTTP servers: the state and demand API for routers, Prometheus
-metrics and the admission webhook."""
+"""The operator's HTTP servers that stand on their own: Prometheus metrics and the
+admission webhook. (The state and demand API feeds the control loop, so it lives in
+:mod:`hybrid_compute.control.state_api`.)"""

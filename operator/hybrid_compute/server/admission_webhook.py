@@ -34,8 +34,8 @@ from hybrid_compute.api.common import parse_bytes
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.api.units import gib
-from hybrid_compute.control.observe import node_from_object
 from hybrid_compute.plan.ledger import build_gpus, fit_problem
+from hybrid_compute.plan.objects import node_from_object
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import GpuNode, View
 from hybrid_compute.plan.workloads import uses_gpu
