@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from hybrid_compute.control.loop import Runtime
-from hybrid_compute.plan.swap_wait import RECENT_SWAPS, predicted_wait, remember_swap
+from hybrid_compute.plan.swaps import RECENT_SWAPS, predicted_wait, remember_swap
 from hybrid_compute.server.state_api import state_document
 from tests.simworld import SEED_SLOTS, START, World, slot
 

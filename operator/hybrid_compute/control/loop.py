@@ -18,12 +18,13 @@ import time
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from hybrid_compute.control import clock, drain_probe
+from hybrid_compute.control import clock, drain_probe, evaluator
 from hybrid_compute.control.act import act
 from hybrid_compute.control.lease_elector import LeaseElector
 from hybrid_compute.control.observe import observe
 from hybrid_compute.control.telemetry import GpuTelemetry
 from hybrid_compute.plan import evaluation
+from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.planner import Plan, PolicyDecision, SlotDecision, plan
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import View
@@ -53,6 +54,8 @@ class Runtime:
         self.demands: dict[str, datetime.datetime] = {}
         self.last_plan: Plan | None = None
         self.last_view: View | None = None
+        self.memo = PlanMemo()
+        """Templates rendered by one plan, reused by the next."""
         # A router may have fetched the state from the previous operator just before
         # this one started: count the start as a fetch, so drains give routers time.
         self.router_fetched_at: datetime.datetime | None = clock.now()
@@ -132,7 +135,7 @@ class Runtime:
                                    router_fetched_at=self.router_fetched_at)
         view = dataclasses.replace(view, evaluations=self._unrecorded_evaluations(view))
         started = time.perf_counter()
-        result = plan(view, now)
+        result = plan(view, now, self.memo)
         plan_seconds = time.perf_counter() - started
         writes = await asyncio.to_thread(act, self.api, result, view, now,
                                          self._spend_saved)
@@ -182,7 +185,7 @@ class Runtime:
         key = (request.namespace, request.name)
         try:
             result = await asyncio.to_thread(
-                evaluation.run, request.evaluation, endpoint, request.served_name,
+                evaluator.run, request.evaluation, endpoint, request.served_name,
                 request.model, clock.now)
         except Exception:
             # The next plan asks again; a broken evaluation must not reject a model.
