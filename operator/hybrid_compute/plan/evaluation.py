@@ -35,7 +35,7 @@ from hybrid_compute.api.modelslot import (
     SlotPhase,
 )
 from hybrid_compute.plan.outputs import ConditionUpdate, EventIntent
-from hybrid_compute.plan.view import SlotInfo
+from hybrid_compute.plan.view import SlotInfo, View
 from hybrid_compute.render import children
 
 if TYPE_CHECKING:
@@ -479,3 +479,9 @@ class Gate:
                          f"{name} ran before spec.evaluation was set")]
         return [ConditionUpdate("Evaluated", None, "Pending",
                                 f"{name} is evaluated once it is loaded")]
+
+
+def gates(view: View, now: datetime.datetime, memo: PlanMemo) -> dict[tuple[str, str], Gate]:
+    """The gate of every slot with a valid spec."""
+    return {slot.key: Gate.build(slot, view.evaluations.get(slot.key), now, memo)
+            for slot in view.slots if slot.spec is not None}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hybrid_compute.api.units import gib
+from hybrid_compute.plan.outputs import GpuSummary
 from hybrid_compute.plan.view import GpuNode, View
 
 
@@ -121,3 +122,9 @@ def start(gpus: dict[str, Gpu], placed: list[str], per_device: int, name: str,
           mutex_bytes: int) -> None:
     """Counts a consumer that is being started as holding its memory already."""
     record_holding(gpus, placed, per_device * len(placed), len(placed), name, mutex_bytes)
+
+
+def summarize(gpus: dict[str, Gpu]) -> tuple[GpuSummary, ...]:
+    """What the plan reports per GPU."""
+    return tuple(GpuSummary(g.id, g.capacity, g.reserved, g.held, tuple(g.residents))
+                 for g in gpus.values())

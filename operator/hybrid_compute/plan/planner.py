@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import datetime
 
-from hybrid_compute.plan import routing, workloads
+from hybrid_compute.plan import evaluation, routing, workloads
 from hybrid_compute.plan.demand import last_request, slot_demand
-from hybrid_compute.plan.evaluation import Gate
-from hybrid_compute.plan.holdings import Holdings, Owned, group_owned, record_holdings
-from hybrid_compute.plan.ledger import Gpu, build_gpus
+from hybrid_compute.plan.holdings import group_owned, record_holdings
+from hybrid_compute.plan.ledger import build_gpus, summarize
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.outputs import EventIntent, GpuSummary, Plan, SlotDecision
-from hybrid_compute.plan.placement import Placement, departures, place
+from hybrid_compute.plan.placement import departures, place
 from hybrid_compute.plan.routing import PolicyDecision
 from hybrid_compute.plan.slots import SlotFindings, decide_slots
 from hybrid_compute.plan.view import View
@@ -51,8 +50,7 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     owned = group_owned(view)
     holdings = record_holdings(view, owned, gpus, mutex_bytes)
     # 2. The evaluation gate picks the model each slot's pods run, before anything is sized.
-    gates = {slot.key: Gate.build(slot, view.evaluations.get(slot.key), now, memo)
-             for slot in view.slots if slot.spec is not None}
+    gates = evaluation.gates(view, now, memo)
     # 3. Who wants a GPU, in what order.
     demand = slot_demand(view, owned, holdings, gates, gpus, memo, now, wakeups)
     workload_verdicts = WorkloadVerdicts()
@@ -70,8 +68,10 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
         view, now, memo, gpus,
         SlotFindings(owned, holdings, demand, placement, leaving, gates), wakeups)
     # 7. Workloads after slots: a slot starting now counts against them.
-    workload_decisions = _decide_workloads(view, now, memo, gpus, owned, holdings, placement,
-                                           workload_verdicts, events)
+    workload_decisions, workload_events = workloads.decide_all(
+        view, now, memo, gpus, owned,
+        WorkloadFindings(placement.workloads, holdings.workloads, workload_verdicts))
+    events += workload_events
     # 8. Route policies, from the slots' readiness.
     policies = routing.plan_policies(
         view, [routing.SlotRouting(d.namespace, d.alias, d.ready) for d in slot_decisions],
@@ -80,27 +80,6 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
         events += policy.events
         if policy.recheck_at:
             wakeups.append(policy.recheck_at)
-    return Plan(tuple(slot_decisions), _summaries(gpus), tuple(events), min(wakeups),
+    return Plan(tuple(slot_decisions), summarize(gpus), tuple(events), min(wakeups),
                 tuple(workload_decisions), tuple(policies),
                 warm_lists(view, slot_decisions, lambda s: last_request(s, view), now))
-
-
-def _decide_workloads(view: View, now: datetime.datetime, memo: PlanMemo,
-                      gpus: dict[str, Gpu], owned: Owned, holdings: Holdings,
-                      placement: Placement, verdicts: WorkloadVerdicts,
-                      events: list[EventIntent]) -> list[WorkloadDecision]:
-    findings = WorkloadFindings(placement.workloads, holdings.workloads, verdicts)
-    decisions: list[WorkloadDecision] = []
-    for workload in sorted(view.workloads, key=lambda w: w.key):
-        decision, new_events = workloads.decide(
-            workload, view.settings, now, memo, gpus, findings,
-            owned.workload_pods.get(workload.key, []),
-            owned.workload_children.get(workload.key))
-        decisions.append(decision)
-        events += new_events
-    return decisions
-
-
-def _summaries(gpus: dict[str, Gpu]) -> tuple[GpuSummary, ...]:
-    return tuple(GpuSummary(g.id, g.capacity, g.reserved, g.held, tuple(g.residents))
-                 for g in gpus.values())

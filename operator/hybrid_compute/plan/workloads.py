@@ -23,13 +23,13 @@ from hybrid_compute.api.common import parse_bytes
 from hybrid_compute.api.gpuworkload import CLASS_PRIORITY, GpuWorkloadSpec
 from hybrid_compute.api.units import gib
 from hybrid_compute.plan.conditions import render_status
-from hybrid_compute.plan.holdings import Key, gpu_label, located_gpus
+from hybrid_compute.plan.holdings import Key, Owned, gpu_label, located_gpus
 from hybrid_compute.plan.ledger import Gpu, fit_problem, start, start_blockers
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.outputs import ACCEPTED, ConditionUpdate, EventIntent, EventType
 from hybrid_compute.plan.placement import Candidate, Rank, Tier
 from hybrid_compute.plan.settings import PlanSettings
-from hybrid_compute.plan.view import PodInfo, WorkloadChild, WorkloadInfo
+from hybrid_compute.plan.view import PodInfo, View, WorkloadChild, WorkloadInfo
 from hybrid_compute.plan.windows import describe, local_text, window_state
 from hybrid_compute.render import children
 
@@ -309,3 +309,18 @@ def _placed(turn: _WorkloadTurn, spec: GpuWorkloadSpec, gpus: dict[str, Gpu],
                         ConditionUpdate("Admitted", True, "Admitted", reason),
                         ConditionUpdate("Preempted", False, "Admitted", reason)],
                        gpu=label, node=node, status_updates=updates)
+
+
+def decide_all(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[str, Gpu],
+               owned: Owned, findings: WorkloadFindings
+               ) -> tuple[list[WorkloadDecision], list[EventIntent]]:
+    """Every workload's decision, in name order, and the Events they post."""
+    decisions: list[WorkloadDecision] = []
+    events: list[EventIntent] = []
+    for workload in sorted(view.workloads, key=lambda w: w.key):
+        decision, new_events = decide(workload, view.settings, now, memo, gpus, findings,
+                                      owned.workload_pods.get(workload.key, []),
+                                      owned.workload_children.get(workload.key))
+        decisions.append(decision)
+        events += new_events
+    return decisions, events
