@@ -8,7 +8,7 @@ one from them; ``/v1/state`` publishes the prediction as ``predictedWaitSeconds`
 which the router weighs against a request's patience: hold the request for the
 swap, or bridge it to the fallback at once.
 
-Pure: a slot's phase, its published status and the clock in, seconds out.
+Pure: statuses, pods and the clock in; moments, phases and seconds out.
 """
 
 from __future__ import annotations
