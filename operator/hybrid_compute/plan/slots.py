@@ -113,9 +113,10 @@ def decide_slot(slot: SlotInfo, view: View, now: datetime.datetime, memo: PlanMe
     spec = gate.served if gate is not None else slot.spec
     pods = _look_at_pods(turn, spec, findings.owned.slot_pods.get(slot.key, []), deployment,
                          findings.demand)
-    choice = turn.choice
-    if spec.device == "cpu" or choice is None:
+    if spec.device == "cpu":
         return _cpu_slot(turn, spec, pods), turn.events
+    choice = turn.choice
+    assert choice is not None  # _look_at_pods sizes every GPU slot
     if choice.bytes is None:
         return _vram_unknown(turn, choice.detail), turn.events
     problem = findings.demand.unschedulable.get(slot.key)
