@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
+from hybrid_compute.control.evaluator import EVALUATION_HEADER
 from hybrid_compute.dev import llmtools
 from hybrid_compute.dev.cluster import free_port
-from hybrid_compute.plan.evaluation import EVALUATION_HEADER
 from hybrid_compute.plan.objects import parse_time
 from tests.cluster.support import apply, phase, wait
 from tests.conftest import OperatorHandle, TestCluster

@@ -10,7 +10,7 @@ import pytest
 
 from hybrid_compute.api.modelslot import ModelSlotStatus, SwapProgress
 from hybrid_compute.control import drain_probe
-from hybrid_compute.plan.planner import swap_phases
+from hybrid_compute.plan.swaps import swap_phases
 from tests.http_stub import StubHandler, StubServer
 from tests.simworld import SEED_SLOTS, START, World, slot
 

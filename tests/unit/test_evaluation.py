@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from hybrid_compute.api.modelslot import ModelEvaluation, ModelSource
+from hybrid_compute.control import evaluator
+from hybrid_compute.control.evaluator import EVALUATION_HEADER
 from hybrid_compute.plan import evaluation
 from hybrid_compute.plan.evaluation import (
-    EVALUATION_HEADER,
     Reply,
     check_json,
     check_latency,
@@ -163,10 +164,10 @@ def test_request_bodies_ask_for_json_only_when_told() -> None:
         {"prompt": "hi", "maxTokens": 4},
         {"messages": [{"role": "system", "content": "Answer in JSON."},
                       {"content": "Two plus two?"}], "expectJson": True}]})
-    plain = evaluation.request_body(spec.prompts[0], "tiny")
+    plain = evaluator.request_body(spec.prompts[0], "tiny")
     assert plain == {"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
                      "max_tokens": 4, "temperature": 0, "stream": False}
-    asked = evaluation.request_body(spec.prompts[1], "tiny")
+    asked = evaluator.request_body(spec.prompts[1], "tiny")
     assert asked["response_format"] == {"type": "json_object"}
     assert [m["role"] for m in asked["messages"]] == ["system", "user"]
 
@@ -204,7 +205,7 @@ def stand_in() -> Iterator[StandIn]:
 
 def test_run_sends_each_prompt_marked_as_evaluation_traffic(stand_in: StandIn) -> None:
     spec = criteria(prompts=[{"prompt": "a"}, {"prompt": "b"}])
-    result = evaluation.run(spec, stand_in.url, "tiny", "fp123", lambda: NOW)
+    result = evaluator.run(spec, stand_in.url, "tiny", "fp123", lambda: NOW)
     assert result.passed and result.finished == NOW
     assert [(marker, body["messages"][0]["content"]) for marker, body in stand_in.seen] == [
         ("fp123", "a"), ("fp123", "b")]
@@ -213,16 +214,16 @@ def test_run_sends_each_prompt_marked_as_evaluation_traffic(stand_in: StandIn) -
 
 def test_run_reports_a_server_error(stand_in: StandIn) -> None:
     stand_in.status = 503
-    result = evaluation.run(criteria(), stand_in.url, "tiny", "fp", lambda: NOW)
+    result = evaluator.run(criteria(), stand_in.url, "tiny", "fp", lambda: NOW)
     assert result.failed_checks() == ["prompt 1: serverError HTTP 503: model is loading"]
 
 
 def test_run_stops_waiting_past_the_latency_bound(stand_in: StandIn,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(evaluation, "LATENCY_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr(evaluator, "LATENCY_GRACE_SECONDS", 0.2)
     stand_in.delay = 1.5
     started = time.monotonic()
-    result = evaluation.run(criteria(maxLatency="100ms"), stand_in.url, "tiny", "fp",
+    result = evaluator.run(criteria(maxLatency="100ms"), stand_in.url, "tiny", "fp",
                             lambda: NOW)
     assert time.monotonic() - started < 1.4, "the evaluation waited for the slow answer"
     assert not result.passed
@@ -231,14 +232,14 @@ def test_run_stops_waiting_past_the_latency_bound(stand_in: StandIn,
 
 def test_run_measures_a_slow_answer_that_still_came(stand_in: StandIn) -> None:
     stand_in.delay = 0.3
-    result = evaluation.run(criteria(maxLatency="100ms"), stand_in.url, "tiny", "fp",
+    result = evaluator.run(criteria(maxLatency="100ms"), stand_in.url, "tiny", "fp",
                             lambda: NOW)
     (failure,) = result.failed_checks()
     assert failure.startswith("prompt 1: latency ") and failure.endswith("> 100ms")
 
 
 def test_run_reports_a_refused_connection() -> None:
-    result = evaluation.run(criteria(), "http://127.0.0.1:9/v1", "tiny", "fp", lambda: NOW)
+    result = evaluator.run(criteria(), "http://127.0.0.1:9/v1", "tiny", "fp", lambda: NOW)
     assert not result.passed and "serverError no answer" in result.failed_checks()[0]
 
 

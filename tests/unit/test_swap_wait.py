@@ -10,7 +10,7 @@ import pytest
 
 from hybrid_compute.control.loop import Runtime
 from hybrid_compute.control.state_api import state_document
-from hybrid_compute.plan.swap_wait import RECENT_SWAPS, predicted_wait, remember_swap
+from hybrid_compute.plan.swaps import RECENT_SWAPS, predicted_wait, remember_swap
 from tests.simworld import SEED_SLOTS, START, World, slot
 
 DEFAULT = 30.0

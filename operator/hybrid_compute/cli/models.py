@@ -126,7 +126,7 @@ def _eval(args: argparse.Namespace) -> int:
     from kubernetes.client.exceptions import ApiException
 
     from hybrid_compute.api.common import GROUP, VERSION
-    from hybrid_compute.control import clock, kube
+    from hybrid_compute.control import clock, evaluator, kube
     from hybrid_compute.plan import evaluation
     from hybrid_compute.plan.objects import slot_from_object
     from hybrid_compute.render.children import served_name
@@ -158,6 +158,6 @@ def _eval(args: argparse.Namespace) -> int:
     name = served_name(slot.spec)
     model = evaluation.model_fingerprint(slot.spec.model)
     print(f"evaluating {name} (model {model}) of {slot.spec.alias} at {endpoint}")
-    result = evaluation.run(slot.spec.evaluation, endpoint, name, model, clock.now)
+    result = evaluator.run(slot.spec.evaluation, endpoint, name, model, clock.now)
     print(evaluation.report(result))
     return 0 if result.passed else 1

@@ -14,8 +14,9 @@ import yaml
 from hybrid_compute.api.common import parse_bytes
 from hybrid_compute.api.units import gib
 from hybrid_compute.dev.nodes import PROFILES, node_manifest
+from hybrid_compute.plan import plan
 from hybrid_compute.plan.objects import node_from_object, slot_from_object
-from hybrid_compute.plan.planner import Plan, plan
+from hybrid_compute.plan.outputs import Plan
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import View
 

@@ -25,7 +25,7 @@ from hybrid_compute.control.diff import (
     PostEvent,
     Write,
 )
-from hybrid_compute.plan.planner import PolicyDecision
+from hybrid_compute.plan.routing import PolicyDecision
 
 logger = logging.getLogger("hybrid_compute.control.act")
 

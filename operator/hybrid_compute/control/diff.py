@@ -27,9 +27,10 @@ from hybrid_compute.api.common import CrdInfo
 from hybrid_compute.api.gpuworkload import GpuWorkload
 from hybrid_compute.api.modelslot import ModelSlot
 from hybrid_compute.api.routepolicy import RoutePolicy
-from hybrid_compute.plan.outputs import EventIntent
-from hybrid_compute.plan.planner import Plan, PolicyDecision, SlotDecision, WorkloadDecision
+from hybrid_compute.plan.outputs import EventIntent, Plan, SlotDecision
+from hybrid_compute.plan.routing import PolicyDecision
 from hybrid_compute.plan.view import DeploymentInfo, View, WorkloadChild
+from hybrid_compute.plan.workloads import WorkloadDecision
 from hybrid_compute.render.children import template_hash
 
 GroupKind = Literal["demand", "slot", "workload", "policy", "event"]

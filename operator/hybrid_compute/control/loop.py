@@ -17,14 +17,16 @@ import time
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from hybrid_compute.control import clock
+from hybrid_compute.control import clock, evaluator
 from hybrid_compute.control.act import act
 from hybrid_compute.control.diff import diff
 from hybrid_compute.control.lease_elector import LeaseElector
 from hybrid_compute.control.observe import Signals, observe
 from hybrid_compute.control.telemetry import GpuTelemetry
-from hybrid_compute.plan import evaluation
-from hybrid_compute.plan.planner import Plan, PolicyDecision, SlotDecision, plan
+from hybrid_compute.plan import evaluation, plan
+from hybrid_compute.plan.memo import PlanMemo
+from hybrid_compute.plan.outputs import Plan, SlotDecision
+from hybrid_compute.plan.routing import PolicyDecision
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import SlotInfo, View
 from hybrid_compute.server.metrics import METRICS, OperatorMetrics
@@ -53,6 +55,8 @@ class Runtime:
         self.demands: dict[str, datetime.datetime] = {}
         self.last_plan: Plan | None = None
         self.last_view: View | None = None
+        self.memo = PlanMemo()
+        """Templates rendered by one plan, reused by the next."""
         # A router may have fetched the state from the previous operator just before
         # this one started: count the start as a fetch, so drains give routers time.
         self.router_fetched_at: datetime.datetime | None = clock.now()
@@ -123,7 +127,7 @@ class Runtime:
         now = clock.now()
         view = await observe(self.api, self.settings, self._signals(), now)
         started = time.perf_counter()
-        result = plan(view, now)
+        result = plan(view, now, self.memo)
         plan_seconds = time.perf_counter() - started
         changes = await asyncio.to_thread(diff, result, view)
         writes = await asyncio.to_thread(act, self.api, changes, now, self._spend_saved)
@@ -181,7 +185,7 @@ class Runtime:
         key = (request.namespace, request.name)
         try:
             result = await asyncio.to_thread(
-                evaluation.run, request.evaluation, endpoint, request.served_name,
+                evaluator.run, request.evaluation, endpoint, request.served_name,
                 request.model, clock.now)
         except Exception:
             # The next plan asks again; a broken evaluation must not reject a model.

@@ -3,7 +3,7 @@
 ``POST /v1/demand {"alias": ...}`` signals that a request for an alias arrived;
 ``POST /v1/spend {"policy": "namespace/name", "amount": USD}`` adds cloud spend to a
 RoutePolicy's budget period; ``GET /v1/state`` returns every slot's phase,
-residency, endpoint and predicted wait (:mod:`.swap_wait`), the GPU ledger and each
+residency, endpoint and predicted wait (:mod:`hybrid_compute.plan.swaps`), the GPU ledger and each
 policy's budget. Every call needs
 ``Authorization: Bearer <token>``; the token comes from a Secret and is never
 logged.
@@ -24,7 +24,7 @@ from aiohttp import web
 
 from hybrid_compute.control import clock
 from hybrid_compute.control.loop import Runtime
-from hybrid_compute.plan import swap_wait
+from hybrid_compute.plan import swaps
 from hybrid_compute.plan.routing import PolicyDecision, valid_spend
 from hybrid_compute.server import metrics
 
@@ -55,7 +55,7 @@ def state_document(runtime: Runtime) -> dict[str, Any]:
             "gpu": d.gpu,
             "node": d.node,
             "lastRequestTime": d.status.get("lastRequestTime"),
-            "predictedWaitSeconds": swap_wait.predicted_wait(
+            "predictedWaitSeconds": swaps.predicted_wait(
                 d.phase, d.status, now, d.settings.default_swap_time.total_seconds()),
         } for d in result.slots],
         "gpus": [{

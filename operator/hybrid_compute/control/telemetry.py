@@ -44,6 +44,7 @@ from hybrid_compute.agent.snapshot import (
     proc_cgroup_reader,
 )
 from hybrid_compute.agent.warmer import WarmFileRequest, WarmRequest
+from hybrid_compute.plan.holdings import parse_gpu_ids
 from hybrid_compute.plan.model_vram import ModelFileKey, model_file_key
 from hybrid_compute.plan.view import FileResidency, PodInfo, View
 from hybrid_compute.plan.vram import ModelShape
@@ -76,7 +77,7 @@ def _ours_on_gpu(gpu: str, node: str, node_gpus: int, pods: Iterable[PodInfo],
     for pod in pods:
         if pod.node != node or not pod.gpus or not pod.vram_bytes:
             continue
-        where = recorded.get((pod.kind, pod.namespace, pod.owner), "").split(",")
+        where = parse_gpu_ids(recorded.get((pod.kind, pod.namespace, pod.owner)))
         if gpu in where or (node_gpus == 1 and not any(w.startswith(f"{node}/")
                                                         for w in where)):
             total += pod.vram_bytes // pod.gpus

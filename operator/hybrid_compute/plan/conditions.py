@@ -4,6 +4,7 @@ flips, stamp observedGeneration."""
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -53,7 +54,7 @@ def find(conditions: list[Condition], type_: str) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
 
 
-def render_status(previous: StatusT, updates: list[tuple[str, bool | None, str, str]],
+def render_status(previous: StatusT, updates: Iterable[tuple[str, bool | None, str, str]],
                   generation: int, now: datetime.datetime, fields: dict[str, Any]
                   ) -> dict[str, Any]:
     """A stored status with condition updates (type, True/False/None, reason,

@@ -8,9 +8,8 @@ slot which model the pod template runs (the spec's, or the previous one while th
 spec's is rejected), the slot's model history and its phase once the pod is Ready.
 The operator never changes a spec (Argo CD owns it): a rejection lives in the status.
 
-The I/O part, :func:`run`, sends the prompts to a slot's OpenAI-compatible endpoint;
-the runtime calls it in the background when a plan asks for an evaluation, and
-``hybrid-compute eval`` calls it by hand.
+The I/O part, sending the prompts to a slot's endpoint, is
+:mod:`hybrid_compute.control.evaluator`'s.
 """
 
 from __future__ import annotations
@@ -19,12 +18,9 @@ import datetime
 import hashlib
 import json
 import math
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hybrid_compute.api.common import parse_duration
 from hybrid_compute.api.modelslot import (
@@ -39,16 +35,13 @@ from hybrid_compute.api.modelslot import (
     SlotPhase,
 )
 from hybrid_compute.plan.outputs import ConditionUpdate, EventIntent
-from hybrid_compute.plan.view import SlotInfo
+from hybrid_compute.plan.view import SlotInfo, View
 from hybrid_compute.render import children
 
+if TYPE_CHECKING:
+    from hybrid_compute.plan.memo import PlanMemo
+
 CheckName = Literal["serverError", "latency", "json", "tokensPerSecond"]
-EVALUATION_HEADER = "X-Hybrid-Compute-Evaluation"
-"""Sent with every evaluation request (its value is the model's fingerprint), so a
-server's request log tells evaluation traffic from routed traffic."""
-LATENCY_GRACE_SECONDS = 2.0
-"""How long past its latency bound an answer is still awaited, to report by how much
-it missed."""
 MAX_FAILED_CHECKS = 16
 _MODEL_IDENTITY = ("path", "served_name", "host_path", "persistent_volume_claim", "source")
 
@@ -60,21 +53,11 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_MODEL_FINGERPRINTS: dict[int, tuple[ModelSource, str]] = {}
-
-
 def model_fingerprint(model: ModelSource) -> str:
     """Identifies the model a slot serves: file, where it comes from, served name. Its
     VRAM figure and quantisation label do not make it another model."""
-    cached = _MODEL_FINGERPRINTS.get(id(model))
-    if cached is not None and cached[0] is model:
-        return cached[1]
-    digest = _digest(model.model_dump(mode="json", include=set(_MODEL_IDENTITY),
-                                      exclude_none=True))
-    if len(_MODEL_FINGERPRINTS) > 8192:
-        _MODEL_FINGERPRINTS.clear()
-    _MODEL_FINGERPRINTS[id(model)] = (model, digest)
-    return digest
+    return _digest(model.model_dump(mode="json", include=set(_MODEL_IDENTITY),
+                                    exclude_none=True))
 
 
 def criteria_fingerprint(evaluation: ModelEvaluation) -> str:
@@ -279,74 +262,6 @@ def report(result: EvaluationResult) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------ requests
-
-
-def request_body(prompt: EvaluationPrompt, served_name: str) -> dict[str, Any]:
-    messages = ([{"role": "user", "content": prompt.prompt}] if prompt.messages is None
-                else [m.model_dump() for m in prompt.messages])
-    body: dict[str, Any] = {"model": served_name, "messages": messages,
-                            "max_tokens": prompt.max_tokens, "temperature": 0,
-                            "stream": False}
-    if prompt.expect_json:
-        body["response_format"] = {"type": "json_object"}
-    return body
-
-
-def ask(endpoint: str, body: Mapping[str, Any], timeout: float, marker: str) -> Reply:
-    """POSTs one chat completion to ``endpoint`` (an OpenAI base URL ending in /v1)."""
-    request = urllib.request.Request(
-        f"{endpoint.rstrip('/')}/chat/completions", method="POST",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", EVALUATION_HEADER: marker})
-    started = time.monotonic()
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-            seconds = time.monotonic() - started
-            status = response.status
-    except urllib.error.HTTPError as error:
-        text = error.read().decode(errors="replace")
-        return Reply(error.code, time.monotonic() - started, None, _error_message(text))
-    except TimeoutError:
-        return Reply(None, time.monotonic() - started, None, "timed out", timed_out=True)
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        seconds = time.monotonic() - started
-        if isinstance(reason, TimeoutError):
-            return Reply(None, seconds, None, "timed out", timed_out=True)
-        return Reply(None, seconds, None, str(reason))
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return Reply(status, seconds, None, "the answer is not JSON")
-    return Reply(status, seconds, parsed if isinstance(parsed, dict) else None)
-
-
-def _error_message(text: str) -> str:
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return text.strip()[:200]
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    if isinstance(error, dict):
-        return str(error.get("message", ""))[:200]
-    return str(error or text)[:200]
-
-
-def run(evaluation: ModelEvaluation, endpoint: str, served_name: str, model: str,
-        now: Callable[[], datetime.datetime]) -> EvaluationResult:
-    """Sends every prompt, one after the other, and judges the answers."""
-    started = time.monotonic()
-    replies = []
-    for prompt in evaluation.prompts:
-        bound = latency_bound(prompt, evaluation)
-        replies.append(ask(endpoint, request_body(prompt, served_name),
-                           bound + LATENCY_GRACE_SECONDS, model))
-    return verdict(evaluation, replies, model, served_name, now(),
-                   round(time.monotonic() - started, 3))
-
-
 # ------------------------------------------------------------------ the gate
 
 
@@ -371,20 +286,9 @@ def model_label(model: ModelSource) -> str:
     return stem if name is None or name == stem else f"{name} ({model.path})"
 
 
-_SERVED: dict[int, tuple[ModelSlotSpec, str, ModelSlotSpec]] = {}
-
-
 def with_model(spec: ModelSlotSpec, entry: ModelHistoryEntry) -> ModelSlotSpec:
-    """``spec`` running an earlier model; the same object for the same inputs, so the
-    plan's template memo keeps working."""
-    cached = _SERVED.get(id(spec))
-    if cached is not None and cached[0] is spec and cached[1] == entry.fingerprint:
-        return cached[2]
-    served = spec.model_copy(update={"model": entry.model})
-    if len(_SERVED) > 1024:
-        _SERVED.clear()
-    _SERVED[id(spec)] = (spec, entry.fingerprint, served)
-    return served
+    """``spec`` running an earlier model."""
+    return spec.model_copy(update={"model": entry.model})
 
 
 def rollback_target(history: Sequence[ModelHistoryEntry], rejected: str
@@ -422,11 +326,11 @@ class Gate:
 
     @classmethod
     def build(cls, slot: SlotInfo, result: EvaluationResult | None,
-              now: datetime.datetime) -> Gate:
+              now: datetime.datetime, memo: PlanMemo) -> Gate:
         spec = slot.spec
         assert spec is not None
         status = slot.status
-        gate = cls(slot, spec, model_fingerprint(spec.model),
+        gate = cls(slot, spec, memo.model_fingerprint(spec.model),
                    criteria_fingerprint(spec.evaluation) if spec.evaluation else None,
                    list(status.history or []), status.evaluation)
         if result is not None:
@@ -438,7 +342,7 @@ class Gate:
         if gate.rejected:
             gate.rollback = rollback_target(gate.history, gate.wanted)
             if gate.rollback is not None:
-                gate.served = with_model(spec, gate.rollback)
+                gate.served = memo.served_spec(spec, gate.rollback)
         return gate
 
     @property
@@ -551,26 +455,33 @@ class Gate:
         name = self.wanted_name
         if self.criteria is None:
             had = any(c.type == "Evaluated" for c in self.slot.status.conditions)
-            return [("Evaluated", True, "NotRequired", "spec.evaluation is not set")] \
-                if had else []
+            return [ConditionUpdate("Evaluated", True, "NotRequired",
+                                    "spec.evaluation is not set")] if had else []
         record = self.record
         if self.rejected and record is not None:
             then = (f"serving the previous model {model_label(self.rollback.model)}"
                     if self.rollback is not None else "there is no earlier model to roll back to")
             checks = "; ".join(record.failed_checks or [])
-            return [("Evaluated", False, "EvaluationFailed",
+            return [ConditionUpdate("Evaluated", False, "EvaluationFailed",
                      f"{name} failed evaluation ({record.passed_prompts} of {record.prompts} "
                      f"prompts passed): {checks}; {then}")]
         if phase == "Evaluating":
-            return [("Evaluated", None, "Evaluating", f"evaluating {name}")]
+            return [ConditionUpdate("Evaluated", None, "Evaluating", f"evaluating {name}")]
         top = self.history[-1] if self.history else None
         if top is not None and top.fingerprint == self.wanted and top.until is None:
             if top.evaluation == "Passed":
                 detail = (f"{record.passed_prompts} of {record.prompts} prompts passed"
                           if record is not None and record.model == self.wanted
                           else "passed an earlier evaluation")
-                return [("Evaluated", True, "EvaluationPassed", f"{name}: {detail}")]
+                return [ConditionUpdate("Evaluated", True, "EvaluationPassed", f"{name}: {detail}")]
             if top.evaluation == "NotEvaluated":
-                return [("Evaluated", True, "NotEvaluated",
+                return [ConditionUpdate("Evaluated", True, "NotEvaluated",
                          f"{name} ran before spec.evaluation was set")]
-        return [("Evaluated", None, "Pending", f"{name} is evaluated once it is loaded")]
+        return [ConditionUpdate("Evaluated", None, "Pending",
+                                f"{name} is evaluated once it is loaded")]
+
+
+def gates(view: View, now: datetime.datetime, memo: PlanMemo) -> dict[tuple[str, str], Gate]:
+    """The gate of every slot with a valid spec."""
+    return {slot.key: Gate.build(slot, view.evaluations.get(slot.key), now, memo)
+            for slot in view.slots if slot.spec is not None}

@@ -1,13 +1,14 @@
 """The GPU ledger a plan fills in: what each device holds now, what the plan
-reserves on it, and the rules for placing a consumer (a ModelSlot or a
-GpuWorkload) there — VRAM, whole devices, and the large-consumer mutex."""
+reserves on it, and whether starting a consumer (a ModelSlot or a GpuWorkload)
+there keeps the budget and the large-consumer mutex (break-before-make). Where a
+consumer is placed is :mod:`.placement`'s."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from hybrid_compute.api.units import gib
+from hybrid_compute.plan.outputs import GpuSummary
 from hybrid_compute.plan.view import GpuNode, View
 
 
@@ -36,23 +37,6 @@ class Gpu:
     @property
     def free_for_plan(self) -> int:
         return self.capacity - self.reserved
-
-
-@dataclass(slots=True)
-class Candidate:
-    """A consumer that wants GPU memory in this plan, and its place in the queue."""
-
-    kind: str
-    key: tuple[str, str]
-    label: str
-    """How reasons name it: the alias of a slot, the name of a workload."""
-    vram: int
-    gpus: int
-    rank: tuple[Any, ...]
-    current_gpus: list[str]
-    is_default: bool = False
-    running: bool = False
-    """Its pods exist on ``current_gpus``."""
 
 
 def build_gpus(view: View) -> dict[str, Gpu]:
@@ -108,60 +92,15 @@ def most_free(gpus: dict[str, Gpu]) -> tuple[int, str | None]:
     return (best.free_for_plan, best.id) if best else (0, None)
 
 
-def choose_gpus(candidate: Candidate, gpus: dict[str, Gpu], by_node: list[list[Gpu]],
-                mutex_bytes: int, free_bound: int) -> list[str] | None:
-    """GPUs with room for the candidate, preferring where it already is.
-    ``free_bound`` is the most any GPU has left (:func:`most_free`): a candidate
-    larger than that is turned away without looking at every device."""
-    per_device = candidate.vram // candidate.gpus
-    if per_device > free_bound:
-        return None
-    large = per_device > mutex_bytes
-
-    def fits(gpu: Gpu) -> bool:
-        if gpu.exclusive and gpu.residents:
-            return False
-        if large and gpu.large_residents:
-            return False
-        return gpu.free_for_plan >= per_device
-
-    current = candidate.current_gpus
-    if current and len(current) == candidate.gpus and all(fits(gpus[g]) for g in current):
-        return current
-    if candidate.running:
-        # A running pod cannot change devices: it keeps its place or gives it up.
-        return None
-    if candidate.gpus == 1:
-        # Shared (time-sliced) devices before whole ones, which a small consumer
-        # would waste; among those, the emptiest, so fewer consumers give way.
-        best: Gpu | None = None
-        for devices in by_node:
-            for gpu in devices:
-                if gpu.capacity - gpu.reserved < per_device or not fits(gpu):
-                    continue
-                if best is None or (gpu.exclusive, gpu.held) < (best.exclusive, best.held):
-                    best = gpu
-                    if not gpu.exclusive and gpu.held == 0:
-                        return [best.id]  # nothing can beat an empty shared device
-        return [best.id] if best else None
-    for devices in by_node:
-        if devices[0].node.time_sliced:
-            continue
-        free = [g.id for g in devices if fits(g)]
-        if len(free) >= candidate.gpus:
-            return free[: candidate.gpus]
-    return None
-
-
-def reserve(gpus: dict[str, Gpu], chosen: list[str], candidate: Candidate,
+def reserve(gpus: dict[str, Gpu], chosen: list[str], per_device: int, resident: str,
             mutex_bytes: int) -> None:
-    per_device = candidate.vram // candidate.gpus
+    """Assigns ``per_device`` bytes of each chosen GPU to a placed consumer."""
     for gpu_id in chosen:
         gpu = gpus[gpu_id]
         gpu.reserved += per_device
-        gpu.residents.append(candidate.label)
+        gpu.residents.append(resident)
         if per_device > mutex_bytes:
-            gpu.large_residents.append(candidate.label)
+            gpu.large_residents.append(resident)
 
 
 def start_blockers(gpus: dict[str, Gpu], placed: list[str], per_device: int, own_name: str,
@@ -183,3 +122,9 @@ def start(gpus: dict[str, Gpu], placed: list[str], per_device: int, name: str,
           mutex_bytes: int) -> None:
     """Counts a consumer that is being started as holding its memory already."""
     record_holding(gpus, placed, per_device * len(placed), len(placed), name, mutex_bytes)
+
+
+def summarize(gpus: dict[str, Gpu]) -> tuple[GpuSummary, ...]:
+    """What the plan reports per GPU."""
+    return tuple(GpuSummary(g.id, g.capacity, g.reserved, g.held, tuple(g.residents))
+                 for g in gpus.values())

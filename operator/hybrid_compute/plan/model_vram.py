@@ -25,7 +25,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from hybrid_compute.api.common import parse_bytes
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus, VramSource
@@ -33,6 +33,10 @@ from hybrid_compute.api.units import MIB, gib
 from hybrid_compute.plan import vram
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.render import children
+
+if TYPE_CHECKING:
+    from hybrid_compute.plan.memo import PlanMemo
+    from hybrid_compute.plan.view import DeploymentInfo, SlotInfo, View
 
 ModelFileKey = tuple[str, str]
 """(node folder, file path relative to it): what the GPU agent is asked about."""
@@ -162,3 +166,20 @@ def describe(choice: VramChoice) -> str:
     """``7.1 GiB estimated from the model file's header``, for reasons."""
     assert choice.bytes is not None
     return f"{gib(choice.bytes)} {choice.detail}"
+
+
+def vram_choice(slot: SlotInfo, spec: ModelSlotSpec, view: View,
+                deployment: DeploymentInfo | None, memo: PlanMemo) -> VramChoice:
+    """The VRAM a GPU slot is planned with: :func:`choose` over what the View knows,
+    with the figure its running pods were started with while their template is
+    the one the spec renders."""
+    running = None
+    if (not spec.model.vram and deployment is not None and deployment.replicas > 0
+            and deployment.vram_bytes > 0):
+        started_with = memo.slot_template(slot.name, spec, deployment.vram_bytes,
+                                          view.settings)
+        if children.template_hash(started_with) == deployment.template_hash:
+            running = deployment.vram_bytes
+    key = model_file_key(spec, view.settings)
+    header = view.model_headers.get(key) if key is not None else None
+    return choose(spec, slot.status, view.settings, header, running)

@@ -1,7 +1,7 @@
 """The RoutePolicy part of the plan: what LiteLLM is given, whether the LiteLLM
 Deployment runs it, how much of the cloud budget is left, and the policy's status.
 
-Pure like the rest of :func:`hybrid_compute.plan.planner.plan`. A policy routes to the
+Pure like the rest of :func:`hybrid_compute.plan.plan`. A policy routes to the
 ModelSlots of its own namespace. Its rendering goes into the ConfigMap it names;
 LiteLLM reads its config only at start, so the Deployment's pod template carries
 the rendering's hash and a new hash rolls it. Swaps change nothing here (a slot's
@@ -33,7 +33,7 @@ from hybrid_compute.api.routepolicy import (
     Spend,
 )
 from hybrid_compute.plan.conditions import render_status
-from hybrid_compute.plan.outputs import ConditionUpdate, EventIntent
+from hybrid_compute.plan.outputs import ACCEPTED, ConditionUpdate, EventIntent
 from hybrid_compute.plan.view import LiteLLMDeployment, PolicyInfo, SlotInfo, View
 from hybrid_compute.render import litellm_config
 
@@ -213,7 +213,6 @@ def plan_policies(view: View, slots: list[SlotRouting], now: datetime.datetime
 def _decide_policy(policy: PolicyInfo, view: View, slot_routing: list[SlotRouting],
                    owners: dict[tuple[str, str], str], now: datetime.datetime
                    ) -> PolicyDecision:
-    generation = policy.generation
     reported = view.spend_reports.get(policy.key, 0.0)
     budget = budget_state(policy, reported, now)
     spend_fields: dict[str, Any] = {
@@ -222,11 +221,14 @@ def _decide_policy(policy: PolicyInfo, view: View, slot_routing: list[SlotRoutin
     }
     spec = policy.spec
     if spec is None:
-        updates: list[ConditionUpdate] = [
-            ("Accepted", False, "InvalidSpec", policy.invalid_reason or "invalid spec"),
-            ("Rendered", False, "InvalidSpec", "nothing is rendered for an invalid spec"),
-            ("Ready", False, "InvalidSpec", "nothing is rendered for an invalid spec")]
-        status = render_status(policy.status, updates, generation, now, spend_fields)
+        updates = [
+            ConditionUpdate("Accepted", False, "InvalidSpec",
+                            policy.invalid_reason or "invalid spec"),
+            ConditionUpdate("Rendered", False, "InvalidSpec",
+                            "nothing is rendered for an invalid spec"),
+            ConditionUpdate("Ready", False, "InvalidSpec",
+                            "nothing is rendered for an invalid spec")]
+        status = render_status(policy.status, updates, policy.generation, now, spend_fields)
         return PolicyDecision(policy, status, budget=budget, spend_included=reported)
 
     busy = gpu_busy(view, spec.routing.gpu_busy_threshold)
@@ -235,60 +237,50 @@ def _decide_policy(policy: PolicyInfo, view: View, slot_routing: list[SlotRoutin
     chains = litellm_config.fallbacks(spec, namespace_slots)
     fields = {**spend_fields, "gpu_busy": busy,
               "aliases": _alias_states(spec, routing, chains)}
-    config_map_key = (policy.namespace, spec.litellm.config_map_name)
+    problem = _render_problem(policy, spec, view, owners)
+    if problem is not None:
+        reason, message = problem
+        updates = [ACCEPTED, ConditionUpdate("Rendered", False, reason, message),
+                   ConditionUpdate("Ready", False, reason, message)]
+        status = render_status(policy.status, updates, policy.generation, now, fields)
+        return PolicyDecision(policy, status, budget=budget, gpu_busy=busy,
+                              spend_included=reported)
+    return _rendered(policy, spec, view, namespace_slots, fields, budget, busy, reported, now)
+
+
+def _render_problem(policy: PolicyInfo, spec: RoutePolicySpec, view: View,
+                    owners: dict[tuple[str, str], str]) -> tuple[str, str] | None:
+    """Why the policy cannot render its ConfigMap (reason, message), or None."""
     forbidden = view.litellm_forbidden.get(policy.namespace)
     if forbidden:
-        updates = [("Accepted", True, "Valid", "the spec is valid"),
-                   ("Rendered", False, "Forbidden", forbidden),
-                   ("Ready", False, "Forbidden", forbidden)]
-        status = render_status(policy.status, updates, generation, now, fields)
-        return PolicyDecision(policy, status, budget=budget, gpu_busy=busy,
-                              spend_included=reported)
-    owner = owners.get(config_map_key)
+        return "Forbidden", forbidden
+    owner = owners.get((policy.namespace, spec.litellm.config_map_name))
     if owner != policy.name:
-        message = (f"ConfigMap {spec.litellm.config_map_name} is rendered by RoutePolicy "
-                   f"{owner}; name another ConfigMap in spec.litellm.configMapName")
-        updates = [("Accepted", True, "Valid", "the spec is valid"),
-                   ("Rendered", False, "ConfigMapConflict", message),
-                   ("Ready", False, "ConfigMapConflict", message)]
-        status = render_status(policy.status, updates, generation, now, fields)
-        return PolicyDecision(policy, status, budget=budget, gpu_busy=busy,
-                              spend_included=reported)
+        return "ConfigMapConflict", (
+            f"ConfigMap {spec.litellm.config_map_name} is rendered by RoutePolicy "
+            f"{owner}; name another ConfigMap in spec.litellm.configMapName")
+    return None
 
+
+def _rendered(policy: PolicyInfo, spec: RoutePolicySpec, view: View,
+              namespace_slots: list[SlotInfo], fields: dict[str, Any], budget: BudgetState,
+              busy: bool, reported: float, now: datetime.datetime) -> PolicyDecision:
+    """A policy that renders its ConfigMap, and whether LiteLLM runs the rendering."""
     files = litellm_config.config_files(spec, _sorted(namespace_slots),
                                         view.settings.endpoint_template,
                                         f"{policy.namespace}/{policy.name}")
     digest = litellm_config.config_hash(files)
     config_map = None
-    if view.config_maps.get(config_map_key) != digest:
+    if view.config_maps.get((policy.namespace, spec.litellm.config_map_name)) != digest:
         config_map = config_map_manifest(policy, spec, files, digest)
     deployment = view.litellm.get((policy.namespace, spec.litellm.deployment_name))
-    patch = None
-    recheck = None
-    wanted_env = {entry["name"] for entry in litellm_config.secret_env(spec)}
-    if deployment is None:
-        ready: ConditionUpdate = (
-            "Ready", False, "DeploymentNotFound",
-            f"Deployment {spec.litellm.deployment_name} not found in {policy.namespace}; "
-            "install LiteLLM (the Helm chart does) or set spec.litellm.deploymentName")
-        recheck = now + ROLLOUT_CHECK * 5
-    elif deployment.config_hash != digest or deployment.env_names != wanted_env:
-        patch = litellm_patch(deployment, spec, digest)
-        ready = ("Ready", False, "RollingOut",
-                 f"restarting {deployment.name} with config {digest[:12]}")
-        recheck = now + ROLLOUT_CHECK
-    elif not deployment.updated_ready:
-        ready = ("Ready", False, "RollingOut",
-                 f"waiting for {deployment.name} to run config {digest[:12]}")
-        recheck = now + ROLLOUT_CHECK
-    else:
-        ready = ("Ready", True, "Serving",
-                 f"{deployment.name} serves config {digest[:12]}")
-    updates = [("Accepted", True, "Valid", "the spec is valid"),
-               ("Rendered", True, "Rendered",
-                f"config {digest[:12]} in ConfigMap {spec.litellm.config_map_name}"),
+    ready, patch, recheck = _rollout(policy, spec, deployment, digest, now)
+    updates = [ACCEPTED,
+               ConditionUpdate("Rendered", True, "Rendered",
+                               f"config {digest[:12]} in ConfigMap "
+                               f"{spec.litellm.config_map_name}"),
                ready]
-    status = render_status(policy.status, updates, generation, now,
+    status = render_status(policy.status, updates, policy.generation, now,
                            {**fields, "config_hash": digest})
     events: tuple[EventIntent, ...] = ()
     if policy.status.config_hash != digest:
@@ -299,6 +291,30 @@ def _decide_policy(policy: PolicyInfo, view: View, slot_routing: list[SlotRoutin
                               kind="RoutePolicy"),)
     return PolicyDecision(policy, status, config_map, patch, digest, budget, busy, reported,
                           events, recheck)
+
+
+def _rollout(policy: PolicyInfo, spec: RoutePolicySpec, deployment: LiteLLMDeployment | None,
+             digest: str, now: datetime.datetime
+             ) -> tuple[ConditionUpdate, dict[str, Any] | None, datetime.datetime | None]:
+    """The Ready condition, the Deployment patch that rolls LiteLLM onto the
+    rendering, and when to look again."""
+    wanted_env = {entry["name"] for entry in litellm_config.secret_env(spec)}
+    if deployment is None:
+        return ConditionUpdate(
+            "Ready", False, "DeploymentNotFound",
+            f"Deployment {spec.litellm.deployment_name} not found in {policy.namespace}; "
+            "install LiteLLM (the Helm chart does) or set spec.litellm.deploymentName"
+        ), None, now + ROLLOUT_CHECK * 5
+    if deployment.config_hash != digest or deployment.env_names != wanted_env:
+        return (ConditionUpdate("Ready", False, "RollingOut",
+                                f"restarting {deployment.name} with config {digest[:12]}"),
+                litellm_patch(deployment, spec, digest), now + ROLLOUT_CHECK)
+    if not deployment.updated_ready:
+        return (ConditionUpdate("Ready", False, "RollingOut",
+                                f"waiting for {deployment.name} to run config {digest[:12]}"),
+                None, now + ROLLOUT_CHECK)
+    return (ConditionUpdate("Ready", True, "Serving",
+                            f"{deployment.name} serves config {digest[:12]}"), None, None)
 
 
 def _sorted(slots: list[SlotInfo]) -> list[SlotInfo]:

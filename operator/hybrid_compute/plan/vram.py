@@ -25,12 +25,13 @@ keeps room for the driver on every GPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import yaml
 from pydantic import Field
@@ -237,28 +238,10 @@ def read_shape(path: Path) -> ModelShape:
     causal = value(f"{architecture}.attention.causal")
     has_kv_cache = architecture not in ENCODER_ARCHITECTURES and causal is not False
 
-    layer_bytes = output_bytes = input_bytes = 0
-    tensor_names: set[str] = set()
-    embedding_bytes = 0
-    embedding_rows: int | None = None
-    for tensor in reader.tensors:
-        tensor_names.add(tensor.name)
-        size = int(tensor.n_bytes)
-        if tensor.name.startswith("blk."):
-            layer_bytes += size
-        elif tensor.name.startswith(_INPUT_TENSOR_PREFIXES):
-            input_bytes += size
-            if tensor.name == "token_embd.weight":
-                embedding_bytes = size
-                embedding_rows = int(tensor.shape[-1])
-        else:
-            output_bytes += size
-    if has_kv_cache and "output.weight" not in tensor_names:
-        output_bytes += embedding_bytes  # tied embeddings: the head is a GPU copy
-
+    weights = _weights(reader.tensors, has_kv_cache)
     tokens = reader.get_field("tokenizer.ggml.tokens")
     vocab_size = len(tokens.data) if tokens is not None else int(
-        value(f"{architecture}.vocab_size") or embedding_rows or 0)
+        value(f"{architecture}.vocab_size") or weights.embedding_rows or 0)
     trained_context = value(f"{architecture}.context_length")
     window = value(f"{architecture}.attention.sliding_window")
     name = value("general.name")
@@ -274,12 +257,43 @@ def read_shape(path: Path) -> ModelShape:
         value_length=value_length,
         vocab_size=vocab_size,
         trained_context=int(trained_context) if trained_context else None,
-        layer_weight_bytes=layer_bytes,
-        output_weight_bytes=output_bytes,
-        input_weight_bytes=input_bytes,
+        layer_weight_bytes=weights.layers,
+        output_weight_bytes=weights.output,
+        input_weight_bytes=weights.input,
         has_kv_cache=has_kv_cache,
         sliding_window=int(window) if window else None,
     )
+
+
+class _Weights(NamedTuple):
+    layers: int
+    output: int
+    input: int
+    embedding_rows: int | None
+
+
+def _weights(tensors: Iterable[Any], has_kv_cache: bool) -> _Weights:
+    """Tensor bytes of the repeating layers, of the output head and of the input
+    embeddings, and the embedding table's rows."""
+    layer_bytes = output_bytes = input_bytes = 0
+    tensor_names: set[str] = set()
+    embedding_bytes = 0
+    embedding_rows: int | None = None
+    for tensor in tensors:
+        tensor_names.add(tensor.name)
+        size = int(tensor.n_bytes)
+        if tensor.name.startswith("blk."):
+            layer_bytes += size
+        elif tensor.name.startswith(_INPUT_TENSOR_PREFIXES):
+            input_bytes += size
+            if tensor.name == "token_embd.weight":
+                embedding_bytes = size
+                embedding_rows = int(tensor.shape[-1])
+        else:
+            output_bytes += size
+    if has_kv_cache and "output.weight" not in tensor_names:
+        output_bytes += embedding_bytes  # tied embeddings: the head is a GPU copy
+    return _Weights(layer_bytes, output_bytes, input_bytes, embedding_rows)
 
 
 def _first(found: Any) -> int:

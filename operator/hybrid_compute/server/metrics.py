@@ -28,7 +28,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from hybrid_compute.plan.planner import Plan, SlotDecision
+from hybrid_compute.plan.outputs import Plan, SlotDecision
 from hybrid_compute.plan.view import View
 
 SLOT_LABELS = ("namespace", "slot", "alias")
@@ -170,17 +170,13 @@ class OperatorMetrics:
         for decision in decisions:
             labels = (decision.namespace, decision.name, decision.alias or "")
             seen.add(labels)
-            previous = decision.slot.status.phase
-            updates = decision.status_updates
-            if "swaps" in updates and updates.get("last_swap_seconds") is not None:
+            if decision.completed_swap is not None:
                 self.swaps.labels(*labels).inc()
-                self.swap_duration.labels(*labels).observe(updates["last_swap_seconds"])
+                self.swap_duration.labels(*labels).observe(decision.completed_swap.seconds)
             self._record_swap_phases(labels, decision)
             if decision.cut_requests:
                 self.drains_cut.labels(*labels).inc(decision.cut_requests)
-            waiting = any(c[0] == "Swapping" and c[2] == "Waiting"
-                          for c in decision.condition_updates)
-            if decision.phase == "Pending" and waiting and previous != "Pending":
+            if decision.started_waiting:
                 self.swaps_deferred.labels(*labels).inc()
             self.slot_resident.labels(*labels).set(
                 1 if decision.phase in RESIDENT_PHASES and decision.gpu else 0)
@@ -197,10 +193,10 @@ class OperatorMetrics:
     def _record_swap_phases(self, labels: tuple[str, str, str], decision: SlotDecision) -> None:
         """Each phase once: the plan writes a swap's phases at Ready, and the route
         restoration in a later pass."""
-        phases = decision.status_updates.get("last_swap_phases")
+        phases = decision.phases_recorded
         if phases is None:
             return
-        before = None if "swaps" in decision.status_updates else \
+        before = None if decision.completed_swap is not None else \
             decision.slot.status.last_swap_phases
         for phase in SWAP_PHASES:
             value = getattr(phases, phase)
@@ -211,7 +207,7 @@ class OperatorMetrics:
         """Download progress, from what the plan read off the fetch step's log."""
         fetching: set[tuple[str, str, str]] = set()
         for decision in decisions:
-            progress = decision.status_updates.get("fetch")
+            progress = decision.fetch
             if progress is None or progress.bytes is None:
                 continue
             labels = (decision.namespace, decision.name, decision.alias or "")
@@ -229,7 +225,7 @@ class OperatorMetrics:
         """Residency of the model files of slots the agents keep warm."""
         warm: set[tuple[str, str, str]] = set()
         for decision in decisions:
-            page_cache = decision.status_updates.get("page_cache")
+            page_cache = decision.page_cache
             if page_cache is None:
                 continue
             labels = (decision.namespace, decision.name, decision.alias or "")

@@ -1,0 +1,120 @@
+"""What exists and what each GPU holds right now: the pods, Deployments and
+workload children per owner, and the GPUs their memory sits on. Pods of deleted
+objects count too: their memory is held until they are gone.
+
+A status records its GPUs as one comma-joined string (``status.gpu``);
+:func:`parse_gpu_ids` and :func:`gpu_label` are the one way to read and write it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from hybrid_compute.plan.ledger import Gpu, record_holding
+from hybrid_compute.plan.view import DeploymentInfo, PodInfo, View, WorkloadChild
+
+Key = tuple[str, str]
+"""(namespace, name) of a ModelSlot or a GpuWorkload."""
+
+
+def parse_gpu_ids(recorded: str | None) -> list[str]:
+    """The GPU ids of a comma-joined ``status.gpu``; none for an empty one."""
+    return recorded.split(",") if recorded else []
+
+
+def gpu_label(gpu_ids: Iterable[str]) -> str:
+    """``status.gpu`` for the given GPU ids."""
+    return ",".join(gpu_ids)
+
+
+def located_gpus(gpus: dict[str, Gpu], recorded: str | None, nodes: Collection[str],
+                 gpu_count: int) -> list[str]:
+    """The GPUs something that exists sits on: its recorded GPUs on the nodes its pods
+    run on, else the first ``gpu_count`` GPUs of those nodes; none when neither says."""
+    placed = [g for g in parse_gpu_ids(recorded)
+              if g in gpus and (not nodes or gpus[g].node.name in nodes)]
+    if placed or not nodes:
+        return placed
+    return [g for g in gpus if gpus[g].node.name in nodes][:gpu_count]
+
+
+@dataclass(frozen=True)
+class Owned:
+    """What exists per owner (namespace, name of a ModelSlot or GpuWorkload)."""
+
+    slot_pods: dict[Key, list[PodInfo]]
+    workload_pods: dict[Key, list[PodInfo]]
+    deployments: dict[Key, DeploymentInfo]
+    workload_children: dict[Key, WorkloadChild]
+
+
+def group_owned(view: View) -> Owned:
+    slot_pods: dict[Key, list[PodInfo]] = defaultdict(list)
+    workload_pods: dict[Key, list[PodInfo]] = defaultdict(list)
+    for pod in view.pods:
+        group = slot_pods if pod.kind == "ModelSlot" else workload_pods
+        group[(pod.namespace, pod.owner)].append(pod)
+    return Owned(slot_pods, workload_pods,
+                 {(d.namespace, d.owner): d for d in view.deployments},
+                 {(c.namespace, c.owner): c for c in view.workload_children})
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """Where each owner's existing pods (or children still asking for pods) hold
+    memory. Something not scheduled yet, with no record, holds every GPU, so
+    nothing else starts beside it."""
+
+    slots: dict[Key, list[str]]
+    workloads: dict[Key, list[str]]
+
+
+def record_holdings(view: View, owned: Owned, gpus: dict[str, Gpu], mutex_bytes: int
+                    ) -> Holdings:
+    """Counts what exists on the GPUs of ``gpus`` and says where it sits."""
+    return Holdings(_slot_holdings(view, owned, gpus, mutex_bytes),
+                    _workload_holdings(view, owned, gpus, mutex_bytes))
+
+
+def _slot_holdings(view: View, owned: Owned, gpus: dict[str, Gpu], mutex_bytes: int
+                   ) -> dict[Key, list[str]]:
+    held_gpus: dict[Key, list[str]] = {}
+    slots_by_key = {slot.key: slot for slot in view.slots}
+    for key in sorted(set(slots_by_key) | set(owned.slot_pods) | set(owned.deployments)):
+        slot = slots_by_key.get(key)
+        pods = owned.slot_pods.get(key, [])
+        deployment = owned.deployments.get(key)
+        asked = deployment.replicas * deployment.vram_bytes if deployment else 0
+        held = max(sum(p.vram_bytes for p in pods), asked)
+        if held == 0:
+            continue
+        gpu_count = max([p.gpus for p in pods] + [1])
+        placed = located_gpus(gpus, slot.status.gpu if slot else None,
+                              {p.node for p in pods if p.node}, gpu_count) or list(gpus)
+        held_gpus[key] = placed
+        record_holding(gpus, placed, held, gpu_count, key[1], mutex_bytes)
+    return held_gpus
+
+
+def _workload_holdings(view: View, owned: Owned, gpus: dict[str, Gpu], mutex_bytes: int
+                       ) -> dict[Key, list[str]]:
+    held_gpus: dict[Key, list[str]] = {}
+    workloads_by_key = {w.key: w for w in view.workloads}
+    children = owned.workload_children
+    for key in sorted(set(workloads_by_key) | set(owned.workload_pods) | set(children)):
+        workload = workloads_by_key.get(key)
+        pods = owned.workload_pods.get(key, [])
+        child = children.get(key)
+        asked = child.vram_bytes if child and child.active else 0
+        held = max(sum(p.vram_bytes for p in pods if p.gpus), asked)
+        if held == 0:
+            continue
+        nodes = {p.node for p in pods if p.node} or ({child.node} if child and child.node
+                                                     else set())
+        placed = located_gpus(gpus, workload.status.gpu if workload else None,
+                              nodes, 1) or list(gpus)
+        held_gpus[key] = placed
+        record_holding(gpus, placed, held, 1, key[1], mutex_bytes)
+    return held_gpus

@@ -1,0 +1,90 @@
+"""What a plan remembers from one pass to the next: results computed from parsed
+objects that the caller keeps between passes, keyed by the identity of those objects.
+
+Rendering and hashing a pod template dominates the cost of planning an unchanged
+slot, and the control loop keeps the parsed specs of unchanged objects from one
+pass to the next, so a result computed from the same spec object is reused. The
+caller owns the memo (the loop keeps one; ``plan`` without one starts afresh),
+which keeps the decision code free of module state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from hybrid_compute.plan import evaluation
+from hybrid_compute.render import children
+
+if TYPE_CHECKING:
+    from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
+    from hybrid_compute.api.modelslot import ModelHistoryEntry, ModelSlotSpec, ModelSource
+    from hybrid_compute.plan.settings import PlanSettings
+
+ValueT = TypeVar("ValueT")
+
+
+class IdentityCache(Generic[ValueT]):
+    """One result per key object, for one variant of the other inputs.
+
+    The entry keeps a reference to its key object, so the object outlives the entry
+    and its id cannot be reused by another object while the entry exists. Bounded:
+    when ``limit`` entries are held, the cache starts over."""
+
+    __slots__ = ("_entries", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._entries: dict[int, tuple[object, Hashable, ValueT]] = {}
+        self._limit = limit
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: object, variant: Hashable, compute: Callable[[], ValueT]) -> ValueT:
+        """The result for ``key`` and ``variant``, computed on the first ask."""
+        entry = self._entries.get(id(key))
+        if entry is not None and entry[0] is key and entry[1] == variant:
+            return entry[2]
+        value = compute()
+        if len(self._entries) > self._limit:
+            self._entries.clear()
+        self._entries[id(key)] = (key, variant, value)
+        return value
+
+
+class PlanMemo:
+    """The results one plan hands to the next."""
+
+    __slots__ = ("_fingerprints", "_served", "_slot_templates", "_workload_templates")
+
+    def __init__(self) -> None:
+        self._slot_templates: IdentityCache[dict[str, Any]] = IdentityCache(8192)
+        self._workload_templates: IdentityCache[dict[str, Any]] = IdentityCache(4096)
+        self._fingerprints: IdentityCache[str] = IdentityCache(8192)
+        self._served: IdentityCache[ModelSlotSpec] = IdentityCache(1024)
+
+    def slot_template(self, name: str, spec: ModelSlotSpec, vram: int,
+                      settings: PlanSettings) -> dict[str, Any]:
+        """A slot's pod template (:func:`hybrid_compute.render.children.pod_template`)."""
+        return self._slot_templates.get(
+            spec, (vram, settings, name),
+            lambda: children.pod_template(name, spec, vram, settings))
+
+    def workload_template(self, name: str, spec: GpuWorkloadSpec, settings: PlanSettings
+                          ) -> dict[str, Any]:
+        """A workload's pod template (:func:`hybrid_compute.render.children.workload_template`)."""
+        runtime_class = settings.gpu_runtime_class
+        return self._workload_templates.get(
+            spec, (name, runtime_class),
+            lambda: children.workload_template(name, spec, runtime_class))
+
+    def model_fingerprint(self, model: ModelSource) -> str:
+        """:func:`hybrid_compute.plan.evaluation.model_fingerprint`."""
+        return self._fingerprints.get(model, None,
+                                      lambda: evaluation.model_fingerprint(model))
+
+    def served_spec(self, spec: ModelSlotSpec, entry: ModelHistoryEntry) -> ModelSlotSpec:
+        """``spec`` running an earlier model (:func:`.evaluation.with_model`); the same
+        object for the same inputs, so the template memo keeps working for it."""
+        return self._served.get(spec, entry.fingerprint,
+                                lambda: evaluation.with_model(spec, entry))
