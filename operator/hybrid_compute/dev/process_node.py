@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import os
 import signal
 import sys
 import time
@@ -92,6 +93,28 @@ class ProcessNode:
     def record(self, event: str, **fields: Any) -> None:
         self._records.write(json.dumps({"event": event, "at": time.time(), **fields}) + "\n")
         self._records.flush()
+
+    def reap_orphans(self) -> None:
+        """Ends what an earlier agent of this node started and, killed itself, left
+        running: the pods are played afresh and must find their addresses free.
+        Only processes whose command line names the node's folder are touched."""
+        path = self.folder / RECORDS_FILE
+        running: set[int] = set()
+        for line in path.read_text().splitlines() if path.exists() else []:
+            entry = json.loads(line)
+            if entry["event"] == "started":
+                running.add(entry["pid"])
+            elif entry["event"] == "exited":
+                running.discard(entry.get("pid"))
+        for pid in running:
+            try:
+                command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(self.folder).encode() in command_line:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                self.record("exited", pid=pid, reaped=True)
 
     def _address_for(self, pod: dict[str, Any]) -> str:
         uid = pod["metadata"]["uid"]
@@ -244,6 +267,7 @@ class ProcessNode:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stopping.set)
         self.http = aiohttp.ClientSession()
+        self.reap_orphans()
         await self.register()
         app = ServiceProxy(self.kube, self.backends).app()
         app.router.add_get("/_node/pods", self._pods_view)
