@@ -33,7 +33,7 @@ serving: install ## install the LiteLLM proxy and build llama-server (once per v
 	@start=$$(date +%s); $(BIN)/hybrid-compute dev build --serving && \
 	  echo "serving tools ready in $$(( $$(date +%s) - start ))s"
 
-dev: toolchain ## start the local cluster with the operator and the samples
+dev: toolchain serving ## start the local cluster serving the samples through LiteLLM
 	$(BIN)/hybrid-compute dev up
 
 dev-down: install ## stop the local cluster

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.serving.tiny_gguf import _vocabulary as byte_vocabulary  # noqa: E402
+from hybrid_compute.dev.tiny_models import byte_vocabulary  # noqa: E402
 
 BLOCK_VALUES = 64 * 1024 * 1024
 """F16 values in the random block every tensor is cut from (128 MiB): more than the

@@ -38,10 +38,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.serving.cloud import CloudStandIn  # noqa: E402
-
 from hybrid_compute.api.routepolicy import RoutePolicySpec  # noqa: E402
 from hybrid_compute.dev import llmtools  # noqa: E402
+from hybrid_compute.dev.cloud_stand_in import CloudStandIn  # noqa: E402
 from hybrid_compute.dev.cluster import free_port  # noqa: E402
 from hybrid_compute.render import litellm_config  # noqa: E402
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from hybrid_compute.dev import llmtools
-from tests.serving.cloud import CloudStandIn
-from tests.serving.tiny_gguf import write_tiny_model
+from hybrid_compute.dev.cloud_stand_in import CloudStandIn
+from hybrid_compute.dev.tiny_models import write_tiny_model
 
 
 @pytest.fixture(scope="session")

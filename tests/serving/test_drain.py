@@ -24,10 +24,10 @@ import pytest
 from hybrid_compute.api.labels import SLOT_LABEL
 from hybrid_compute.dev import llmtools
 from hybrid_compute.dev.cluster import free_port
+from hybrid_compute.dev.tiny_models import TinyShape, write_tiny_model
 from tests.cluster.support import apply, phase, read, wait
 from tests.conftest import OperatorHandle, TestCluster
 from tests.serving.conftest import LlamaServer
-from tests.serving.tiny_gguf import TinyShape, write_tiny_model
 
 pytestmark = [pytest.mark.cluster, pytest.mark.serving]
 

@@ -28,12 +28,12 @@ import pytest
 
 from hybrid_compute.control.evaluator import EVALUATION_HEADER
 from hybrid_compute.dev import llmtools
+from hybrid_compute.dev.cloud_stand_in import CloudStandIn
 from hybrid_compute.dev.cluster import free_port
 from hybrid_compute.plan.objects import parse_time
 from tests.cluster.support import apply, phase, wait
 from tests.conftest import OperatorHandle, TestCluster
 from tests.http_stub import StubHandler, StubServer
-from tests.serving.cloud import CloudStandIn
 from tests.serving.conftest import LlamaServer
 from tests.serving.litellm_runner import LiteLLMRunner
 from tests.serving.test_litellm import (

@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 
 from hybrid_compute.dev import llmtools
+from hybrid_compute.dev.cloud_stand_in import COMPLETION_TOKENS, PROMPT_TOKENS, CloudStandIn
 from hybrid_compute.dev.cluster import free_port
 from tests.cluster.support import apply, phase, wait
 from tests.conftest import OperatorHandle, SimulatedGpuAgent, TestCluster
-from tests.serving.cloud import COMPLETION_TOKENS, PROMPT_TOKENS, CloudStandIn
 from tests.serving.conftest import LlamaServer
 from tests.serving.litellm_runner import LiteLLMRunner
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from hybrid_compute.dev import llmtools
 from hybrid_compute.dev.cluster import DevCluster
+from hybrid_compute.dev.local_serving import endpoint_command
 from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME, PROFILES
 from hybrid_compute.dev.toolchain import KUBERNETES_VERSION, default_toolchain, ensure_toolchain
 
@@ -22,7 +24,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                          f"{', '.join(sorted(PROFILES))}")
     up.add_argument("--no-operator", action="store_true", help="do not start the operator")
     up.add_argument("--no-samples", action="store_true", help="do not apply the samples")
+    up.add_argument("--models", type=Path, metavar="DIR",
+                    help="the GPU node's model folder (default: small random-weight models "
+                         "for the samples, written once into the cache)")
     up.set_defaults(handler=_dev_up)
+    endpoint = dev_commands.add_parser(
+        "endpoint", help="print OPENAI_BASE_URL and OPENAI_API_KEY of its LiteLLM (for eval)")
+    endpoint.set_defaults(handler=endpoint_command)
     down = dev_commands.add_parser("down", help="stop the local cluster and delete its data")
     down.set_defaults(handler=_dev_down)
     status = dev_commands.add_parser("status", help="show processes, ports and nodes")
@@ -42,12 +50,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     kubectl = dev_commands.add_parser("kubectl", help="run the matching kubectl against it")
     kubectl.add_argument("kubectl_args", nargs=argparse.REMAINDER, metavar="ARGS")
     kubectl.set_defaults(handler=_dev_kubectl)
-    for sub in (up, down, status, kubeconfig, add_node, kubectl):
+    for sub in (up, down, status, kubeconfig, add_node, kubectl, endpoint):
         sub.add_argument("--name", default="dev", help="cluster name (default: dev)")
 
 
 def _dev_up(args: argparse.Namespace) -> int:
-    from hybrid_compute.dev.bootstrap import bootstrap_manifests, repository_root
+    from hybrid_compute.dev import local_serving
+    from hybrid_compute.dev.bootstrap import repository_root
 
     cluster = DevCluster(args.name)
     extra = [tuple(spec.split("=", 1)) for spec in args.node]
@@ -56,14 +65,14 @@ def _dev_up(args: argparse.Namespace) -> int:
             print(f"unknown node profile {profile!r} for {node_name}; known: "
                   f"{', '.join(sorted(PROFILES))}", file=sys.stderr)
             return 2
-    manifests = bootstrap_manifests(repository_root(), samples=not args.no_samples)
-    seconds = cluster.up(
-        extra_nodes=[(n, p) for n, p in extra],
-        manifests=manifests,
-        operator=not args.no_operator,
-    )
+    seconds = local_serving.up(cluster, repository_root(),
+                               extra_nodes=[(n, p) for n, p in extra],
+                               samples=not args.no_samples, operator=not args.no_operator,
+                               models=args.models)
     print(f"cluster {cluster.name!r} ready in {seconds:.1f}s at {cluster.server}")
-    print(f"  GPU node: {DEFAULT_NODE_NAME} ({PROFILES['rtx3090'].description})")
+    print(f"  GPU node: {DEFAULT_NODE_NAME} ({PROFILES['rtx3090'].description}), "
+          "played by local processes")
+    local_serving.print_usage(cluster, _name_flag(args.name))
     print(f"  kubeconfig: {cluster.kubeconfig}")
     print(f"  use it:     export KUBECONFIG={cluster.kubeconfig}; kubectl get nodes,hybrid -A")
     print(f"  or:         hybrid-compute dev kubectl get nodes   "

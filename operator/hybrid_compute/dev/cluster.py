@@ -1,5 +1,7 @@
 """A local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and a kwok controller that plays the GPU nodes.
+kube-scheduler, and the GPU nodes: each one played either by the kwok controller
+(pods only simulated: enough where a test needs scheduling) or by the project's
+process node agent (``process_node``: real llama-server and LiteLLM processes).
 
 Every process runs from the cached toolchain, listens on loopback only and keeps
 its files in the cluster's own folder, including its kubeconfig; nothing reads or
@@ -30,11 +32,12 @@ from typing import Any
 import yaml
 
 from hybrid_compute.dev import nodes, pki, toolchain
+from hybrid_compute.dev.service_proxy import endpoint_template
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
-_PROCESS_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-                  "operator")
+_CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+NODE_BACKENDS = ("kwok", "process")
 
 
 class ClusterError(RuntimeError):
@@ -49,6 +52,8 @@ class ClusterState:
     ports: dict[str, int]
     pids: dict[str, int] = field(default_factory=dict)
     nodes: dict[str, str] = field(default_factory=dict)
+    node_backends: dict[str, str] = field(default_factory=dict)
+    """Nodes played by the process node agent ("process"); absent means kwok."""
 
 
 def clusters_home() -> Path:
@@ -130,8 +135,7 @@ class DevCluster:
         state = self.state()
         if state is None:
             return False
-        control_plane = [name for name in _PROCESS_ORDER if name != "operator"]
-        if not all(_pid_alive(state.pids.get(name, -1)) for name in control_plane):
+        if not all(_pid_alive(state.pids.get(name, -1)) for name in _CONTROL_PLANE):
             return False
         return self._readyz(state)
 
@@ -141,8 +145,12 @@ class DevCluster:
         manifests: Sequence[dict[str, Any]] = (),
         operator: bool = False,
         log: bool = True,
+        gpu_node_backend: str = "kwok",
+        models: Path | None = None,
     ) -> float:
-        """Starts the cluster (or reuses a running one); returns seconds taken."""
+        """Starts the cluster (or reuses a running one); returns seconds taken.
+        ``gpu_node_backend`` plays the default GPU node (extra nodes are kwok's);
+        ``models`` is what a process node's pods mount as their model folder."""
         started = time.monotonic()
         tools = toolchain.ensure_toolchain(log=log)
         if not self.is_running():
@@ -150,10 +158,13 @@ class DevCluster:
             self._start_control_plane(tools)
         state = self.state()
         assert state is not None
-        wanted = [(nodes.DEFAULT_NODE_NAME, nodes.DEFAULT_PROFILE), *extra_nodes]
-        for node_name, profile in wanted:
-            if node_name not in state.nodes:
-                self.add_node(node_name, profile)
+        wanted = [(nodes.DEFAULT_NODE_NAME, nodes.DEFAULT_PROFILE, gpu_node_backend),
+                  *((name, profile, "kwok") for name, profile in extra_nodes)]
+        for node_name, profile, backend in wanted:
+            agent_gone = (state.node_backends.get(node_name) == "process"
+                          and not _pid_alive(state.pids.get(_agent(node_name), -1)))
+            if node_name not in state.nodes or agent_gone:
+                self.add_node(node_name, profile, backend, models)
         self.wait_nodes_ready(timeout=60)
         if manifests:
             self.apply(manifests)
@@ -259,11 +270,14 @@ class DevCluster:
                    "kube-controller-manager", state)
 
     def down(self, quiet: bool = False) -> list[int]:
-        """Stops every process of this cluster and removes its data."""
+        """Stops every process of this cluster and removes its data: the operator,
+        the node agents (which stop their pods' processes), then the control plane."""
         state = self.state()
         stopped: list[int] = []
         if state:
-            for name in reversed(_PROCESS_ORDER):
+            others = [name for name in state.pids if name not in _CONTROL_PLANE]
+            for name in [*sorted(others, key=lambda n: n != "operator"),
+                         *reversed(_CONTROL_PLANE)]:
                 pid = state.pids.get(name)
                 if pid and _pid_alive(pid):
                     self._terminate(pid)
@@ -388,30 +402,97 @@ class DevCluster:
                 self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                              *(f"crd/{m['metadata']['name']}" for m in crds))
 
-    def add_node(self, name: str, profile_name: str) -> None:
-        """Registers a simulated GPU node with one of :data:`nodes.PROFILES`."""
+    def add_node(self, name: str, profile_name: str, backend: str = "kwok",
+                 models: Path | None = None) -> None:
+        """Registers a GPU node with one of :data:`nodes.PROFILES`, played by kwok
+        or by a process node agent (whose pods mount ``models``)."""
         profile = nodes.PROFILES.get(profile_name)
         if profile is None:
             raise ClusterError(f"unknown node profile {profile_name!r}; known: "
                                f"{', '.join(sorted(nodes.PROFILES))}")
-        manifest = yaml.safe_dump(nodes.node_manifest(name, profile))
-        existing = self.kubectl("get", "node", name, "-o", "name", check=False)
-        if existing.returncode != 0:
-            self.kubectl("create", "-f", "-", input_text=manifest)
+        if backend not in NODE_BACKENDS:
+            raise ClusterError(f"unknown node backend {backend!r}; known: "
+                               f"{', '.join(NODE_BACKENDS)}")
         state = self.state()
         assert state is not None
+        if backend == "process":
+            self._start_process_node(state, name, profile_name, models)
+        else:
+            manifest = yaml.safe_dump(nodes.node_manifest(name, profile))
+            existing = self.kubectl("get", "node", name, "-o", "name", check=False)
+            if existing.returncode != 0:
+                self.kubectl("create", "-f", "-", input_text=manifest)
         state.nodes[name] = profile_name
+        if backend == "process":
+            state.node_backends[name] = backend
         self._save(state)
+
+    def _start_process_node(self, state: ClusterState, name: str, profile_name: str,
+                            models: Path | None) -> None:
+        """Starts the node agent, which registers the Node itself as a kubelet does."""
+        folder = self.folder / "nodes" / name
+        models = models or folder / "empty-models"
+        models.mkdir(parents=True, exist_ok=True)
+        port_name = f"proxy-{name}"
+        state.ports[port_name] = state.ports.get(port_name) or free_port()
+        self._spawn(state, _agent(name), [
+            sys.executable, "-m", "hybrid_compute.dev.process_node",
+            f"--kubeconfig={self.kubeconfig}", f"--node={name}", f"--profile={profile_name}",
+            f"--folder={folder}", f"--models={models}",
+            f"--proxy-port={state.ports[port_name]}",
+        ])
+
+    def process_node_folder(self, name: str = nodes.DEFAULT_NODE_NAME) -> Path:
+        return self.folder / "nodes" / name
+
+    @property
+    def service_proxy_port(self) -> int | None:
+        """The Service proxy of the first process node (see ``service_proxy``)."""
+        state = self.state()
+        if state is None:
+            return None
+        for name, backend in state.node_backends.items():
+            if backend == "process":
+                return state.ports.get(f"proxy-{name}")
+        return None
 
     def wait_nodes_ready(self, timeout: float) -> None:
         state = self.state()
         assert state is not None
+        deadline = time.monotonic() + timeout
         for node_name in state.nodes:
+            # A process node's agent registers its Node itself, a moment after it starts.
+            while (self.kubectl("get", "node", node_name, "-o", "name", check=False).returncode
+                   and time.monotonic() < deadline):
+                time.sleep(0.2)
             result = self.kubectl("wait", "--for=condition=Ready", f"node/{node_name}",
                                   f"--timeout={int(timeout)}s", check=False)
             if result.returncode != 0:
                 raise ClusterError(f"node {node_name} did not become Ready: "
                                    f"{result.stderr.strip()}")
+
+    def ensure_port(self, name: str) -> int:
+        """A loopback port of this cluster, chosen once and kept in its state."""
+        state = self.state()
+        assert state is not None
+        if name not in state.ports:
+            state.ports[name] = free_port()
+            self._save(state)
+        return state.ports[name]
+
+    def ensure_process(self, name: str, argv: list[str]) -> None:
+        """Runs a helper process of this cluster unless it runs already; ``down``
+        stops it with the rest."""
+        state = self.state()
+        assert state is not None
+        pid = state.pids.get(name)
+        if not (pid and _pid_alive(pid)):
+            self._spawn(state, name, argv)
+
+    @property
+    def operator_api_port(self) -> int | None:
+        state = self.state()
+        return state.ports.get("operator-api") if state else None
 
     @property
     def api_token_file(self) -> Path:
@@ -432,6 +513,10 @@ class DevCluster:
         if not self.api_token_file.exists():
             self.api_token_file.write_text(secrets.token_urlsafe(32))
             self.api_token_file.chmod(0o600)
+        proxy_port = self.service_proxy_port
+        if proxy_port and not any(a.startswith("--endpoint-template") for a in extra_args):
+            # Services of a process node are reached through its agent's proxy.
+            extra_args = [*extra_args, f"--endpoint-template={endpoint_template(proxy_port)}"]
         self._spawn(state, "operator", [
             sys.executable, "-m", "hybrid_compute", "run",
             f"--kubeconfig={self.kubeconfig}", f"--dev-cluster={self.folder}",
@@ -462,7 +547,9 @@ class DevCluster:
             "kubeconfig": str(self.kubeconfig),
             "processes": {name: {"pid": pid, "alive": _pid_alive(pid)}
                           for name, pid in state.pids.items()},
-            "nodes": state.nodes,
+            "nodes": {name: {"profile": profile,
+                             "backend": state.node_backends.get(name, "kwok")}
+                      for name, profile in state.nodes.items()},
             "logs": str(self.folder / "logs"),
         }
 
@@ -472,3 +559,8 @@ def _is_group_leader(pid: int) -> bool:
         return os.getpgid(pid) == pid
     except ProcessLookupError:
         return False
+
+
+def _agent(node: str) -> str:
+    """The process name of a node's agent in the cluster's state."""
+    return f"node-{node}"

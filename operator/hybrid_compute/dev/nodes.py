@@ -1,7 +1,8 @@
 """Simulated GPU nodes for the local control plane.
 
 Each profile is a Node object as the NVIDIA device plugin and GPU Feature
-Discovery would publish it; kwok keeps it Ready and runs the pods scheduled to it.
+Discovery would publish it. kwok keeps a node Ready and simulates the pods scheduled
+to it, or the project's process node agent plays its kubelet (see ``process_node``).
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ DEFAULT_NODE_NAME = "dreamteam"
 DEFAULT_PROFILE = "rtx3090"
 
 
-def node_manifest(name: str, profile: NodeProfile) -> dict[str, Any]:
-    """The Node object, with GFD labels and device-plugin capacity in its status."""
+def node_manifest(name: str, profile: NodeProfile, kwok: bool = True) -> dict[str, Any]:
+    """The Node object, with GFD labels and device-plugin capacity in its status;
+    ``kwok`` marks it for kwok to manage (the process node agent's node is not)."""
     sharing = "time-slicing" if profile.time_slicing_replicas > 1 else "none"
     resources = {
         "cpu": profile.cpu,
@@ -69,12 +71,12 @@ def node_manifest(name: str, profile: NodeProfile) -> dict[str, Any]:
         "kind": "Node",
         "metadata": {
             "name": name,
-            "annotations": {KWOK_ANNOTATION: KWOK_ANNOTATION_VALUE},
+            "annotations": {KWOK_ANNOTATION: KWOK_ANNOTATION_VALUE} if kwok else {},
             "labels": {
                 "kubernetes.io/hostname": name,
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64",
-                "type": "kwok",
+                "type": "kwok" if kwok else "process",
                 "nvidia.com/gpu.present": "true",
                 "nvidia.com/gpu.product": profile.product,
                 "nvidia.com/gpu.memory": str(profile.gpu_memory_mib),

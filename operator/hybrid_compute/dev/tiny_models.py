@@ -1,18 +1,29 @@
-"""Writes a tiny llama-architecture GGUF with random weights: a real model file that
-llama-server loads and runs in milliseconds. Its answers are gibberish, so tests
+"""Writes small llama-architecture GGUFs with random weights: real model files that
+llama-server loads and runs in moments. Their answers are gibberish, so tests
 check the shape of responses, never their text.
 
 The tokenizer is SentencePiece-style with only byte tokens (byte fallback), which
 encodes any text without a trained vocabulary.
+
+The local cluster's samples get one file each under their own names
+(:func:`ensure_sample_models`): tens of megabytes for ``fast``, a few hundred for
+the 32B slots, so a swap to ``quality`` takes a visible second or two. They are
+written once into the cache and reused.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
+import numpy.typing as npt
+
+from hybrid_compute.dev.toolchain import cache_home
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 
@@ -31,7 +42,7 @@ class TinyShape:
         return self.embedding // self.heads
 
 
-def _vocabulary() -> tuple[list[bytes], list[float], list[int]]:
+def byte_vocabulary() -> tuple[list[bytes], list[float], list[int]]:
     tokens = [t.encode() for t in SPECIAL_TOKENS]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     for value in range(256):
@@ -42,14 +53,14 @@ def _vocabulary() -> tuple[list[bytes], list[float], list[int]]:
 
 def write_tiny_model(path: Path, shape: TinyShape = TinyShape(), seed: int = 0,
                      name: str = "tiny") -> Path:
-    tokens, scores, types = _vocabulary()
+    tokens, scores, types = byte_vocabulary()
     vocab = len(tokens)
     rng = np.random.default_rng(seed)
 
-    def weights(*dims: int) -> np.ndarray:  # type: ignore[type-arg]
+    def weights(*dims: int) -> npt.NDArray[np.float32]:
         return (rng.standard_normal(dims) * 0.02).astype(np.float32)
 
-    def ones(size: int) -> np.ndarray:  # type: ignore[type-arg]
+    def ones(size: int) -> npt.NDArray[np.float32]:
         return np.ones(size, dtype=np.float32)
 
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -97,3 +108,41 @@ def write_tiny_model(path: Path, shape: TinyShape = TinyShape(), seed: int = 0,
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+SAMPLE_MODELS_VERSION = "1"
+SAMPLE_SHAPES: dict[str, TinyShape] = {
+    # manifests/samples/modelslots.yaml's files, at sizes that load in about the
+    # same proportion as the real ones (F32: 4 bytes a weight).
+    "llama-3.1-8b-instruct-q6_k.gguf": TinyShape(layers=4, embedding=512, heads=8,
+                                                 kv_heads=4, feed_forward=1536, context=8192),
+    "qwen2.5-coder-32b-instruct-q4_k_m.gguf": TinyShape(layers=6, embedding=1024, heads=16,
+                                                        kv_heads=8, feed_forward=2816,
+                                                        context=8192),
+    "deepseek-r1-distill-qwen-32b-q4_k_m.gguf": TinyShape(layers=6, embedding=1024, heads=16,
+                                                          kv_heads=8, feed_forward=2816,
+                                                          context=8192),
+    "nomic-embed-text-v1.5.f16.gguf": TinyShape(context=2048),
+}
+
+
+def sample_models_home() -> Path:
+    return cache_home() / f"dev-models-v{SAMPLE_MODELS_VERSION}"
+
+
+def ensure_sample_models(folder: Path | None = None, log: bool = True) -> Path:
+    """The samples' model files in ``folder`` (the cache by default), written once."""
+    folder = folder or sample_models_home()
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, (name, shape) in enumerate(SAMPLE_SHAPES.items()):
+        path = folder / name
+        if path.exists():
+            continue
+        started = time.monotonic()
+        partial = folder / f".{name}.partial"
+        write_tiny_model(partial, shape, seed=seed, name=name.removesuffix(".gguf"))
+        os.replace(partial, path)
+        if log:
+            print(f"  wrote {path.name} ({path.stat().st_size / 1e6:.0f} MB, random weights) "
+                  f"in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    return folder

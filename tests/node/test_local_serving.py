@@ -1,0 +1,271 @@
+"""The local cluster as ``make dev`` runs it, serving real requests: the process
+node plays dreamteam's kubelet with real llama-server and LiteLLM processes, the
+samples' random-weight models load for real and the cloud stand-in answers the
+cloud aliases.
+
+The module starts a cluster of its own (``pnode``), never the suite's, and stops
+it at the end; tests run in file order on that one cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hybrid_compute.api.labels import SLOT_LABEL
+from hybrid_compute.dev import llmtools, local_serving
+from hybrid_compute.dev.cloud_stand_in import STAND_IN_NOTE
+from hybrid_compute.dev.cluster import DevCluster, _pid_alive, _pids_mentioning
+from hybrid_compute.dev.process_node import RECORDS_FILE
+from tests.cluster.support import phase, wait
+from tests.conftest import REPOSITORY_ROOT, TestCluster, refuse_foreign_kubeconfig
+
+pytestmark = [pytest.mark.cluster, pytest.mark.serving]
+
+CLUSTER_NAME = "pnode"
+NAMESPACE = local_serving.NAMESPACE
+ROUTER_REFRESH_SECONDS = 2.5
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    @property
+    def route(self) -> str | None:
+        return self.headers.get("x-hybrid-route")
+
+    @property
+    def served_by(self) -> str | None:
+        return self.headers.get("x-hybrid-model")
+
+    @property
+    def text(self) -> str:
+        choices = self.body.get("choices") or [{}]
+        return str(choices[0].get("message", {}).get("content", ""))
+
+
+@dataclass
+class LocalStack:
+    cluster: DevCluster
+    k8s: TestCluster
+    endpoint: local_serving.Endpoint
+    up_seconds: float
+    notes: dict[str, float] = field(default_factory=dict)
+
+    def chat(self, model: str, content: str = "Say hello.", timeout: float = 120) -> Answer:
+        request = urllib.request.Request(
+            f"{self.endpoint.base_url}/chat/completions", method="POST",
+            data=json.dumps({"model": model, "max_tokens": 8,
+                             "messages": [{"role": "user", "content": content}]}).encode(),
+            headers={"Authorization": f"Bearer {self.endpoint.api_key}",
+                     "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return Answer(response.status,
+                              {k.lower(): v for k, v in response.headers.items()},
+                              json.loads(response.read()))
+        except urllib.error.HTTPError as error:
+            return Answer(error.code, {k.lower(): v for k, v in error.headers.items()},
+                          json.loads(error.read() or b"{}"))
+
+    def pods(self, slot: str) -> list[dict[str, Any]]:
+        response = self.k8s.core.list_namespaced_pod(
+            NAMESPACE, label_selector=f"{SLOT_LABEL}={slot}", _preload_content=False)
+        items: list[dict[str, Any]] = json.loads(response.data)["items"]
+        return items
+
+    def records(self) -> list[dict[str, Any]]:
+        path = self.cluster.process_node_folder() / RECORDS_FILE
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def cloud_calls(self) -> list[dict[str, Any]]:
+        state = self.cluster.state()
+        assert state is not None
+        url = f"http://127.0.0.1:{state.ports[local_serving.CLOUD_PROCESS]}/calls"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            calls: list[dict[str, Any]] = json.loads(response.read())
+        return calls
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _container(pod: dict[str, Any]) -> dict[str, Any]:
+    statuses: list[dict[str, Any]] = (pod.get("status") or {}).get("containerStatuses") or [{}]
+    return statuses[0]
+
+
+def _pid(pod: dict[str, Any]) -> int | None:
+    container_id = _container(pod).get("containerID") or ""
+    return int(container_id.removeprefix("process://")) if container_id else None
+
+
+def _health(pod: dict[str, Any]) -> int:
+    url = f"http://{pod['status']['podIP']}:8080/health"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    if llmtools.installed() is None:
+        pytest.fail("the LiteLLM proxy and llama-server are not built: run `make serving`")
+    cluster = DevCluster(CLUSTER_NAME)
+    cluster.down(quiet=True)
+    try:
+        seconds = local_serving.up(cluster, REPOSITORY_ROOT)
+        refuse_foreign_kubeconfig(cluster)
+        stack = LocalStack(cluster, TestCluster(cluster), local_serving.endpoint(cluster),
+                           seconds)
+        print(f"\ncluster {CLUSTER_NAME} up in {seconds:.1f}s")
+        wait(lambda: phase(stack.k8s, NAMESPACE, "fast") == "Ready", 120, "fast Ready")
+        yield stack
+    finally:
+        cluster.down(quiet=True)
+
+
+def test_hybrid_auto_is_answered_by_the_fast_slots_llama_server(stack: LocalStack) -> None:
+    started = time.monotonic()
+    # LiteLLM starts in a minute or so on a small machine; until then the proxy
+    # answers 503 (no Ready pod) and the first config may still be rolling out.
+    answer = wait(lambda: (a := stack.chat("hybrid/auto", "hi")).route == "local" and a,
+                  240, "hybrid/auto served locally")
+    print(f"first local answer {time.monotonic() - started:.1f}s after the fixture")
+    assert answer.status == 200, answer.body
+    assert answer.served_by == "local/fast"
+    assert answer.body["usage"]["completion_tokens"] >= 1
+    assert STAND_IN_NOTE not in answer.text
+    fast = stack.pods("fast")
+    assert len(fast) == 1 and _ready(fast[0])
+    started_records = [r for r in stack.records()
+                       if r["event"] == "started" and r["pod"] == fast[0]["metadata"]["name"]]
+    assert started_records and started_records[-1]["pid"] == _pid(fast[0])
+    assert _pid_alive(started_records[-1]["pid"])
+
+
+class ReadinessSampler(threading.Thread):
+    """Samples quality's pod every 100 ms: whenever the API says Ready, its
+    llama-server's /health must answer 200."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        super().__init__(daemon=True)
+        self.stack = stack
+        self.stop = threading.Event()
+        self.ready_samples: list[int] = []
+        self.not_ready_samples = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for pod in self.stack.pods("quality"):
+                if (pod.get("status") or {}).get("podIP"):
+                    if _ready(pod):
+                        self.ready_samples.append(_health(pod))
+                    else:
+                        self.not_ready_samples += 1
+            time.sleep(0.1)
+
+
+def test_a_swap_bridges_to_the_stand_in_then_quality_serves(stack: LocalStack) -> None:
+    assert phase(stack.k8s, NAMESPACE, "quality") == "Standby"
+    fast_pid = _pid(stack.pods("fast")[0])
+    sampler = ReadinessSampler(stack)
+    sampler.start()
+    requested = time.monotonic()
+    try:
+        bridged = stack.chat("local/quality", "Explain the plan.")
+        assert bridged.status == 200, bridged.body
+        assert (bridged.route, bridged.served_by) == ("bridged", "cloud/mid"), bridged.headers
+        assert "bridged to cloud/mid" in bridged.headers["x-hybrid-reason"]
+        assert STAND_IN_NOTE in bridged.text
+        assert [c["model"] for c in stack.cloud_calls()][-1] == "gemini-2.5-flash"
+
+        wait(lambda: phase(stack.k8s, NAMESPACE, "quality") == "Ready", 120,
+             "quality swapped in")
+        swap = time.monotonic() - requested
+    finally:
+        sampler.stop.set()
+        sampler.join()
+    records = stack.records()
+    fast_exit = next(r for r in records if r["event"] == "exited" and r["pid"] == fast_pid)
+    quality_pod = stack.pods("quality")[0]
+    quality_pid = _pid(quality_pod)
+    quality_start = next(r for r in records if r["event"] == "started"
+                         and r["pid"] == quality_pid)
+    assert fast_exit["at"] < quality_start["at"], "quality started while fast still ran"
+    assert not _pid_alive(fast_pid)
+    load = next(r["at"] for r in records if r["event"] == "started" and r["pid"] == quality_pid)
+    print(f"swap: request to quality Ready {swap:.1f}s (fast's min residency included); "
+          f"fast exited -> quality started {quality_start['at'] - fast_exit['at']:.2f}s; "
+          f"quality started -> Ready seen {time.time() - load:.1f}s")
+    assert sampler.ready_samples, "quality was never seen Ready"
+    assert set(sampler.ready_samples) == {200}, sampler.ready_samples
+    assert sampler.not_ready_samples > 0, "quality's pod was Ready from its first sample"
+
+    time.sleep(ROUTER_REFRESH_SECONDS)
+    calls_before = len(stack.cloud_calls())
+    local = stack.chat("local/quality", "Explain the plan.")
+    assert (local.status, local.route, local.served_by) == (200, "local", "local/quality"), (
+        local.headers, local.body)
+    assert STAND_IN_NOTE not in local.text
+    assert len(stack.cloud_calls()) == calls_before
+
+
+def test_a_killed_server_is_restarted_and_a_deleted_pod_stops_its_process(
+        stack: LocalStack) -> None:
+    pod = stack.pods("quality")[0]
+    assert _ready(pod)
+    pid = _pid(pod)
+    assert pid is not None
+    restarts = _container(pod)["restartCount"]
+    os.kill(pid, 9)
+    seen_not_ready = wait(lambda: not _ready(stack.pods("quality")[0]), 10,
+                          "quality not Ready after the kill")
+    assert seen_not_ready
+    wait(lambda: _ready(stack.pods("quality")[0]), 60, "quality Ready again")
+    again = stack.pods("quality")[0]
+    status = _container(again)
+    assert status["restartCount"] == restarts + 1
+    assert status["lastState"]["terminated"]["exitCode"] == 137
+    assert again["metadata"]["uid"] == pod["metadata"]["uid"], "the pod was restarted in place"
+    new_pid = _pid(again)
+    assert new_pid is not None and new_pid != pid and _pid_alive(new_pid)
+
+    grace = again["spec"]["terminationGracePeriodSeconds"]
+    started = time.monotonic()
+    stack.cluster.kubectl("delete", "pod", again["metadata"]["name"], "-n", NAMESPACE,
+                          "--wait=false")
+    wait(lambda: not _pid_alive(new_pid), grace, "the deleted pod's llama-server gone")
+    stopped = time.monotonic() - started
+    print(f"deleted pod's process ended {stopped:.1f}s after the delete (grace {grace}s)")
+    wait(lambda: all(p["metadata"]["uid"] != again["metadata"]["uid"]
+                     for p in stack.pods("quality")), 30, "the pod object removed")
+
+
+def test_dev_down_leaves_no_process(stack: LocalStack) -> None:
+    pids = {r["pid"] for r in stack.records() if r.get("pid")}
+    folder: Path = stack.cluster.folder
+    assert any(_pid_alive(pid) for pid in pids), "nothing ran before dev down"
+    stack.cluster.down(quiet=True)
+    assert not [pid for pid in pids if _pid_alive(pid)]
+    assert _pids_mentioning(str(folder)) == []
+    assert not folder.exists()
