@@ -194,7 +194,7 @@ def gate(k8s: TestCluster, operator: OperatorHandle, cloud: CloudStandIn,
     llama = LlamaServer(serving_tools.llama_server, tiny_model, free_port(),
                         workdir / "llama-gate.log")
     proxy = RecordingProxy(llama.url, free_port())
-    port = proxy.server.server_address[1]
+    port = proxy.server.port
     master_key = f"sk-master-{uuid.uuid4().hex}"
     runner = LiteLLMRunner(k8s.api, namespace, "litellm", serving_tools.litellm,
                            free_port(), workdir)
