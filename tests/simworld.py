@@ -22,6 +22,7 @@ from hybrid_compute.plan.view import (
     DeploymentInfo,
     GpuNode,
     PodInfo,
+    RouterFetch,
     SlotActivity,
     SlotInfo,
     View,
@@ -97,6 +98,7 @@ class World:
     in_flight: dict[str, int] = field(default_factory=dict)
     """Requests each slot's llama-server is processing, by slot name (0 if absent)."""
     router_fetched_at: datetime.datetime | None = None
+    router_fetches: dict[str, RouterFetch] = field(default_factory=dict)
 
     def view(self) -> View:
         return View(nodes=tuple(self.nodes), slots=tuple(self.slots),
@@ -108,7 +110,8 @@ class World:
                     slot_activity={(p.info.namespace, p.info.owner):
                                    SlotActivity(self.in_flight.get(p.info.owner, 0))
                                    for p in self.pods if p.info.ready},
-                    router_fetched_at=self.router_fetched_at)
+                    router_fetched_at=self.router_fetched_at,
+                    router_fetches=dict(self.router_fetches))
 
     def demand(self, alias: str) -> None:
         self.demands[alias] = self.now

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from hybrid_compute.api.modelslot import ModelSlotStatus, SwapProgress
-from hybrid_compute.control import drain_probe
+from hybrid_compute.control import drain_probe, state_api
+from hybrid_compute.control.loop import PREVIOUS_OPERATOR, Runtime
 from hybrid_compute.plan.swaps import swap_phases
+from hybrid_compute.plan.view import RouterFetch
+from hybrid_compute.router import hybrid_router
 from tests.http_stub import StubHandler, StubServer
 from tests.simworld import SEED_SLOTS, START, World, slot
 
@@ -207,3 +212,66 @@ def test_probe_reports_busy_errors_and_unreachable_servers(
     assert answer.busy == 0 and answer.error == "/slots answered HTTP 501"
     gone = drain_probe.probe_one("http://127.0.0.1:9/slots", timeout=0.5)
     assert gone.busy == 0 and gone.error is not None and "unreachable" in gone.error
+
+
+def test_a_drain_ends_once_every_active_router_has_seen_the_slot_leave() -> None:
+    world = seed_world()
+    fast_serving_then_quality_demanded(world)
+    world.router_fetched_at = world.now
+    world.router_fetches = {"router-a": RouterFetch(world.now)}
+    world.step()
+    assert world.phase("fast") == "Draining"
+    assert "waiting for routers" in (status(world, "fast").reason or "")
+    # The router's next refresh shows fast as not Ready: it sends fast nothing more,
+    # so the drain ends well before the 3 s grace.
+    seen = world.now + datetime.timedelta(seconds=0.2)
+    world.router_fetched_at = seen
+    world.router_fetches = {"router-a": RouterFetch(seen, frozenset({("lab", "fast")}))}
+    world.step()
+    assert world.phase("fast") == "Unloading"
+
+
+def test_a_router_that_has_not_seen_the_slot_leave_keeps_the_drain_waiting() -> None:
+    world = seed_world()
+    fast_serving_then_quality_demanded(world)
+    world.router_fetched_at = world.now
+    world.step()
+    assert world.phase("fast") == "Draining"
+    seen = world.now + datetime.timedelta(seconds=0.2)
+    world.router_fetched_at = seen
+    world.router_fetches = {"router-a": RouterFetch(seen, frozenset({("lab", "fast")})),
+                            "router-b": RouterFetch(seen)}
+    world.step()
+    assert world.phase("fast") == "Draining", "router-b may still send fast a request"
+    # A fetch nobody can attribute, newer than every named one, proves nothing either.
+    world.router_fetches = {"router-a": RouterFetch(seen, frozenset({("lab", "fast")}))}
+    world.router_fetched_at = seen + datetime.timedelta(seconds=0.1)
+    world.step()
+    assert world.phase("fast") == "Draining"
+    world.run_until(lambda: world.phase("fast") == "Unloading", limit=3)
+
+
+def test_the_state_api_records_which_slots_each_router_was_shown_not_ready() -> None:
+    world = seed_world()
+    fast_serving_then_quality_demanded(world)
+    world.in_flight["fast"] = 1
+    world.step()
+    assert world.phase("fast") == "Draining"
+    runtime = Runtime(cast(Any, None), world.settings)
+    runtime.last_plan = world.last_plan
+    assert set(runtime.router_fetches) == {PREVIOUS_OPERATOR}, "the start counts as a fetch"
+
+    async def fetch() -> None:
+        app = state_api.build_app(runtime, "secret")
+        async with TestClient(TestServer(app)) as http:
+            response = await http.get("/v1/state", headers={
+                "Authorization": "Bearer secret",
+                hybrid_router.ROUTER_ID_HEADER: "router-a"})
+            assert response.status == 200
+
+    asyncio.run(fetch())
+    seen = runtime.router_fetches["router-a"]
+    assert ("lab", "fast") in seen.not_ready, seen
+    assert ("lab", "quality") in seen.not_ready, "quality is still loading"
+    assert runtime.router_fetched_at == seen.at
+    assert state_api.ROUTER_ID_HEADER == hybrid_router.ROUTER_ID_HEADER

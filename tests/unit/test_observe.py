@@ -17,7 +17,7 @@ from hybrid_compute.control.observe import Signals, observe
 from hybrid_compute.control.telemetry import GpuTelemetry, HttpAgents
 from hybrid_compute.plan.evaluation import EvaluationResult
 from hybrid_compute.plan.settings import PlanSettings
-from hybrid_compute.plan.view import SlotActivity, SlotInfo, View
+from hybrid_compute.plan.view import RouterFetch, SlotActivity, SlotInfo, View
 from tests.fake_nvml import GIB
 from tests.simworld import SEED_SLOTS, START, dreamteam, slot
 from tests.unit.test_gpu_telemetry import snapshot
@@ -57,8 +57,10 @@ def test_one_call_fills_the_view_from_the_lists_and_every_signal(
         evaluated.append(slots)
         return {QUALITY: result}
 
+    fetch = RouterFetch(START, frozenset({QUALITY}))
     signals = Signals(demands={"local/fast": START}, spend_reports={("lab", "hybrid"): 1.5},
                       router_fetched_at=lambda: heard["fetched"],
+                      router_fetches=lambda: {"router-a": fetch},
                       unrecorded_evaluations=unrecorded, telemetry=telemetry, probe=probe)
     view = asyncio.run(observe(None, SETTINGS, signals, START))
     assert view.demands == {"local/fast": START}
@@ -67,4 +69,5 @@ def test_one_call_fills_the_view_from_the_lists_and_every_signal(
     assert asked == [QUALITY], "only the draining slot's server is asked"
     assert view.slot_activity == {QUALITY: SlotActivity(2)}
     assert view.router_fetched_at == START + datetime.timedelta(seconds=1)
+    assert view.router_fetches == {"router-a": fetch}
     assert evaluated == [listed.slots] and view.evaluations == {QUALITY: result}

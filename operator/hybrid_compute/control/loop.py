@@ -24,11 +24,12 @@ from hybrid_compute.control.lease_elector import LeaseElector
 from hybrid_compute.control.observe import Signals, observe
 from hybrid_compute.control.telemetry import GpuTelemetry
 from hybrid_compute.plan import evaluation, plan
+from hybrid_compute.plan.drain import ROUTER_ACTIVE_WINDOW
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.outputs import Plan, SlotDecision
 from hybrid_compute.plan.routing import PolicyDecision
 from hybrid_compute.plan.settings import PlanSettings
-from hybrid_compute.plan.view import SlotInfo, View
+from hybrid_compute.plan.view import RouterFetch, SlotInfo, View
 from hybrid_compute.server.metrics import METRICS, OperatorMetrics
 
 logger = logging.getLogger("hybrid_compute.control.loop")
@@ -36,6 +37,9 @@ logger = logging.getLogger("hybrid_compute.control.loop")
 DEBOUNCE_SECONDS = 0.02
 RETRY_SECONDS = 5.0
 FOLLOW_UP_SECONDS = 0.5
+PREVIOUS_OPERATOR = "(before this operator started)"
+ROUTER_FORGET_AFTER = 2 * ROUTER_ACTIVE_WINDOW
+"""Fetches older than this are dropped: such a router no longer counts as active."""
 
 
 class Runtime:
@@ -58,8 +62,12 @@ class Runtime:
         self.memo = PlanMemo()
         """Templates rendered by one plan, reused by the next."""
         # A router may have fetched the state from the previous operator just before
-        # this one started: count the start as a fetch, so drains give routers time.
-        self.router_fetched_at: datetime.datetime | None = clock.now()
+        # this one started: count the start as a fetch that acknowledged nothing, so
+        # drains give routers time.
+        started = clock.now()
+        self.router_fetched_at: datetime.datetime | None = started
+        self.router_fetches: dict[str, RouterFetch] = {
+            PREVIOUS_OPERATOR: RouterFetch(started)}
         self._wake = asyncio.Event()
         # Cloud spend the router reported that no RoutePolicy status holds yet. The
         # API adds to it on the event loop; act subtracts in its thread.
@@ -70,9 +78,16 @@ class Runtime:
         self._evaluating: dict[tuple[str, str], tuple[tuple[str, str], asyncio.Task[None]]] = {}
         """The evaluation running per slot, with the (model, criteria) it checks."""
 
-    def state_fetched(self) -> None:
-        """A router fetched /v1/state."""
-        self.router_fetched_at = clock.now()
+    def state_fetched(self, router: str = "",
+                      not_ready: frozenset[tuple[str, str]] = frozenset()) -> None:
+        """A router (by the id it sends, "" when it sends none) fetched /v1/state,
+        which showed the ``not_ready`` slots as not Ready."""
+        now = clock.now()
+        self.router_fetched_at = now
+        fetches = {name: fetch for name, fetch in self.router_fetches.items()
+                   if now - fetch.at <= ROUTER_FORGET_AFTER}
+        fetches[router] = RouterFetch(now, not_ready)
+        self.router_fetches = fetches  # replaced whole: a pass may be reading it
 
     def poke(self) -> None:
         """Something changed: plan again soon."""
@@ -149,6 +164,7 @@ class Runtime:
             spend = dict(self._spend)
         return Signals(demands=self.demands, spend_reports=spend,
                        router_fetched_at=lambda: self.router_fetched_at,
+                       router_fetches=lambda: self.router_fetches,
                        unrecorded_evaluations=self._unrecorded_evaluations,
                        telemetry=self.telemetry)
 

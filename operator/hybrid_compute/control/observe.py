@@ -48,6 +48,7 @@ from hybrid_compute.plan.view import (
     LiteLLMDeployment,
     PodInfo,
     PolicyInfo,
+    RouterFetch,
     SlotActivity,
     SlotInfo,
     View,
@@ -141,6 +142,8 @@ class Signals:
     """Cloud spend routers reported per policy that no status holds yet."""
     router_fetched_at: Callable[[], datetime.datetime | None]
     """When a router last fetched ``/v1/state``, read last."""
+    router_fetches: Callable[[], Mapping[str, RouterFetch]]
+    """Each router's latest fetch, read with ``router_fetched_at``."""
     unrecorded_evaluations: Callable[[tuple[SlotInfo, ...]], Mapping[SlotKey, EvaluationResult]]
     """The finished evaluations whose verdict none of these slots' statuses holds."""
     telemetry: GpuTelemetry | None = None
@@ -161,7 +164,8 @@ async def observe(api: client.ApiClient, settings: PlanSettings, signals: Signal
     activity = await asyncio.to_thread(
         signals.probe, drain_probe.draining_endpoints(listed.slots, settings))
     return dataclasses.replace(
-        listed, slot_activity=activity, router_fetched_at=signals.router_fetched_at(),
+        listed, slot_activity=activity, router_fetches=signals.router_fetches(),
+        router_fetched_at=signals.router_fetched_at(),
         evaluations=signals.unrecorded_evaluations(listed.slots))
 
 

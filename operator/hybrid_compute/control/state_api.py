@@ -29,6 +29,9 @@ from hybrid_compute.plan.routing import PolicyDecision, valid_spend
 from hybrid_compute.server import metrics
 
 MAX_BODY_BYTES = 4096
+ROUTER_ID_HEADER = "X-Hybrid-Router"
+"""Sent by each router with its state fetches, so drains know which routers have
+seen a slot leave (the router module sends the same header)."""
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -192,9 +195,12 @@ def build_app(runtime: Runtime, token: str | None) -> web.Application:
             metrics.record_route(entry["outcome"], alias, target, entry["count"])
         return web.json_response({"accepted": len(counts)}, status=202)
 
-    async def state(_request: web.Request) -> web.Response:
-        runtime.state_fetched()
-        return web.json_response(state_document(runtime))
+    async def state(request: web.Request) -> web.Response:
+        document = state_document(runtime)
+        runtime.state_fetched(request.headers.get(ROUTER_ID_HEADER, ""), frozenset(
+            (slot["namespace"], slot["name"]) for slot in document["slots"]
+            if not slot["ready"]))
+        return web.json_response(document)
 
     app = web.Application(middlewares=[authenticate], client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/readyz", ready)

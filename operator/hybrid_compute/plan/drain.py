@@ -51,10 +51,13 @@ def drain_verdict(key: Key, spec: ModelSlotSpec, previous: ModelSlotStatus,
              and previous.draining_since <= now else now)
     waited = now - since
     # Routers refresh their state every 2 s: one that fetched recently may still
-    # send a request the old way until the grace has passed.
+    # send a request the old way, until it has fetched a state showing the slot not
+    # Ready, or at most until the grace has passed (a router that does not say who
+    # it is).
     fetched = view.router_fetched_at
     routers_quiet = fetched is None or fetched < since - ROUTER_ACTIVE_WINDOW
-    routers_informed = routers_quiet or waited >= view.settings.drain_route_grace
+    routers_informed = (routers_quiet or routers_acknowledged(view, key, since)
+                        or waited >= view.settings.drain_route_grace)
     activity = view.slot_activity.get(key)
     busy = activity.busy if activity is not None else None
     if routers_informed and activity is not None and busy == 0:
@@ -71,6 +74,19 @@ def drain_verdict(key: Key, spec: ModelSlotSpec, previous: ModelSlotStatus,
     if spec.drain.on_timeout == "Cut":
         return DrainVerdict("Cut", since, running, summary)
     return DrainVerdict("Deferred", since, running, summary)
+
+
+def routers_acknowledged(view: View, key: Key, since: datetime.datetime) -> bool:
+    """Every router that may still route by an older state has since fetched one that
+    shows the slot not Ready. A fetch the operator cannot attribute (the latest one
+    is newer than every named router's) proves nothing."""
+    active = [fetch for fetch in view.router_fetches.values()
+              if fetch.at >= since - ROUTER_ACTIVE_WINDOW]
+    if not active or view.router_fetched_at is None:
+        return False
+    if view.router_fetched_at > max(fetch.at for fetch in active):
+        return False
+    return all(key in fetch.not_ready for fetch in active)
 
 
 def draining_decision(turn: SlotTurn, spec: ModelSlotSpec, drain: DrainVerdict,

@@ -83,6 +83,16 @@ class PodInfo:
 
 
 @dataclass(frozen=True)
+class RouterFetch:
+    """The latest ``/v1/state`` one router fetched: when, and which slots it showed
+    as not Ready, so not to be routed to."""
+
+    at: datetime.datetime
+    not_ready: frozenset[tuple[str, str]] = frozenset()
+    """(namespace, slot) of the slots the document it got showed as not Ready."""
+
+
+@dataclass(frozen=True)
 class SlotActivity:
     """What a draining slot's llama-server says about its requests (``GET /slots``)."""
 
@@ -254,6 +264,9 @@ class View:
     """(namespace, slot) -> requests in flight, read for the slots that are draining."""
     router_fetched_at: datetime.datetime | None = None
     """When a router last fetched ``/v1/state``; None when none has since the start."""
+    router_fetches: Mapping[str, RouterFetch] = field(default_factory=dict)
+    """Router id -> its latest fetch. A draining slot that every active router has
+    seen as not Ready gets no new request, so its drain need not wait longer."""
     spend_reports: Mapping[tuple[str, str], float] = field(default_factory=dict)
     """Cloud spend the router reported per policy that no status holds yet."""
     evaluations: Mapping[tuple[str, str], EvaluationResult] = field(default_factory=dict)

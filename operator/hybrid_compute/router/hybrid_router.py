@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -301,6 +302,7 @@ HOLD_POLL_SECONDS = 0.5
 ROUTE_HEADER = "x-hybrid-route"
 REASON_HEADER = "x-hybrid-reason"
 MODEL_HEADER = "x-hybrid-model"
+ROUTER_ID_HEADER = "X-Hybrid-Router"
 
 
 class OperatorClient:
@@ -312,6 +314,9 @@ class OperatorClient:
         self.token = os.environ.get("HYBRID_COMPUTE_TOKEN", "")
         self.state_file = os.environ.get("HYBRID_ROUTER_STATE_FILE", "")
         self.policy = policy
+        self.router_id = uuid.uuid4().hex[:12]
+        """Sent with state fetches: the operator ends a drain once every router it
+        hears from has fetched a state that shows the draining slot not Ready."""
         self.state: dict[str, Any] = {"slots": []}
         self.fetched_at = 0.0
         self.last_demand: dict[str, float] = {}
@@ -327,7 +332,7 @@ class OperatorClient:
             f"{self.url}{path}", method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {self.token}",
-                     "Content-Type": "application/json"})
+                     "Content-Type": "application/json", ROUTER_ID_HEADER: self.router_id})
         with urllib.request.urlopen(request, timeout=2) as response:
             answer: dict[str, Any] = json.loads(response.read() or b"{}")
             return answer
