@@ -43,10 +43,12 @@ def any_serving(pods: Sequence[_MaybeServing]) -> bool:
 def last_request(slot: SlotInfo, view: View) -> datetime.datetime | None:
     """The newest demand seen for the slot: router signal, annotation, stored status."""
     assert slot.spec is not None
-    candidates = [slot.status.last_request_time, slot.requested_at,
-                  view.demands.get(slot.spec.alias)]
-    known = [c for c in candidates if c is not None]
-    return max(known) if known else None
+    latest = slot.status.last_request_time
+    for other in (slot.requested_at, view.demands.get(slot.spec.alias)):
+        # The first of equal times wins, as max() keeps it.
+        if other is not None and (latest is None or other > latest):
+            latest = other
+    return latest
 
 
 def demanded_until(requested: datetime.datetime, idle: datetime.timedelta, slot: SlotInfo,

@@ -452,11 +452,11 @@ class Gate:
 
     def conditions(self, phase: str) -> list[ConditionUpdate]:
         """The Evaluated condition; none for a slot that never had spec.evaluation."""
-        name = self.wanted_name
         if self.criteria is None:
             had = any(c.type == "Evaluated" for c in self.slot.status.conditions)
             return [ConditionUpdate("Evaluated", True, "NotRequired",
                                     "spec.evaluation is not set")] if had else []
+        name = self.wanted_name
         record = self.record
         if self.rejected and record is not None:
             then = (f"serving the previous model {model_label(self.rollback.model)}"

@@ -13,13 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from hybrid_compute.plan import evaluation
+from hybrid_compute.plan import evaluation, model_vram, warm_standby
 from hybrid_compute.render import children
 
 if TYPE_CHECKING:
     from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
     from hybrid_compute.api.modelslot import ModelHistoryEntry, ModelSlotSpec, ModelSource
+    from hybrid_compute.plan.model_vram import ModelFileKey, VramChoice
     from hybrid_compute.plan.settings import PlanSettings
+    from hybrid_compute.plan.view import SlotInfo
+    from hybrid_compute.plan.vram import ModelShape
+    from hybrid_compute.plan.warm_standby import WarmFile
 
 ValueT = TypeVar("ValueT")
 
@@ -43,7 +47,8 @@ class IdentityCache(Generic[ValueT]):
     def get(self, key: object, variant: Hashable, compute: Callable[[], ValueT]) -> ValueT:
         """The result for ``key`` and ``variant``, computed on the first ask."""
         entry = self._entries.get(id(key))
-        if entry is not None and entry[0] is key and entry[1] == variant:
+        if entry is not None and entry[0] is key and (entry[1] is variant
+                                                      or entry[1] == variant):
             return entry[2]
         value = compute()
         if len(self._entries) > self._limit:
@@ -55,13 +60,19 @@ class IdentityCache(Generic[ValueT]):
 class PlanMemo:
     """The results one plan hands to the next."""
 
-    __slots__ = ("_fingerprints", "_served", "_slot_templates", "_workload_templates")
+    __slots__ = ("_file_keys", "_fingerprints", "_served", "_slot_templates",
+                 "_vram_choices", "_warm_file_keys", "_warm_lists", "_workload_templates")
 
     def __init__(self) -> None:
         self._slot_templates: IdentityCache[dict[str, Any]] = IdentityCache(8192)
         self._workload_templates: IdentityCache[dict[str, Any]] = IdentityCache(4096)
         self._fingerprints: IdentityCache[str] = IdentityCache(8192)
         self._served: IdentityCache[ModelSlotSpec] = IdentityCache(1024)
+        self._file_keys: IdentityCache[ModelFileKey | None] = IdentityCache(16384)
+        self._vram_choices: IdentityCache[VramChoice] = IdentityCache(16384)
+        self._warm_file_keys: IdentityCache[ModelFileKey | None] = IdentityCache(16384)
+        self._warm_lists: dict[Hashable, tuple[list[ModelFileKey],
+                                               tuple[WarmFile, ...]]] = {}
 
     def slot_template(self, name: str, spec: ModelSlotSpec, vram: int,
                       settings: PlanSettings) -> dict[str, Any]:
@@ -88,3 +99,36 @@ class PlanMemo:
         object for the same inputs, so the template memo keeps working for it."""
         return self._served.get(spec, entry.fingerprint,
                                 lambda: evaluation.with_model(spec, entry))
+
+    def model_file_key(self, spec: ModelSlotSpec, settings: PlanSettings
+                       ) -> ModelFileKey | None:
+        """:func:`hybrid_compute.plan.model_vram.model_file_key`."""
+        return self._file_keys.get(spec, settings,
+                                   lambda: model_vram.model_file_key(spec, settings))
+
+    def vram_choice(self, slot: SlotInfo, spec: ModelSlotSpec, settings: PlanSettings,
+                    header: ModelShape | str | None, running: int | None) -> VramChoice:
+        """:func:`hybrid_compute.plan.model_vram.choose` for the slot's stored status."""
+        return self._vram_choices.get(
+            slot, (spec, settings, header, running),
+            lambda: model_vram.choose(spec, slot.status, settings, header, running))
+
+    def warm_file_key(self, spec: ModelSlotSpec, settings: PlanSettings
+                      ) -> ModelFileKey | None:
+        """:func:`hybrid_compute.plan.warm_standby.warm_file_key`."""
+        return self._warm_file_keys.get(spec, settings,
+                                        lambda: warm_standby.warm_file_key(spec, settings))
+
+    def warm_files(self, owner: Hashable, keys: list[ModelFileKey]
+                   ) -> tuple[WarmFile, ...]:
+        """A warm list (:func:`hybrid_compute.plan.warm_standby.warm_files`); the
+        previous plan's list for the same ``owner`` (a node, or a shape of node) when
+        it names the same files, so an unchanged list is not built again."""
+        previous = self._warm_lists.get(owner)
+        if previous is not None and previous[0] == keys:
+            return previous[1]
+        files = warm_standby.warm_files(keys)
+        if len(self._warm_lists) > 4096:
+            self._warm_lists.clear()
+        self._warm_lists[owner] = (keys, files)
+        return files

@@ -180,6 +180,8 @@ def vram_choice(slot: SlotInfo, spec: ModelSlotSpec, view: View,
                                           view.settings)
         if children.template_hash(started_with) == deployment.template_hash:
             running = deployment.vram_bytes
-    key = model_file_key(spec, view.settings)
-    header = view.model_headers.get(key) if key is not None else None
-    return choose(spec, slot.status, view.settings, header, running)
+    header = None
+    if view.model_headers:
+        key = memo.model_file_key(spec, view.settings)
+        header = view.model_headers.get(key) if key is not None else None
+    return memo.vram_choice(slot, spec, view.settings, header, running)

@@ -74,12 +74,12 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     events += workload_events
     # 8. Route policies, from the slots' readiness.
     policies = routing.plan_policies(
-        view, [routing.SlotRouting(d.namespace, d.alias, d.ready) for d in slot_decisions],
-        now)
+        view, [routing.SlotRouting(d.namespace, d.alias, d.ready) for d in slot_decisions]
+        if view.policies else [], now)
     for policy in policies:
         events += policy.events
         if policy.recheck_at:
             wakeups.append(policy.recheck_at)
     return Plan(tuple(slot_decisions), summarize(gpus), tuple(events), min(wakeups),
                 tuple(workload_decisions), tuple(policies),
-                warm_lists(view, slot_decisions, lambda s: last_request(s, view), now))
+                warm_lists(view, slot_decisions, lambda s: last_request(s, view), now, memo))

@@ -14,14 +14,17 @@ from __future__ import annotations
 import datetime
 import math
 import posixpath
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hybrid_compute.api.modelslot import ModelPageCache, ModelSlotSpec
 from hybrid_compute.plan.model_vram import ModelFileKey, model_file_key
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import GpuNode, SlotInfo, View
+
+if TYPE_CHECKING:
+    from hybrid_compute.plan.memo import PlanMemo
 
 WARM_PHASES = frozenset({"Standby", "Pending", "Unloading"})
 """Phases of a slot whose model is not loaded (Unloading: not for long)."""
@@ -104,24 +107,30 @@ def _could_load_on(node: GpuNode, spec: ModelSlotSpec, vram: int | None,
     return not vram or vram // spec.gpus <= node.gpu_memory_bytes - settings.headroom_bytes
 
 
+_Ranked = tuple[ModelFileKey, ModelSlotSpec, int | None]
+"""A not-loaded slot's file, spec and template VRAM, in the order of its demand rank."""
+
+
 def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
                requested: Callable[[SlotInfo], datetime.datetime | None],
-               now: datetime.datetime) -> dict[str, tuple[WarmFile, ...]]:
+               now: datetime.datetime, memo: PlanMemo | None = None
+               ) -> dict[str, tuple[WarmFile, ...]]:
     """Per GPU node, the model files of its not-loaded GPU slots, most likely first.
 
     A slot's file is listed on every node it could load on, except where a loaded
     slot serves the same file (llama-server's mapping keeps it resident there).
     Every GPU node gets a list, an empty one included, so an agent lets go of
-    files no longer wanted. ``requested`` gives a slot's last request.
+    files no longer wanted. ``requested`` gives a slot's last request; ``memo``
+    keeps the lists of the previous plan, which an unchanged list is taken from.
     """
     settings = view.settings
+    file_key = memo.warm_file_key if memo is not None else warm_file_key
     loaded: dict[str, set[ModelFileKey]] = {}
-    ranked: list[tuple[tuple[int, int, int, float, int, float, str, str], ModelFileKey,
-                       ModelSlotSpec, int | None]] = []
+    ranked: list[tuple[tuple[int, int, int, float, int, float, str, str], _Ranked]] = []
     for outcome in outcomes:
         slot = outcome.slot
         spec = slot.spec
-        key = warm_file_key(spec, settings) if spec is not None else None
+        key = file_key(spec, settings) if spec is not None else None
         if spec is None or key is None:
             continue
         if outcome.phase not in WARM_PHASES:
@@ -129,19 +138,49 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
                 loaded.setdefault(outcome.node, set()).add(key)
             continue
         rank = demand_rank(spec, outcome.phase, requested(slot), now)
-        ranked.append(((*rank, slot.namespace, slot.name), key, spec, outcome.template_vram))
+        ranked.append(((*rank, slot.namespace, slot.name), (key, spec, outcome.template_vram)))
     ranked.sort(key=lambda entry: entry[0])
+    in_order = [entry[1] for entry in ranked]
+    # Nodes of one shape (devices and their memory) take the same files: each
+    # shape's list is worked out once, and a node leaves out what it has loaded.
+    files_for = memo.warm_files if memo is not None else _unmemoized_files
+    by_shape: dict[tuple[int, int], tuple[list[ModelFileKey], set[ModelFileKey],
+                                          tuple[WarmFile, ...]]] = {}
     lists: dict[str, tuple[WarmFile, ...]] = {}
     for node in sorted(view.nodes, key=lambda n: n.name):
-        keys: list[ModelFileKey] = []
-        skipped = set(loaded.get(node.name, ()))
-        for _rank, key, spec, vram in ranked:
-            if key not in skipped and _could_load_on(node, spec, vram, settings):
-                keys.append(key)
-                skipped.add(key)
-        lists[node.name] = tuple(WarmFile(host, path, float(len(keys) - index))
-                                 for index, (host, path) in enumerate(keys))
+        shape = (node.gpu_count, node.gpu_memory_bytes)
+        if shape not in by_shape:
+            keys, listed = _loadable_files(node, in_order, settings)
+            by_shape[shape] = keys, listed, files_for(shape, keys)
+        keys, listed, files = by_shape[shape]
+        skipped = loaded.get(node.name)
+        if skipped and not skipped.isdisjoint(listed):
+            files = files_for(node.name, [key for key in keys if key not in skipped])
+        lists[node.name] = files
     return lists
+
+
+def _loadable_files(node: GpuNode, in_order: list[_Ranked], settings: PlanSettings
+                    ) -> tuple[list[ModelFileKey], set[ModelFileKey]]:
+    """The files of the slots that could load on ``node``, each once, in rank order."""
+    keys: list[ModelFileKey] = []
+    listed: set[ModelFileKey] = set()
+    for key, spec, vram in in_order:
+        if key not in listed and _could_load_on(node, spec, vram, settings):
+            keys.append(key)
+            listed.add(key)
+    return keys, listed
+
+
+def warm_files(keys: Sequence[ModelFileKey]) -> tuple[WarmFile, ...]:
+    """A node's warm list for its files in order: the priority falls along the list."""
+    return tuple(WarmFile(host, path, float(len(keys) - index))
+                 for index, (host, path) in enumerate(keys))
+
+
+def _unmemoized_files(_owner: Hashable, keys: Sequence[ModelFileKey]
+                      ) -> tuple[WarmFile, ...]:
+    return warm_files(keys)
 
 
 def page_cache_status(view: View, slot: SlotInfo, node: str | None) -> ModelPageCache | None:
@@ -152,7 +191,9 @@ def page_cache_status(view: View, slot: SlotInfo, node: str | None) -> ModelPage
     reports the file there.
     """
     spec = slot.spec
-    key = warm_file_key(spec, view.settings) if spec is not None else None
+    if spec is None or not view.page_cache:
+        return None
+    key = warm_file_key(spec, view.settings)
     reports = view.page_cache.get(key) if key is not None else None
     if not reports:
         return None

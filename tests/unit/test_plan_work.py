@@ -1,0 +1,101 @@
+"""How much work ``plan`` does per object, counted rather than timed: one decision
+per slot and per workload in every plan, and nothing computed from an unchanged
+object again when the caller keeps its memo (the VRAM figure, the pod template,
+the warm lists)."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
+from hybrid_compute.api.modelslot import ModelSlotSpec
+from hybrid_compute.api.units import MIB
+from hybrid_compute.plan import model_vram, plan, slots, warm_standby, workloads
+from hybrid_compute.plan.memo import PlanMemo
+from hybrid_compute.plan.view import GpuNode, SlotInfo, View, WorkloadInfo
+from hybrid_compute.render import children
+
+NOW = datetime.datetime(2026, 12, 1, 2, 0, tzinfo=datetime.UTC)
+SLOTS = 40
+WORKLOADS = 10
+
+
+def crowded_view() -> View:
+    """Slots and workloads over four nodes of two shapes, some asked for."""
+    nodes = tuple(GpuNode(f"node-{n}", 2 if n % 2 else 4, 24576 * MIB, replicas=1,
+                          allocatable=4) for n in range(4))
+    slot_infos = tuple(
+        SlotInfo("ns", f"m{index}", f"uid-{index}", 1, ModelSlotSpec.model_validate({
+            "alias": f"local/m{index}", "activation": "OnDemand", "idleTimeout": "5m",
+            "priority": index, "model": {"path": f"m{index}.gguf",
+                                         "vram": f"{1 + index % 12}Gi"}}))
+        for index in range(SLOTS))
+    workload_infos = tuple(
+        WorkloadInfo("ns", f"w{index}", f"uid-w{index}", 1, GpuWorkloadSpec.model_validate({
+            "class": "Other", "vram": "4Gi",
+            "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}}))
+        for index in range(WORKLOADS))
+    return View(nodes=nodes, slots=slot_infos, workloads=workload_infos,
+                demands={f"local/m{index}": NOW for index in range(0, SLOTS, 3)})
+
+
+class Counter:
+    """Counts the calls of a module function, still calling it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> None:
+        self.calls = 0
+        original: Callable[..., Any] = getattr(module, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+
+
+def test_each_slot_and_workload_is_decided_once_per_plan(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    slot_decisions = Counter(monkeypatch, slots, "decide_slot")
+    workload_decisions = Counter(monkeypatch, workloads, "decide")
+    view = crowded_view()
+    memo = PlanMemo()
+    for second in range(3):
+        plan(view, NOW + datetime.timedelta(seconds=second), memo)
+    assert (slot_decisions.calls, workload_decisions.calls) == (3 * SLOTS, 3 * WORKLOADS)
+
+
+def test_a_kept_memo_computes_nothing_again_for_unchanged_objects(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = Counter(monkeypatch, model_vram, "choose")
+    templates = Counter(monkeypatch, children, "pod_template")
+    warm_lists_built = Counter(monkeypatch, warm_standby, "warm_files")
+    view = crowded_view()
+    memo = PlanMemo()
+    first = plan(view, NOW, memo)
+    assert figures.calls == SLOTS, "one VRAM figure per GPU slot"
+    assert warm_lists_built.calls == 2, "one warm list per shape of node"
+    before = (figures.calls, templates.calls, warm_lists_built.calls)
+    later = plan(view, NOW + datetime.timedelta(seconds=1), memo)
+    assert (figures.calls, templates.calls, warm_lists_built.calls) == before, \
+        "the same objects planned again: no figure, template or warm list is rebuilt"
+    assert later.warm == first.warm
+    assert all(later.warm[node] is first.warm[node] for node in first.warm)
+
+
+def test_a_new_request_rebuilds_only_the_warm_lists_it_changes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    view = crowded_view()
+    memo = PlanMemo()
+    first = plan(view, NOW, memo)
+    warm_lists_built = Counter(monkeypatch, warm_standby, "warm_files")
+    asked = View(nodes=view.nodes, slots=view.slots, workloads=view.workloads,
+                 demands={**view.demands, "local/m1": NOW})
+    later = plan(asked, NOW + datetime.timedelta(seconds=1), memo)
+    assert warm_lists_built.calls <= 2, "at most one list per shape of node"
+    assert later.warm != first.warm
+    assert later.warm == plan(asked, NOW + datetime.timedelta(seconds=1)).warm, \
+        "the memo changes how much is computed, never the result"
