@@ -244,3 +244,19 @@ def test_no_rendered_alias_is_local_twice_or_local_and_cloud(view: View) -> None
         assert not set(local) & cloud, models
     served = [d.alias for d in result.slots if d.replicas > 0]
     assert len(served) == len(set(served))
+
+
+def test_a_refused_slot_is_left_out_of_the_routers_state() -> None:
+    from typing import cast
+
+    from hybrid_compute.control.loop import Runtime
+    from hybrid_compute.control.state_api import state_document
+    cloud = made(policy({"cloudModels": [{"alias": "local/fast", "model": "openai/x"}]}),
+                 EARLY)
+    fast = made(gpu_slot("fast", "local/fast", fallback="local/other"), LATE)
+    other = made(gpu_slot("other", "local/other"), LATE)
+    world = World([fast, other], nodes=[dreamteam()])
+    runtime = Runtime(cast(Any, None), world.settings)
+    runtime.last_plan = plan(replace(world.view(), policies=(cloud,)), START)
+    assert runtime.last_plan.slot("lab", "fast").refused
+    assert [s["name"] for s in state_document(runtime)["slots"]] == ["other"]

@@ -286,7 +286,7 @@ def refused_decisions(verdicts: Verdicts, deployments: Mapping[Key, DeploymentIn
             slot, view.settings, now, "Failed", f"refused: {refusal.message}", 0, memo,
             template_vram=deployment.vram_bytes if deployment else None,
             pinned_node=deployment.node if deployment else None,
-            condition_updates=conditions))
+            condition_updates=conditions, refused=True))
         accepted = find(slot.status.conditions, "Accepted")
         if accepted is None or accepted.reason != refusal.reason:
             events.append(EventIntent(slot.namespace, slot.name, "Warning", refusal.reason,
