@@ -39,7 +39,7 @@ def _webhook_urls(k8s: TestCluster) -> list[str]:
 
 def _registered(k8s: TestCluster, port: int) -> bool:
     urls = _webhook_urls(k8s)
-    return len(urls) == 2 and all(f"127.0.0.1:{port}/" in url for url in urls)
+    return len(urls) == 3 and all(f"127.0.0.1:{port}/" in url for url in urls)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def webhook(k8s: TestCluster, operator: OperatorHandle) -> Iterator[int]:
     k8s.cluster.start_operator(extra_args=(*OPERATOR_ARGS, f"--webhook-port={port}"),
                                ports=state.ports, extra_env=operator_env(k8s.cluster))
     try:
-        wait(lambda: _registered(k8s, port), 60, f"kopf to register both webhooks at {port}")
+        wait(lambda: _registered(k8s, port), 60, f"kopf to register its three webhooks at {port}")
         yield port
     finally:
         k8s.cluster.stop_operator()

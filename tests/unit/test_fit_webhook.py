@@ -168,3 +168,62 @@ def test_a_loopback_host_stays_a_url() -> None:
     server = settings.admission.server
     assert type(server) is kopf.WebhookServer
     assert server.host == "127.0.0.1" and server.addr == "127.0.0.1"
+
+
+def _object(kind: str, name: str, spec: dict[str, Any], namespace: str = "lab",
+            created: str | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if created:
+        metadata["creationTimestamp"] = created
+    return {"apiVersion": "hybridcompute.io/v1alpha1", "kind": kind, "metadata": metadata,
+            "spec": spec}
+
+
+def _existing() -> tuple[list[Any], list[Any]]:
+    from hybrid_compute.plan.objects import policy_from_object, slot_from_object
+    fast = _object("ModelSlot", "fast", {"alias": "local/fast", "default": True,
+                                         "model": {"path": "f.gguf", "vram": "4Gi"}},
+                   created="2026-11-01T00:00:00Z")
+    policy = _object("RoutePolicy", "hybrid", {"cloudModels": [
+        {"alias": "cloud/fast", "model": "openai/gpt-4o-mini"}]},
+        created="2026-11-01T00:00:00Z")
+    return [slot_from_object(fast)], [policy_from_object(policy)]
+
+
+@pytest.mark.parametrize("kind,spec,namespace,reason,other", [
+    ("ModelSlot", {"alias": "local/fast", "model": {"path": "g.gguf"}}, "lab",
+     "AliasConflict", "ModelSlot lab/fast"),
+    ("ModelSlot", {"alias": "local/fast", "model": {"path": "g.gguf"}}, "team-b",
+     "AliasConflict", "ModelSlot lab/fast"),
+    ("ModelSlot", {"alias": "cloud/fast", "model": {"path": "g.gguf"}}, "lab",
+     "AliasConflict", "RoutePolicy lab/hybrid"),
+    ("ModelSlot", {"alias": "local/other", "default": True,
+                   "model": {"path": "g.gguf", "vram": "4Gi"}}, "lab",
+     "DefaultConflict", "ModelSlot lab/fast"),
+    ("ModelSlot", {"alias": "local/other", "fallback": "cloud/typo",
+                   "model": {"path": "g.gguf"}}, "lab", "UnknownAlias", "cloud/typo"),
+    ("RoutePolicy", {"cloudModels": [{"alias": "local/fast", "model": "openai/x"}]}, "lab",
+     "AliasConflict", "ModelSlot lab/fast"),
+])
+def test_conflicting_objects_are_refused_at_apply_naming_both(
+        kind: str, spec: dict[str, Any], namespace: str, reason: str, other: str) -> None:
+    from hybrid_compute.server.admission_webhook import conflict_refusal
+    slots, policies = _existing()
+    name = "new"
+    message = conflict_refusal(kind, _object(kind, name, spec, namespace), slots, policies, 1)
+    assert message is not None
+    assert f"{kind} {namespace}/{name}" in message and reason in message and other in message
+
+
+def test_the_object_being_applied_counts_as_latest_and_may_update_itself() -> None:
+    from hybrid_compute.server.admission_webhook import conflict_refusal
+    slots, policies = _existing()
+    same = _object("ModelSlot", "fast", {"alias": "local/fast", "default": True, "priority": 5,
+                                         "model": {"path": "f.gguf", "vram": "4Gi"}},
+                   created="2026-11-01T00:00:00Z")
+    assert conflict_refusal("ModelSlot", same, slots, policies, 1) is None
+    other = _object("ModelSlot", "other", {"alias": "local/other", "model": {"path": "o.gguf"}})
+    assert conflict_refusal("ModelSlot", other, slots, policies, 1) is None
+    assert conflict_refusal("GpuWorkload", other, slots, policies, 1) is None
+    invalid = _object("ModelSlot", "bad", {"alias": "local/fast"})
+    assert conflict_refusal("ModelSlot", invalid, slots, policies, 1) is None

@@ -106,6 +106,14 @@ def test_pending_then_default_then_recent_demand_then_priority() -> None:
     assert {f.host_path for f in files} == {"/models"}
 
 
+def _stored_before_the_path_rule(info: SlotInfo, path: str) -> SlotInfo:
+    """A slot whose model.path the API no longer accepts, as an object stored
+    before the rule still holds it."""
+    assert info.spec is not None
+    model = info.spec.model.model_copy(update={"path": path})
+    return replace(info, spec=info.spec.model_copy(update={"model": model}))
+
+
 def test_loaded_cpu_claimed_and_escaping_files_are_not_listed() -> None:
     slots = [
         slot("ready", on_demand("ready.gguf")),
@@ -113,7 +121,7 @@ def test_loaded_cpu_claimed_and_escaping_files_are_not_listed() -> None:
         slot("cpu", {"alias": "local/cpu", "device": "cpu", "model": {"path": "cpu.gguf"}}),
         slot("claimed", on_demand("claimed.gguf", model={"path": "claimed.gguf",
                                                          "persistentVolumeClaim": "models"})),
-        slot("escaping", on_demand("x.gguf", model={"path": "../../etc/x.gguf"})),
+        _stored_before_the_path_rule(slot("escaping", on_demand("x.gguf")), "../../etc/x.gguf"),
         slot("broken", on_demand("broken.gguf")),
         slot("spelled", on_demand("a.gguf", model={"path": "/models/sub/./a.gguf"})),
     ]

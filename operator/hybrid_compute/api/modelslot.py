@@ -37,6 +37,45 @@ LoadMode = Literal["auto", "mmap", "none", "dio", "mlock", "mmap+mlock"]
 """llama-server's --load-mode values, spelled as it spells them."""
 
 ArgString = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+OPERATOR_PREFIX = "hybridcompute.io/"
+"""Labels and annotations under this prefix are the operator's own."""
+
+OWNED_FLAGS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("--port",), "use spec.server.port (the probes and the Service follow it)"),
+    (("--host",), "the operator listens on 0.0.0.0 for the probes and the Service"),
+    (("-m", "--model", "-mu", "--model-url", "-hf", "-hfr", "--hf-repo", "-hff", "--hf-file"),
+     "use spec.model.path and spec.model.source (the VRAM plan is for that model)"),
+    (("-a", "--alias"), "use spec.model.servedName"),
+    (("-ngl", "--n-gpu-layers", "--gpu-layers"), "use spec.server.nGpuLayers"),
+    (("-c", "--ctx-size"), "use spec.server.ctxSize"),
+    (("-np", "--parallel"), "use spec.server.parallel"),
+    (("--embedding", "--embeddings"), "use spec.embedding"),
+    (("--metrics",), "the operator always passes --metrics"),
+    (("--slot-save-path",), "llama-server's model folder is mounted read-only"),
+)
+"""llama-server flags the spec owns or the operator accounts for, and what to do
+instead; ``extraArgs`` may not set them (as ``--flag value`` or ``--flag=value``)."""
+
+
+def owned_flag(arg: str) -> tuple[str, str] | None:
+    """(flag, what to use instead) when ``arg`` sets an owned flag."""
+    for flags, instead in OWNED_FLAGS:
+        for flag in flags:
+            if arg == flag or arg.startswith(flag + "="):
+                return flag, instead
+    return None
+
+
+def _owned_flag_rule(flags: tuple[str, ...], instead: str) -> dict[str, str]:
+    listed = ", ".join(f"'{flag}'" for flag in flags)
+    return cel(f"!has(self.extraArgs) || self.extraArgs.all(a, !(a in [{listed}]) && "
+               f"![{listed}].exists(f, a.startsWith(f + '=')))",
+               f"extraArgs may not set {'/'.join(flags)}: {instead}",
+               field_path=".extraArgs")
+
+
+def has_parent_segment(path: str) -> bool:
+    return ".." in path.split("/")
 
 
 class HuggingFaceFile(ApiModel):
@@ -90,6 +129,9 @@ class ModelSource(ApiModel):
             cel("!(has(self.hostPath) && has(self.persistentVolumeClaim))",
                 "set either hostPath or persistentVolumeClaim, not both",
                 field_path=".persistentVolumeClaim"),
+            cel("!self.path.matches('(^|/)[.][.](/|$)')",
+                "path may not contain '..' segments: the model file stays inside the "
+                "model folder", field_path=".path"),
         )
     )
 
@@ -119,11 +161,18 @@ class ModelSource(ApiModel):
         if self.host_path and self.persistent_volume_claim:
             raise ValueError("persistentVolumeClaim: set either hostPath or "
                              "persistentVolumeClaim, not both")
+        if has_parent_segment(self.path):
+            raise ValueError("path: may not contain '..' segments: the model file stays "
+                             "inside the model folder")
         return self
 
 
 class ServerSettings(ApiModel):
     """llama-server flags. Anything not covered goes into extraArgs."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            *(_owned_flag_rule(flags, instead) for flags, instead in OWNED_FLAGS)))
 
     image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
     """Container image; defaults to ghcr.io/ggml-org/llama.cpp:server-cuda for GPU slots
@@ -159,7 +208,17 @@ class ServerSettings(ApiModel):
     it stays on, llama-server's own default, so a slot is Ready only once it has
     decoded."""
     extra_args: list[ArgString] = Field(default_factory=list, max_length=64)
-    """Further llama-server arguments, passed as given."""
+    """Further llama-server arguments, passed as given; not the flags the spec sets
+    (port, host, model, alias, GPU layers, context size, parallel, embedding,
+    metrics, slot save path)."""
+
+    @model_validator(mode="after")
+    def _no_owned_flags(self) -> ServerSettings:
+        problems = [f"extraArgs: may not set {flag}: {instead}"
+                    for flag, instead in filter(None, map(owned_flag, self.extra_args))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class DrainSettings(ApiModel):
@@ -302,6 +361,10 @@ class ModelSlotSpec(ApiModel):
             cel("!self.embedding || !has(self.evaluation)",
                 "spec.evaluation sends chat prompts; an embedding slot cannot be evaluated",
                 field_path=".evaluation"),
+            cel(f"!has(self.podAnnotations) || "
+                f"self.podAnnotations.all(k, !k.startsWith('{OPERATOR_PREFIX}'))",
+                f"podAnnotations under {OPERATOR_PREFIX} are the operator's own",
+                field_path=".podAnnotations"),
         )
     )
 
@@ -373,6 +436,9 @@ class ModelSlotSpec(ApiModel):
                             "spec.model.vram")
         if self.embedding and self.evaluation is not None:
             problems.append("evaluation: an embedding slot cannot be evaluated")
+        if any(key.startswith(OPERATOR_PREFIX) for key in self.pod_annotations):
+            problems.append(f"podAnnotations: keys under {OPERATOR_PREFIX} are the "
+                            "operator's own")
         if problems:
             raise ValueError("; ".join(problems))
         return self

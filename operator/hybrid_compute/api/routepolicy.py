@@ -34,6 +34,7 @@ RoutingStrategy = Literal[
 ROUTE_POLICY_CONDITION_TYPES = ("Accepted", "Rendered", "Ready")
 
 TagName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=63)]
+KeyName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 PricePerMillion = Annotated[float, Field(ge=0, le=10000)]
 
 
@@ -108,13 +109,21 @@ class Privacy(ApiModel):
 
     tags: list[TagName] = Field(default_factory=lambda: ["private", "privacy", "sensitive"],
                                 min_length=1, max_length=16)
-    """Request tags (metadata.tags) that mark a request as privacy-sensitive."""
+    """Request tags that mark a request as privacy-sensitive, on any channel LiteLLM
+    carries: metadata.tags, the top-level tags, the x-litellm-tags header, or the
+    metadata of the virtual key or its team."""
     action: PrivacyAction = "Hold"
     """What to do when the local model is not Ready: Hold the request until it is (up to
     holdTimeout, then refuse) or Refuse at once. Privacy requests are never bridged to
     cloud."""
     hold_timeout: Duration = "60s"
     """Longest a privacy request is held waiting for a local model."""
+    local_only_aliases: list[Alias] = Field(default_factory=list, max_length=64)
+    """Aliases whose every request is a privacy request: held or refused while the
+    local model is not Ready, never bridged to cloud."""
+    local_only_keys: list[KeyName] = Field(default_factory=list, max_length=64)
+    """LiteLLM virtual keys (by key alias or name) or teams (by team alias or id)
+    whose every request is a privacy request."""
 
 
 class Routing(ApiModel):

@@ -44,7 +44,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     fetch.add_argument("--hf-revision", default="main",
                        help="branch, tag or commit (default main); the endpoint comes from "
                             "$HF_ENDPOINT (default https://huggingface.co)")
-    fetch.add_argument("--dest", required=True, help="where the file goes")
+    fetch.add_argument("--dest", required=True, help="where the file goes (no '..' segment)")
+    fetch.add_argument("--root", metavar="FOLDER",
+                       help="the models folder --dest must stay inside")
     fetch.add_argument("--sha256", help="expected SHA-256 (64 hex digits)")
     fetch.add_argument("--attempts", type=int, default=5,
                        help="connections tried, each resuming the partial file (default 5)")
@@ -97,6 +99,7 @@ def _fetch(args: argparse.Namespace) -> int:
         TOKEN_ENV,
         ExitCode,
         FetchRequest,
+        destination_problem,
         hugging_face_url,
         run_fetch,
     )
@@ -112,6 +115,10 @@ def _fetch(args: argparse.Namespace) -> int:
         return int(ExitCode.USAGE)
     if args.sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", args.sha256):
         print("error: --sha256 takes 64 hexadecimal digits", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    problem = destination_problem(args.dest, args.root)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return int(ExitCode.USAGE)
     url = args.url or hugging_face_url(args.hf_repo, args.hf_file, args.hf_revision)
     request = FetchRequest(url=url, dest=Path(args.dest), sha256=args.sha256 or None,

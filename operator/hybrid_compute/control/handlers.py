@@ -157,6 +157,12 @@ def _register_fit_webhook() -> None:
         await admission_webhook.admit("ModelSlot", body, kwargs.get("old"), memo.api,
                                 memo.runtime.settings)
 
+    @kopf.on.validate(GROUP, VERSION, "routepolicies", id="routepolicy-conflicts",
+                      operations=["CREATE", "UPDATE"], ignore_failures=True)
+    async def routepolicy_conflicts(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        await admission_webhook.admit("RoutePolicy", body, kwargs.get("old"), memo.api,
+                                      memo.runtime.settings)
+
     @kopf.on.validate(GROUP, VERSION, "gpuworkloads", id="gpuworkload-fits",
                       operations=["CREATE", "UPDATE"], ignore_failures=True)
     async def gpuworkload_fits(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:

@@ -60,7 +60,7 @@ def state_document(runtime: Runtime) -> dict[str, Any]:
             "lastRequestTime": d.status.get("lastRequestTime"),
             "predictedWaitSeconds": swaps.predicted_wait(
                 d.phase, d.status, now, d.settings.default_swap_time.total_seconds()),
-        } for d in result.slots],
+        } for d in result.slots if not d.refused],
         "gpus": [{
             "id": g.id,
             "capacityBytes": g.capacity_bytes,

@@ -26,6 +26,7 @@ import hashlib
 import http.client
 import json
 import os
+import posixpath
 import re
 import shutil
 import sys
@@ -34,7 +35,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
 HF_ENDPOINT_ENV = "HF_ENDPOINT"
@@ -434,6 +435,19 @@ def _sync_folder(folder: Path) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+def destination_problem(dest: str, root: str | None = None) -> str | None:
+    """Why the fetch step may not write ``dest``: a ``..`` segment (the way out of
+    any folder), or, with ``root``, a place outside that models folder."""
+    if ".." in PurePosixPath(dest).parts:
+        return f"--dest {dest} may not contain '..' segments"
+    if root is not None:
+        folder = posixpath.normpath(posixpath.abspath(root))
+        target = posixpath.normpath(posixpath.abspath(dest))
+        if posixpath.commonpath([folder, target]) != folder or target == folder:
+            return f"--dest {dest} is outside the models folder {root}"
+    return None
 
 
 def run_fetch(request: FetchRequest, stream: IO[str] | None = None,

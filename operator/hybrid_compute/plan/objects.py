@@ -93,13 +93,16 @@ def slot_from_object(body: Mapping[str, Any]) -> SlotInfo:
         status=status,
         invalid_reason=invalid,
         requested_at=parse_time(annotations.get(REQUESTED_AT_ANNOTATION)),
+        created=parse_time(metadata.get("creationTimestamp")),
     )
 
 
 def policy_from_object(body: Mapping[str, Any]) -> PolicyInfo:
+    metadata = body.get("metadata", {})
     spec, invalid, status = _parse(body, RoutePolicySpec, RoutePolicyStatus)
-    return PolicyInfo(**_identity(body.get("metadata", {})), spec=spec, status=status,
-                      invalid_reason=invalid)
+    return PolicyInfo(**_identity(metadata), spec=spec, status=status,
+                      invalid_reason=invalid,
+                      created=parse_time(metadata.get("creationTimestamp")))
 
 
 LITELLM_CONTAINER = "litellm"

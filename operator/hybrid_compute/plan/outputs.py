@@ -112,6 +112,9 @@ class SlotDecision:
     its route restoration filled in."""
     started_waiting: bool = False
     """The slot became Pending in this pass, waiting for room."""
+    refused: bool = False
+    """Refused for a conflict with an earlier object (:mod:`.conflicts`): the
+    router must not take its alias for a local one."""
 
     @property
     def namespace(self) -> str:

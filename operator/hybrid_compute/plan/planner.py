@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime
 
-from hybrid_compute.plan import evaluation, routing, workloads
+from hybrid_compute.plan import conflicts, evaluation, routing, workloads
 from hybrid_compute.plan.demand import last_request, slot_demand
 from hybrid_compute.plan.holdings import group_owned, record_holdings
 from hybrid_compute.plan.ledger import build_gpus, summarize
@@ -43,6 +43,10 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     """Decides residency, swaps, admission, children and statuses. ``memo`` carries
     rendered templates from one plan to the next; None plans without one."""
     memo = PlanMemo() if memo is None else memo
+    # 0. Objects that conflict with an earlier one are refused; the rest of the plan
+    #    does not see the refused slots (:mod:`.conflicts`).
+    verdicts = conflicts.judge_view(view)
+    view = verdicts.accepted(view)
     mutex_bytes = view.settings.mutex_bytes
     wakeups: list[datetime.datetime] = [now + view.settings.idle_check_interval]
     # 1. What exists, and what each GPU holds right now.
@@ -75,11 +79,15 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     # 8. Route policies, from the slots' readiness.
     policies = routing.plan_policies(
         view, [routing.SlotRouting(d.namespace, d.alias, d.ready) for d in slot_decisions]
-        if view.policies else [], now)
+        if view.policies else [], now, verdicts.policies)
     for policy in policies:
         events += policy.events
         if policy.recheck_at:
             wakeups.append(policy.recheck_at)
-    return Plan(tuple(slot_decisions), summarize(gpus), tuple(events), min(wakeups),
+    refused, refused_events = conflicts.refused_decisions(verdicts, owned.deployments, view,
+                                                          memo, now)
+    events += refused_events
+    return Plan(tuple(sorted([*slot_decisions, *refused], key=lambda d: d.slot.key)),
+                summarize(gpus), tuple(events), min(wakeups),
                 tuple(workload_decisions), tuple(policies),
                 warm_lists(view, slot_decisions, lambda s: last_request(s, view), now, memo))

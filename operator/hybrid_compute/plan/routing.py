@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,6 +33,7 @@ from hybrid_compute.api.routepolicy import (
     Spend,
 )
 from hybrid_compute.plan.conditions import render_status
+from hybrid_compute.plan.conflicts import Key, Refusal
 from hybrid_compute.plan.outputs import ACCEPTED, ConditionUpdate, EventIntent
 from hybrid_compute.plan.view import LiteLLMDeployment, PolicyInfo, SlotInfo, View
 from hybrid_compute.render import litellm_config
@@ -192,27 +193,30 @@ def litellm_patch(deployment: LiteLLMDeployment, spec: RoutePolicySpec, digest: 
     }
 
 
-def _claimed_config_maps(policies: Iterable[PolicyInfo]) -> dict[tuple[str, str], str]:
-    """Which policy owns each ConfigMap name: the first by name, so a second policy
-    naming the same ConfigMap cannot make two renderings fight."""
+def _claimed_config_maps(policies: Iterable[PolicyInfo], refused: Mapping[Key, Refusal]
+                         ) -> dict[tuple[str, str], str]:
+    """Which policy owns each ConfigMap name: the first accepted one by name, so a
+    second policy naming the same ConfigMap cannot make two renderings fight."""
     owners: dict[tuple[str, str], str] = {}
     for policy in sorted(policies, key=lambda p: p.key):
-        if policy.spec is not None:
+        if policy.spec is not None and policy.key not in refused:
             owners.setdefault((policy.namespace, policy.spec.litellm.config_map_name),
                               policy.name)
     return owners
 
 
-def plan_policies(view: View, slots: list[SlotRouting], now: datetime.datetime
-                  ) -> list[PolicyDecision]:
-    owners = _claimed_config_maps(view.policies)
-    return [_decide_policy(policy, view, slots, owners, now)
+def plan_policies(view: View, slots: list[SlotRouting], now: datetime.datetime,
+                  refused: Mapping[Key, Refusal] | None = None) -> list[PolicyDecision]:
+    """``refused``: the policies :mod:`.conflicts` refuses, which render nothing."""
+    refused = refused or {}
+    owners = _claimed_config_maps(view.policies, refused)
+    return [_decide_policy(policy, view, slots, owners, now, refused.get(policy.key))
             for policy in sorted(view.policies, key=lambda p: p.key)]
 
 
 def _decide_policy(policy: PolicyInfo, view: View, slot_routing: list[SlotRouting],
-                   owners: dict[tuple[str, str], str], now: datetime.datetime
-                   ) -> PolicyDecision:
+                   owners: dict[tuple[str, str], str], now: datetime.datetime,
+                   refusal: Refusal | None = None) -> PolicyDecision:
     reported = view.spend_reports.get(policy.key, 0.0)
     budget = budget_state(policy, reported, now)
     spend_fields: dict[str, Any] = {
@@ -220,14 +224,14 @@ def _decide_policy(policy: PolicyInfo, view: View, slot_routing: list[SlotRoutin
         "budget_remaining": budget.remaining,
     }
     spec = policy.spec
-    if spec is None:
+    if spec is None or refusal is not None:
+        reason, message, what = (
+            ("InvalidSpec", policy.invalid_reason or "invalid spec", "an invalid spec")
+            if refusal is None else (refusal.reason, refusal.message, "a refused policy"))
         updates = [
-            ConditionUpdate("Accepted", False, "InvalidSpec",
-                            policy.invalid_reason or "invalid spec"),
-            ConditionUpdate("Rendered", False, "InvalidSpec",
-                            "nothing is rendered for an invalid spec"),
-            ConditionUpdate("Ready", False, "InvalidSpec",
-                            "nothing is rendered for an invalid spec")]
+            ConditionUpdate("Accepted", False, reason, message),
+            ConditionUpdate("Rendered", False, reason, f"nothing is rendered for {what}"),
+            ConditionUpdate("Ready", False, reason, f"nothing is rendered for {what}")]
         status = render_status(policy.status, updates, policy.generation, now, spend_fields)
         return PolicyDecision(policy, status, budget=budget, spend_included=reported)
 

@@ -148,6 +148,8 @@ class SlotInfo:
     invalid_reason: str | None = None
     requested_at: datetime.datetime | None = None
     """The hybridcompute.io/requested-at annotation: a demand made by hand."""
+    created: datetime.datetime | None = None
+    """metadata.creationTimestamp: of two conflicting objects the later is refused."""
     key: tuple[str, str] = field(init=False, repr=False, compare=False)
     """(namespace, name), kept as a field: the plan reads it very often."""
 
@@ -202,6 +204,8 @@ class PolicyInfo:
     spec: RoutePolicySpec | None
     status: RoutePolicyStatus = field(default_factory=RoutePolicyStatus)
     invalid_reason: str | None = None
+    created: datetime.datetime | None = None
+    """metadata.creationTimestamp: of two conflicting objects the later is refused."""
 
     @property
     def key(self) -> tuple[str, str]:

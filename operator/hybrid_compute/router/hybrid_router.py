@@ -91,18 +91,81 @@ def _metadata(data: dict[str, Any]) -> dict[str, Any]:
     return metadata if isinstance(metadata, dict) else {}
 
 
-def is_private(data: dict[str, Any], rules: dict[str, Any]) -> bool:
-    """Tagged with one of the privacy tags, or ``metadata.privacy`` set."""
-    metadata = _metadata(data)
-    tags = metadata.get("tags") or []
-    if isinstance(tags, str):
-        tags = [tags]
-    marked = {str(tag).lower() for tag in tags}
-    if marked & {tag.lower() for tag in rules["privacy"]["tags"]}:
-        return True
-    flag = metadata.get("privacy")
-    return flag is True or (isinstance(flag, str) and flag.lower() in (
-        "private", "sensitive", "local", "true", "yes"))
+TAGS_HEADER = "x-litellm-tags"
+PRIVACY_WORDS = ("private", "sensitive", "local", "true", "yes")
+
+
+def _tag_set(value: Any) -> set[str]:
+    """Tags as a list, or as LiteLLM's header spells them: one comma-separated string."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple):
+        return set()
+    return {str(tag).strip().lower() for tag in value if str(tag).strip()}
+
+
+def _privacy_flag(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in PRIVACY_WORDS)
+
+
+def _marks_private(holder: Any, privacy_tags: set[str]) -> bool:
+    """A metadata dict (the request's, a key's or a team's) with a privacy tag or
+    ``privacy`` set."""
+    if not isinstance(holder, Mapping):
+        return False
+    return bool(_tag_set(holder.get("tags")) & privacy_tags) or _privacy_flag(
+        holder.get("privacy"))
+
+
+def caller_of(user_api_key_dict: Any) -> dict[str, Any]:
+    """What LiteLLM knows of the virtual key a request came with (its
+    ``UserAPIKeyAuth``, or a dict of the same fields): metadata, team metadata and
+    the names a policy's ``localOnlyKeys`` may use."""
+    def field(name: str) -> Any:
+        if isinstance(user_api_key_dict, Mapping):
+            return user_api_key_dict.get(name)
+        return getattr(user_api_key_dict, name, None)
+    return {name: field(name) for name in ("metadata", "team_metadata", "key_alias",
+                                           "key_name", "team_alias", "team_id")}
+
+
+def privacy_channel(data: dict[str, Any], rules: dict[str, Any],
+                    caller: Mapping[str, Any] | None = None) -> str | None:
+    """Which channel marks the request private, or None: ``metadata.tags`` or
+    ``metadata.privacy`` (also in ``litellm_metadata``), the top-level ``tags``, the
+    ``x-litellm-tags`` header, the virtual key's or its team's metadata (on the key
+    LiteLLM hands the hook, or as it copies them into the request's metadata), or
+    the policy's ``localOnlyKeys`` naming the key or its team."""
+    privacy = rules["privacy"]
+    tags = {tag.lower() for tag in privacy["tags"]}
+    for name in ("metadata", "litellm_metadata"):
+        holder = data.get(name)
+        if _marks_private(holder, tags):
+            return name
+        if isinstance(holder, Mapping):
+            for copied in ("user_api_key_metadata", "user_api_key_team_metadata"):
+                if _marks_private(holder.get(copied), tags):
+                    return f"{name}.{copied}"
+    if _tag_set(data.get("tags")) & tags:
+        return "tags"
+    if any(str(header).lower() == TAGS_HEADER and _tag_set(value) & tags
+           for header, value in _request_headers(data).items()):
+        return TAGS_HEADER
+    caller = caller or {}
+    if _marks_private(caller.get("metadata"), tags):
+        return "key metadata"
+    if _marks_private(caller.get("team_metadata"), tags):
+        return "team metadata"
+    names = {caller.get(n) for n in ("key_alias", "key_name", "team_alias", "team_id")}
+    if names & set(privacy.get("localOnlyKeys", [])) - {None}:
+        return "localOnlyKeys"
+    return None
+
+
+def is_private(data: dict[str, Any], rules: dict[str, Any],
+               caller: Mapping[str, Any] | None = None) -> bool:
+    """Marked private on any channel LiteLLM carries (:func:`privacy_channel`)."""
+    return privacy_channel(data, rules, caller) is not None
 
 
 def parse_patience(value: Any) -> float | None:
@@ -230,16 +293,20 @@ def _private_target(alias: str, rules: dict[str, Any], locals_: set[str]) -> str
 
 
 def decide(data: dict[str, Any], rules: dict[str, Any], state: dict[str, Any],
-           call_type: str = "acompletion", patience: float | None = None) -> Decision:
+           call_type: str = "acompletion", patience: float | None = None,
+           caller: Mapping[str, Any] | None = None) -> Decision:
     """``patience``: seconds the request may still wait for a swap; by default
-    :func:`request_patience`."""
+    :func:`request_patience`. ``caller``: the virtual key (:func:`caller_of`)."""
     requested = str(data.get("model") or "")
-    private = is_private(data, rules)
+    private = is_private(data, rules, caller)
+    local_only = set(rules["privacy"].get("localOnlyAliases", []))
+    private = private or requested in local_only
     locals_ = local_aliases(rules, state)
     if requested == rules["autoModel"]:
         alias, why = resolve_auto(data, rules, state, private, call_type)
     else:
         alias, why = requested, "requested"
+    private = private or alias in local_only
 
     if private and alias not in locals_:
         target = _private_target(alias, rules, locals_) if requested == rules["autoModel"] \
@@ -439,10 +506,11 @@ class HybridRouter(CustomLogger):  # type: ignore[misc]
             return data
         state = await self.operator.current()
         asked = str(data.get("model") or "")
-        decision = decide(data, self.rules, state, call_type)
+        caller = caller_of(user_api_key_dict)
+        decision = decide(data, self.rules, state, call_type, caller=caller)
         if decision.route == "hold":
             self.operator.record_route(asked, decision)
-            decision = await self._hold(data, call_type, decision)
+            decision = await self._hold(data, call_type, decision, caller)
         self.operator.record_route(asked, decision)
         if decision.route == "refused":
             raise HTTPException(status_code=decision.status, detail=decision.reason)
@@ -457,8 +525,8 @@ class HybridRouter(CustomLogger):  # type: ignore[misc]
             self.operator.demand(decision.wanted)
         return data
 
-    async def _hold(self, data: dict[str, Any], call_type: str, decision: Decision
-                    ) -> Decision:
+    async def _hold(self, data: dict[str, Any], call_type: str, decision: Decision,
+                    caller: Mapping[str, Any] | None = None) -> Decision:
         """Waits for the local model: a privacy-tagged request up to
         ``privacy.holdTimeoutSeconds``, then refused (it never leaves the box); any other up
         to its patience, then bridged. A request whose slot turns out slower than
@@ -476,12 +544,12 @@ class HybridRouter(CustomLogger):  # type: ignore[misc]
             await asyncio.sleep(min(HOLD_POLL_SECONDS, deadline - now))
             state = await self.operator.current(fresh=True)
             again = decide(data, self.rules, state, call_type,
-                           patience=max(deadline - time.monotonic(), 0.0))
+                           patience=max(deadline - time.monotonic(), 0.0), caller=caller)
             if again.route != "hold":
                 return _after_hold(again, decision.model, started)
         if not decision.private:
             again = decide(data, self.rules, self.operator.with_unsent_spend(), call_type,
-                           patience=0.0)
+                           patience=0.0, caller=caller)
             return _after_hold(again, decision.model, started)
         return Decision(decision.model, "refused",
                         f"{decision.model} is not ready and privacy-tagged requests never "

@@ -1,5 +1,7 @@
 """The validating admission webhook: a ModelSlot or GpuWorkload that can never fit
-any GPU is refused when it is applied, with the numbers.
+any GPU is refused when it is applied, with the numbers; so is a ModelSlot or
+RoutePolicy that conflicts with the objects already there (:mod:`.conflicts`
+rules, the object being applied counted as the latest), naming both.
 
 "Never" means against every GPU's memory less the operator's headroom, whatever
 else is loaded; what merely has to wait is the plan's business. Where the webhook
@@ -15,6 +17,7 @@ failure policy is Ignore, so a stopped operator never blocks ``kubectl apply``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -30,14 +33,15 @@ from kubernetes import client
 from pydantic import ValidationError
 
 from hybrid_compute import tls
-from hybrid_compute.api.common import parse_bytes
+from hybrid_compute.api.common import GROUP, VERSION, parse_bytes
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.api.units import gib
+from hybrid_compute.plan.conflicts import judge
 from hybrid_compute.plan.ledger import build_gpus, fit_problem
-from hybrid_compute.plan.objects import node_from_object
+from hybrid_compute.plan.objects import node_from_object, policy_from_object, slot_from_object
 from hybrid_compute.plan.settings import PlanSettings
-from hybrid_compute.plan.view import GpuNode, View
+from hybrid_compute.plan.view import GpuNode, PolicyInfo, SlotInfo, View
 from hybrid_compute.plan.workloads import uses_gpu
 
 CONFIGURATION_NAME = "hybrid-compute.hybridcompute.io"
@@ -79,6 +83,32 @@ def fit_refusal(kind: str, name: str, spec: Mapping[str, Any], nodes: Sequence[G
             f"operator's {gib(settings.headroom_bytes)} headroom)")
 
 
+def conflict_refusal(kind: str, body: Mapping[str, Any], slots: Sequence[SlotInfo],
+                     policies: Sequence[PolicyInfo], gpu_nodes: int) -> str | None:
+    """The message to refuse ``body`` (a ModelSlot or RoutePolicy) with when it
+    conflicts with the existing ``slots`` and ``policies``, else None. The object
+    being applied counts as the latest, so the objects already serving win."""
+    if kind == "ModelSlot":
+        slot = dataclasses.replace(slot_from_object(body), created=None)
+        if slot.spec is None:
+            return None
+        key = slot.key
+        verdicts = judge([*(s for s in slots if s.key != key), slot], policies, gpu_nodes)
+        refusal = verdicts.slots.get(key)
+    elif kind == "RoutePolicy":
+        policy = dataclasses.replace(policy_from_object(body), created=None)
+        if policy.spec is None:
+            return None
+        key = policy.key
+        verdicts = judge(slots, [*(p for p in policies if p.key != key), policy], gpu_nodes)
+        refusal = verdicts.policies.get(key)
+    else:
+        return None
+    if refusal is None:
+        return None
+    return f"{kind} {key[0]}/{key[1]} is refused ({refusal.reason}): {refusal.message}"
+
+
 def spec_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """An update that leaves the spec alone (status, labels, finalizers) is never
     refused, so an object admitted before the webhook existed can still be managed."""
@@ -94,6 +124,14 @@ def list_gpu_nodes(api: client.ApiClient) -> list[GpuNode]:
     return [node for node in map(node_from_object, items) if node is not None]
 
 
+def list_slots_and_policies(api: client.ApiClient
+                            ) -> tuple[list[SlotInfo], list[PolicyInfo]]:
+    custom = client.CustomObjectsApi(api)
+    slots = custom.list_cluster_custom_object(GROUP, VERSION, "modelslots")["items"]
+    policies = custom.list_cluster_custom_object(GROUP, VERSION, "routepolicies")["items"]
+    return [slot_from_object(s) for s in slots], [policy_from_object(p) for p in policies]
+
+
 async def refusal_for(kind: str, body: Mapping[str, Any], old: Mapping[str, Any] | None,
                       api: client.ApiClient, settings: PlanSettings) -> str | None:
     if not spec_changed(old, body):
@@ -101,7 +139,11 @@ async def refusal_for(kind: str, body: Mapping[str, Any], old: Mapping[str, Any]
     nodes = await asyncio.to_thread(list_gpu_nodes, api)
     metadata = body.get("metadata") or {}
     name = "/".join(p for p in (metadata.get("namespace"), metadata.get("name")) if p)
-    return fit_refusal(kind, name, body.get("spec") or {}, nodes, settings)
+    refusal = fit_refusal(kind, name, body.get("spec") or {}, nodes, settings)
+    if refusal is None and kind in ("ModelSlot", "RoutePolicy"):
+        slots, policies = await asyncio.to_thread(list_slots_and_policies, api)
+        refusal = conflict_refusal(kind, body, slots, policies, len(nodes))
+    return refusal
 
 
 def self_signed_certificate(host: str, folder: Path | None = None) -> tuple[Path, Path]:
@@ -183,7 +225,8 @@ def configure_server(settings: kopf.OperatorSettings, port: int, host: str) -> N
 
 async def admit(kind: str, body: Mapping[str, Any], old: Mapping[str, Any] | None,
                 api: client.ApiClient, settings: PlanSettings) -> None:
-    """Raises kopf's admission error when the object can never fit."""
+    """Raises kopf's admission error when the object can never fit or conflicts
+    with the objects already there."""
     message = await refusal_for(kind, body, old, api, settings)
     if message is not None:
         raise kopf.AdmissionError(message, code=REFUSAL_CODE)
