@@ -184,6 +184,8 @@ def print_usage(cluster: DevCluster, name_flag: str) -> None:
           "\"content\": \"hello\"}]}'")
     print("              (LiteLLM takes a minute to start; `kubectl get pods -w` shows it "
           "Ready)")
+    print(f"  tour:       hybrid-compute dev tour{name_flag}   "
+          "# the seed's story in about a minute: swaps, bridging, privacy")
 
 
 def endpoint_command(args: argparse.Namespace) -> int:
