@@ -3,8 +3,9 @@ node plays dreamteam's kubelet with real llama-server and LiteLLM processes, the
 samples' random-weight models load for real and the cloud stand-in answers the
 cloud aliases.
 
-The module starts a cluster of its own (``pnode``), never the suite's, and stops
-it at the end; tests run in file order on that one cluster.
+The module starts a cluster of its own (``test-pnode``, after the suite's cluster
+name), never the suite's, and stops it at the end; tests run in file order on that
+one cluster.
 """
 
 from __future__ import annotations
@@ -30,11 +31,16 @@ from hybrid_compute.dev.cloud_stand_in import STAND_IN_NOTE
 from hybrid_compute.dev.cluster import DevCluster, _pid_alive, _pids_mentioning
 from hybrid_compute.dev.process_node import RECORDS_FILE
 from tests.cluster.support import phase, read, wait
-from tests.conftest import REPOSITORY_ROOT, TestCluster, refuse_foreign_kubeconfig
+from tests.conftest import (
+    REPOSITORY_ROOT,
+    TEST_CLUSTER_NAME,
+    TestCluster,
+    refuse_foreign_kubeconfig,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.serving]
 
-CLUSTER_NAME = "pnode"
+CLUSTER_NAME = f"{TEST_CLUSTER_NAME}-pnode"
 NAMESPACE = local_serving.NAMESPACE
 ROUTER_REFRESH_SECONDS = 2.5
 PRIVATE_TEXT = "Review my private medical notes."
@@ -337,7 +343,7 @@ def test_a_private_request_during_a_swap_waits_and_never_reaches_the_cloud(
 
 
 def test_the_tour_tells_the_seeds_story_on_the_running_cluster(stack: LocalStack) -> None:
-    """``hybrid-compute dev tour --name pnode`` as a user runs it: every step of the
+    """``hybrid-compute dev tour --name test-pnode`` as a user runs it: every step of the
     story goes as told (the tour checks the route headers and the process records
     itself and exits 1 otherwise), and the slots it patched are as before."""
     before = {name: stack.slot_spec(name) for name in ("fast", "quality", "quality-alt")}
@@ -353,9 +359,9 @@ def test_the_tour_tells_the_seeds_story_on_the_running_cluster(stack: LocalStack
                   "step 2/5: local/quality while fast holds the GPU: bridged to the cloud "
                   "stand-in while the real swap runs",
                   "step 3/5: the same local/quality request, now served by quality's",
-                  "step 4/5: a privacy-tagged request for local/quality-alt: held for its "
-                  "swap and served locally, never sent to the cloud",
-                  "step 5/5: the GPU returns to fast once quality-alt idles out"):
+                  "step 4/5: the GPU returns to fast once quality idles out",
+                  "step 5/5: a privacy-tagged request for local/quality: held for its swap "
+                  "and served locally, never sent to the cloud"):
         assert title in out, title
     assert out.count("x-hybrid-route: local") == 4 and "x-hybrid-route: bridged" in out
     assert "the cloud stand-in got 0 calls meanwhile" in out

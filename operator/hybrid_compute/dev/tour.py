@@ -11,11 +11,12 @@ turned Ready):
    stand-in at once, while the real swap runs (fast's llama-server stops, then
    quality's loads its model);
 3. the same request again, now served by quality's llama-server;
-4. a privacy-tagged request for ``local/quality-alt``: never bridged, it is held
-   while quality idles out and quality-alt loads, then answered locally; the
-   stand-in's record shows it never reached the cloud;
-5. the GPU returning to fast once quality-alt idles out, and ``hybrid/auto``
-   served by fast again.
+4. the GPU returning to fast once quality idles out, and ``hybrid/auto`` served by
+   fast again;
+5. a privacy-tagged request for ``local/quality``: never bridged, it is held
+   through the swap and answered by quality's llama-server; the stand-in's record
+   shows it never reached the cloud. The tour then waits for the GPU to return to
+   fast once more.
 
 So that the tour takes a minute rather than ten, it patches the samples' GPU slots
 for its duration: quality and quality-alt idle out after
@@ -45,10 +46,10 @@ from hybrid_compute.dev.cluster import ClusterError, DevCluster
 from hybrid_compute.dev.process_node import RECORDS_FILE
 
 NAMESPACE = local_serving.NAMESPACE
-FAST, QUALITY, PRIVATE = "fast", "quality", "quality-alt"
-"""The sample slots the story uses: the default slot, the one asked for, and the
-one the private request asks for."""
-ON_DEMAND = (QUALITY, PRIVATE)
+FAST, QUALITY, QUALITY_ALT = "fast", "quality", "quality-alt"
+"""The sample GPU slots: the default one, the one the story asks for, and the other
+OnDemand one, which the tour only waits to see in Standby."""
+ON_DEMAND = (QUALITY, QUALITY_ALT)
 TOUR_IDLE_TIMEOUT = "10s"
 TOUR_MIN_RESIDENCY = "2s"
 PATCHED_FIELDS = ("idleTimeout", "minResidency")
@@ -219,7 +220,7 @@ class Tour:
                    for name in patches}
         described = ", ".join(f"{key} {value or 'unset'}"
                               for key, value in earlier[QUALITY].items())
-        self.say(f"  for the tour: {QUALITY} and {PRIVATE} idle out after "
+        self.say(f"  for the tour: {QUALITY} and {QUALITY_ALT} idle out after "
                  f"{TOUR_IDLE_TIMEOUT} and every GPU slot's minResidency is "
                  f"{TOUR_MIN_RESIDENCY} ({QUALITY} had {described}); restored at the end")
         try:
@@ -255,8 +256,8 @@ class Tour:
             self._simple_request()
             swap_started = self._bridged_during_swap()
             self._served_locally(swap_started)
-            self._private_request_held()
             self._back_to_fast()
+            self._private_request_held()
         self.say()
         self.say(f"{self.at()} tour done; the slots' idleTimeout and minResidency are "
                  "restored")
@@ -319,16 +320,19 @@ class Tour:
 
     def _say_swap(self, since: float, old_pid: int | None, old: str, new_pid: int | None,
                   new: str, since_what: str = "the request") -> None:
-        events = self.process_events()
+        """Every start and exit of a slot's llama-server since ``since``, and that
+        ``old``'s process exited before ``new``'s started."""
+        events = [e for e in self.process_events() if e.at >= since]
+        for event in events:
+            slot = event.pod.rsplit("-", 2)[0]
+            if slot in (FAST, *ON_DEMAND):
+                what = ("started, loading its model" if event.event == "started"
+                        else "exited")
+                self.say(f"         {event.at - since:5.1f}s after {since_what}: {slot}'s "
+                         f"llama-server (pid {event.pid}) {what}")
         exited = next((e for e in events if e.event == "exited" and e.pid == old_pid), None)
         started = next((e for e in events if e.event == "started" and e.pid == new_pid),
                        None)
-        if exited:
-            self.say(f"         {old}'s llama-server (pid {old_pid}) exited "
-                     f"{exited.at - since:5.1f}s after {since_what}")
-        if started:
-            self.say(f"         {new}'s llama-server (pid {new_pid}) started "
-                     f"{started.at - since:5.1f}s after {since_what}, loading its model")
         self.expect(exited is not None and started is not None and exited.at < started.at,
                     f"{old}'s llama-server did not exit before {new}'s started")
 
@@ -341,36 +345,37 @@ class Tour:
                  f"{time.time() - swap_started:.1f}s since the first {quality} request")
         self._expect_local(reply, QUALITY, quality)
 
-    def _private_request_held(self) -> None:
-        private = self.alias[PRIVATE]
-        self.step(4, f"a privacy-tagged request for {private}: held for its swap and "
-                     "served locally, never sent to the cloud")
-        self.say(f"      ({QUALITY} keeps the GPU until it idles out, {TOUR_IDLE_TIMEOUT} "
-                 f"after its last request; then {PRIVATE} loads)")
-        calls_before = len(self.cloud_calls())
-        quality_pid = self.pid(QUALITY)
-        asked = time.time()
-        reply = self._request(private, "Review my private notes.", tags=PRIVATE_TAGS)
-        self._say_swap(asked, quality_pid, QUALITY, self.pid(PRIVATE), PRIVATE)
-        reached = len(self.cloud_calls()) - calls_before
-        self.say(f"         the cloud stand-in got {reached} calls meanwhile (its record: "
-                 f"{self.cloud_url}/calls)")
-        self._expect_local(reply, PRIVATE, "the private request")
-        self.expect(reached == 0, "a call reached the cloud stand-in during the private "
-                                  "request")
-
     def _back_to_fast(self) -> None:
-        self.step(5, f"the GPU returns to {FAST} once {PRIVATE} idles out "
-                     f"({TOUR_IDLE_TIMEOUT} here)")
-        alt_pid = self.pid(PRIVATE)
+        self.step(4, f"the GPU returns to {FAST} once {QUALITY} idles out "
+                     f"({TOUR_IDLE_TIMEOUT} after its last request here)")
+        quality_pid = self.pid(QUALITY)
         since = time.time()
         self.wait_for(self.gpu_on_fast, SWAP_TIMEOUT_SECONDS, f"{FAST} Ready again")
-        self._say_swap(since, alt_pid, PRIVATE, self.pid(FAST), FAST,
-                       f"{PRIVATE}'s answer")
-        self.say(f"         {FAST} Ready {time.time() - since:5.1f}s after {PRIVATE}'s answer")
+        self._say_swap(since, quality_pid, QUALITY, self.pid(FAST), FAST, "the last answer")
+        self.say(f"         {FAST} Ready {time.time() - since:5.1f}s after the last answer")
         time.sleep(ROUTER_REFRESH_SECONDS)
         reply = self._request("hybrid/auto", "Say hello.")
         self._expect_local(reply, FAST, "hybrid/auto")
+
+    def _private_request_held(self) -> None:
+        quality = self.alias[QUALITY]
+        self.step(5, f"a privacy-tagged request for {quality}: held for its swap and served "
+                     "locally, never sent to the cloud")
+        calls_before = len(self.cloud_calls())
+        fast_pid = self.pid(FAST)
+        asked = time.time()
+        reply = self._request(quality, "Review my private notes.", tags=PRIVATE_TAGS)
+        self._say_swap(asked, fast_pid, FAST, self.pid(QUALITY), QUALITY)
+        reached = len(self.cloud_calls()) - calls_before
+        self.say(f"         the cloud stand-in got {reached} calls meanwhile (its record: "
+                 f"{self.cloud_url}/calls)")
+        self._expect_local(reply, QUALITY, "the private request")
+        self.expect(reached == 0, "a call reached the cloud stand-in during the private "
+                                  "request")
+        self.say(f"{self.at()} leaving the GPU to {FAST} again: {QUALITY} idles out "
+                 f"{TOUR_IDLE_TIMEOUT} after the private answer")
+        seconds = self.wait_for(self.gpu_on_fast, SWAP_TIMEOUT_SECONDS, f"{FAST} Ready again")
+        self.say(f"         {FAST} Ready {seconds:5.1f}s after the private answer")
 
 
 def tour_command(args: argparse.Namespace) -> int:
