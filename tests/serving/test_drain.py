@@ -95,7 +95,8 @@ def namespace(k8s: TestCluster, node_cluster: NodeCluster) -> Iterator[str]:
     try:
         yield name
     finally:
-        k8s.kubectl("delete", "modelslots", "--all", "-n", name, "--wait=false", check=False)
+        k8s.kubectl("delete", "modelslots,deployments", "--all", "-n", name, "--wait=false",
+                    check=False)
         k8s.kubectl("wait", "--for=delete", "pods", "--all", "-n", name, "--timeout=60s",
                     check=False)
         k8s.kubectl("delete", "namespace", name, "--wait=false")
