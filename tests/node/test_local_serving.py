@@ -3,14 +3,17 @@ node plays dreamteam's kubelet with real llama-server and LiteLLM processes, the
 samples' random-weight models load for real and the cloud stand-in answers the
 cloud aliases.
 
-The module starts a cluster of its own (``pnode``), never the suite's, and stops
-it at the end; tests run in file order on that one cluster.
+The module starts a cluster of its own (``test-pnode``, after the suite's cluster
+name), never the suite's, and stops it at the end; tests run in file order on that
+one cluster.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -27,14 +30,20 @@ from hybrid_compute.dev import llmtools, local_serving
 from hybrid_compute.dev.cloud_stand_in import STAND_IN_NOTE
 from hybrid_compute.dev.cluster import DevCluster, _pid_alive, _pids_mentioning
 from hybrid_compute.dev.process_node import RECORDS_FILE
-from tests.cluster.support import phase, wait
-from tests.conftest import REPOSITORY_ROOT, TestCluster, refuse_foreign_kubeconfig
+from tests.cluster.support import phase, read, wait
+from tests.conftest import (
+    REPOSITORY_ROOT,
+    TEST_CLUSTER_NAME,
+    TestCluster,
+    refuse_foreign_kubeconfig,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.serving]
 
-CLUSTER_NAME = "pnode"
+CLUSTER_NAME = f"{TEST_CLUSTER_NAME}-pnode"
 NAMESPACE = local_serving.NAMESPACE
 ROUTER_REFRESH_SECONDS = 2.5
+PRIVATE_TEXT = "Review my private medical notes."
 
 
 @dataclass
@@ -65,11 +74,15 @@ class LocalStack:
     up_seconds: float
     notes: dict[str, float] = field(default_factory=dict)
 
-    def chat(self, model: str, content: str = "Say hello.", timeout: float = 120) -> Answer:
+    def chat(self, model: str, content: str = "Say hello.", timeout: float = 120,
+             **metadata: Any) -> Answer:
+        body: dict[str, Any] = {"model": model, "max_tokens": 8,
+                                "messages": [{"role": "user", "content": content}]}
+        if metadata:
+            body["metadata"] = metadata
         request = urllib.request.Request(
             f"{self.endpoint.base_url}/chat/completions", method="POST",
-            data=json.dumps({"model": model, "max_tokens": 8,
-                             "messages": [{"role": "user", "content": content}]}).encode(),
+            data=json.dumps(body).encode(),
             headers={"Authorization": f"Bearer {self.endpoint.api_key}",
                      "Content-Type": "application/json"})
         try:
@@ -90,6 +103,28 @@ class LocalStack:
     def records(self) -> list[dict[str, Any]]:
         path = self.cluster.process_node_folder() / RECORDS_FILE
         return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def phase(self, slot: str) -> str | None:
+        return phase(self.k8s, NAMESPACE, slot)
+
+    def slot_spec(self, slot: str) -> dict[str, Any]:
+        spec: dict[str, Any] = read(self.k8s, NAMESPACE, slot)["spec"]
+        return spec
+
+    def patch_slot(self, slot: str, spec: dict[str, Any]) -> None:
+        """A JSON merge patch of the slot's spec (None removes a field)."""
+        self.cluster.kubectl("patch", "modelslot", slot, "-n", NAMESPACE, "--type=merge",
+                             "-p", json.dumps({"spec": spec}))
+
+    def demand(self, alias: str) -> None:
+        """What the router tells the operator when a request for ``alias`` comes."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.cluster.operator_api_port}/v1/demand", method="POST",
+            data=json.dumps({"alias": alias}).encode(),
+            headers={"Authorization": f"Bearer {self.cluster.api_token_file.read_text()}",
+                     "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
 
     def cloud_calls(self) -> list[dict[str, Any]]:
         state = self.cluster.state()
@@ -259,6 +294,80 @@ def test_a_killed_server_is_restarted_and_a_deleted_pod_stops_its_process(
     print(f"deleted pod's process ended {stopped:.1f}s after the delete (grace {grace}s)")
     wait(lambda: all(p["metadata"]["uid"] != again["metadata"]["uid"]
                      for p in stack.pods("quality")), 30, "the pod object removed")
+
+
+def test_a_private_request_during_a_swap_waits_and_never_reaches_the_cloud(
+        stack: LocalStack) -> None:
+    """quality holds the GPU (the tests above); quality-alt is asked for, and while
+    quality drains for it a privacy-tagged request for quality-alt comes. The router
+    may not bridge it: it is held through the drain and quality-alt's real load and
+    answered by quality-alt's llama-server; the stand-in's record shows that no
+    request reached the cloud meanwhile. quality idles out after 2 s here (5 min in
+    the sample), so the swap starts at once."""
+    wait(lambda: stack.phase("quality") == "Ready", 60, "quality Ready again")
+    assert stack.phase("quality-alt") == "Standby"
+    calls_before = stack.cloud_calls()
+    # Asked for first, quality-alt is the one that takes the GPU when quality
+    # idles out (fast, the default slot, ranks below it).
+    stack.demand("local/quality-alt")
+    stack.patch_slot("quality", {"idleTimeout": "2s", "minResidency": "1s"})
+    try:
+        wait(lambda: stack.phase("quality") == "Draining", 60, "quality draining")
+        assert stack.phase("quality-alt") != "Ready"
+        sent = time.time()
+        answer = stack.chat("local/quality-alt", PRIVATE_TEXT, tags=["private"])
+        answered = time.time()
+    finally:
+        stack.patch_slot("quality", {"idleTimeout": "5m", "minResidency": None})
+    assert answer.status == 200, answer.body
+    assert (answer.route, answer.served_by) == ("local", "local/quality-alt"), answer.headers
+    assert answer.headers["x-hybrid-reason"].startswith("held "), answer.headers
+    assert STAND_IN_NOTE not in answer.text
+    calls = stack.cloud_calls()
+    assert calls == calls_before, "a request reached the cloud during the private swap"
+    assert all(PRIVATE_TEXT not in json.dumps(call) for call in calls)
+
+    alt = stack.pods("quality-alt")
+    assert len(alt) == 1 and _ready(alt[0])
+    alt_pid = _pid(alt[0])
+    records = stack.records()
+    alt_start = next(r for r in records if r["event"] == "started" and r["pid"] == alt_pid)
+    quality_exits = [r for r in records if r["event"] == "exited"
+                     and r.get("pod", "").startswith("quality-")
+                     and not r["pod"].startswith("quality-alt-")]
+    assert sent < alt_start["at"] < answered, "quality-alt was not loaded for the request"
+    assert quality_exits and quality_exits[-1]["at"] < alt_start["at"], \
+        "quality-alt started while quality still ran"
+    print(f"private request held {answered - sent:.1f}s: quality drained and exited, "
+          f"quality-alt loaded {answered - alt_start['at']:.1f}s before the answer")
+
+
+def test_the_tour_tells_the_seeds_story_on_the_running_cluster(stack: LocalStack) -> None:
+    """``hybrid-compute dev tour --name test-pnode`` as a user runs it: every step of the
+    story goes as told (the tour checks the route headers and the process records
+    itself and exits 1 otherwise), and the slots it patched are as before."""
+    before = {name: stack.slot_spec(name) for name in ("fast", "quality", "quality-alt")}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "hybrid_compute", "dev", "tour",
+                             "--name", CLUSTER_NAME],
+                            capture_output=True, text=True, timeout=400)
+    seconds = time.monotonic() - started
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for title in ("step 1/5: a simple hybrid/auto request, served locally",
+                  "step 2/5: local/quality while fast holds the GPU: bridged to the cloud "
+                  "stand-in while the real swap runs",
+                  "step 3/5: the same local/quality request, now served by quality's",
+                  "step 4/5: the GPU returns to fast once quality idles out",
+                  "step 5/5: a privacy-tagged request for local/quality: held for its swap "
+                  "and served locally, never sent to the cloud"):
+        assert title in out, title
+    assert out.count("x-hybrid-route: local") == 4 and "x-hybrid-route: bridged" in out
+    assert "the cloud stand-in got 0 calls meanwhile" in out
+    assert "tour done" in out
+    assert {name: stack.slot_spec(name) for name in before} == before
+    print(f"tour: {seconds:.1f}s")
 
 
 def test_dev_down_leaves_no_process(stack: LocalStack) -> None:

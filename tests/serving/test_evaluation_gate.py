@@ -2,9 +2,16 @@
 spec.model changes, the operator evaluating the new model against a real
 llama-server, and the real LiteLLM proxy routing requests for the slot's alias.
 
-The slot's port is a recording proxy in front of the llama-server, so the test sees
-every request that reached "the model": the operator's evaluation requests carry
-the ``X-Hybrid-Compute-Evaluation`` header, routed ones do not. The proxy holds each
+Runs on the process node (``node_cluster``), not kwok: every model version is a pod
+whose llama-server really loads that version's file (each a different random-weight
+model), readiness is its /health, a rollback really stops the rejected version's
+process and starts the previous version's again, and LiteLLM is the chart-shaped
+Deployment the node runs. The tests check the node's process records for that.
+
+The operator reaches Services through a recording proxy in front of the node's
+Service proxy (its ``--endpoint-template``), so the test sees every request that
+reached "the model": the operator's evaluation requests carry the
+``X-Hybrid-Compute-Evaluation`` header, routed ones do not. The proxy holds each
 evaluation request for a few seconds (a slow model), which keeps the slot in
 Evaluating long enough to send routed requests meanwhile. Tests run in file order
 and share one stack.
@@ -26,23 +33,20 @@ from typing import Any
 
 import pytest
 
+from hybrid_compute.api.labels import CONFIG_HASH_ANNOTATION
 from hybrid_compute.control.evaluator import EVALUATION_HEADER
-from hybrid_compute.dev import llmtools
+from hybrid_compute.dev import local_serving
 from hybrid_compute.dev.cloud_stand_in import CloudStandIn
 from hybrid_compute.dev.cluster import free_port
+from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME
+from hybrid_compute.dev.service_proxy import proxy_prefix
+from hybrid_compute.dev.tiny_models import write_tiny_model
 from hybrid_compute.plan.objects import parse_time
 from tests.cluster.support import apply, phase, wait
 from tests.conftest import OperatorHandle, TestCluster
 from tests.http_stub import StubHandler, StubServer
-from tests.serving.conftest import LlamaServer
-from tests.serving.litellm_runner import LiteLLMRunner
-from tests.serving.test_litellm import (
-    QUICK,
-    Answer,
-    _litellm_deployment,
-    _secret,
-    read_policy_hash,
-)
+from tests.serving.conftest import NodeCluster, pod_pid, pod_ready
+from tests.serving.test_litellm import Answer, read_policy_hash
 
 pytestmark = [pytest.mark.cluster, pytest.mark.serving]
 
@@ -107,16 +111,21 @@ class RecordingProxy:
 @dataclass
 class GateStack:
     k8s: TestCluster
+    node: NodeCluster
     operator: OperatorHandle
     namespace: str
     cloud: CloudStandIn
-    litellm: LiteLLMRunner
     proxy: RecordingProxy
     master_key: str
 
+    @property
+    def litellm_url(self) -> str:
+        return self.node.service_url(self.namespace, local_serving.LITELLM_NAME,
+                                     local_serving.LITELLM_PORT)
+
     def chat(self) -> Answer:
         request = urllib.request.Request(
-            f"{self.litellm.url}/v1/chat/completions", method="POST",
+            f"{self.litellm_url}/v1/chat/completions", method="POST",
             data=json.dumps({"model": ALIAS, "max_tokens": 4, "messages": [
                 {"role": "user", "content": "Say hello."}]}).encode(),
             headers={"Authorization": f"Bearer {self.master_key}",
@@ -154,10 +163,29 @@ class GateStack:
         self.k8s.custom.patch_namespaced_custom_object(
             GROUP, "v1alpha1", self.namespace, "modelslots", SLOT, {"spec": spec})
 
+    def runs(self) -> list[tuple[str, int]]:
+        """(model file, pid) of every llama-server the slot's pods started, in order."""
+        return [(_model_file(r["argv"]), r["pid"]) for r in self.node.records()
+                if r["event"] == "started" and r.get("namespace") == self.namespace
+                and r["pod"].startswith(f"{SLOT}-")]
+
+    def serving(self) -> tuple[str, int]:
+        """The model file and pid of the llama-server of the slot's one Ready pod."""
+        pods = [p for p in self.node.pods(self.namespace, SLOT)
+                if pod_ready(p) and not p["metadata"].get("deletionTimestamp")]
+        assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+        pid = pod_pid(pods[0])
+        assert pid is not None
+        return _model_file(self.node.started(pid)["argv"]), pid
+
     def events(self, reason: str) -> list[str]:
         listed = self.k8s.core.list_namespaced_event(
             self.namespace, field_selector=f"involvedObject.name={SLOT},reason={reason}")
         return [e.message for e in listed.items]
+
+
+def _model_file(argv: list[str]) -> str:
+    return Path(argv[argv.index("--model") + 1]).name
 
 
 def _model(version: int) -> dict[str, Any]:
@@ -179,53 +207,69 @@ def _policy(cloud_url: str) -> dict[str, Any]:
                              "apiBase": cloud_url, "inputCostPerMillion": 0,
                              "outputCostPerMillion": 0}],
             "router": {"numRetries": 0, "timeout": "60s"},
-            "litellm": {"masterKeySecretRef": {"name": "litellm", "key": "master"}},
+            "litellm": {"masterKeySecretRef": {"name": local_serving.MASTER_KEY_SECRET,
+                                               "key": local_serving.MASTER_KEY_KEY}},
         },
     }
 
 
 @pytest.fixture(scope="module")
-def gate(k8s: TestCluster, operator: OperatorHandle, cloud: CloudStandIn,
-         serving_tools: llmtools.ServingTools, tiny_model: Path,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateStack]:
+def k8s(node_cluster: NodeCluster) -> TestCluster:
+    """This module's cluster: the process node's, not the suite's kwok one."""
+    return node_cluster.k8s
+
+
+@pytest.fixture(scope="module")
+def gate(k8s: TestCluster, node_cluster: NodeCluster, cloud: CloudStandIn
+         ) -> Iterator[GateStack]:
     namespace = f"gate-{uuid.uuid4().hex[:6]}"
-    workdir = tmp_path_factory.mktemp("gate")
-    k8s.kubectl("create", "namespace", namespace)
-    llama = LlamaServer(serving_tools.llama_server, tiny_model, free_port(),
-                        workdir / "llama-gate.log")
-    proxy = RecordingProxy(llama.url, free_port())
+    for version in range(1, 5):  # four different models
+        write_tiny_model(node_cluster.models / f"gate-v{version}.gguf", seed=version,
+                         name=f"gate-v{version}")
+    service_proxy = node_cluster.cluster.service_proxy_port
+    assert service_proxy is not None
+    proxy = RecordingProxy(proxy_prefix(service_proxy), free_port())
     port = proxy.server.port
+    operator = node_cluster.start_operator(
+        f"--endpoint-template=http://127.0.0.1:{port}/{{namespace}}/{{service}}/{{port}}/v1")
     master_key = f"sk-master-{uuid.uuid4().hex}"
-    runner = LiteLLMRunner(k8s.api, namespace, "litellm", serving_tools.litellm,
-                           free_port(), workdir)
+    k8s.kubectl("create", "namespace", namespace)
     try:
-        llama.wait_healthy()
         proxy.evaluation_delay = 0.0
         apply(k8s, namespace, [
-            _secret("litellm", {"master": master_key}),
-            _secret("hybrid-compute-api", {"token": operator.token}),
+            *local_serving.litellm_objects(f"http://127.0.0.1:{operator.api_port}",
+                                           operator.token, master_key, DEFAULT_NODE_NAME),
             {"apiVersion": f"{GROUP}/v1alpha1", "kind": "ModelSlot",
              "metadata": {"name": SLOT},
-             "spec": {"alias": ALIAS, "model": _model(1), "server": {"port": port},
-                      "minResidency": "1s", "fallback": "cloud/fast", "podAnnotations": QUICK,
+             "spec": {"alias": ALIAS, "model": _model(1), "minResidency": "1s",
+                      "fallback": "cloud/fast",
                       "evaluation": {"maxLatency": "30s", "prompts": PROMPTS}}},
             _policy(cloud.url),
-            _litellm_deployment(operator),
         ])
         wait(lambda: phase(k8s, namespace, SLOT) == "Ready", 90, "the first model Ready")
-        runner.__enter__()
         wait(lambda: _config_hash(k8s, namespace), 60, "the LiteLLM config rendered")
-        runner.wait_serving(read_policy_hash(k8s, namespace))
-        yield GateStack(k8s, operator, namespace, cloud, runner, proxy, master_key)
+        stack = GateStack(k8s, node_cluster, operator, namespace, cloud, proxy, master_key)
+        wait(lambda: _litellm_serving(stack, read_policy_hash(k8s, namespace)), 240,
+             "LiteLLM serving the rendered config")
+        yield stack
     finally:
-        runner.__exit__()
-        proxy.stop()
-        llama.stop()
-        k8s.kubectl("delete", "modelslots", "--all", "-n", namespace, "--wait=false",
-                    check=False)
+        k8s.kubectl("delete", "modelslots,deployments", "--all", "-n", namespace,
+                    "--wait=false", check=False)
         k8s.kubectl("wait", "--for=delete", "pods", "--all", "-n", namespace,
                     "--timeout=60s", check=False)
         k8s.kubectl("delete", "namespace", namespace, "--wait=false")
+        node_cluster.stop_operator()
+        proxy.stop()
+
+
+def _litellm_serving(gate: GateStack, config_hash: str) -> bool:
+    """LiteLLM's one pod runs the rendered config and answers its readiness probe."""
+    pods = gate.k8s.core.list_namespaced_pod(
+        gate.namespace, label_selector="app.kubernetes.io/component=litellm").items
+    return (len(pods) == 1 and pods[0].metadata.deletion_timestamp is None
+            and pods[0].metadata.annotations.get(CONFIG_HASH_ANNOTATION) == config_hash
+            and any(c.type == "Ready" and c.status == "True"
+                    for c in pods[0].status.conditions or []))
 
 
 def _config_hash(k8s: TestCluster, namespace: str) -> str | None:
@@ -261,8 +305,16 @@ def _served_locally(gate: GateStack) -> None:
     assert len(gate.proxy.routed()) == before + 1, "the local request did not reach the slot"
 
 
+def _replaced(gate: GateStack, old_pid: int, new_pid: int) -> None:
+    """The old version's llama-server exited before the new one's started."""
+    exited = gate.node.exited(old_pid)
+    assert exited is not None, f"llama-server {old_pid} still runs"
+    assert exited["at"] < gate.node.started(new_pid)["at"], "two versions ran at once"
+
+
 def test_the_first_model_was_evaluated_and_serves(gate: GateStack) -> None:
     assert _history(gate) == [("gate-v1.gguf", "Passed")]
+    assert gate.serving()[0] == "gate-v1.gguf"
     assert gate.condition("Evaluated")["reason"] == "EvaluationPassed"
     assert any(s.evaluation for s in gate.proxy.seen), "no evaluation request reached the model"
     _served_locally(gate)
@@ -277,6 +329,10 @@ def test_a_model_whose_evaluation_passes_goes_live(gate: GateStack) -> None:
     assert gate.condition("Evaluated")["status"] == "True"
     assert _history(gate) == [("gate-v1.gguf", "Passed"), ("gate-v2.gguf", "Passed")]
     assert any("gate (gate-v2.gguf)" in m for m in gate.events("EvaluationPassed"))
+    runs = gate.runs()
+    assert [model for model, _ in runs] == ["gate-v1.gguf", "gate-v2.gguf"]
+    assert gate.serving() == runs[-1]
+    _replaced(gate, runs[0][1], runs[1][1])
     _served_locally(gate)
 
 
@@ -311,6 +367,14 @@ def test_a_model_whose_evaluation_fails_is_rolled_back_and_never_routed_to(
     during = [s for s in gate.proxy.seen if failed_from <= s.at <= back_at
               and s.path.endswith("/completions")]
     assert during and all(s.evaluation for s in during), during
+    # Really rolled back: v3's llama-server stopped, then v2's loaded again.
+    runs = gate.runs()
+    assert [model for model, _ in runs] == ["gate-v1.gguf", "gate-v2.gguf", "gate-v3.gguf",
+                                            "gate-v2.gguf"]
+    assert len({pid for _, pid in runs}) == 4
+    _replaced(gate, runs[1][1], runs[2][1])
+    _replaced(gate, runs[2][1], runs[3][1])
+    assert gate.serving() == runs[-1]
     _served_locally(gate)
     assert gate.template_model() == "/models/gate-v2.gguf"
     counted = [line for line in gate.operator.scrape().splitlines()
@@ -325,3 +389,5 @@ def test_a_new_spec_after_the_rejection_is_tried(gate: GateStack) -> None:
     wait(lambda: gate.phase() == "Ready" and gate.status().get("rejectedModel") is None,
          60, "v4 Ready")
     assert [path for path, _ in _history(gate)][-2:] == ["gate-v2.gguf", "gate-v4.gguf"]
+    assert gate.serving()[0] == "gate-v4.gguf"
+    _replaced(gate, gate.runs()[-2][1], gate.serving()[1])

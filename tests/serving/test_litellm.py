@@ -7,6 +7,13 @@ The slots' pods are kwok pods (their readiness drives swaps); the operator runs
 with ``--endpoint-template http://127.0.0.1:{port}/v1``, so each slot's endpoint
 is the llama-server listening on the slot's port. Tests run in file order and
 share one stack: the swap tests rely on their slot starting in Standby.
+
+It stays on kwok (with ``litellm_runner`` playing the kubelet for LiteLLM): it
+proves the request path (rendering, the routing matrix, patience, budget, secrets,
+metrics) across five slots whose swaps only need to happen, not to load, and kwok's
+readiness delays keep it quick. Swaps, bridging, privacy, drains and evaluations
+with real llama-server loads are proven on the process node: ``tests/node``,
+``test_drain.py`` and ``test_evaluation_gate.py``.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     endpoint = dev_commands.add_parser(
         "endpoint", help="print OPENAI_BASE_URL and OPENAI_API_KEY of its LiteLLM (for eval)")
     endpoint.set_defaults(handler=endpoint_command)
+    tour = dev_commands.add_parser(
+        "tour", help="walk through the seed's story on it (about a minute): real requests, "
+                     "their route headers and timings, the swaps they cause")
+    tour.set_defaults(handler=_dev_tour)
     down = dev_commands.add_parser("down", help="stop the local cluster and delete its data")
     down.set_defaults(handler=_dev_down)
     status = dev_commands.add_parser("status", help="show processes, ports and nodes")
@@ -50,7 +54,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     kubectl = dev_commands.add_parser("kubectl", help="run the matching kubectl against it")
     kubectl.add_argument("kubectl_args", nargs=argparse.REMAINDER, metavar="ARGS")
     kubectl.set_defaults(handler=_dev_kubectl)
-    for sub in (up, down, status, kubeconfig, add_node, kubectl, endpoint):
+    for sub in (up, down, status, kubeconfig, add_node, kubectl, endpoint, tour):
         sub.add_argument("--name", default="dev", help="cluster name (default: dev)")
 
 
@@ -80,6 +84,12 @@ def _dev_up(args: argparse.Namespace) -> int:
     print(f"  logs:       {cluster.folder / 'logs'}")
     print(f"  stop it:    hybrid-compute dev down{_name_flag(args.name)}")
     return 0
+
+
+def _dev_tour(args: argparse.Namespace) -> int:
+    from hybrid_compute.dev.tour import tour_command
+
+    return tour_command(args)
 
 
 def _name_flag(name: str) -> str:

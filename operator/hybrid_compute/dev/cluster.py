@@ -347,6 +347,14 @@ class DevCluster:
         except (urllib.error.URLError, OSError, ValueError):
             return False
 
+    def api_get(self, path: str) -> dict[str, Any]:
+        """GETs ``path`` from this cluster's API server as its admin (an HTTPError
+        when the answer is not 2xx)."""
+        with urllib.request.urlopen(f"{self.server}{path}", timeout=10,
+                                    context=self._ssl_context()) as response:
+            found: dict[str, Any] = json.loads(response.read())
+        return found
+
     def _readyz(self, state: ClusterState) -> bool:
         try:
             context = self._ssl_context()
