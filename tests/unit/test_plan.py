@@ -241,6 +241,36 @@ def test_a_slot_that_idled_out_after_serving_does_not_come_back_by_itself() -> N
     assert (world.phase("quality"), world.phase("fast")) == ("Standby", "Ready")
 
 
+def test_a_request_the_slot_answered_does_not_bring_it_back_after_it_idles_out() -> None:
+    """Regression (seen on the process node): a request that came while the slot was
+    Ready counted, once the slot's pod was terminating, as one still waiting for a
+    swap, so the slot was loaded again at once and held the GPU for another idle
+    timeout."""
+    specs = {**SEED_SLOTS, "quality": {**SEED_SLOTS["quality"], "idleTimeout": "1s",
+                                       "minResidency": "0s"}}
+    world = World([slot(name, spec) for name, spec in specs.items()], terminate_steps=3)
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    world.now += datetime.timedelta(minutes=1)
+    world.demand("local/quality")
+    world.run_until(lambda: world.phase("quality") == "Ready")
+    world.now += datetime.timedelta(milliseconds=500)
+    world.demand("local/quality")  # answered by the Ready slot
+    seen = []
+    for _ in range(30):
+        world.step()
+        seen.append(world.phase("quality"))
+    assert "Loading" not in seen, seen
+    assert (world.phase("quality"), world.phase("fast")) == ("Standby", "Ready")
+    status = next(s.status for s in world.slots if s.name == "quality")
+    assert status.served_until is not None and status.ready_since is not None
+    assert status.ready_since <= status.served_until
+    # A request after it stopped serving is a new one: it swaps the slot back in
+    # (once fast's minimum residency is over).
+    world.now += datetime.timedelta(minutes=1)
+    world.demand("local/quality")
+    world.run_until(lambda: world.phase("quality") == "Ready")
+
+
 def test_an_idle_slot_draining_stays_drained_until_it_unloads() -> None:
     """Regression: a Draining slot's idle clock restarted, so it flapped between
     Ready and Draining while the slot waiting for its GPU never loaded."""

@@ -596,6 +596,10 @@ class ModelSlotStatus(ApiModel):
     """A drain that timed out with requests in flight keeps the slot loaded until then."""
     ready_since: datetime.datetime | None = None
     """When the slot last became Ready (the minimum residency counts from here)."""
+    served_until: datetime.datetime | None = None
+    """When the slot last stopped being Ready (to drain, unload or reload): a request
+    from readySince to then was the slot's to answer, so it does not bring the slot
+    back once its idle time has run out."""
     loading_since: datetime.datetime | None = None
     """When the current load was decided."""
     evicting: list[str] | None = None

@@ -73,6 +73,9 @@ def demanded_until(requested: datetime.datetime, idle: datetime.timedelta, slot:
         return max(requested, since) + idle
     if since is not None and since >= requested:
         return since + idle  # it served after the request: the idle clock ran from then
+    ended = slot.status.served_until
+    if since is not None and ended is not None and since <= requested <= ended:
+        return requested + idle  # the slot was serving when the request came
     return covered
 
 

@@ -56,6 +56,8 @@ class SlotTurn:
             # A figure the user did not give is named, so a surprising one is traced.
             reason = f"{reason}; VRAM {choice.detail}"
         updates = self.updates
+        if self.slot.status.phase == "Ready" and phase != "Ready":
+            updates["served_until"] = self.now
         gate = self.gate
         decision = SlotDecision(
             self.slot, self.view.settings, self.now, phase, reason, replicas, self.memo,
