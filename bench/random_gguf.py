@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hybrid_compute.dev.tiny_models import byte_vocabulary  # noqa: E402
+from hybrid_compute.dev.tiny_models import TinyShape, llama_writer  # noqa: E402
 
 BLOCK_VALUES = 64 * 1024 * 1024
 """F16 values in the random block every tensor is cut from (128 MiB): more than the
@@ -86,27 +86,13 @@ def _is_norm(dims: tuple[int, ...]) -> bool:
 def write_random_model(path: Path, size_bytes: int, seed: int = 0) -> Shape:
     """Writes the model and fsyncs it, so its pages are clean and can be evicted."""
     shape = shape_for(size_bytes)
-    tokens, scores, types = byte_vocabulary()
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name(f"random-{shape.layers}x{shape.embedding}")
-    writer.add_context_length(shape.context)
-    writer.add_embedding_length(shape.embedding)
-    writer.add_block_count(shape.layers)
-    writer.add_feed_forward_length(shape.feed_forward)
-    writer.add_head_count(shape.heads)
-    writer.add_head_count_kv(shape.kv_heads)
-    writer.add_rope_dimension_count(shape.embedding // shape.heads)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_unk_token_id(0)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_add_bos_token(True)
-    tensors = list(_tensors(shape, len(tokens)))
+    writer, vocab = llama_writer(
+        path, f"random-{shape.layers}x{shape.embedding}",
+        TinyShape(layers=shape.layers, embedding=shape.embedding, heads=shape.heads,
+                  kv_heads=shape.kv_heads, feed_forward=shape.feed_forward,
+                  context=shape.context),
+        gguf.LlamaFileType.MOSTLY_F16)
+    tensors = list(_tensors(shape, vocab))
     for name, dims in tensors:
         dtype = np.dtype(np.float32 if _is_norm(dims) else np.float16)
         writer.add_tensor_info(name, dims, dtype, int(np.prod(dims)) * dtype.itemsize)

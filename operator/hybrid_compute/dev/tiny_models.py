@@ -51,18 +51,11 @@ def byte_vocabulary() -> tuple[list[bytes], list[float], list[int]]:
     return tokens, [0.0] * len(tokens), [int(t) for t in types]
 
 
-def write_tiny_model(path: Path, shape: TinyShape = TinyShape(), seed: int = 0,
-                     name: str = "tiny") -> Path:
+def llama_writer(path: Path, name: str, shape: TinyShape,
+                 file_type: gguf.LlamaFileType) -> tuple[gguf.GGUFWriter, int]:
+    """A GGUF writer for a llama-architecture model of ``shape`` with the byte-only
+    tokenizer, its metadata added; returns it with the vocabulary size."""
     tokens, scores, types = byte_vocabulary()
-    vocab = len(tokens)
-    rng = np.random.default_rng(seed)
-
-    def weights(*dims: int) -> npt.NDArray[np.float32]:
-        return (rng.standard_normal(dims) * 0.02).astype(np.float32)
-
-    def ones(size: int) -> npt.NDArray[np.float32]:
-        return np.ones(size, dtype=np.float32)
-
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name(name)
     writer.add_context_length(shape.context)
@@ -73,7 +66,7 @@ def write_tiny_model(path: Path, shape: TinyShape = TinyShape(), seed: int = 0,
     writer.add_head_count_kv(shape.kv_heads)
     writer.add_rope_dimension_count(shape.head_dim)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(file_type)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
@@ -82,7 +75,20 @@ def write_tiny_model(path: Path, shape: TinyShape = TinyShape(), seed: int = 0,
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_add_bos_token(True)
+    return writer, len(tokens)
 
+
+def write_tiny_model(path: Path, shape: TinyShape = TinyShape(), seed: int = 0,
+                     name: str = "tiny") -> Path:
+    rng = np.random.default_rng(seed)
+
+    def weights(*dims: int) -> npt.NDArray[np.float32]:
+        return (rng.standard_normal(dims) * 0.02).astype(np.float32)
+
+    def ones(size: int) -> npt.NDArray[np.float32]:
+        return np.ones(size, dtype=np.float32)
+
+    writer, vocab = llama_writer(path, name, shape, gguf.LlamaFileType.ALL_F32)
     kv = shape.kv_heads * shape.head_dim
     # numpy shapes are ggml's dimensions reversed: (rows, columns).
     writer.add_tensor("token_embd.weight", weights(vocab, shape.embedding))
