@@ -1,7 +1,8 @@
 """The admission webhook on the real API server: the operator runs with
 ``--webhook-port``, kopf registers the ValidatingWebhookConfiguration, and
 ``kubectl apply`` of something that can never fit the simulated RTX 3090 is
-refused with the numbers, while what fits goes through. Without the webhook the
+refused with the numbers, as is a slot claiming an alias another slot holds,
+while what fits goes through. Without the webhook the
 plan reports the same as Unschedulable (tests/cluster/test_slots.py)."""
 
 from __future__ import annotations
@@ -119,3 +120,23 @@ def test_an_oversized_workload_is_refused(k8s: TestCluster, webhook: int,
     assert code != 0, output
     assert (f"GpuWorkload {namespace}/train can never fit a GPU: needs 30.0 GiB, "
             f"dreamteam/0 offers 23.0 GiB") in output, output
+
+
+def test_a_slot_claiming_an_alias_another_slot_holds_is_refused_naming_both(
+        k8s: TestCluster, webhook: int, namespace: str) -> None:
+    shared = alias(namespace, "shared")
+    holder = slot("holder", shared, "1Gi", activation="OnDemand", idleTimeout="5m")
+    code, output = _apply(k8s, namespace, holder)
+    assert code == 0, output
+    code, output = _apply(k8s, namespace, slot("claimer", shared, "1Gi",
+                                               activation="OnDemand", idleTimeout="5m"))
+    assert code != 0, f"expected a refusal, got: {output}"
+    assert "denied the request" in output, output
+    assert (f"ModelSlot {namespace}/claimer is refused (AliasConflict): alias {shared} "
+            f"is already served by ModelSlot {namespace}/holder") in output, output
+    missing = k8s.kubectl("get", "modelslot", "claimer", "-n", namespace, check=False)
+    assert missing.returncode != 0, "a refused slot must not exist"
+    # The holder's own spec changes are judged without the holder itself.
+    code, output = _apply(k8s, namespace, slot("holder", shared, "1Gi",
+                                               activation="OnDemand", idleTimeout="6m"))
+    assert code == 0, output
