@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from hybrid_compute.api.modelslot import ModelSlotStatus, SwapProgress
 from hybrid_compute.control import drain_probe, state_api
-from hybrid_compute.control.loop import PREVIOUS_OPERATOR, Runtime
+from hybrid_compute.control.loop import Runtime
+from hybrid_compute.plan.drain import ANONYMOUS_ROUTER, PREVIOUS_OPERATOR
 from hybrid_compute.plan.swaps import swap_phases
 from hybrid_compute.plan.view import RouterFetch
 from hybrid_compute.router import hybrid_router
@@ -275,3 +276,34 @@ def test_the_state_api_records_which_slots_each_router_was_shown_not_ready() -> 
     assert ("lab", "quality") in seen.not_ready, "quality is still loading"
     assert runtime.router_fetched_at == seen.at
     assert state_api.ROUTER_ID_HEADER == hybrid_router.ROUTER_ID_HEADER
+
+
+def test_after_a_restart_a_drain_waits_only_until_routers_must_have_refreshed() -> None:
+    """Routers that fetched from the previous operator refresh within 2 s; after that
+    every router routing by a state has fetched it from this operator, and none has
+    here, so the drain need not wait the whole grace."""
+    world = seed_world()
+    fast_serving_then_quality_demanded(world)
+    started = world.now - datetime.timedelta(seconds=1)
+    world.router_fetched_at = started
+    world.router_fetches = {PREVIOUS_OPERATOR: RouterFetch(started)}
+    world.step()
+    assert world.phase("fast") == "Draining", "routers may still use the old state"
+    world.step()  # 2 s after the start: not yet
+    assert world.phase("fast") == "Draining"
+    world.step()  # 3 s after the start, 2 s into the drain: well before its 3 s grace
+    assert world.phase("fast") == "Unloading"
+
+
+def test_routers_that_send_no_id_never_count_as_having_seen_a_slot_leave() -> None:
+    world = seed_world()
+    fast_serving_then_quality_demanded(world)
+    world.router_fetched_at = world.now
+    world.step()
+    assert world.phase("fast") == "Draining"
+    seen = world.now + datetime.timedelta(seconds=0.2)
+    world.router_fetched_at = seen
+    world.router_fetches = {ANONYMOUS_ROUTER: RouterFetch(seen, frozenset({("lab", "fast")}))}
+    world.step()
+    assert world.phase("fast") == "Draining", "another router without an id may not have"
+    world.run_until(lambda: world.phase("fast") == "Unloading", limit=3)

@@ -24,7 +24,7 @@ from hybrid_compute.control.lease_elector import LeaseElector
 from hybrid_compute.control.observe import Signals, observe
 from hybrid_compute.control.telemetry import GpuTelemetry
 from hybrid_compute.plan import evaluation, plan
-from hybrid_compute.plan.drain import ROUTER_ACTIVE_WINDOW
+from hybrid_compute.plan.drain import PREVIOUS_OPERATOR, ROUTER_ACTIVE_WINDOW
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.outputs import Plan, SlotDecision
 from hybrid_compute.plan.routing import PolicyDecision
@@ -37,7 +37,6 @@ logger = logging.getLogger("hybrid_compute.control.loop")
 DEBOUNCE_SECONDS = 0.02
 RETRY_SECONDS = 5.0
 FOLLOW_UP_SECONDS = 0.5
-PREVIOUS_OPERATOR = "(before this operator started)"
 ROUTER_FORGET_AFTER = 2 * ROUTER_ACTIVE_WINDOW
 """Fetches older than this are dropped: such a router no longer counts as active."""
 

@@ -25,6 +25,7 @@ from aiohttp import web
 from hybrid_compute.control import clock
 from hybrid_compute.control.loop import Runtime
 from hybrid_compute.plan import swaps
+from hybrid_compute.plan.drain import ANONYMOUS_ROUTER
 from hybrid_compute.plan.routing import PolicyDecision, valid_spend
 from hybrid_compute.server import metrics
 
@@ -197,7 +198,7 @@ def build_app(runtime: Runtime, token: str | None) -> web.Application:
 
     async def state(request: web.Request) -> web.Response:
         document = state_document(runtime)
-        runtime.state_fetched(request.headers.get(ROUTER_ID_HEADER, ""), frozenset(
+        runtime.state_fetched(request.headers.get(ROUTER_ID_HEADER, ANONYMOUS_ROUTER), frozenset(
             (slot["namespace"], slot["name"]) for slot in document["slots"]
             if not slot["ready"]))
         return web.json_response(document)

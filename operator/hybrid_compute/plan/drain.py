@@ -14,7 +14,7 @@ from hybrid_compute.plan.holdings import Key, gpu_label
 from hybrid_compute.plan.ledger import Gpu
 from hybrid_compute.plan.outputs import ConditionUpdate, SlotDecision
 from hybrid_compute.plan.slot_turn import SlotTurn
-from hybrid_compute.plan.view import PodInfo, View
+from hybrid_compute.plan.view import PodInfo, RouterFetch, View
 from hybrid_compute.render import children
 
 DRAIN_POLL = datetime.timedelta(seconds=0.5)
@@ -22,6 +22,17 @@ DRAIN_POLL = datetime.timedelta(seconds=0.5)
 ROUTER_ACTIVE_WINDOW = datetime.timedelta(seconds=10)
 """A router that fetched the state within this window (five of its refreshes) may
 still route by it; one silent for longer is gone."""
+
+ROUTER_STATE_MAX_AGE = datetime.timedelta(seconds=2.5)
+"""Routers fetch a fresh state before routing by one older than 2 s (their
+``STATE_REFRESH_SECONDS``), with some slack: this long after the operator started,
+none routes by a state the previous operator served."""
+PREVIOUS_OPERATOR = "(before this operator started)"
+"""The fetch the operator counts at its start, for routers that may have fetched
+from the operator before it."""
+ANONYMOUS_ROUTER = ""
+"""Fetches from routers that send no id: several may share it, so it never counts
+as every one of them having seen a slot leave."""
 
 DrainState = Literal["Draining", "Drained", "Deferred", "Cut"]
 
@@ -56,7 +67,7 @@ def drain_verdict(key: Key, spec: ModelSlotSpec, previous: ModelSlotStatus,
     # it is).
     fetched = view.router_fetched_at
     routers_quiet = fetched is None or fetched < since - ROUTER_ACTIVE_WINDOW
-    routers_informed = (routers_quiet or routers_acknowledged(view, key, since)
+    routers_informed = (routers_quiet or routers_acknowledged(view, key, since, now)
                         or waited >= view.settings.drain_route_grace)
     activity = view.slot_activity.get(key)
     busy = activity.busy if activity is not None else None
@@ -76,17 +87,25 @@ def drain_verdict(key: Key, spec: ModelSlotSpec, previous: ModelSlotStatus,
     return DrainVerdict("Deferred", since, running, summary)
 
 
-def routers_acknowledged(view: View, key: Key, since: datetime.datetime) -> bool:
+def routers_acknowledged(view: View, key: Key, since: datetime.datetime,
+                         now: datetime.datetime) -> bool:
     """Every router that may still route by an older state has since fetched one that
     shows the slot not Ready. A fetch the operator cannot attribute (the latest one
-    is newer than every named router's) proves nothing."""
-    active = [fetch for fetch in view.router_fetches.values()
-              if fetch.at >= since - ROUTER_ACTIVE_WINDOW]
+    is newer than every known router's) proves nothing."""
+    active = {name: fetch for name, fetch in view.router_fetches.items()
+              if fetch.at >= since - ROUTER_ACTIVE_WINDOW}
     if not active or view.router_fetched_at is None:
         return False
-    if view.router_fetched_at > max(fetch.at for fetch in active):
+    if view.router_fetched_at > max(fetch.at for fetch in active.values()):
         return False
-    return all(key in fetch.not_ready for fetch in active)
+    return all(_has_seen_it_leave(name, fetch, key, now) for name, fetch in active.items())
+
+
+def _has_seen_it_leave(router: str, fetch: RouterFetch, key: Key,
+                       now: datetime.datetime) -> bool:
+    if router == PREVIOUS_OPERATOR:
+        return now - fetch.at >= ROUTER_STATE_MAX_AGE
+    return router != ANONYMOUS_ROUTER and key in fetch.not_ready
 
 
 def draining_decision(turn: SlotTurn, spec: ModelSlotSpec, drain: DrainVerdict,
