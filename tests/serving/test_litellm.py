@@ -368,6 +368,35 @@ def test_private_request_gets_503_when_its_model_cannot_load(stack: Stack) -> No
     assert stack.cloud.calls == []
 
 
+def _refused_locally_after_the_hold(stack: Stack, body: dict[str, Any],
+                                    headers: dict[str, str] | None = None) -> None:
+    """A request for local/broken (its model never fits, so it never loads), marked
+    private only as ``body``/``headers`` say: the hook holds it for the policy's
+    hold timeout and refuses it with the privacy refusal, and no cloud is called.
+    A request the hook did not see as private would go straight to the slot's
+    dead endpoint instead, without the hold or the refusal's words."""
+    stack.cloud.clear()
+    started = time.monotonic()
+    answer = stack.call("/v1/chat/completions", {
+        "model": "local/broken", "max_tokens": 8,
+        "messages": [{"role": "user", "content": "Private notes."}], **body},
+        headers=headers)
+    waited = time.monotonic() - started
+    assert answer.status == 503, answer.body
+    assert "never leave the box" in json.dumps(answer.body), answer.body
+    assert HOLD_TIMEOUT_SECONDS <= waited < HOLD_TIMEOUT_SECONDS + 10
+    assert stack.cloud.calls == [], "a private request reached the cloud"
+
+
+def test_private_top_level_tags_reach_the_router(stack: Stack) -> None:
+    _refused_locally_after_the_hold(stack, {"tags": ["private"]})
+
+
+def test_private_tags_header_reaches_the_router(stack: Stack) -> None:
+    # LiteLLM's header spelling: one comma-separated string, any case.
+    _refused_locally_after_the_hold(stack, {}, headers={"x-litellm-tags": "team-a, Private"})
+
+
 def test_swap_bridges_to_cloud_then_serves_locally(stack: Stack) -> None:
     assert phase(stack.k8s, stack.namespace, "quality") == "Standby"
     stack.cloud.clear()
@@ -615,3 +644,30 @@ def test_config_change_restarts_litellm_and_serves_the_new_config(stack: Stack) 
     answer = stack.chat("cloud/new")
     assert answer.status == 200, answer.body
     assert stack.cloud.models_called() == ["cloud-new"]
+
+
+def _set_local_only_aliases(stack: Stack, aliases: list[str] | None) -> None:
+    """Patches the policy (None removes the field) and waits for LiteLLM to serve
+    the new rendering."""
+    before = read_policy_hash(stack.k8s, stack.namespace)
+    stack.k8s.custom.patch_namespaced_custom_object(
+        GROUP, "v1alpha1", stack.namespace, "routepolicies", "hybrid",
+        {"spec": {"routing": {"privacy": {"localOnlyAliases": aliases}}}})
+    wait(lambda: read_policy_hash(stack.k8s, stack.namespace) != before, 30,
+         "a new rendering")
+    stack.litellm.wait_serving(read_policy_hash(stack.k8s, stack.namespace))
+    time.sleep(2.5)  # the new router's first state refresh
+
+
+def test_privacy_local_only_aliases_keep_untagged_requests_local(stack: Stack) -> None:
+    # Untagged and not local-only yet: no hold, no privacy refusal (the dead
+    # endpoint's error comes back at once), so the refusal below is the alias's doing.
+    started = time.monotonic()
+    untagged = stack.chat("local/broken", "Notes.")
+    assert untagged.status != 200 and "never leave the box" not in json.dumps(untagged.body)
+    assert time.monotonic() - started < HOLD_TIMEOUT_SECONDS
+    _set_local_only_aliases(stack, ["local/broken"])
+    try:
+        _refused_locally_after_the_hold(stack, {})
+    finally:
+        _set_local_only_aliases(stack, None)
