@@ -30,8 +30,8 @@ from hybrid_compute.dev.bootstrap import bootstrap_manifests
 from hybrid_compute.dev.cluster import DevCluster
 
 ROUNDS = 20
-TARGET_P50 = 0.5
-TARGET_P99 = 2.0
+TARGET_P50 = 0.25
+TARGET_P99 = 1.0
 NAMESPACE = "bench"
 
 
