@@ -29,6 +29,7 @@ from hybrid_compute.api.labels import SLOT_LABEL
 from hybrid_compute.dev import llmtools, local_serving
 from hybrid_compute.dev.cloud_stand_in import STAND_IN_NOTE
 from hybrid_compute.dev.cluster import DevCluster, _pid_alive, _pids_mentioning
+from hybrid_compute.dev.openai_call import Reply, post_json
 from hybrid_compute.dev.process_node import RECORDS_FILE
 from tests.cluster.support import phase, read, wait
 from tests.conftest import (
@@ -47,26 +48,6 @@ PRIVATE_TEXT = "Review my private medical notes."
 
 
 @dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-    @property
-    def route(self) -> str | None:
-        return self.headers.get("x-hybrid-route")
-
-    @property
-    def served_by(self) -> str | None:
-        return self.headers.get("x-hybrid-model")
-
-    @property
-    def text(self) -> str:
-        choices = self.body.get("choices") or [{}]
-        return str(choices[0].get("message", {}).get("content", ""))
-
-
-@dataclass
 class LocalStack:
     cluster: DevCluster
     k8s: TestCluster
@@ -75,24 +56,13 @@ class LocalStack:
     notes: dict[str, float] = field(default_factory=dict)
 
     def chat(self, model: str, content: str = "Say hello.", timeout: float = 120,
-             **metadata: Any) -> Answer:
+             **metadata: Any) -> Reply:
         body: dict[str, Any] = {"model": model, "max_tokens": 8,
                                 "messages": [{"role": "user", "content": content}]}
         if metadata:
             body["metadata"] = metadata
-        request = urllib.request.Request(
-            f"{self.endpoint.base_url}/chat/completions", method="POST",
-            data=json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {self.endpoint.api_key}",
-                     "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return Answer(response.status,
-                              {k.lower(): v for k, v in response.headers.items()},
-                              json.loads(response.read()))
-        except urllib.error.HTTPError as error:
-            return Answer(error.code, {k.lower(): v for k, v in error.headers.items()},
-                          json.loads(error.read() or b"{}"))
+        return post_json(f"{self.endpoint.base_url}/chat/completions", body,
+                         self.endpoint.api_key, timeout)
 
     def pods(self, slot: str) -> list[dict[str, Any]]:
         response = self.k8s.core.list_namespaced_pod(

@@ -35,6 +35,7 @@ import pytest
 from hybrid_compute.dev import llmtools
 from hybrid_compute.dev.cloud_stand_in import COMPLETION_TOKENS, PROMPT_TOKENS, CloudStandIn
 from hybrid_compute.dev.cluster import free_port
+from hybrid_compute.dev.openai_call import Reply, post_json
 from tests.cluster.support import apply, phase, wait
 from tests.conftest import OperatorHandle, SimulatedGpuAgent, TestCluster
 from tests.serving.conftest import LlamaServer
@@ -56,21 +57,6 @@ HOLD_TIMEOUT_SECONDS = 10
 
 
 @dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-    @property
-    def route(self) -> str | None:
-        return self.headers.get("x-hybrid-route")
-
-    @property
-    def served_by(self) -> str | None:
-        return self.headers.get("x-hybrid-model")
-
-
-@dataclass
 class Stack:
     k8s: TestCluster
     operator: OperatorHandle
@@ -82,20 +68,11 @@ class Stack:
     cloud_key: str
 
     def call(self, path: str, body: dict[str, Any], timeout: float = 60,
-             headers: dict[str, str] | None = None) -> Answer:
-        request = urllib.request.Request(
-            f"{self.litellm.url}{path}", method="POST", data=json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {self.master_key}",
-                     "Content-Type": "application/json", **(headers or {})})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return Answer(response.status, {k.lower(): v for k, v in response.headers.items()},
-                              json.loads(response.read()))
-        except urllib.error.HTTPError as error:
-            return Answer(error.code, {k.lower(): v for k, v in error.headers.items()},
-                          json.loads(error.read() or b"{}"))
+             headers: dict[str, str] | None = None) -> Reply:
+        return post_json(f"{self.litellm.url}{path}", body, self.master_key, timeout,
+                         headers)
 
-    def chat(self, model: str, content: str = "Say hello.", **metadata: Any) -> Answer:
+    def chat(self, model: str, content: str = "Say hello.", **metadata: Any) -> Reply:
         body: dict[str, Any] = {"model": model, "max_tokens": 8,
                                 "messages": [{"role": "user", "content": content}]}
         if metadata:
@@ -303,7 +280,7 @@ def _set_idle_timeout(stack: Stack, slot: str, idle: str) -> None:
         {"spec": {"idleTimeout": idle}})
 
 
-def _chat_with_patience(stack: Stack, model: str, patience: str) -> tuple[Answer, float]:
+def _chat_with_patience(stack: Stack, model: str, patience: str) -> tuple[Reply, float]:
     started = time.monotonic()
     answer = stack.call("/v1/chat/completions", {
         "model": model, "max_tokens": 8,

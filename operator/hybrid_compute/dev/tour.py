@@ -43,6 +43,7 @@ from typing import Any, TextIO
 from hybrid_compute.api.labels import SLOT_LABEL
 from hybrid_compute.dev import local_serving
 from hybrid_compute.dev.cluster import ClusterError, DevCluster
+from hybrid_compute.dev.openai_call import Reply, post_json
 from hybrid_compute.dev.process_node import RECORDS_FILE
 
 NAMESPACE = local_serving.NAMESPACE
@@ -64,27 +65,6 @@ ROUTE_HEADERS = ("x-hybrid-route", "x-hybrid-model", "x-hybrid-reason")
 
 class TourError(RuntimeError):
     """A step did not go as the story tells; the message says what happened."""
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: dict[str, Any]
-    seconds: float
-
-    @property
-    def route(self) -> str | None:
-        return self.headers.get("x-hybrid-route")
-
-    @property
-    def served_by(self) -> str | None:
-        return self.headers.get("x-hybrid-model")
-
-    @property
-    def text(self) -> str:
-        choices = self.body.get("choices") or [{}]
-        return str((choices[0].get("message") or {}).get("content", ""))
 
 
 @dataclass(frozen=True)
@@ -141,23 +121,8 @@ class Tour:
                                 "messages": [{"role": "user", "content": content}]}
         if metadata:
             body["metadata"] = metadata
-        request = urllib.request.Request(
-            f"{self.endpoint.base_url}/chat/completions", method="POST",
-            data=json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {self.endpoint.api_key}",
-                     "Content-Type": "application/json"})
-        started = time.monotonic()
-        try:
-            with urllib.request.urlopen(request, timeout=180) as response:
-                status, headers, data = response.status, response.headers, response.read()
-        except urllib.error.HTTPError as error:
-            status, headers, data = error.code, error.headers, error.read()
-        try:
-            parsed = json.loads(data or b"{}")
-        except ValueError:
-            parsed = {"error": data.decode(errors="replace")}
-        return Reply(status, {k.lower(): v for k, v in headers.items()},
-                     parsed if isinstance(parsed, dict) else {}, time.monotonic() - started)
+        return post_json(f"{self.endpoint.base_url}/chat/completions", body,
+                         self.endpoint.api_key, timeout=180)
 
     def slot(self, name: str) -> dict[str, Any]:
         return self.cluster.api_get(
