@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +38,7 @@ from hybrid_compute.dev import local_serving
 from hybrid_compute.dev.cloud_stand_in import CloudStandIn
 from hybrid_compute.dev.cluster import free_port
 from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME
+from hybrid_compute.dev.openai_call import Reply, post_json
 from hybrid_compute.dev.service_proxy import proxy_prefix
 from hybrid_compute.dev.tiny_models import write_tiny_model
 from hybrid_compute.plan.objects import parse_time
@@ -46,7 +46,7 @@ from tests.cluster.support import apply, phase, wait
 from tests.conftest import OperatorHandle, TestCluster
 from tests.http_stub import StubHandler, StubServer
 from tests.serving.conftest import NodeCluster, pod_pid, pod_ready
-from tests.serving.test_litellm import Answer, read_policy_hash
+from tests.serving.test_litellm import read_policy_hash
 
 pytestmark = [pytest.mark.cluster, pytest.mark.serving]
 
@@ -123,21 +123,10 @@ class GateStack:
         return self.node.service_url(self.namespace, local_serving.LITELLM_NAME,
                                      local_serving.LITELLM_PORT)
 
-    def chat(self) -> Answer:
-        request = urllib.request.Request(
-            f"{self.litellm_url}/v1/chat/completions", method="POST",
-            data=json.dumps({"model": ALIAS, "max_tokens": 4, "messages": [
-                {"role": "user", "content": "Say hello."}]}).encode(),
-            headers={"Authorization": f"Bearer {self.master_key}",
-                     "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return Answer(response.status,
-                              {k.lower(): v for k, v in response.headers.items()},
-                              json.loads(response.read()))
-        except urllib.error.HTTPError as error:
-            return Answer(error.code, {k.lower(): v for k, v in error.headers.items()},
-                          json.loads(error.read() or b"{}"))
+    def chat(self) -> Reply:
+        return post_json(f"{self.litellm_url}/v1/chat/completions", {
+            "model": ALIAS, "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Say hello."}]}, self.master_key, 60)
 
     def slot(self) -> dict[str, Any]:
         found: dict[str, Any] = self.k8s.custom.get_namespaced_custom_object(
@@ -279,7 +268,7 @@ def _config_hash(k8s: TestCluster, namespace: str) -> str | None:
     return found
 
 
-def _bridged_while_evaluating(gate: GateStack) -> Answer:
+def _bridged_while_evaluating(gate: GateStack) -> Reply:
     """A routed request once the router has seen the slot Evaluating."""
     wait(lambda: gate.phase() == "Evaluating", 60, "the new model Evaluating")
     time.sleep(ROUTER_REFRESH)
