@@ -50,6 +50,25 @@ def fast_serving_then_quality_demanded(world: World) -> None:
     world.demand("local/quality")
 
 
+def draining_while_a_router_is_active() -> World:
+    """fast starts draining for quality while a router that fetched the state just
+    now may still send it requests."""
+    world = seed_world()
+    fast_serving_then_quality_demanded(world)
+    world.router_fetched_at = world.now
+    world.step()
+    assert world.phase("fast") == "Draining"
+    return world
+
+
+def routers_fetched(world: World, fetches: dict[str, frozenset[tuple[str, str]]]) -> None:
+    """The named routers fetch a state, 0.2 s from now, that shows these slots not Ready."""
+    seen = world.now + datetime.timedelta(seconds=0.2)
+    world.router_fetched_at = seen
+    world.router_fetches = {name: RouterFetch(seen, not_ready)
+                            for name, not_ready in fetches.items()}
+
+
 def test_a_busy_slot_drains_before_its_pod_goes_and_the_phases_are_timed() -> None:
     world = seed_world()
     fast_serving_then_quality_demanded(world)
@@ -131,11 +150,7 @@ def test_a_zero_timeout_unloads_at_once() -> None:
 
 
 def test_an_idle_slot_still_waits_for_active_routers_to_refresh() -> None:
-    world = seed_world()
-    fast_serving_then_quality_demanded(world)
-    world.router_fetched_at = world.now
-    world.step()
-    assert world.phase("fast") == "Draining"
+    world = draining_while_a_router_is_active()
     assert "waiting for routers" in (status(world, "fast").reason or "")
     world.step()
     world.step()
@@ -225,28 +240,20 @@ def test_a_drain_ends_once_every_active_router_has_seen_the_slot_leave() -> None
     assert "waiting for routers" in (status(world, "fast").reason or "")
     # The router's next refresh shows fast as not Ready: it sends fast nothing more,
     # so the drain ends well before the 3 s grace.
-    seen = world.now + datetime.timedelta(seconds=0.2)
-    world.router_fetched_at = seen
-    world.router_fetches = {"router-a": RouterFetch(seen, frozenset({("lab", "fast")}))}
+    routers_fetched(world, {"router-a": frozenset({("lab", "fast")})})
     world.step()
     assert world.phase("fast") == "Unloading"
 
 
 def test_a_router_that_has_not_seen_the_slot_leave_keeps_the_drain_waiting() -> None:
-    world = seed_world()
-    fast_serving_then_quality_demanded(world)
-    world.router_fetched_at = world.now
-    world.step()
-    assert world.phase("fast") == "Draining"
-    seen = world.now + datetime.timedelta(seconds=0.2)
-    world.router_fetched_at = seen
-    world.router_fetches = {"router-a": RouterFetch(seen, frozenset({("lab", "fast")})),
-                            "router-b": RouterFetch(seen)}
+    world = draining_while_a_router_is_active()
+    routers_fetched(world, {"router-a": frozenset({("lab", "fast")}), "router-b": frozenset()})
     world.step()
     assert world.phase("fast") == "Draining", "router-b may still send fast a request"
     # A fetch nobody can attribute, newer than every named one, proves nothing either.
-    world.router_fetches = {"router-a": RouterFetch(seen, frozenset({("lab", "fast")}))}
-    world.router_fetched_at = seen + datetime.timedelta(seconds=0.1)
+    world.router_fetches = {"router-a": world.router_fetches["router-a"]}
+    assert world.router_fetched_at is not None
+    world.router_fetched_at += datetime.timedelta(seconds=0.1)
     world.step()
     assert world.phase("fast") == "Draining"
     world.run_until(lambda: world.phase("fast") == "Unloading", limit=3)
@@ -296,14 +303,8 @@ def test_after_a_restart_a_drain_waits_only_until_routers_must_have_refreshed() 
 
 
 def test_routers_that_send_no_id_never_count_as_having_seen_a_slot_leave() -> None:
-    world = seed_world()
-    fast_serving_then_quality_demanded(world)
-    world.router_fetched_at = world.now
-    world.step()
-    assert world.phase("fast") == "Draining"
-    seen = world.now + datetime.timedelta(seconds=0.2)
-    world.router_fetched_at = seen
-    world.router_fetches = {ANONYMOUS_ROUTER: RouterFetch(seen, frozenset({("lab", "fast")}))}
+    world = draining_while_a_router_is_active()
+    routers_fetched(world, {ANONYMOUS_ROUTER: frozenset({("lab", "fast")})})
     world.step()
     assert world.phase("fast") == "Draining", "another router without an id may not have"
     world.run_until(lambda: world.phase("fast") == "Unloading", limit=3)
