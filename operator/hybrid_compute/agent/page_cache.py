@@ -140,14 +140,17 @@ def warm_file(path: str | os.PathLike[str], stop: Callable[[], bool] | None = No
     ``stop`` is asked between blocks, so memory pressure can interrupt a long read.
     While one block is read, WILLNEED has the kernel fetch the next, so the disk
     never waits on Python; it is asked one block ahead only, because read-ahead
-    of the whole file could not be stopped.
+    of the whole file could not be stopped. When ``stop`` ends the read, the block
+    already asked for is waited for: pages still under I/O are locked, and an
+    eviction that came before they land would leave them resident.
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
         if size == 0:
             return 0
-        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
+        # Our WILLNEED is the read-ahead; the kernel's own would run on past a stop.
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_RANDOM)
         with _Mapping(fd, size, path) as mapping:
             resident = _resident_pages(mapping, path)
         pages_per_block = max(1, block_bytes // PAGE_SIZE)
@@ -159,6 +162,8 @@ def warm_file(path: str | os.PathLike[str], stop: Callable[[], bool] | None = No
         read = 0
         for index, offset in enumerate(cold_blocks):
             if stop is not None and stop():
+                if index > 0:
+                    os.preadv(fd, [buffer], offset)
                 break
             if index + 1 < len(cold_blocks):
                 os.posix_fadvise(fd, cold_blocks[index + 1], block, os.POSIX_FADV_WILLNEED)
