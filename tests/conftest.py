@@ -88,6 +88,8 @@ class OperatorHandle:
     api_port: int
     token: str
     metrics_port: int = 0
+    args: tuple[str, ...] = ()
+    """The operator's command-line settings, which a restart keeps."""
 
     def scrape(self) -> str:
         """The operator's Prometheus /metrics text."""
@@ -137,7 +139,7 @@ class OperatorHandle:
             except (ChildProcessError, ProcessLookupError):
                 break
             time.sleep(0.05)
-        self.cluster.start_operator(extra_args=OPERATOR_ARGS, ports=state.ports,
+        self.cluster.start_operator(extra_args=self.args, ports=state.ports,
                                     extra_env=operator_env(self.cluster))
 
 
@@ -208,7 +210,7 @@ def operator(k8s: TestCluster, gpu_agent: SimulatedGpuAgent) -> Iterator[Operato
     yield OperatorHandle(k8s.cluster, state.ports["operator-health"],
                          state.ports["operator-api"],
                          k8s.cluster.api_token_file.read_text().strip(),
-                         state.ports["operator-metrics"])
+                         state.ports["operator-metrics"], OPERATOR_ARGS)
     k8s.cluster.stop_operator()
 
 

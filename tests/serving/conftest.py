@@ -1,26 +1,16 @@
 """Fixtures for the serving tests: the real LiteLLM proxy and real llama-server
-processes (both built once into the cache by ``make serving``), tiny GGUF models
-written here, and the stand-in cloud.
-
-Two ways to run them beside the control plane, chosen per test module:
-
-- on the suite's kwok cluster (``k8s``), where slots' pods are only simulated and
-  the tests start llama-servers on fixed ports themselves: enough where a test
-  needs the operator's decisions and the request path, not a real load;
-- on a cluster of its own whose GPU node is the process node (``node_cluster``):
-  every slot's pod runs a real llama-server that loads its model, its readiness is
-  that server's ``/health``, and deleting the pod stops the process, so swaps,
-  drains and evaluations are real.
+processes (both built once into the cache by ``make serving``), the stand-in
+cloud, and a cluster of their own whose GPU node is the process node
+(``node_cluster``): every pod runs for real (a slot's llama-server loads its
+model and its readiness is that server's ``/health``; LiteLLM's Deployment runs
+the proxy with its ConfigMap and Secrets), and deleting a pod stops its process,
+so swaps, drains, rollouts and evaluations are real.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from hybrid_compute.api.labels import SLOT_LABEL
-from hybrid_compute.dev import llmtools
+from hybrid_compute.api.labels import CONFIG_HASH_ANNOTATION, SLOT_LABEL
+from hybrid_compute.dev import llmtools, local_serving
 from hybrid_compute.dev.bootstrap import bootstrap_manifests
 from hybrid_compute.dev.cloud_stand_in import CloudStandIn
 from hybrid_compute.dev.cluster import DevCluster
 from hybrid_compute.dev.process_node import RECORDS_FILE
 from hybrid_compute.dev.service_proxy import proxy_prefix
-from hybrid_compute.dev.tiny_models import write_tiny_model
+from tests.cluster.support import wait
 from tests.conftest import (
     REPOSITORY_ROOT,
     TEST_CLUSTER_NAME,
@@ -48,6 +38,7 @@ from tests.conftest import (
 NODE_CLUSTER_NAME = f"{TEST_CLUSTER_NAME}-process"
 NODE_OPERATOR_ARGS = ("--min-residency=2s",)
 """The suite's operator settings; Services are reached through the node's proxy."""
+LITELLM_SELECTOR = ",".join(f"{k}={v}" for k, v in local_serving.LITELLM_LABELS.items())
 
 
 @pytest.fixture(scope="session")
@@ -60,53 +51,9 @@ def serving_tools() -> llmtools.ServingTools:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")
-
-
-@pytest.fixture(scope="session")
 def cloud() -> Iterator[CloudStandIn]:
     with CloudStandIn() as stand_in:
         yield stand_in
-
-
-class LlamaServer:
-    """One llama-server process on a loopback port."""
-
-    def __init__(self, binary: Path, model: Path, port: int, log: Path,
-                 embedding: bool = False) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        args = [str(binary), "--model", str(model), "--host", "127.0.0.1",
-                "--port", str(port), "--ctx-size", "2048", "--parallel", "2",
-                "--threads", "1", "--metrics"]
-        if embedding:
-            args += ["--embeddings", "--pooling", "mean"]
-        self.log = log
-        self.process = subprocess.Popen(args, stdout=log.open("ab"),
-                                        stderr=subprocess.STDOUT)
-
-    def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama-server exited: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"llama-server on {self.port} not healthy: {self.log}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def pod_pid(pod: dict[str, Any]) -> int | None:
@@ -161,17 +108,68 @@ class NodeCluster:
         """The operator as the suite runs it, on this cluster; stop it with
         ``stop_operator``."""
         self.cluster.stop_operator()
-        self.cluster.start_operator(extra_args=[*NODE_OPERATOR_ARGS, *extra_args],
-                                    extra_env=operator_env(self.cluster))
+        args = (*NODE_OPERATOR_ARGS, *extra_args)
+        self.cluster.start_operator(extra_args=args, extra_env=operator_env(self.cluster))
         state = self.cluster.state()
         assert state is not None
         return OperatorHandle(self.cluster, state.ports["operator-health"],
                               state.ports["operator-api"],
                               self.cluster.api_token_file.read_text().strip(),
-                              state.ports["operator-metrics"])
+                              state.ports["operator-metrics"], args)
 
     def stop_operator(self) -> None:
         self.cluster.stop_operator()
+
+    def litellm_url(self, namespace: str) -> str:
+        """The chart-shaped LiteLLM Deployment's Service, through the node's proxy."""
+        return self.service_url(namespace, local_serving.LITELLM_NAME,
+                                local_serving.LITELLM_PORT)
+
+    def litellm_pods(self, namespace: str) -> list[dict[str, Any]]:
+        selector = urllib.parse.quote(LITELLM_SELECTOR)
+        items: list[dict[str, Any]] = self.cluster.api_get(
+            f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}")["items"]
+        return items
+
+    def litellm_serving(self, namespace: str, config_hash: str | None) -> int | None:
+        """The pid of LiteLLM's one pod when it runs the config rendered as
+        ``config_hash`` and answers its readiness probe; None until then."""
+        pods = self.litellm_pods(namespace)
+        if len(pods) != 1 or pods[0]["metadata"].get("deletionTimestamp"):
+            return None
+        annotations = pods[0]["metadata"].get("annotations") or {}
+        if config_hash is None or annotations.get(CONFIG_HASH_ANNOTATION) != config_hash:
+            return None
+        return pod_pid(pods[0]) if pod_ready(pods[0]) else None
+
+    def wait_litellm_serving(self, namespace: str, config_hash: str | None,
+                             timeout: float = 240) -> int:
+        """Waits for :meth:`litellm_serving`; returns LiteLLM's pid."""
+        wait(lambda: self.litellm_serving(namespace, config_hash) is not None, timeout,
+             f"LiteLLM serving the config rendered as {config_hash}")
+        pid = self.litellm_serving(namespace, config_hash)
+        assert pid is not None
+        return pid
+
+    def litellm_starts(self, namespace: str) -> list[int]:
+        """The pids of every LiteLLM process the node started in ``namespace``."""
+        return [r["pid"] for r in self.records()
+                if r["event"] == "started" and r.get("namespace") == namespace
+                and r["pod"].startswith(f"{local_serving.LITELLM_NAME}-")]
+
+    def pod_logs(self, namespace: str) -> str:
+        """Everything the containers of ``namespace``'s pods wrote on the node."""
+        pods = self.cluster.process_node_folder() / "pods"
+        return "".join(path.read_text(errors="replace")
+                       for path in sorted(pods.glob(f"{namespace}_*/*.log")))
+
+
+def policy_config_hash(k8s: TestCluster, namespace: str, name: str = "hybrid") -> str | None:
+    """The hash of the LiteLLM config the operator rendered for a RoutePolicy."""
+    policy = k8s.custom.get_namespaced_custom_object("hybridcompute.io", "v1alpha1",
+                                                     namespace, "routepolicies", name)
+    found: str | None = (policy.get("status") or {}).get("configHash")
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,6 @@ from typing import Any
 
 import pytest
 
-from hybrid_compute.api.labels import CONFIG_HASH_ANNOTATION
 from hybrid_compute.control.evaluator import EVALUATION_HEADER
 from hybrid_compute.dev import local_serving
 from hybrid_compute.dev.cloud_stand_in import CloudStandIn
@@ -45,8 +44,7 @@ from hybrid_compute.plan.objects import parse_time
 from tests.cluster.support import apply, phase, wait
 from tests.conftest import OperatorHandle, TestCluster
 from tests.http_stub import StubHandler, StubServer
-from tests.serving.conftest import NodeCluster, pod_pid, pod_ready
-from tests.serving.test_litellm import read_policy_hash
+from tests.serving.conftest import NodeCluster, pod_pid, pod_ready, policy_config_hash
 
 pytestmark = [pytest.mark.cluster, pytest.mark.serving]
 
@@ -120,8 +118,7 @@ class GateStack:
 
     @property
     def litellm_url(self) -> str:
-        return self.node.service_url(self.namespace, local_serving.LITELLM_NAME,
-                                     local_serving.LITELLM_PORT)
+        return self.node.litellm_url(self.namespace)
 
     def chat(self) -> Reply:
         return post_json(f"{self.litellm_url}/v1/chat/completions", {
@@ -236,10 +233,9 @@ def gate(k8s: TestCluster, node_cluster: NodeCluster, cloud: CloudStandIn
             _policy(cloud.url),
         ])
         wait(lambda: phase(k8s, namespace, SLOT) == "Ready", 90, "the first model Ready")
-        wait(lambda: _config_hash(k8s, namespace), 60, "the LiteLLM config rendered")
+        wait(lambda: policy_config_hash(k8s, namespace), 60, "the LiteLLM config rendered")
         stack = GateStack(k8s, node_cluster, operator, namespace, cloud, proxy, master_key)
-        wait(lambda: _litellm_serving(stack, read_policy_hash(k8s, namespace)), 240,
-             "LiteLLM serving the rendered config")
+        node_cluster.wait_litellm_serving(namespace, policy_config_hash(k8s, namespace))
         yield stack
     finally:
         k8s.kubectl("delete", "modelslots,deployments", "--all", "-n", namespace,
@@ -249,23 +245,6 @@ def gate(k8s: TestCluster, node_cluster: NodeCluster, cloud: CloudStandIn
         k8s.kubectl("delete", "namespace", namespace, "--wait=false")
         node_cluster.stop_operator()
         proxy.stop()
-
-
-def _litellm_serving(gate: GateStack, config_hash: str) -> bool:
-    """LiteLLM's one pod runs the rendered config and answers its readiness probe."""
-    pods = gate.k8s.core.list_namespaced_pod(
-        gate.namespace, label_selector="app.kubernetes.io/component=litellm").items
-    return (len(pods) == 1 and pods[0].metadata.deletion_timestamp is None
-            and pods[0].metadata.annotations.get(CONFIG_HASH_ANNOTATION) == config_hash
-            and any(c.type == "Ready" and c.status == "True"
-                    for c in pods[0].status.conditions or []))
-
-
-def _config_hash(k8s: TestCluster, namespace: str) -> str | None:
-    policy = k8s.custom.get_namespaced_custom_object(GROUP, "v1alpha1", namespace,
-                                                     "routepolicies", "hybrid")
-    found: str | None = (policy.get("status") or {}).get("configHash")
-    return found
 
 
 def _bridged_while_evaluating(gate: GateStack) -> Reply:

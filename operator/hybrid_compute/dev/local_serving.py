@@ -42,6 +42,8 @@ CLOUD_KEYS_SECRET = "cloud-api-keys"
 CLOUD_KEY_NAMES = ("GROQ_API_KEY", "GEMINI_API_KEY", "ANTHROPIC_API_KEY")
 API_TOKEN_SECRET = "hybrid-compute-api-token"
 CLOUD_PROCESS = "cloud"
+LITELLM_LABELS = {"app.kubernetes.io/name": "hybrid-compute",
+                  "app.kubernetes.io/component": LITELLM_NAME}
 
 
 def _secret(name: str, data: dict[str, str]) -> dict[str, Any]:
@@ -70,8 +72,7 @@ def litellm_objects(operator_url: str, api_token: str, master_key: str,
                     node: str) -> list[dict[str, Any]]:
     """LiteLLM's Deployment and Service as the chart makes them (pinned to the
     process node, whose agent runs the proxy), and the Secrets they read."""
-    labels = {"app.kubernetes.io/name": "hybrid-compute",
-              "app.kubernetes.io/component": LITELLM_NAME}
+    labels = LITELLM_LABELS
     container = {
         "name": LITELLM_NAME, "image": LITELLM_IMAGE,
         "args": ["--config", "/etc/litellm/config.yaml", "--port", str(LITELLM_PORT)],
