@@ -1,18 +1,23 @@
 """The process node's pure parts: which program plays an image, the command line
-and environment it gets, probe thresholds, addresses and the local samples."""
+and environment it gets, probe thresholds, addresses (and the block each cluster
+takes) and the local samples."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hybrid_compute.dev import containers, local_serving
+from hybrid_compute.dev.cluster import _free_address_block
 from hybrid_compute.dev.containers import ContainerConfigError, Program
 from hybrid_compute.dev.pod_worker import go_duration
 from hybrid_compute.dev.probes import ProbeSpec, ProbeTracker
-from hybrid_compute.dev.process_node import loopback_address
+from hybrid_compute.dev.process_node import ADDRESSES_PER_BLOCK, loopback_address
 from hybrid_compute.dev.service_proxy import endpoint_template
 from hybrid_compute.render import children
 
@@ -132,13 +137,21 @@ def test_go_durations() -> None:
     assert go_duration(None) is None
 
 
-def test_pod_addresses_are_distinct_loopback_addresses() -> None:
-    addresses = [loopback_address(i) for i in range(70000)]
-    assert addresses[0] == "127.1.0.1"
+def test_pod_addresses_are_distinct_loopback_addresses_within_their_block() -> None:
+    addresses = [loopback_address(7, i) for i in range(ADDRESSES_PER_BLOCK)]
+    assert addresses[0] == "127.7.0.1"
     assert len(set(addresses)) == len(addresses)
-    assert all(a.startswith("127.") and a != "127.0.0.1" for a in addresses)
-    assert all(0 <= int(part) < 255 for a in addresses for part in a.split(".")[1:3])
+    assert all(a.startswith("127.7.") for a in addresses)
+    assert all(0 <= int(a.split(".")[2]) < 250 for a in addresses)
     assert all(0 < int(a.split(".")[3]) < 255 for a in addresses)
+
+
+def test_two_blocks_share_no_address_and_block_zero_is_refused() -> None:
+    first = {loopback_address(1, i) for i in range(ADDRESSES_PER_BLOCK)}
+    second = {loopback_address(2, i) for i in range(ADDRESSES_PER_BLOCK)}
+    assert not first & second
+    with pytest.raises(ValueError, match="between 1 and 254"):
+        loopback_address(0, 0)
 
 
 def test_slot_endpoints_and_drain_probe_go_through_the_service_proxy() -> None:
@@ -161,3 +174,24 @@ def test_local_samples_send_cloud_models_to_the_stand_in() -> None:
     assert adapted[0]["spec"]["litellm"] == {}
     assert adapted[1] == slot
     assert policy["spec"]["cloudModels"][0]["model"] == "gemini/gemini-2.5-flash"
+
+
+def test_a_cluster_takes_the_first_block_no_running_cluster_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYBRID_COMPUTE_CACHE", str(tmp_path))
+
+    def cluster(name: str, pid: int, blocks: dict[str, int]) -> Path:
+        folder = tmp_path / "clusters" / name
+        folder.mkdir(parents=True)
+        (folder / "state.json").write_text(json.dumps(
+            {"name": name, "ports": {}, "pids": {"etcd": pid}, "address_blocks": blocks}))
+        return folder
+
+    stopped = subprocess.Popen(["true"])
+    stopped.wait()
+    cluster("running", os.getpid(), {"dreamteam": 1})
+    cluster("stopped", stopped.pid, {"dreamteam": 2})
+    own = cluster("own", os.getpid(), {"dreamteam": 3})
+    assert _free_address_block(own) == 2, "block 1 is held; a stopped cluster's 2 is free"
+    cluster("another", os.getpid(), {"dreamteam": 2})
+    assert _free_address_block(own) == 3, "its own earlier block does not count as held"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -23,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -54,6 +55,8 @@ class ClusterState:
     nodes: dict[str, str] = field(default_factory=dict)
     node_backends: dict[str, str] = field(default_factory=dict)
     """Nodes played by the process node agent ("process"); absent means kwok."""
+    address_blocks: dict[str, int] = field(default_factory=dict)
+    """Per process node, N of the pod addresses 127.N.x.y it hands out."""
 
 
 def clusters_home() -> Path:
@@ -443,11 +446,16 @@ class DevCluster:
         models.mkdir(parents=True, exist_ok=True)
         port_name = f"proxy-{name}"
         state.ports[port_name] = state.ports.get(port_name) or free_port()
+        with _address_blocks_locked():
+            if name not in state.address_blocks:
+                state.address_blocks[name] = _free_address_block(self.folder)
+                self._save(state)
         self._spawn(state, _agent(name), [
             sys.executable, "-m", "hybrid_compute.dev.process_node",
             f"--kubeconfig={self.kubeconfig}", f"--node={name}", f"--profile={profile_name}",
             f"--folder={folder}", f"--models={models}",
             f"--proxy-port={state.ports[port_name]}",
+            f"--address-block={state.address_blocks[name]}",
         ])
 
     def process_node_folder(self, name: str = nodes.DEFAULT_NODE_NAME) -> Path:
@@ -567,6 +575,39 @@ def _is_group_leader(pid: int) -> bool:
         return os.getpgid(pid) == pid
     except ProcessLookupError:
         return False
+
+
+@contextlib.contextmanager
+def _address_blocks_locked() -> Iterator[None]:
+    """Serialises the choice of address blocks between clusters started at once."""
+    home = clusters_home()
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".address-blocks.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _free_address_block(own_folder: Path) -> int:
+    """The smallest pod-address block that no other cluster on this host holds
+    while any of its processes runs (a stopped cluster's block is free again)."""
+    taken: set[int] = set()
+    for state_file in clusters_home().glob("*/state.json"):
+        if state_file.parent == own_folder:
+            continue
+        try:
+            other = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if any(_pid_alive(pid) for pid in (other.get("pids") or {}).values()):
+            taken.update((other.get("address_blocks") or {}).values())
+            if "process" in (other.get("node_backends") or {}).values() and not other.get(
+                    "address_blocks"):
+                taken.add(1)  # started by a version that always used 127.1.x.y
+    free = [block for block in range(1, 255) if block not in taken]
+    if not free:
+        raise ClusterError("every pod-address block 127.1-254.x.y is held by a running "
+                           "cluster: stop one with `hybrid-compute dev down --name NAME`")
+    return free[0]
 
 
 def _agent(node: str) -> str:

@@ -54,16 +54,24 @@ def micro_time() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def loopback_address(index: int) -> str:
-    """The ``index``-th pod address: 127.1.0.1, 127.1.0.2, ... (never 127.0.0.1,
-    which the control plane and the proxy use)."""
-    return f"127.{1 + index // 62500}.{index // 250 % 250}.{index % 250 + 1}"
+ADDRESSES_PER_BLOCK = 250 * 250
+
+
+def loopback_address(block: int, index: int) -> str:
+    """The ``index``-th pod address of a node's block: 127.{block}.0.1,
+    127.{block}.0.2, ... Each cluster's process node has a block of its own (1 to
+    254), so clusters side by side on one host never hand out the same address;
+    block 0 holds 127.0.0.1, which the control plane and the proxy use."""
+    if not 1 <= block <= 254:
+        raise ValueError(f"address block {block} is not between 1 and 254")
+    return f"127.{block}.{index // 250 % 250}.{index % 250 + 1}"
 
 
 class ProcessNode:
     def __init__(self, kubeconfig: Path, node: str, profile: nodes.NodeProfile,
-                 folder: Path, models: Path, proxy_port: int) -> None:
+                 folder: Path, models: Path, proxy_port: int, address_block: int) -> None:
         self.node = node
+        self.address_block = address_block
         self.profile = profile
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -122,10 +130,11 @@ class ProcessNode:
             return self._addresses[uid]
         taken = set(self._addresses.values())
         existing = (pod.get("status") or {}).get("podIP") or ""
-        if existing.startswith("127.") and existing not in taken:
+        if existing.startswith(f"127.{self.address_block}.") and existing not in taken:
             address = existing
         else:
-            address = next(a for a in (loopback_address(i) for i in range(250 * 250 * 250))
+            address = next(a for a in (loopback_address(self.address_block, i)
+                                       for i in range(ADDRESSES_PER_BLOCK))
                            if a not in taken)
         self._addresses[uid] = address
         return address
@@ -303,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, required=True,
                         help="the folder that pods' hostPath and claim volumes mount")
     parser.add_argument("--proxy-port", type=int, required=True)
+    parser.add_argument("--address-block", type=int, required=True,
+                        help="pods get addresses 127.N.x.y (1-254), one N per cluster")
     args = parser.parse_args(argv)
     node = ProcessNode(args.kubeconfig, args.node, nodes.PROFILES[args.profile], args.folder,
-                       args.models, args.proxy_port)
+                       args.models, args.proxy_port, args.address_block)
     asyncio.run(node.run())
     return 0
 
