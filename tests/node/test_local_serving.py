@@ -31,6 +31,7 @@ from hybrid_compute.dev.cloud_stand_in import STAND_IN_NOTE
 from hybrid_compute.dev.cluster import DevCluster, _pid_alive, _pids_mentioning
 from hybrid_compute.dev.openai_call import Reply, post_json
 from hybrid_compute.dev.process_node import RECORDS_FILE
+from hybrid_compute.render.children import child_name
 from tests.cluster.support import phase, read, wait
 from tests.conftest import (
     REPOSITORY_ROOT,
@@ -45,6 +46,7 @@ CLUSTER_NAME = f"{TEST_CLUSTER_NAME}-pnode"
 NAMESPACE = local_serving.NAMESPACE
 ROUTER_REFRESH_SECONDS = 2.5
 PRIVATE_TEXT = "Review my private medical notes."
+SECOND_NODE = "dreamteam-two"
 
 
 @dataclass
@@ -338,6 +340,50 @@ def test_the_tour_tells_the_seeds_story_on_the_running_cluster(stack: LocalStack
     assert "tour done" in out
     assert {name: stack.slot_spec(name) for name in before} == before
     print(f"tour: {seconds:.1f}s")
+
+
+def test_a_second_process_node_runs_its_pods_reached_through_the_service_proxy(
+        stack: LocalStack) -> None:
+    """``dev add-node`` plays the new node with an agent of its own, whose pods get
+    addresses from a block of their own; a slot that only fits there runs a real
+    llama-server on it, and the Service proxy the operator's endpoints go through
+    (the first node's) reaches it."""
+    added = subprocess.run(
+        [sys.executable, "-m", "hybrid_compute", "dev", "add-node", SECOND_NODE,
+         "--profile", "rtx3090", "--name", CLUSTER_NAME],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert added.returncode == 0, added.stderr
+    assert "process" in added.stdout, added.stdout
+    # Too big to share dreamteam's card with fast, too low a priority to evict it.
+    slot = {"apiVersion": "hybridcompute.io/v1alpha1", "kind": "ModelSlot",
+            "metadata": {"name": "second", "namespace": NAMESPACE},
+            "spec": {"alias": "local/second", "priority": 10,
+                     "model": {**stack.slot_spec("fast")["model"], "servedName": "second",
+                               "vram": "20Gi"}}}
+    stack.cluster.apply([slot])
+    try:
+        wait(lambda: stack.phase("second") == "Ready", 120, "the second node's slot Ready")
+        pod = stack.pods("second")[0]
+        assert pod["spec"]["nodeName"] == SECOND_NODE
+        first_address = stack.pods("fast")[0]["status"]["podIP"]
+        assert pod["status"]["podIP"].split(".")[1] != first_address.split(".")[1], (
+            "the two nodes hand out addresses from the same block")
+        records = (stack.cluster.process_node_folder(SECOND_NODE) / RECORDS_FILE).read_text()
+        started = [json.loads(line) for line in records.splitlines() if line]
+        assert any(r["event"] == "started" and r["pid"] == _pid(pod) for r in started), \
+            "the slot's llama-server was not started by the second node's agent"
+        proxy = stack.cluster.service_proxy_port
+        assert proxy is not None
+        answer = post_json(
+            f"http://127.0.0.1:{proxy}/{NAMESPACE}/{child_name('second')}/8080/v1/"
+            "chat/completions",
+            {"model": "second", "max_tokens": 4,
+             "messages": [{"role": "user", "content": "Say hello."}]}, "unused", 60)
+        assert answer.status == 200, answer.body
+        assert answer.body["model"] == "second"
+    finally:
+        stack.cluster.kubectl("delete", "modelslot", "second", "-n", NAMESPACE,
+                              "--wait=false", check=False)
 
 
 def test_dev_down_leaves_no_process(stack: LocalStack) -> None:

@@ -176,7 +176,7 @@ def test_local_samples_send_cloud_models_to_the_stand_in() -> None:
     assert policy["spec"]["cloudModels"][0]["model"] == "gemini/gemini-2.5-flash"
 
 
-def test_a_cluster_takes_the_first_block_no_running_cluster_holds(
+def test_a_cluster_takes_a_block_no_running_cluster_holds(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HYBRID_COMPUTE_CACHE", str(tmp_path))
 
@@ -189,9 +189,19 @@ def test_a_cluster_takes_the_first_block_no_running_cluster_holds(
 
     stopped = subprocess.Popen(["true"])
     stopped.wait()
-    cluster("running", os.getpid(), {"dreamteam": 1})
-    cluster("stopped", stopped.pid, {"dreamteam": 2})
-    own = cluster("own", os.getpid(), {"dreamteam": 3})
-    assert _free_address_block(own) == 2, "block 1 is held; a stopped cluster's 2 is free"
-    cluster("another", os.getpid(), {"dreamteam": 2})
-    assert _free_address_block(own) == 3, "its own earlier block does not count as held"
+    own = cluster("own", os.getpid(), {})
+    preferred = _free_address_block(own)
+    assert 1 <= preferred <= 254
+    cluster("stopped", stopped.pid, {"dreamteam": preferred})
+    assert _free_address_block(own) == preferred, "a stopped cluster's block is free"
+    cluster("running", os.getpid(), {"dreamteam": preferred})
+    after = 1 + preferred % 254
+    assert _free_address_block(own) == after, "a running cluster's block is held"
+    assert _free_address_block(own, also_taken={after}) == 1 + after % 254, \
+        "and so are its own other nodes' blocks"
+    cluster("legacy", os.getpid(), {}).joinpath("state.json").write_text(json.dumps(
+        {"name": "legacy", "ports": {}, "pids": {"etcd": os.getpid()},
+         "node_backends": {"dreamteam": "process"}}))
+    only_one_and_after_left = set(range(2, 255)) - {after}
+    assert _free_address_block(own, also_taken=only_one_and_after_left) == after, \
+        "a running cluster of an older version holds 127.1.x.y"

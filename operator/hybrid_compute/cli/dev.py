@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from hybrid_compute.dev import llmtools
-from hybrid_compute.dev.cluster import DevCluster
+from hybrid_compute.dev.cluster import NODE_BACKENDS, DevCluster
 from hybrid_compute.dev.local_serving import endpoint_command
 from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME, PROFILES
 from hybrid_compute.dev.toolchain import KUBERNETES_VERSION, default_toolchain, ensure_toolchain
@@ -41,9 +41,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     status.set_defaults(handler=_dev_status)
     kubeconfig = dev_commands.add_parser("kubeconfig", help="print the kubeconfig path")
     kubeconfig.set_defaults(handler=_dev_kubeconfig)
-    add_node = dev_commands.add_parser("add-node", help="add a simulated GPU node")
+    add_node = dev_commands.add_parser("add-node", help="add a GPU node")
     add_node.add_argument("node_name")
     add_node.add_argument("--profile", choices=sorted(PROFILES), default="dual-rtx3090")
+    add_node.add_argument("--backend", choices=NODE_BACKENDS,
+                          help="process: its pods run for real (llama-server, LiteLLM), "
+                               "sharing the first node's model folder; kwok: scheduling "
+                               f"only (default: as {DEFAULT_NODE_NAME})")
     add_node.set_defaults(handler=_dev_add_node)
     build = dev_commands.add_parser("build", help="build the control plane binaries and helm "
                                                  "(cached)")
@@ -132,9 +136,16 @@ def _dev_add_node(args: argparse.Namespace) -> int:
     if not cluster.is_running():
         print(f"cluster {args.name!r} is not running", file=sys.stderr)
         return 1
-    cluster.add_node(args.node_name, args.profile)
+    state = cluster.state()
+    assert state is not None
+    backend = args.backend or state.node_backends.get(DEFAULT_NODE_NAME, "kwok")
+    models = None
+    if backend == "process" and state.node_backends.get(DEFAULT_NODE_NAME) == "process":
+        models = (cluster.process_node_folder() / "models").resolve()
+    cluster.add_node(args.node_name, args.profile, backend, models)
     cluster.wait_nodes_ready(timeout=60)
-    print(f"node {args.node_name} ({PROFILES[args.profile].description}) is Ready")
+    print(f"node {args.node_name} ({PROFILES[args.profile].description}, {backend}) "
+          "is Ready")
     return 0
 
 

@@ -24,7 +24,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -448,7 +449,8 @@ class DevCluster:
         state.ports[port_name] = state.ports.get(port_name) or free_port()
         with _address_blocks_locked():
             if name not in state.address_blocks:
-                state.address_blocks[name] = _free_address_block(self.folder)
+                state.address_blocks[name] = _free_address_block(
+                    self.folder, also_taken=set(state.address_blocks.values()))
                 self._save(state)
         self._spawn(state, _agent(name), [
             sys.executable, "-m", "hybrid_compute.dev.process_node",
@@ -587,10 +589,11 @@ def _address_blocks_locked() -> Iterator[None]:
         yield
 
 
-def _free_address_block(own_folder: Path) -> int:
-    """The smallest pod-address block that no other cluster on this host holds
-    while any of its processes runs (a stopped cluster's block is free again)."""
-    taken: set[int] = set()
+def _free_address_block(own_folder: Path, also_taken: Collection[int] = ()) -> int:
+    """A pod-address block that no other cluster on this host holds
+    while any of its processes runs (a stopped cluster's block is free again), nor
+    ``also_taken`` (the blocks of this cluster's other process nodes)."""
+    taken: set[int] = set(also_taken)
     for state_file in clusters_home().glob("*/state.json"):
         if state_file.parent == own_folder:
             continue
@@ -603,11 +606,15 @@ def _free_address_block(own_folder: Path) -> int:
             if "process" in (other.get("node_backends") or {}).values() and not other.get(
                     "address_blocks"):
                 taken.add(1)  # started by a version that always used 127.1.x.y
-    free = [block for block in range(1, 255) if block not in taken]
-    if not free:
-        raise ClusterError("every pod-address block 127.1-254.x.y is held by a running "
-                           "cluster: stop one with `hybrid-compute dev down --name NAME`")
-    return free[0]
+    # Each name starts its search at a block of its own, so clusters started at the
+    # same moment (each not yet seeing the other's state) rarely pick the same one.
+    preferred = 1 + zlib.crc32(own_folder.name.encode()) % 254
+    for step in range(254):
+        block = 1 + (preferred - 1 + step) % 254
+        if block not in taken:
+            return block
+    raise ClusterError("every pod-address block 127.1-254.x.y is held by a running "
+                       "cluster: stop one with `hybrid-compute dev down --name NAME`")
 
 
 def _agent(node: str) -> str:

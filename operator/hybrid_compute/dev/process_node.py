@@ -278,7 +278,7 @@ class ProcessNode:
         self.http = aiohttp.ClientSession()
         self.reap_orphans()
         await self.register()
-        app = ServiceProxy(self.kube, self.backends).app()
+        app = ServiceProxy(self.kube, self.backends, self.node).app()
         app.router.add_get("/_node/pods", self._pods_view)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

@@ -4,8 +4,8 @@ Each pod of the process node listens on its own loopback address (127.x.y.z: the
 whole of 127/8 is local on Linux), so several llama-servers use port 8080 side by
 side. Those addresses are reachable but unstable across swaps, so the node agent
 also serves one loopback port where ``/{namespace}/{service}/{port}/{path}``
-reaches ``{path}`` on a Ready pod that the Service selects, at the Service
-port's target port: what ``http://{service}.{namespace}.svc:{port}/{path}``
+reaches ``{path}`` on a Ready pod that the Service selects (on this node or on
+another process node of the cluster), at the Service port's target port: what ``http://{service}.{namespace}.svc:{port}/{path}``
 would reach in a real cluster. The operator of the local cluster runs with
 ``--endpoint-template http://127.0.0.1:PROXY/{namespace}/{service}/{port}/v1``,
 so the LiteLLM config it renders, its drain probe (``.../slots``) and its
@@ -49,9 +49,15 @@ Backend = tuple[str, dict[str, Any]]
 
 
 class ServiceProxy:
-    def __init__(self, kube: KubeRest, backends: Callable[[str], Iterable[Backend]]) -> None:
+    """``backends`` are the Ready pods of this proxy's own node, known at once;
+    Ready pods of other nodes (another process node of the cluster) are read from
+    the API server when the node has none for a Service."""
+
+    def __init__(self, kube: KubeRest, backends: Callable[[str], Iterable[Backend]],
+                 node: str) -> None:
         self.kube = kube
         self.backends = backends
+        self.node = node
         self._services: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
         self._turn = itertools.count()
         self._session: aiohttp.ClientSession | None = None
@@ -100,19 +106,31 @@ class ServiceProxy:
         if declared is None:
             return f"service {namespace}/{name} has no port {port}"
         selector: dict[str, str] = service["spec"].get("selector") or {}
+        if not selector:
+            return f"service {namespace}/{name} selects no pods"
         target = declared.get("targetPort", port)
-        candidates = []
-        for ip, pod in self.backends(namespace):
-            labels = pod["metadata"].get("labels") or {}
-            if not selector or any(labels.get(k) != v for k, v in selector.items()):
-                continue
-            number = next((container_port(c, target) for c in pod["spec"]["containers"]
-                           if container_port(c, target) is not None), None)
-            if number is not None:
-                candidates.append((ip, number))
+        candidates = _addresses(self.backends(namespace), selector, target)
         if not candidates:
-            return f"service {namespace}/{name} has no Ready pod on this node"
+            candidates = _addresses(await self._other_nodes_ready_pods(namespace, selector),
+                                    selector, target)
+        if not candidates:
+            return f"service {namespace}/{name} has no Ready pod"
         return candidates[next(self._turn) % len(candidates)]
+
+    async def _other_nodes_ready_pods(self, namespace: str,
+                                      selector: dict[str, str]) -> list[Backend]:
+        listed = await self.kube.get(
+            f"/api/v1/namespaces/{namespace}/pods",
+            labelSelector=",".join(f"{k}={v}" for k, v in sorted(selector.items())))
+        found = []
+        for pod in listed.get("items") or []:
+            status = pod.get("status") or {}
+            ready = any(c["type"] == "Ready" and c["status"] == "True"
+                        for c in status.get("conditions") or [])
+            if (ready and status.get("podIP") and pod["spec"].get("nodeName") != self.node
+                    and not pod["metadata"].get("deletionTimestamp")):
+                found.append((status["podIP"], pod))
+        return found
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         info = request.match_info
@@ -146,3 +164,19 @@ class ServiceProxy:
                 return response  # the pod went away mid-answer; the client sees it cut
             return web.json_response({"error": {"message": f"{url}: {error}",
                                                 "type": "unavailable"}}, status=502)
+
+
+def _addresses(backends: Iterable[Backend], selector: dict[str, str],
+               target: int | str) -> list[tuple[str, int]]:
+    """Address and port of each pod that ``selector`` selects and that declares
+    ``target`` (a port number or a named container port)."""
+    found = []
+    for ip, pod in backends:
+        labels = pod["metadata"].get("labels") or {}
+        if any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        number = next((container_port(c, target) for c in pod["spec"]["containers"]
+                       if container_port(c, target) is not None), None)
+        if number is not None:
+            found.append((ip, number))
+    return found
