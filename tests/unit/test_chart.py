@@ -13,6 +13,7 @@ import yaml
 
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.api.routepolicy import RoutePolicySpec
+from hybrid_compute.cli import build_parser
 from hybrid_compute.dev.helm import ensure_helm
 from hybrid_compute.dev.manifests import CHART_FOLDER, RenderError, helm_template
 from hybrid_compute.upstream import LLAMA_CPP
@@ -461,10 +462,13 @@ def test_gpu_runtime_class_reaches_the_operator_only_when_set() -> None:
 
 def test_slot_images_reach_the_operator_and_can_be_replaced() -> None:
     default = container(only(render(), "Deployment", "hybrid-compute"), "operator")
-    assert f"--gpu-image={LLAMA_CPP.gpu_image}" in default["args"]
-    assert f"--cpu-image={LLAMA_CPP.cpu_image}" in default["args"]
+    parsed = build_parser().parse_args(default["args"])
+    assert (parsed.gpu_image, parsed.cpu_image) == (LLAMA_CPP.gpu_image, LLAMA_CPP.cpu_image)
     own = container(only(render("operator.slotImages.gpu=registry.example/llama:cuda",
-                                "operator.slotImages.cpu=registry.example/llama:cpu"),
+                                "operator.slotImages.cpu=registry.example/llama:cpu",
+                                "operator.gpuRuntimeClass=nvidia",
+                                "operator.webhook.enabled=true", "peering.enabled=false"),
                          "Deployment", "hybrid-compute"), "operator")
-    assert "--gpu-image=registry.example/llama:cuda" in own["args"]
-    assert "--cpu-image=registry.example/llama:cpu" in own["args"]
+    parsed = build_parser().parse_args(own["args"])
+    assert (parsed.gpu_image, parsed.cpu_image) == ("registry.example/llama:cuda",
+                                                    "registry.example/llama:cpu")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from hybrid_compute.dev.go_tools import GoCommand
+from hybrid_compute.dev.toolchain import ToolchainError
 
 ACTIONLINT_VERSION = "1.7.12"
 ACTIONLINT_MODULE = "github.com/rhysd/actionlint"
@@ -31,7 +32,11 @@ def lint_workflows(root: Path) -> int:
 
 
 def main() -> int:
-    return lint_workflows(Path.cwd())
+    try:
+        return lint_workflows(Path.cwd())
+    except ToolchainError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
