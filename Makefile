@@ -52,10 +52,11 @@ crds-check: install ## fail when crds/ differs from what the models generate
 manifests: toolchain ## regenerate manifests/base (for Argo CD) from the chart
 	$(BIN)/python -m hybrid_compute.dev.manifests
 
-lint: install ## ruff, mypy, hadolint and the import contract
+lint: install ## ruff, mypy, hadolint, actionlint (built once) and the import contract
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/python -m hybrid_compute.dev.actionlint
 	$(BIN)/pytest -q tests/unit/test_import_contract.py
 
 fmt: install ## apply ruff's fixes

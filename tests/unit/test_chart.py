@@ -13,8 +13,10 @@ import yaml
 
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.api.routepolicy import RoutePolicySpec
+from hybrid_compute.cli import build_parser
 from hybrid_compute.dev.helm import ensure_helm
 from hybrid_compute.dev.manifests import CHART_FOLDER, RenderError, helm_template
+from hybrid_compute.upstream import LLAMA_CPP
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / CHART_FOLDER
@@ -417,7 +419,8 @@ def test_time_slicing_config_is_the_device_plugins_format() -> None:
 @pytest.mark.parametrize("bad", ["operator.replica=2", "litellm.port=0",
                                  "operator.headroom=lots", "image.digest=latest",
                                  "operator.webhook.port=0", "operator.webhook.enable=true",
-                                 "operator.leaderElection=maybe"])
+                                 "operator.leaderElection=maybe",
+                                 "operator.slotImages.gpu=", "operator.slotImages.rocm=x"])
 def test_the_values_schema_refuses_mistakes(bad: str) -> None:
     with pytest.raises(RenderError) as refused:
         render(bad)
@@ -455,3 +458,17 @@ def test_gpu_runtime_class_reaches_the_operator_only_when_set() -> None:
     k3s = container(only(render("operator.gpuRuntimeClass=nvidia"), "Deployment",
                          "hybrid-compute"), "operator")
     assert "--gpu-runtime-class=nvidia" in k3s["args"]
+
+
+def test_slot_images_reach_the_operator_and_can_be_replaced() -> None:
+    default = container(only(render(), "Deployment", "hybrid-compute"), "operator")
+    parsed = build_parser().parse_args(default["args"])
+    assert (parsed.gpu_image, parsed.cpu_image) == (LLAMA_CPP.gpu_image, LLAMA_CPP.cpu_image)
+    own = container(only(render("operator.slotImages.gpu=registry.example/llama:cuda",
+                                "operator.slotImages.cpu=registry.example/llama:cpu",
+                                "operator.gpuRuntimeClass=nvidia",
+                                "operator.webhook.enabled=true", "peering.enabled=false"),
+                         "Deployment", "hybrid-compute"), "operator")
+    parsed = build_parser().parse_args(own["args"])
+    assert (parsed.gpu_image, parsed.cpu_image) == ("registry.example/llama:cuda",
+                                                    "registry.example/llama:cpu")

@@ -20,12 +20,16 @@ from hybrid_compute.dev.probes import ProbeSpec, ProbeTracker
 from hybrid_compute.dev.process_node import ADDRESSES_PER_BLOCK, loopback_address
 from hybrid_compute.dev.service_proxy import endpoint_template
 from hybrid_compute.render import children
+from hybrid_compute.upstream import LITELLM_IMAGE, LLAMA_CPP
 
 
 @pytest.mark.parametrize(("image", "program"), [
     ("ghcr.io/ggml-org/llama.cpp:server-cuda", Program.LLAMA_SERVER),
     ("ghcr.io/ggml-org/llama.cpp:server", Program.LLAMA_SERVER),
+    (LLAMA_CPP.gpu_image, Program.LLAMA_SERVER),
+    (LLAMA_CPP.cpu_image, Program.LLAMA_SERVER),
     ("ghcr.io/berriai/litellm:v1.108.7", Program.LITELLM),
+    (LITELLM_IMAGE, Program.LITELLM),
     ("rhasspy/wyoming-piper:latest", Program.SIMULATED),
     ("ghcr.io/ggml-org/llama.cpp:full", Program.SIMULATED),
 ])

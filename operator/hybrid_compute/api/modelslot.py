@@ -175,8 +175,10 @@ class ServerSettings(ApiModel):
             *(_owned_flag_rule(flags, instead) for flags, instead in OWNED_FLAGS)))
 
     image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
-    """Container image; defaults to ghcr.io/ggml-org/llama.cpp:server-cuda for GPU slots
-    and ghcr.io/ggml-org/llama.cpp:server for CPU slots."""
+    """Container image; defaults to the operator's --gpu-image for GPU slots and
+    --cpu-image for CPU slots: llama.cpp's server-cuda-b<N> and server-b<N> images of the
+    build whose llama-server flags the operator is tested with. Another image must run
+    llama-server and know the flags the operator passes (see the README)."""
     port: Annotated[int, Field(ge=1024, le=65535)] = 8080
     """Port llama-server listens on inside the pod (always passed as --port)."""
     ctx_size: Annotated[int, Field(ge=128, le=1048576)] = 8192

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hybrid_compute.plan.settings import OPERATOR_IMAGE
 from hybrid_compute.render.children import DEFAULT_ENDPOINT_TEMPLATE
+from hybrid_compute.upstream import LLAMA_CPP
 
 API_TOKEN_ENV = "HYBRID_COMPUTE_API_TOKEN"
 
@@ -48,6 +49,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument("--fetch-image", default=OPERATOR_IMAGE,
                      help="image of the init container that downloads a slot's model "
                           f"(spec.model.source); default {OPERATOR_IMAGE}")
+    run.add_argument("--gpu-image", default=LLAMA_CPP.gpu_image,
+                     help="llama-server image of GPU slots that name none (default "
+                          f"{LLAMA_CPP.gpu_image}, the llama.cpp build the operator's "
+                          "flags are tested with)")
+    run.add_argument("--cpu-image", default=LLAMA_CPP.cpu_image,
+                     help="llama-server image of CPU slots that name none (default "
+                          f"{LLAMA_CPP.cpu_image})")
     run.add_argument("--endpoint-template", default=DEFAULT_ENDPOINT_TEMPLATE,
                      help="how LiteLLM reaches a slot's llama-server (default "
                           f"{DEFAULT_ENDPOINT_TEMPLATE}"
@@ -78,7 +86,8 @@ def _run(args: argparse.Namespace) -> int:
                                 headroom_bytes=parse_bytes(args.headroom),
                                 endpoint_template=_endpoint_template(args.endpoint_template),
                                 gpu_runtime_class=args.gpu_runtime_class or None,
-                                fetch_image=args.fetch_image)
+                                fetch_image=args.fetch_image,
+                                gpu_image=args.gpu_image, cpu_image=args.cpu_image)
     except (ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

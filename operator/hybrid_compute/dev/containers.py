@@ -31,7 +31,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-LLAMA_SERVER_IMAGE = "ghcr.io/ggml-org/llama.cpp:server"
+from hybrid_compute.upstream import LLAMA_CPP
+
+LLAMA_SERVER_IMAGE = f"{LLAMA_CPP.repository}:server"
+"""The prefix of llama.cpp's server images, of any build and backend."""
 LITELLM_IMAGE_MARK = "litellm"
 # Kept from the agent's own environment, as an image would carry them.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "TMPDIR")

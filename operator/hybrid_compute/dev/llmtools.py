@@ -1,6 +1,7 @@
 """Builds the real serving parts the integration tests run: the LiteLLM proxy in a
 virtual environment of its own, and llama-server from the llama.cpp sources that
-the llama-cpp-python source distribution vendors.
+the llama-cpp-python source distribution vendors (the versions of both are those of
+:mod:`hybrid_compute.upstream`, which the chart's images follow).
 
 Both land in the cache folder beside the control plane binaries, once per
 version, so a warm run installs nothing. LiteLLM's proxy pulls in hundreds of
@@ -11,6 +12,7 @@ separate environment.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybrid_compute.dev.toolchain import ToolchainError, cache_home
+from hybrid_compute.upstream import LITELLM_VERSION, LLAMA_CPP
 
-LITELLM_VERSION = "1.108.7"
 # The stock LiteLLM image also carries prometheus_client, which its "prometheus"
 # callback needs; the proxy extra does not pull it in.
 LITELLM_REQUIREMENTS = (f"litellm[proxy]=={LITELLM_VERSION}", "prometheus-client==0.26.0")
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+LLAMA_CPP_PYTHON_VERSION = LLAMA_CPP.llama_cpp_python
 
 _LLAMA_CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
@@ -112,6 +114,38 @@ def ensure_litellm(log: bool = True) -> Path:
     return litellm
 
 
+def vendored_commit(llama_cpp: Path) -> str:
+    """The llama.cpp commit of a vendored source tree, from its git metadata: the
+    source distribution keeps the submodule's ``.git``, a file naming its git folder."""
+    git = llama_cpp / ".git"
+    try:
+        if git.is_file():
+            pointer = git.read_text().strip()
+            if not pointer.startswith("gitdir:"):
+                raise ToolchainError(f"{git} names no git folder: {pointer[:80]!r}")
+            git = llama_cpp / pointer.removeprefix("gitdir:").strip()
+        commit = (git / "HEAD").read_text().strip()
+    except OSError as error:
+        raise ToolchainError(f"cannot tell which llama.cpp commit {llama_cpp} holds: "
+                             f"{error}") from None
+    if re.fullmatch(r"[0-9a-f]{40}", commit) is None:
+        raise ToolchainError(f"{llama_cpp} is not at a fixed llama.cpp commit (HEAD: "
+                             f"{commit[:80]!r})")
+    return commit
+
+
+def check_vendored_commit(llama_cpp: Path) -> None:
+    """Refuses sources other than the llama.cpp build the images are pinned to, so the
+    tests never pass on a llama-server that the default images do not run."""
+    commit = vendored_commit(llama_cpp)
+    if commit != LLAMA_CPP.commit:
+        raise ToolchainError(
+            f"llama-cpp-python {LLAMA_CPP.llama_cpp_python} vendors llama.cpp {commit}, "
+            f"but hybrid_compute.upstream records {LLAMA_CPP.commit} (build "
+            f"b{LLAMA_CPP.build}): record the vendored commit together with its build "
+            "number, the b<N> release tag llama.cpp made for it")
+
+
 def _missing_build_tools() -> list[str]:
     return [tool for tool in ("cmake", "ninja", "c++") if shutil.which(tool) is None]
 
@@ -141,6 +175,7 @@ def ensure_llama_server(log: bool = True) -> Path:
         with tarfile.open(archive) as sdist:
             sdist.extractall(work, filter="data")
         source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
+        check_vendored_commit(source)
         build = work / "build"
         _run(["cmake", "-S", str(source), "-B", str(build), "-G", "Ninja",
               *_LLAMA_CMAKE_FLAGS], "configuring llama.cpp")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from hybrid_compute.api.units import GIB
 from hybrid_compute.render.children import DEFAULT_ENDPOINT_TEMPLATE
+from hybrid_compute.upstream import LLAMA_CPP
 
 
 def _own_version() -> str:
@@ -30,8 +31,11 @@ class PlanSettings:
     """VRAM kept free on every GPU (driver, CUDA context, fragmentation)."""
     min_residency: datetime.timedelta = datetime.timedelta(seconds=30)
     """Default shortest stay of a loaded slot, so swaps cannot thrash."""
-    gpu_image: str = "ghcr.io/ggml-org/llama.cpp:server-cuda"
-    cpu_image: str = "ghcr.io/ggml-org/llama.cpp:server"
+    gpu_image: str = LLAMA_CPP.gpu_image
+    """llama-server image of GPU slots that name none: llama.cpp's image of the build
+    whose flags the tests check."""
+    cpu_image: str = LLAMA_CPP.cpu_image
+    """llama-server image of CPU slots that name none, of the same build."""
     fetch_image: str = OPERATOR_IMAGE
     """Image of the init container that downloads a slot's model (``hybrid-compute
     fetch``): the operator's own image."""

@@ -6,7 +6,7 @@
 #   KEEP_CLUSTER=1 tests/e2e/kind/run.sh   # leave the cluster up afterwards
 #
 # Needs docker, kind, helm and kubectl on PATH, and the project's .venv
-# (`make install`). Pulls ghcr.io/ggml-org/llama.cpp:server for the CPU slot.
+# (`make install`). Pulls the pinned llama.cpp CPU image (server-b<build>) for the CPU slot.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
