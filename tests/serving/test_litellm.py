@@ -228,7 +228,7 @@ def test_private_request_waits_for_its_swap_and_never_reaches_the_cloud(
     waited = time.monotonic() - started
     assert answer.status == 200, answer.body
     assert (answer.route, answer.served_by) == ("local", "local/coder")
-    assert waited >= 1.5, "the request was answered before the slot could have loaded"
+    assert waited >= 0.5, "the request was answered before the slot could have loaded"
     assert phase(stack.k8s, stack.namespace, "coder") == "Ready"
     assert stack.cloud.calls == [], "a privacy-tagged request reached the cloud"
 
@@ -282,30 +282,32 @@ def test_a_request_waits_for_a_swap_within_its_patience_and_is_bridged_beyond_it
         predicted = _predicted_wait(stack, "coder")
         assert predicted == pytest.approx(statistics.median(recent), abs=0.1), (
             f"expected the median of coder's loads {recent}, got {predicted}")
-        assert predicted >= 1.5, f"expected a drain and a load to take seconds, got {recent}"
+        assert predicted >= 0.3, f"expected a real swap to take a while, got {recent}"
         # Patience well beyond the prediction, however slow the machine is today.
         patience = max(10, math.ceil(3 * predicted))
         time.sleep(ROUTER_REFRESH)
         stack.cloud.clear()
         held, waited = _chat_with_patience(stack, "local/coder", str(patience))
         assert held.status == 200, held.body
-        assert (held.route, held.served_by) == ("local", "local/coder"), held.headers
         reason = held.headers["x-hybrid-reason"]
+        assert (held.route, held.served_by) == ("local", "local/coder"), reason
         assert reason.startswith("held ") and "for the swap of local/coder" in reason, reason
-        assert waited >= 1.5, "the request was answered before coder could have loaded"
+        assert waited >= predicted / 2, "the request was answered before coder could load"
         assert stack.cloud.calls == [], "a request with patience for the swap reached the cloud"
 
         wait(lambda: phase(stack.k8s, stack.namespace, "coder") == "Standby", 60,
              "coder idle again")
         predicted = _predicted_wait(stack, "coder")
-        assert predicted is not None and predicted > 1, predicted
+        assert predicted is not None and predicted >= 0.3, predicted
+        short = max(0.1, round(predicted / 3, 1))
         time.sleep(ROUTER_REFRESH)
         stack.cloud.clear()
-        bridged, waited = _chat_with_patience(stack, "local/coder", "1")
+        bridged, waited = _chat_with_patience(stack, "local/coder", f"{short:g}")
         assert bridged.status == 200, bridged.body
         assert (bridged.route, bridged.served_by) == ("bridged", "cloud/mid"), bridged.headers
         reason = bridged.headers["x-hybrid-reason"]
-        assert "bridged to cloud/mid: predicted" in reason and "> patience 1 s" in reason, reason
+        assert "bridged to cloud/mid: predicted" in reason, reason
+        assert f"> patience {short:g} s" in reason, reason
         assert stack.cloud.models_called() == ["cloud-mid"]
     finally:
         _set_idle_timeout(stack, "coder", "20s")

@@ -47,10 +47,25 @@ def test_a_load_past_its_median_is_given_until_the_slowest_recent_one() -> None:
                           DEFAULT) == 5.0
 
 
-def test_a_load_later_than_every_recent_one_is_as_unknown_as_a_first_load() -> None:
-    assert predicted_wait("Loading", status([3.0, 3.0], loading_for=25), START,
+def test_a_load_later_than_every_recent_one_is_given_as_long_again_up_to_the_default(
+        ) -> None:
+    assert predicted_wait("Loading", status([0.9, 0.9], loading_for=1.5), START,
+                          DEFAULT) == 1.5, "a fast slot's slower load is not taken as stalled"
+    assert predicted_wait("Loading", status([3.0, 3.0], loading_for=12), START,
+                          DEFAULT) == 12.0
+    assert predicted_wait("Loading", status([3.0, 3.0], loading_for=45), START,
                           DEFAULT) == DEFAULT
     assert predicted_wait("Loading", status(loading_for=40), START, DEFAULT) == DEFAULT
+
+
+def test_a_held_request_waits_for_a_slow_load_while_it_fits_its_patience() -> None:
+    """The router's rule (hold while the prediction fits the patience left) over a
+    load slower than every recent one: held for about half the patience, then bridged."""
+    patience, recent = 10.0, [0.9]
+    fits = [elapsed for elapsed in (0.5, 1.0, 2.0, 4.0, 4.9, 5.1, 6.0, 8.0)
+            if (wait := predicted_wait("Loading", status(recent, loading_for=elapsed), START,
+                                       DEFAULT)) is not None and wait <= patience - elapsed]
+    assert fits == [0.5, 1.0, 2.0, 4.0, 4.9]
 
 
 def test_a_ready_slot_has_no_wait() -> None:

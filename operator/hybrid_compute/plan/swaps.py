@@ -49,8 +49,12 @@ def predicted_wait(phase: str | None, status: Mapping[str, Any], now: datetime.d
 
     ``status`` is the slot's status as stored (camelCase JSON). Ready: 0. Standby: a
     whole load, which the request's demand starts. Loading: what is left of it; a
-    load that has outlasted its typical time is given until the slowest recent one,
-    and one later than that is as unknown as a slot without history (``default``).
+    load that has outlasted its typical time is given until the slowest recent one.
+    One slower than every recent load is given as long again as it has taken (a
+    held request keeps waiting while that fits its patience, and is bridged once
+    the load has used half of it), up to what a slot without history is given
+    (``default``). A fast slot's load that ran a second long (a drain that waited
+    for routers) is not yet taken for a stalled one.
     Any other phase (Pending for room, Unloading or Draining for another slot,
     Unschedulable, Failed): None, since a request cannot bring the slot in soon.
     """
@@ -70,7 +74,7 @@ def predicted_wait(phase: str | None, status: Mapping[str, Any], now: datetime.d
     for estimate in (typical, max(recent, default=0.0)):
         if estimate > elapsed:
             return round(estimate - elapsed, 1)
-    return round(default, 1)
+    return round(min(elapsed, default) if recent else default, 1)
 
 
 # ------------------------------------------------------------------ a load's moments
