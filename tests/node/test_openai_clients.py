@@ -178,10 +178,13 @@ def test_an_agents_tool_turns_are_routed_and_answered_as_chat_completions(
 
 
 def test_embeddings_through_hybrid_auto_and_the_local_embedder(
-        client: openai.OpenAI) -> None:
+        stack: LocalStack, client: openai.OpenAI) -> None:
     """``hybrid/auto`` sends embeddings to ``local/embed``. The SDK asks for base64
     unless told otherwise; the same text asked for as floats from the alias itself
     gives the same vector."""
+    # The embedder loads beside fast; it has no fallback, so until it is Ready
+    # LiteLLM answers 503.
+    wait(lambda: stack.phase("embed") == "Ready", 120, "embed Ready")
     texts = ["a local embedder on the CPU", "two different words"]
     raw = client.embeddings.with_raw_response.create(model="hybrid/auto", input=texts)
     batch = raw.parse()
