@@ -6,9 +6,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+JS_CLIENT := tests/js
+JS_STAMP  := $(JS_CLIENT)/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install toolchain serving dev dev-down run crds crds-check manifests lint fmt unit test bench clean
+.PHONY: help install toolchain serving js-client dev dev-down run crds crds-check manifests lint fmt unit test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -32,6 +34,13 @@ toolchain: install ## build the control plane binaries and helm (once per versio
 serving: install ## install the LiteLLM proxy and build llama-server (once per version)
 	@start=$$(date +%s); $(BIN)/hybrid-compute dev build --serving && \
 	  echo "serving tools ready in $$(( $$(date +%s) - start ))s"
+
+$(JS_STAMP): $(JS_CLIENT)/package.json $(JS_CLIENT)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: install Node.js 20 or newer"; exit 1; }
+	cd $(JS_CLIENT) && npm ci --no-audit --no-fund --prefer-offline
+	@touch $@
+
+js-client: $(JS_STAMP) ## install the OpenAI JavaScript SDK the client tests run (npm ci, once per lock)
 
 dev: toolchain serving ## start the local cluster serving the samples through LiteLLM
 	$(BIN)/hybrid-compute dev up
@@ -65,7 +74,7 @@ fmt: install ## apply ruff's fixes
 unit: install ## tests that need no cluster
 	$(BIN)/pytest -m 'not cluster'
 
-test: toolchain serving lint crds-check ## everything: lint, CRD check, unit and cluster tests
+test: toolchain serving js-client lint crds-check ## everything: lint, CRD check, unit and cluster tests
 	@start=$$(date +%s); $(BIN)/pytest; status=$$?; \
 	  echo "tests took $$(( $$(date +%s) - start ))s"; exit $$status
 

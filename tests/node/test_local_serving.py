@@ -4,8 +4,8 @@ samples' random-weight models load for real and the cloud stand-in answers the
 cloud aliases.
 
 The module starts a cluster of its own (``test-pnode``, after the suite's cluster
-name), never the suite's, and stops it at the end; tests run in file order on that
-one cluster.
+name; :mod:`tests.node.local_stack`), never the suite's, and stops it at the end;
+tests run in file order on that one cluster.
 """
 
 from __future__ import annotations
@@ -19,92 +19,26 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hybrid_compute.api.labels import SLOT_LABEL
-from hybrid_compute.dev import llmtools, local_serving
 from hybrid_compute.dev.cloud_stand_in import STAND_IN_NOTE
-from hybrid_compute.dev.cluster import DevCluster, _pid_alive, _pids_mentioning
-from hybrid_compute.dev.openai_call import Reply, post_json
+from hybrid_compute.dev.cluster import _pid_alive, _pids_mentioning
+from hybrid_compute.dev.openai_call import post_json
 from hybrid_compute.dev.process_node import RECORDS_FILE
 from hybrid_compute.render.children import child_name
-from tests.cluster.support import phase, read, wait
-from tests.conftest import (
-    REPOSITORY_ROOT,
-    TEST_CLUSTER_NAME,
-    TestCluster,
-    refuse_foreign_kubeconfig,
-)
+from tests.cluster.support import phase, wait
+from tests.conftest import TEST_CLUSTER_NAME
+from tests.node.local_stack import NAMESPACE, LocalStack, local_stack
 
 pytestmark = [pytest.mark.cluster, pytest.mark.serving]
 
 CLUSTER_NAME = f"{TEST_CLUSTER_NAME}-pnode"
-NAMESPACE = local_serving.NAMESPACE
 ROUTER_REFRESH_SECONDS = 2.5
 PRIVATE_TEXT = "Review my private medical notes."
 SECOND_NODE = "dreamteam-two"
-
-
-@dataclass
-class LocalStack:
-    cluster: DevCluster
-    k8s: TestCluster
-    endpoint: local_serving.Endpoint
-    up_seconds: float
-    notes: dict[str, float] = field(default_factory=dict)
-
-    def chat(self, model: str, content: str = "Say hello.", timeout: float = 120,
-             **metadata: Any) -> Reply:
-        body: dict[str, Any] = {"model": model, "max_tokens": 8,
-                                "messages": [{"role": "user", "content": content}]}
-        if metadata:
-            body["metadata"] = metadata
-        return post_json(f"{self.endpoint.base_url}/chat/completions", body,
-                         self.endpoint.api_key, timeout)
-
-    def pods(self, slot: str) -> list[dict[str, Any]]:
-        response = self.k8s.core.list_namespaced_pod(
-            NAMESPACE, label_selector=f"{SLOT_LABEL}={slot}", _preload_content=False)
-        items: list[dict[str, Any]] = json.loads(response.data)["items"]
-        return items
-
-    def records(self) -> list[dict[str, Any]]:
-        path = self.cluster.process_node_folder() / RECORDS_FILE
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-    def phase(self, slot: str) -> str | None:
-        return phase(self.k8s, NAMESPACE, slot)
-
-    def slot_spec(self, slot: str) -> dict[str, Any]:
-        spec: dict[str, Any] = read(self.k8s, NAMESPACE, slot)["spec"]
-        return spec
-
-    def patch_slot(self, slot: str, spec: dict[str, Any]) -> None:
-        """A JSON merge patch of the slot's spec (None removes a field)."""
-        self.cluster.kubectl("patch", "modelslot", slot, "-n", NAMESPACE, "--type=merge",
-                             "-p", json.dumps({"spec": spec}))
-
-    def demand(self, alias: str) -> None:
-        """What the router tells the operator when a request for ``alias`` comes."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.cluster.operator_api_port}/v1/demand", method="POST",
-            data=json.dumps({"alias": alias}).encode(),
-            headers={"Authorization": f"Bearer {self.cluster.api_token_file.read_text()}",
-                     "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 202
-
-    def cloud_calls(self) -> list[dict[str, Any]]:
-        state = self.cluster.state()
-        assert state is not None
-        url = f"http://127.0.0.1:{state.ports[local_serving.CLOUD_PROCESS]}/calls"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            calls: list[dict[str, Any]] = json.loads(response.read())
-        return calls
 
 
 def _ready(pod: dict[str, Any]) -> bool:
@@ -135,28 +69,13 @@ def _health(pod: dict[str, Any]) -> int:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    if llmtools.installed() is None:
-        pytest.fail("the LiteLLM proxy and llama-server are not built: run `make serving`")
-    cluster = DevCluster(CLUSTER_NAME)
-    cluster.down(quiet=True)
-    try:
-        seconds = local_serving.up(cluster, REPOSITORY_ROOT)
-        refuse_foreign_kubeconfig(cluster)
-        stack = LocalStack(cluster, TestCluster(cluster), local_serving.endpoint(cluster),
-                           seconds)
-        print(f"\ncluster {CLUSTER_NAME} up in {seconds:.1f}s")
-        wait(lambda: phase(stack.k8s, NAMESPACE, "fast") == "Ready", 120, "fast Ready")
-        yield stack
-    finally:
-        cluster.down(quiet=True)
+    with local_stack(CLUSTER_NAME) as running:
+        yield running
 
 
 def test_hybrid_auto_is_answered_by_the_fast_slots_llama_server(stack: LocalStack) -> None:
     started = time.monotonic()
-    # LiteLLM starts in a minute or so on a small machine; until then the proxy
-    # answers 503 (no Ready pod) and the first config may still be rolling out.
-    answer = wait(lambda: (a := stack.chat("hybrid/auto", "hi")).route == "local" and a,
-                  240, "hybrid/auto served locally")
+    answer = stack.first_local_answer()
     print(f"first local answer {time.monotonic() - started:.1f}s after the fixture")
     assert answer.status == 200, answer.body
     assert answer.served_by == "local/fast"

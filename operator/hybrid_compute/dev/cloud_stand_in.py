@@ -1,7 +1,9 @@
 """A local stand-in for the cloud providers: an OpenAI-compatible server that
 answers every chat and embedding call and records it, so tests can prove what
 reached the cloud (and, for privacy, that nothing did). Every answer says it
-comes from the stand-in.
+comes from the stand-in. A chat call with ``stream`` set is answered as
+server-sent events, one chunk a word, with a usage chunk when
+``stream_options.include_usage`` asks for one, as OpenAI streams.
 
 The local cluster runs it as a process (``python -m hybrid_compute.dev.cloud_stand_in
 --port N``) and points the sample RoutePolicy's cloud models at it; ``GET /calls``
@@ -69,12 +71,26 @@ class CloudStandIn:
                 with stand_in._lock:
                     stand_in.calls.append(call)
                 answer = stand_in.answer(call)
+                if body.get("stream") and not call.path.endswith("/embeddings"):
+                    self._send_events(stream_chunks(answer, body))
+                    return
                 data = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _send_events(self, chunks: list[dict[str, Any]]) -> None:
+                # HTTP/1.0: the body ends when the connection closes.
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                for chunk in chunks:
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
@@ -111,6 +127,25 @@ class CloudStandIn:
     def __exit__(self, *_: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def stream_chunks(answer: dict[str, Any], body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chat answer as OpenAI's ``chat.completion.chunk`` events: the role, one
+    chunk a word of the content, the finish reason, then the usage when the
+    request's ``stream_options.include_usage`` asks for it."""
+    choice = answer["choices"][0]
+    words = choice["message"]["content"].split(" ")
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    deltas += [{"content": word if i == 0 else f" {word}"} for i, word in enumerate(words)]
+    frame = {"id": answer["id"], "object": "chat.completion.chunk",
+             "created": answer["created"], "model": answer["model"]}
+    chunks = [{**frame, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+              for delta in deltas]
+    chunks.append({**frame, "choices": [{"index": 0, "delta": {},
+                                         "finish_reason": choice["finish_reason"]}]})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        chunks.append({**frame, "choices": [], "usage": answer["usage"]})
+    return chunks
 
 
 def main(argv: list[str] | None = None) -> int:
