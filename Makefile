@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install toolchain serving dev dev-down run crds crds-check manifests lint fmt unit test bench clean
+.PHONY: help install toolchain serving image dev dev-down run crds crds-check manifests lint fmt unit test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -32,6 +32,10 @@ toolchain: install ## build the control plane binaries and helm (once per versio
 serving: install ## install the LiteLLM proxy and build llama-server (once per version)
 	@start=$$(date +%s); $(BIN)/hybrid-compute dev build --serving && \
 	  echo "serving tools ready in $$(( $$(date +%s) - start ))s"
+
+image: install ## build the container image: Docker, else podman (installed with apt-get if missing)
+	@start=$$(date +%s); $(BIN)/hybrid-compute dev image --install-missing && \
+	  echo "image ready in $$(( $$(date +%s) - start ))s"
 
 dev: toolchain serving ## start the local cluster serving the samples through LiteLLM
 	$(BIN)/hybrid-compute dev up
@@ -64,7 +68,7 @@ fmt: install ## apply ruff's fixes
 unit: install ## tests that need no cluster
 	$(BIN)/pytest -m 'not cluster'
 
-test: toolchain serving lint crds-check ## everything: lint, CRD check, unit and cluster tests
+test: toolchain serving image lint crds-check ## everything: lint, CRD check, unit, cluster and image tests
 	@start=$$(date +%s); $(BIN)/pytest; status=$$?; \
 	  echo "tests took $$(( $$(date +%s) - start ))s"; exit $$status
 
