@@ -48,7 +48,7 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # certificates pip checks the package index against.
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 PODMAN_PACKAGES = ("podman", "debootstrap")
-KEPT_IMAGES = 3
+KEPT_IMAGES = 2
 """Content-tagged images (and their archives) kept; older ones are removed."""
 
 Builder = Literal["docker", "podman"]
@@ -368,8 +368,9 @@ def _remove_old_images() -> None:
         old.unlink(missing_ok=True)
     listing = run_step(["podman", "images", "--format", "json",
                         "--filter", f"reference={IMAGE_REPOSITORY}"], "listing images")
-    images = sorted(json.loads(listing or "[]"), key=lambda i: i.get("Created", 0),
-                    reverse=True)
+    # podman lists an image once per name it has.
+    unique = {entry["Id"]: entry for entry in json.loads(listing or "[]")}
+    images = sorted(unique.values(), key=lambda entry: entry.get("Created", 0), reverse=True)
     for old in images[KEPT_IMAGES:]:
         for name in old.get("Names") or ():
             if name.startswith(f"{IMAGE_REPOSITORY}:"):
