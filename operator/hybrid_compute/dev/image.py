@@ -216,11 +216,12 @@ def ensure_image(repository: Path, install_missing: bool = False,
                   f"{base or 'the Dockerfile default'}) ...")
         if local_base:
             _ensure_base(log)
+        started = time.monotonic()
         _build(repository, image, base, local_base)
         if builder == "podman":
             _save(image, archive)
             _remove_old_images()
-        _say(log, f"  built in {time.monotonic() - started:.0f}s")
+        _say(log, f"  image built in {time.monotonic() - started:.0f}s")
     run_step([builder, "tag", image.reference, OPERATOR_IMAGE], "tagging the image")
     return image
 
