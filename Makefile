@@ -10,7 +10,7 @@ JS_CLIENT := tests/js
 JS_STAMP  := $(JS_CLIENT)/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install toolchain serving js-client dev dev-down run crds crds-check manifests lint fmt unit test bench clean
+.PHONY: help install toolchain serving js-client image dev dev-down run crds crds-check manifests lint fmt unit test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -41,6 +41,10 @@ $(JS_STAMP): $(JS_CLIENT)/package.json $(JS_CLIENT)/package-lock.json
 	@touch $@
 
 js-client: $(JS_STAMP) ## install the OpenAI JavaScript SDK the client tests run (npm ci, once per lock)
+
+image: install ## build the container image: Docker, else podman (installed with apt-get if missing)
+	@start=$$(date +%s); $(BIN)/hybrid-compute dev image --install-missing && \
+	  echo "image ready in $$(( $$(date +%s) - start ))s"
 
 dev: toolchain serving ## start the local cluster serving the samples through LiteLLM
 	$(BIN)/hybrid-compute dev up
@@ -74,7 +78,7 @@ fmt: install ## apply ruff's fixes
 unit: install ## tests that need no cluster
 	$(BIN)/pytest -m 'not cluster'
 
-test: toolchain serving js-client lint crds-check ## everything: lint, CRD check, unit and cluster tests
+test: toolchain serving js-client image lint crds-check ## everything: lint, CRD check, unit, cluster and image tests
 	@start=$$(date +%s); $(BIN)/pytest; status=$$?; \
 	  echo "tests took $$(( $$(date +%s) - start ))s"; exit $$status
 

@@ -55,6 +55,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                        help="also install the LiteLLM proxy and build llama-server, which "
                             "the serving tests and benchmarks run")
     build.set_defaults(handler=_dev_build)
+    image = dev_commands.add_parser(
+        "image", help="build the operator's container image from this checkout (with a "
+                      "Docker engine, else podman; cached by content)")
+    image.add_argument("--install-missing", action="store_true",
+                       help="without a Docker engine, install podman and debootstrap with "
+                            "apt-get when they are missing (needs root)")
+    image.add_argument("--base-image", metavar="REF",
+                       help="the base to build on (default: the Dockerfile's with Docker; "
+                            "with podman a local Debian bookworm base made by debootstrap)")
+    image.set_defaults(handler=_dev_image)
     kubectl = dev_commands.add_parser("kubectl", help="run the matching kubectl against it")
     kubectl.add_argument("kubectl_args", nargs=argparse.REMAINDER, metavar="ARGS")
     kubectl.set_defaults(handler=_dev_kubectl)
@@ -159,6 +169,22 @@ def _dev_build(args: argparse.Namespace) -> int:
         serving = llmtools.ensure_serving_tools()
         print(f"litellm: {serving.litellm}")
         print(f"llama-server: {serving.llama_server}")
+    return 0
+
+
+def _dev_image(args: argparse.Namespace) -> int:
+    from hybrid_compute.dev.bootstrap import repository_root
+    from hybrid_compute.dev.image import ensure_image
+    from hybrid_compute.plan.settings import OPERATOR_IMAGE
+
+    checkout = repository_root()
+    if checkout is None:
+        print("the image is built from a source checkout; run this from one", file=sys.stderr)
+        return 1
+    image = ensure_image(checkout, install_missing=args.install_missing,
+                         base_image=args.base_image)
+    print(f"image {image.reference} in {image.builder}'s images, also tagged "
+          f"{OPERATOR_IMAGE}")
     return 0
 
 

@@ -170,6 +170,13 @@ def _register_fit_webhook() -> None:
                                 memo.runtime.settings)
 
 
+def set_peering_identity() -> None:
+    """Names this process for kopf's peering, unless ``$POD_ID`` already does: kopf's
+    own name comes from ``getpass.getuser()``, which fails for a uid that has no
+    /etc/passwd entry, such as the image's 65532 or any other ``runAsUser``."""
+    os.environ.setdefault("POD_ID", default_identity())
+
+
 def run_operator(kubeconfig: str | None, namespace: list[str], health_port: int,
                  standalone: bool, api_port: int = 8081, api_token: str | None = None,
                  settings: PlanSettings | None = None, metrics_port: int = 9090,
@@ -178,7 +185,8 @@ def run_operator(kubeconfig: str | None, namespace: list[str], health_port: int,
                  leader_election_namespace: str | None = None) -> int:
     """Runs the operator until interrupted; ``/healthz`` serves kopf's liveness probe."""
     if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig
+        kube.use_kubeconfig(kubeconfig)
+    set_peering_identity()
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per handled watch event drowns what the loop reports.

@@ -8,9 +8,11 @@ leader Lease and its optimistic-concurrency protocol.
 from __future__ import annotations
 
 import datetime
+import os
 from typing import Any
 
 from kubernetes import client, config
+from kubernetes.config import kube_config
 
 from hybrid_compute.api.common import API_VERSION, CrdInfo
 from hybrid_compute.plan.outputs import EventIntent
@@ -18,6 +20,14 @@ from hybrid_compute.plan.outputs import EventIntent
 FIELD_MANAGER = "hybrid-compute"
 APPLY_PATCH = "application/apply-patch+yaml"
 REPORTING_COMPONENT = "hybrid-compute"
+
+
+def use_kubeconfig(path: str) -> None:
+    """Makes ``path`` the kubeconfig of every client of this process, kopf's login
+    included. The client library reads ``$KUBECONFIG`` into its default once, when
+    it is imported, so setting the variable later is not enough."""
+    os.environ["KUBECONFIG"] = path
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = path
 
 
 def load_client(kubeconfig: str | None = None) -> client.ApiClient:

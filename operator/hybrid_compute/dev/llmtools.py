@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -22,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hybrid_compute.dev.toolchain import ToolchainError, cache_home
+from hybrid_compute.dev.toolchain import ToolchainError, cache_home, run_step
 from hybrid_compute.upstream import LITELLM_VERSION, LLAMA_CPP
 
 # The stock LiteLLM image also carries prometheus_client, which its "prometheus"
@@ -85,13 +84,6 @@ def installed() -> ServingTools | None:
     return ServingTools(litellm, litellm.parent / "python", llama_server)
 
 
-def _run(command: list[str], what: str, cwd: Path | None = None) -> None:
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-20:])
-        raise ToolchainError(f"{what} failed ({' '.join(command[:3])} ...):\n{tail}")
-
-
 def ensure_litellm(log: bool = True) -> Path:
     root = litellm_root()
     litellm = root / "venv" / "bin" / "litellm"
@@ -104,9 +96,9 @@ def ensure_litellm(log: bool = True) -> Path:
     if not Path(pip).exists():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        _run([sys.executable, "-m", "venv", str(root / "venv")], "creating LiteLLM's venv")
-        _run([pip, "install", "--quiet", "--upgrade", "pip"], "upgrading pip")
-    _run([pip, "install", "--quiet", *LITELLM_REQUIREMENTS],
+        run_step([sys.executable, "-m", "venv", str(root / "venv")], "creating LiteLLM's venv")
+        run_step([pip, "install", "--quiet", "--upgrade", "pip"], "upgrading pip")
+    run_step([pip, "install", "--quiet", *LITELLM_REQUIREMENTS],
          f"installing {' '.join(LITELLM_REQUIREMENTS)} from the package index")
     (root / "complete").write_text(_litellm_stamp())
     if log:
@@ -167,7 +159,7 @@ def ensure_llama_server(log: bool = True) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="llama-build-") as scratch:
         work = Path(scratch)
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+        run_step([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
               "--no-binary", ":all:", "--dest", str(work),
               f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"],
              "downloading the llama-cpp-python source distribution")
@@ -177,10 +169,10 @@ def ensure_llama_server(log: bool = True) -> Path:
         source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
         check_vendored_commit(source)
         build = work / "build"
-        _run(["cmake", "-S", str(source), "-B", str(build), "-G", "Ninja",
+        run_step(["cmake", "-S", str(source), "-B", str(build), "-G", "Ninja",
               *_LLAMA_CMAKE_FLAGS], "configuring llama.cpp")
         jobs = str(max(os.cpu_count() or 1, 1))
-        _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs],
+        run_step(["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs],
              "building llama-server")
         (root / "bin").mkdir(exist_ok=True)
         shutil.copy2(build / "bin" / "llama-server", binary)

@@ -138,6 +138,17 @@ def _run_go(go: str, args: list[str], cwd: Path, what: str) -> str:
     return result.stdout
 
 
+def run_step(command: list[str], what: str, cwd: Path | None = None,
+             env: dict[str, str] | None = None) -> str:
+    """Runs one build step and returns its output; a failure raises a
+    :class:`ToolchainError` with ``what`` and the end of the step's own output."""
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-20:])
+        raise ToolchainError(f"{what} failed ({' '.join(command[:3])} ...):\n{tail}")
+    return result.stdout
+
+
 def _wrapper_module(toolchain: Toolchain, name: str) -> Path:
     folder = toolchain.root / "src" / name
     folder.mkdir(parents=True, exist_ok=True)
