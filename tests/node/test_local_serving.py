@@ -362,7 +362,12 @@ def test_a_second_process_node_runs_its_pods_reached_through_the_service_proxy(
                                "vram": "20Gi"}}}
     stack.cluster.apply([slot])
     try:
-        wait(lambda: stack.phase("second") == "Ready", 120, "the second node's slot Ready")
+        try:
+            wait(lambda: stack.phase("second") == "Ready", 120, "the second node's slot Ready")
+        except AssertionError as timed_out:
+            status = read(stack.k8s, NAMESPACE, "second").get("status") or {}
+            raise AssertionError(f"{timed_out}: {status.get('phase')}: {status.get('reason')}; "
+                                 f"pods {stack.pods('second')}") from None
         pod = stack.pods("second")[0]
         assert pod["spec"]["nodeName"] == SECOND_NODE
         first_address = stack.pods("fast")[0]["status"]["podIP"]
