@@ -128,6 +128,11 @@ class OperatorHandle:
         self.clock_file.write_text("0")
 
     def restart(self, kill: bool = False) -> None:
+        self.stop(kill)
+        self.start()
+
+    def stop(self, kill: bool = False) -> None:
+        """Ends the operator process (SIGTERM, or SIGKILL as a crash would)."""
         state = self.cluster.state()
         assert state is not None
         pid = state.pids["operator"]
@@ -139,6 +144,11 @@ class OperatorHandle:
             except (ChildProcessError, ProcessLookupError):
                 break
             time.sleep(0.05)
+
+    def start(self) -> None:
+        """Starts it again on the same ports, with the same settings."""
+        state = self.cluster.state()
+        assert state is not None
         self.cluster.start_operator(extra_args=self.args, ports=state.ports,
                                     extra_env=operator_env(self.cluster))
 

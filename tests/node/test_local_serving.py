@@ -29,7 +29,7 @@ from hybrid_compute.dev.cluster import _pid_alive, _pids_mentioning
 from hybrid_compute.dev.openai_call import post_json
 from hybrid_compute.dev.process_node import RECORDS_FILE
 from hybrid_compute.render.children import child_name
-from tests.cluster.support import phase, wait
+from tests.cluster.support import phase, read, wait
 from tests.conftest import TEST_CLUSTER_NAME
 from tests.node.local_stack import NAMESPACE, LocalStack, local_stack
 
@@ -281,7 +281,12 @@ def test_a_second_process_node_runs_its_pods_reached_through_the_service_proxy(
                                "vram": "20Gi"}}}
     stack.cluster.apply([slot])
     try:
-        wait(lambda: stack.phase("second") == "Ready", 120, "the second node's slot Ready")
+        try:
+            wait(lambda: stack.phase("second") == "Ready", 120, "the second node's slot Ready")
+        except AssertionError as timed_out:
+            status = read(stack.k8s, NAMESPACE, "second").get("status") or {}
+            raise AssertionError(f"{timed_out}: {status.get('phase')}: {status.get('reason')}; "
+                                 f"pods {stack.pods('second')}") from None
         pod = stack.pods("second")[0]
         assert pod["spec"]["nodeName"] == SECOND_NODE
         first_address = stack.pods("fast")[0]["status"]["podIP"]

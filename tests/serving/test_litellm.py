@@ -13,7 +13,6 @@ swap tests rely on their slot starting in Standby.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import statistics
@@ -21,128 +20,37 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from hybrid_compute.dev import local_serving
 from hybrid_compute.dev.cloud_stand_in import COMPLETION_TOKENS, PROMPT_TOKENS, CloudStandIn
-from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME
-from hybrid_compute.dev.openai_call import Reply, post_json
-from hybrid_compute.dev.tiny_models import write_tiny_model
+from hybrid_compute.dev.openai_call import Reply
 from hybrid_compute.render.children import child_name
-from tests.cluster.support import apply, phase, wait
-from tests.conftest import SIMULATED_AGENT_PORT, OperatorHandle, SimulatedGpuAgent, TestCluster
-from tests.serving.conftest import LITELLM_SELECTOR, NodeCluster, policy_config_hash
+from tests.cluster.support import phase, wait
+from tests.conftest import SIMULATED_AGENT_PORT, SimulatedGpuAgent, TestCluster
+from tests.serving.conftest import NodeCluster
+from tests.serving.litellm_stack import (
+    GROUP,
+    MODEL_FILE,
+    PORT,
+    ROUTER_REFRESH,
+    Stack,
+    cloud_model,
+    litellm_stack,
+    model_slot,
+    route_policy,
+    secret,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.serving]
 
-GROUP = "hybridcompute.io"
-PORT = 8080
-"""Each pod of the process node has an address of its own: every slot can use it."""
 FRONTIER_INPUT_PER_M = 3.0
 FRONTIER_OUTPUT_PER_M = 15.0
 FRONTIER_CALL_COST = (PROMPT_TOKENS * FRONTIER_INPUT_PER_M
                       + COMPLETION_TOKENS * FRONTIER_OUTPUT_PER_M) / 1e6
 BUDGET = round(FRONTIER_CALL_COST * 3.5, 6)
 HOLD_TIMEOUT_SECONDS = 10
-ROUTER_REFRESH = 2.5
-"""The router reads the operator's state every 2 s."""
-
-
-@dataclass
-class Stack:
-    k8s: TestCluster
-    node: NodeCluster
-    operator: OperatorHandle
-    namespace: str
-    cloud: CloudStandIn
-    master_key: str
-    cloud_key: str
-
-    @property
-    def litellm_url(self) -> str:
-        return self.node.litellm_url(self.namespace)
-
-    def call(self, path: str, body: dict[str, Any], timeout: float = 60,
-             headers: dict[str, str] | None = None) -> Reply:
-        return post_json(f"{self.litellm_url}{path}", body, self.master_key, timeout,
-                         headers)
-
-    def chat(self, model: str, content: str = "Say hello.", **metadata: Any) -> Reply:
-        body: dict[str, Any] = {"model": model, "max_tokens": 8,
-                                "messages": [{"role": "user", "content": content}]}
-        if metadata:
-            body["metadata"] = metadata
-        return self.call("/v1/chat/completions", body)
-
-    def policy(self) -> dict[str, Any]:
-        found: dict[str, Any] = self.k8s.custom.get_namespaced_custom_object(
-            GROUP, "v1alpha1", self.namespace, "routepolicies", "hybrid")
-        return found
-
-    def config_hash(self) -> str | None:
-        return policy_config_hash(self.k8s, self.namespace)
-
-    def ensure_ready(self, slot: str, alias: str) -> None:
-        if phase(self.k8s, self.namespace, slot) != "Ready":
-            self.operator.demand(alias)
-            wait(lambda: phase(self.k8s, self.namespace, slot) == "Ready", 90,
-                 f"{slot} Ready")
-        time.sleep(ROUTER_REFRESH)
-
-    def restart_litellm(self) -> None:
-        """LiteLLM's pod deleted, as a node drain or an eviction would: its
-        Deployment makes a new one, a new process."""
-        before = self.wait_litellm_serving()
-        self.k8s.kubectl("delete", "pod", "-n", self.namespace, "-l", LITELLM_SELECTOR,
-                         "--wait=false")
-        wait(lambda: self.node.litellm_serving(self.namespace, self.config_hash())
-             not in (None, before), 240, "a new LiteLLM process serving")
-
-    def wait_litellm_serving(self) -> int:
-        """Until LiteLLM's one pod runs the current rendering; its pid."""
-        wait(lambda: self.config_hash() is not None, 60, "a LiteLLM config rendered")
-        return self.node.wait_litellm_serving(self.namespace, self.config_hash())
-
-
-def _slot(name: str, alias: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/v1alpha1", "kind": "ModelSlot", "metadata": {"name": name},
-            "spec": {"alias": alias, "model": {"path": "tiny.gguf", "servedName": name},
-                     "server": {"port": PORT}, "minResidency": "1s", **spec}}
-
-
-def _policy(cloud_url: str) -> dict[str, Any]:
-    def cloud_model(alias: str, name: str, **extra: Any) -> dict[str, Any]:
-        return {"alias": alias, "model": f"openai/{name}", "apiBase": cloud_url,
-                "inputCostPerMillion": 0, "outputCostPerMillion": 0, **extra}
-
-    return {
-        "apiVersion": f"{GROUP}/v1alpha1", "kind": "RoutePolicy",
-        "metadata": {"name": "hybrid"},
-        "spec": {
-            "cloudModels": [
-                cloud_model("cloud/fast", "cloud-fast"),
-                cloud_model("cloud/mid", "cloud-mid"),
-                cloud_model("cloud/frontier", "cloud-frontier",
-                            apiKeySecretRef={"name": "cloud-keys", "key": "frontier"},
-                            inputCostPerMillion=FRONTIER_INPUT_PER_M,
-                            outputCostPerMillion=FRONTIER_OUTPUT_PER_M),
-            ],
-            "routing": {"tasks": {"classification": "local/fast"},
-                        "privacy": {"holdTimeout": f"{HOLD_TIMEOUT_SECONDS}s"}},
-            "budget": {"amount": BUDGET, "period": "Day"},
-            "router": {"numRetries": 0, "timeout": "60s"},
-            "litellm": {"masterKeySecretRef": {"name": local_serving.MASTER_KEY_SECRET,
-                                               "key": local_serving.MASTER_KEY_KEY}},
-        },
-    }
-
-
-def _secret(name: str, data: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -152,56 +60,37 @@ def k8s(node_cluster: NodeCluster) -> TestCluster:
 
 
 @pytest.fixture(scope="module")
-def stack(k8s: TestCluster, node_cluster: NodeCluster, cloud: CloudStandIn,
+def stack(node_cluster: NodeCluster, cloud: CloudStandIn,
           gpu_agent: SimulatedGpuAgent) -> Iterator[Stack]:
-    namespace = f"serving-{uuid.uuid4().hex[:6]}"
-    write_tiny_model(node_cluster.models / "tiny.gguf")
-    operator = node_cluster.start_operator(f"--gpu-agent=http://127.0.0.1:{SIMULATED_AGENT_PORT}")
-    master_key = f"sk-master-{uuid.uuid4().hex}"
     cloud_key = f"sk-cloud-{uuid.uuid4().hex}"
-    k8s.kubectl("create", "namespace", namespace)
-    try:
-        apply(k8s, namespace, [
-            _secret("cloud-keys", {"frontier": cloud_key}),
-            *local_serving.litellm_objects(f"http://127.0.0.1:{operator.api_port}",
-                                           operator.token, master_key, DEFAULT_NODE_NAME),
-            _slot("fast", "local/fast", default=True, fallback="cloud/fast",
-                  model={"path": "tiny.gguf", "servedName": "fast", "vram": "5Gi"}),
-            _slot("quality", "local/quality", activation="OnDemand",
-                  idleTimeout="10m", priority=300, fallback="cloud/mid",
-                  model={"path": "tiny.gguf", "servedName": "quality", "vram": "16Gi"}),
-            _slot("coder", "local/coder", activation="OnDemand",
-                  idleTimeout="20s", priority=200, fallback="cloud/mid",
-                  model={"path": "tiny.gguf", "servedName": "coder", "vram": "16Gi"}),
-            _slot("embed", "local/embed", device="cpu", embedding=True),
-            _slot("broken", "local/broken", activation="OnDemand", idleTimeout="1m",
-                  model={"path": "tiny.gguf", "vram": "30Gi"}),
-            _policy(cloud.url),
-        ])
-        wait(lambda: phase(k8s, namespace, "fast") == "Ready", 90, "fast Ready")
-        wait(lambda: _condition(k8s, namespace, "Ready") == "True", 120,
-             "RoutePolicy Ready")
-        stack = Stack(k8s, node_cluster, operator, namespace, cloud, master_key, cloud_key)
-        stack.wait_litellm_serving()
+    policy = route_policy(
+        [cloud_model(cloud.url, "cloud/fast", "cloud-fast"),
+         cloud_model(cloud.url, "cloud/mid", "cloud-mid"),
+         cloud_model(cloud.url, "cloud/frontier", "cloud-frontier",
+                     apiKeySecretRef={"name": "cloud-keys", "key": "frontier"},
+                     inputCostPerMillion=FRONTIER_INPUT_PER_M,
+                     outputCostPerMillion=FRONTIER_OUTPUT_PER_M)],
+        routing={"tasks": {"classification": "local/fast"},
+                 "privacy": {"holdTimeout": f"{HOLD_TIMEOUT_SECONDS}s"}},
+        budget={"amount": BUDGET, "period": "Day"},
+        router={"numRetries": 0, "timeout": "60s"})
+    with litellm_stack(node_cluster, cloud, [
+            secret("cloud-keys", {"frontier": cloud_key}),
+            model_slot("fast", "local/fast", default=True, fallback="cloud/fast",
+                 model={"path": MODEL_FILE, "servedName": "fast", "vram": "5Gi"}),
+            model_slot("quality", "local/quality", activation="OnDemand",
+                 idleTimeout="10m", priority=300, fallback="cloud/mid",
+                 model={"path": MODEL_FILE, "servedName": "quality", "vram": "16Gi"}),
+            model_slot("coder", "local/coder", activation="OnDemand",
+                 idleTimeout="20s", priority=200, fallback="cloud/mid",
+                 model={"path": MODEL_FILE, "servedName": "coder", "vram": "16Gi"}),
+            model_slot("embed", "local/embed", device="cpu", embedding=True),
+            model_slot("broken", "local/broken", activation="OnDemand", idleTimeout="1m",
+                 model={"path": MODEL_FILE, "vram": "30Gi"}),
+            policy],
+            operator_args=[f"--gpu-agent=http://127.0.0.1:{SIMULATED_AGENT_PORT}"],
+            cloud_key=cloud_key) as stack:
         yield stack
-    finally:
-        # Free the GPU for whatever runs next, then let the namespace go.
-        k8s.kubectl("delete", "modelslots,deployments", "--all", "-n", namespace,
-                    "--wait=false", check=False)
-        k8s.kubectl("wait", "--for=delete", "pods", "--all", "-n", namespace,
-                    "--timeout=60s", check=False)
-        k8s.kubectl("delete", "namespace", namespace, "--wait=false")
-        node_cluster.stop_operator()
-
-
-def _condition(k8s: TestCluster, namespace: str, type_: str) -> str | None:
-    try:
-        body = k8s.custom.get_namespaced_custom_object(GROUP, "v1alpha1", namespace,
-                                                       "routepolicies", "hybrid")
-    except Exception:
-        return None
-    conditions = {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
-    return conditions.get(type_, {}).get("status")
 
 
 # --------------------------------------------------------------------- tests
@@ -482,8 +371,8 @@ def test_no_secret_value_appears_outside_its_secret(stack: Stack) -> None:
             errors="replace"),
         "pod logs": stack.node.pod_logs(namespace),
     }
-    for secret in (stack.cloud_key, stack.master_key, stack.operator.token):
-        leaks = [where for where, text in texts.items() if secret in text]
+    for value in (stack.cloud_key, stack.master_key, stack.operator.token):
+        leaks = [where for where, text in texts.items() if value in text]
         assert leaks == [], f"a secret value appears in {leaks}"
     assert "os.environ/HC_CLOUD_KEYS_FRONTIER" in config_map.data["config.yaml"]
     env = json.loads(texts["Deployment"])["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -593,7 +482,7 @@ def test_config_change_restarts_litellm_and_serves_the_new_config(stack: Stack) 
     wait(lambda: stack.config_hash() != before, 30, "a new rendering")
     stack.wait_litellm_serving()
     assert len(stack.node.litellm_starts(stack.namespace)) > starts, "no new LiteLLM process"
-    wait(lambda: _condition(stack.k8s, stack.namespace, "Ready") == "True", 60,
+    wait(lambda: stack.condition("Ready") == "True", 60,
          "RoutePolicy Ready with the new config")
     stack.cloud.clear()
     answer = stack.chat("cloud/new")
