@@ -19,6 +19,7 @@ from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.plan import swaps
 from hybrid_compute.plan.evaluation import Gate
 from hybrid_compute.plan.holdings import Holdings, Key, Owned, located_gpus
+from hybrid_compute.plan.idle import idle_timeout
 from hybrid_compute.plan.ledger import Gpu, fit_problem
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.model_vram import VramChoice, vram_choice
@@ -83,10 +84,10 @@ def cpu_demanded(slot: SlotInfo, spec: ModelSlotSpec, view: View, serving: bool,
                  now: datetime.datetime) -> bool:
     """A CPU slot with an idle timeout is wanted while its requests keep it so."""
     requested = last_request(slot, view)
-    if requested is None or spec.idle_timeout is None:
+    idle = idle_timeout(spec, slot.status, view.settings)
+    if requested is None or idle is None:
         return False
-    return now < demanded_until(requested, parse_duration(spec.idle_timeout), slot, serving,
-                                view.settings, now)
+    return now < demanded_until(requested, idle, slot, serving, view.settings, now)
 
 
 def min_residency(spec: ModelSlotSpec, view: View) -> datetime.timedelta:
@@ -189,8 +190,7 @@ def _in_use(slot: SlotInfo, spec: ModelSlotSpec, view: View,
     """An OnDemand or default slot whose requests keep it wanted."""
     if requested is None or not (spec.activation == "OnDemand" or spec.default):
         return False
-    idle = (parse_duration(spec.idle_timeout) if spec.idle_timeout
-            else view.settings.default_slot_busy)
+    idle = idle_timeout(spec, slot.status, view.settings) or view.settings.default_slot_busy
     in_use_until = demanded_until(requested, idle, slot, ready_pod, view.settings, now)
     if now < in_use_until:
         wakeups.append(in_use_until)

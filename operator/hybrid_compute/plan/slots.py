@@ -21,7 +21,7 @@ from hybrid_compute.api.modelslot import (
     SwapPhases,
 )
 from hybrid_compute.api.units import gib
-from hybrid_compute.plan import model_vram, swaps
+from hybrid_compute.plan import idle, model_vram, swaps
 from hybrid_compute.plan.demand import SlotDemand, any_serving, cpu_demanded, last_request
 from hybrid_compute.plan.drain import (
     DRAIN_POLL,
@@ -76,6 +76,9 @@ def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[
         decisions.append(decision)
         decision.page_cache = page_cache_status(view, slot,
                                                 decision.node or decision.pinned_node)
+        if slot.spec is not None:
+            decision.status_updates["idle_timeout"] = idle.auto_status(
+                slot.spec, slot.status, decision.status_updates, view.settings)
         events += new_events
         if decision.phase in ("Loading", "Unloading"):
             wakeups.append(now + LOAD_POLL)
@@ -135,8 +138,11 @@ def _look_at_pods(turn: SlotTurn, spec: ModelSlotSpec, pods: list[PodInfo],
     """The slot's demand, VRAM figure and template, and its pods sorted by template."""
     slot, view = turn.slot, turn.view
     key = slot.key
-    turn.updates["last_request_time"] = (demand.requests[key] if key in demand.requests
-                                         else last_request(slot, view))
+    requested = turn.updates["last_request_time"] = (
+        demand.requests[key] if key in demand.requests else last_request(slot, view))
+    gaps = idle.remember_gap(spec, slot.status, requested)
+    if gaps is not None:
+        turn.updates["recent_request_gaps"] = gaps
     vram: int | None = 0
     if spec.device == "gpu":
         choice = turn.choice = (demand.vram.get(key)
