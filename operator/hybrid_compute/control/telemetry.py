@@ -44,7 +44,7 @@ from hybrid_compute.agent.snapshot import (
     proc_cgroup_reader,
 )
 from hybrid_compute.agent.warmer import WarmFileRequest, WarmRequest
-from hybrid_compute.plan.holdings import parse_gpu_ids
+from hybrid_compute.plan.ledger import parse_gpu_ids
 from hybrid_compute.plan.model_vram import ModelFileKey, model_file_key
 from hybrid_compute.plan.view import FileResidency, PodInfo, View
 from hybrid_compute.plan.vram import ModelShape

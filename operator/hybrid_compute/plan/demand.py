@@ -18,9 +18,9 @@ from hybrid_compute.api.common import parse_duration
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.plan import swaps
 from hybrid_compute.plan.evaluation import Gate
-from hybrid_compute.plan.holdings import Holdings, Key, Owned, located_gpus
+from hybrid_compute.plan.holdings import Holdings, Key, Owned
 from hybrid_compute.plan.idle import idle_timeout
-from hybrid_compute.plan.ledger import Gpu, fit_problem
+from hybrid_compute.plan.ledger import Gpu, fit_problem, located_gpus
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.model_vram import VramChoice, vram_choice
 from hybrid_compute.plan.placement import Candidate, Rank, Tier

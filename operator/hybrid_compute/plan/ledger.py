@@ -5,6 +5,7 @@ consumer is placed is :mod:`.placement`'s."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from hybrid_compute.api.units import gib
@@ -33,10 +34,34 @@ class Gpu:
     """Holders above the mutex size."""
     large_residents: list[str] = field(default_factory=list)
     """Placed consumers above the mutex size."""
+    reservations: list[str] = field(default_factory=list)
+    """Placed reservations (:mod:`.reservations`): the room they take is not a
+    consumer's to give back, whatever its size."""
 
     @property
     def free_for_plan(self) -> int:
         return self.capacity - self.reserved
+
+
+def parse_gpu_ids(recorded: str | None) -> list[str]:
+    """The GPU ids of a comma-joined ``status.gpu``; none for an empty one."""
+    return recorded.split(",") if recorded else []
+
+
+def gpu_label(gpu_ids: Iterable[str]) -> str:
+    """``status.gpu`` for the given GPU ids."""
+    return ",".join(gpu_ids)
+
+
+def located_gpus(gpus: dict[str, Gpu], recorded: str | None, nodes: Collection[str],
+                 gpu_count: int) -> list[str]:
+    """The GPUs something that exists sits on: its recorded GPUs on the nodes its pods
+    run on, else the first ``gpu_count`` GPUs of those nodes; none when neither says."""
+    placed = [g for g in parse_gpu_ids(recorded)
+              if g in gpus and (not nodes or gpus[g].node.name in nodes)]
+    if placed or not nodes:
+        return placed
+    return [g for g in gpus if gpus[g].node.name in nodes][:gpu_count]
 
 
 def build_gpus(view: View) -> dict[str, Gpu]:
@@ -50,22 +75,28 @@ def build_gpus(view: View) -> dict[str, Gpu]:
     return gpus
 
 
-def fit_problem(gpu_count: int, vram: int, gpus: dict[str, Gpu]) -> str | None:
-    """Why a consumer can never fit any GPU (with the numbers), or None. Memory of
-    foreign processes does not count here: it comes and goes, so a consumer it
-    crowds out waits for room instead of being called too large."""
+def fit_problem(gpu_count: int, vram: int, gpus: dict[str, Gpu], node_name: str | None = None
+                ) -> str | None:
+    """Why a consumer can never fit any GPU (of ``node_name``, when given; with the
+    numbers), or None. Memory of foreign processes does not count here: it comes and
+    goes, so a consumer it crowds out waits for room instead of being called too
+    large."""
     if not gpus:
         return "no node advertises nvidia.com/gpu"
     per_device = vram // gpu_count
     best: Gpu | None = None
     for gpu in gpus.values():
         node = gpu.node
+        if node_name is not None and node.name != node_name:
+            continue
         if gpu_count > 1 and (node.time_sliced or node.gpu_count < gpu_count):
             continue
         if per_device <= gpu.capacity + gpu.foreign:
             return None
         if best is None or gpu.capacity + gpu.foreign > best.capacity + best.foreign:
             best = gpu
+    if best is None and node_name is not None:
+        return f"node {node_name} advertises no nvidia.com/gpu"
     if best is None:
         return (f"needs {gpu_count} whole GPUs on one node; no node without time-slicing "
                 f"has {gpu_count}")

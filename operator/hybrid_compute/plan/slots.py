@@ -31,8 +31,8 @@ from hybrid_compute.plan.drain import (
     mark_drained,
 )
 from hybrid_compute.plan.evaluation import Gate
-from hybrid_compute.plan.holdings import Holdings, Key, Owned, gpu_label
-from hybrid_compute.plan.ledger import Gpu, start, start_blockers
+from hybrid_compute.plan.holdings import Holdings, Key, Owned
+from hybrid_compute.plan.ledger import Gpu, gpu_label, start, start_blockers
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.model_vram import vram_choice
 from hybrid_compute.plan.outputs import (

@@ -253,7 +253,8 @@ class OperatorMetrics:
     def _record_workloads(self, result: Plan) -> None:
         for decision in result.workloads:
             spec = decision.workload.spec
-            labels = (decision.namespace, decision.name, spec.workload_class if spec else "")
+            labels = (decision.namespace, decision.name,
+                      (spec.workload_class or spec.kind) if spec else "")
             previous = decision.workload.status.phase
             if decision.phase in ("Admitted", "Running") and previous not in (
                     "Admitted", "Running"):

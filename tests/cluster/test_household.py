@@ -1,0 +1,115 @@
+"""The GPU shared with the household, on the real control plane: a whole-GPU
+reservation made with ``hybrid-compute reserve`` evicts the 32B slot after its drain
+while the router bridges its alias (and holds private requests), and gives the card
+back to the default slot when it ends."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from hybrid_compute.api.routepolicy import RoutePolicySpec
+from hybrid_compute.cli import main as cli
+from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME
+from hybrid_compute.plan.objects import slot_from_object
+from hybrid_compute.render.litellm_config import render_rules
+from hybrid_compute.router.hybrid_router import decide
+from tests.cluster.support import (
+    VramSampler,
+    alias,
+    apply,
+    phase,
+    read,
+    seed_slots,
+    slot_pods,
+    wait,
+    wait_phases,
+)
+from tests.conftest import OperatorHandle, TestCluster
+
+pytestmark = pytest.mark.cluster
+
+GPU = f"{DEFAULT_NODE_NAME}/0"
+
+
+def reservation_status(k8s: TestCluster, namespace: str, name: str) -> dict[str, Any]:
+    return read(k8s, namespace, name, "gpuworkloads").get("status") or {}
+
+
+def state(operator: OperatorHandle) -> dict[str, Any]:
+    code, document = operator.call("GET", "/v1/state")
+    assert code == 200, document
+    return document
+
+
+def chat(model: str, **metadata: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hello"}],
+            "metadata": metadata}
+
+
+def test_a_whole_gpu_reservation_evicts_the_32b_slot_bridges_it_and_ends(
+        k8s: TestCluster, operator: OperatorHandle, namespace: str, sampler: VramSampler,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    slots = seed_slots(namespace, idle="6s")
+    apply(k8s, namespace, slots)
+    quality = alias(namespace, "quality")
+    rules = render_rules(RoutePolicySpec.model_validate({}),
+                         [slot_from_object(s) for s in slots])
+    wait_phases(k8s, namespace, {"fast": "Ready", "quality": "Standby"})
+    time.sleep(2)  # past fast's minimum residency
+    operator.demand(quality)
+    wait_phases(k8s, namespace, {"quality": "Ready", "fast": "Standby"})
+    time.sleep(2)  # past quality's minimum residency
+    operator.demand(quality)
+    state(operator)  # a router is active: a drain waits until routers stopped sending
+
+    assert cli(["reserve", "--whole-gpu", "--for", "20s", "--name", "game", "-n", namespace,
+                "--kubeconfig", str(k8s.kubeconfig)]) == 0
+    assert f"reservation {namespace}/game: a whole GPU for 20s" in capsys.readouterr().out
+
+    seen: list[str] = []
+
+    def held() -> bool:
+        current = phase(k8s, namespace, "quality")
+        if not seen or seen[-1] != current:
+            seen.append(str(current))
+        return reservation_status(k8s, namespace, "game").get("phase") == "Running"
+
+    wait(held, 60, "the reservation to hold the GPU")
+    assert seen[:2] == ["Ready", "Draining"], f"quality went {seen}, not through a drain"
+    assert not slot_pods(k8s, namespace, "quality") and not slot_pods(k8s, namespace, "fast")
+    game = reservation_status(k8s, namespace, "game")
+    assert game["evicted"] == [quality], game
+    assert game["gpu"] == GPU and game["heldVram"] == "the whole GPU (23.0 GiB)"
+    assert game["endsAt"] and game["reason"].startswith(
+        f"holding the whole GPU (23.0 GiB) on {GPU} until "), game
+    events = k8s.core.list_namespaced_event(
+        namespace, field_selector="involvedObject.name=game,reason=Reserved").items
+    assert events and events[0].message.endswith(f"; evicted {quality}"), \
+        [e.message for e in events]
+
+    # What the router reads: quality is not routable locally; a request for it is
+    # bridged to its fallback, a private one held for it.
+    document = state(operator)
+    entry = next(s for s in document["slots"]
+                 if s["namespace"] == namespace and s["name"] == "quality")
+    assert not entry["ready"], entry
+    gpu = next(g for g in document["gpus"] if g["id"] == GPU)
+    assert "reservation game" in gpu["residents"], gpu
+    mine = [r for r in document["reservations"] if r["namespace"] == namespace]
+    assert [(r["name"], r["phase"], r["evicted"]) for r in mine] == [
+        ("game", "Running", [quality])]
+    bridged = decide(chat(quality), rules, document)
+    assert (bridged.route, bridged.model) == ("bridged", "cloud/mid"), bridged
+    held_back = decide(chat(quality, tags=["private"]), rules, document)
+    assert (held_back.route, held_back.model) == ("hold", quality), held_back
+
+    # The reservation ends: the card goes back to the default slot.
+    wait(lambda: reservation_status(k8s, namespace, "game").get("phase") == "Succeeded", 60,
+         "the reservation to end after 20s")
+    wait_phases(k8s, namespace, {"fast": "Ready", "quality": "Standby"}, timeout=60)
+    assert cli(["release", "game", "-n", namespace, "--kubeconfig",
+                str(k8s.kubeconfig)]) == 0
+    assert f"reservation {namespace}/game released" in capsys.readouterr().out
