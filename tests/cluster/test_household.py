@@ -1,16 +1,19 @@
 """The GPU shared with the household, on the real control plane: a whole-GPU
 reservation made with ``hybrid-compute reserve`` evicts the 32B slot after its drain
 while the router bridges its alias (and holds private requests), and gives the card
-back to the default slot when it ends."""
+back to the default slot when it ends; a game the GPU agent sees outside the cluster
+is treated as a reservation of its size while it lasts."""
 
 from __future__ import annotations
 
+import datetime
 import time
 from typing import Any
 
 import pytest
 
 from hybrid_compute.api.routepolicy import RoutePolicySpec
+from hybrid_compute.api.units import GIB
 from hybrid_compute.cli import main as cli
 from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME
 from hybrid_compute.plan.objects import slot_from_object
@@ -27,7 +30,7 @@ from tests.cluster.support import (
     wait,
     wait_phases,
 )
-from tests.conftest import OperatorHandle, TestCluster
+from tests.conftest import OperatorHandle, SimulatedGpuAgent, TestCluster
 
 pytestmark = pytest.mark.cluster
 
@@ -113,3 +116,45 @@ def test_a_whole_gpu_reservation_evicts_the_32b_slot_bridges_it_and_ends(
     assert cli(["release", "game", "-n", namespace, "--kubeconfig",
                 str(k8s.kubeconfig)]) == 0
     assert f"reservation {namespace}/game released" in capsys.readouterr().out
+
+
+def node_events(k8s: TestCluster, reason: str, since: datetime.datetime) -> list[str]:
+    events = k8s.core.list_namespaced_event(
+        "default", field_selector=f"involvedObject.kind=Node,involvedObject.name="
+                                  f"{DEFAULT_NODE_NAME},reason={reason}").items
+    return [e.message for e in events
+            if (e.last_timestamp or e.event_time or since) >= since]
+
+
+def test_a_foreign_process_defers_and_evicts_as_a_reservation_and_its_end_returns_the_card(
+        k8s: TestCluster, operator: OperatorHandle, gpu_agent: SimulatedGpuAgent,
+        namespace: str, sampler: VramSampler) -> None:
+    apply(k8s, namespace, seed_slots(namespace, idle="6s"))
+    quality = alias(namespace, "quality")
+    wait_phases(k8s, namespace, {"fast": "Ready", "quality": "Standby"})
+    time.sleep(2)  # past fast's minimum residency
+    began = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    game = "steam (pid 4242)"
+    gpu_agent.run_foreign(4242, "steam", 18 * GIB)
+    try:
+        wait_phases(k8s, namespace, {"fast": "Standby"}, timeout=60)
+        reason = read(k8s, namespace, "fast")["status"]["reason"]
+        assert reason == f"standby: the GPU is taken by {game} outside hybrid-compute " \
+                         "(18.0 GiB)", reason
+        announced = node_events(k8s, "ForeignGpuUse", began)
+        assert f"{game} holds 18.0 GiB of {GPU} outside hybrid-compute: planned as a " \
+               "reservation of that size while it lasts" in announced, announced
+        operator.demand(quality)
+        wait_phases(k8s, namespace, {"quality": "Pending"})
+        reason = read(k8s, namespace, "quality")["status"]["reason"]
+        assert reason == (f"waiting for room: 20.0 GiB needed, held by {game} outside "
+                          "hybrid-compute (18.0 GiB)"), reason
+        gpu = next(g for g in state(operator)["gpus"] if g["id"] == GPU)
+        assert gpu["foreign"] == [game] and gpu["foreignBytes"] == 18 * GIB, gpu
+    finally:
+        gpu_agent.end_foreign(4242)
+    # The game ends: the waiting load goes ahead, idles out, and the default returns.
+    wait_phases(k8s, namespace, {"quality": "Ready"}, timeout=60)
+    wait_phases(k8s, namespace, {"fast": "Ready", "quality": "Standby"}, timeout=60)
+    assert f"{game} no longer holds memory on {GPU}: its reservation ended" in \
+        node_events(k8s, "ForeignGpuUseEnded", began)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
-from hybrid_compute.plan.view import WorkloadInfo
+from hybrid_compute.plan.view import ForeignProcess, WorkloadInfo
 from tests.simworld import SEED_SLOTS, START, World, slot
 
 
@@ -190,3 +190,53 @@ def test_reserve_refuses_a_bad_reservation_before_reaching_a_cluster(
     assert main(["reserve", "--vram", "8Gi", "--for", "0s", "--kubeconfig",
                  "/nonexistent"]) == 2
     assert "duration: must be above 0s" in capsys.readouterr().err
+
+
+GIB = 1024**3
+
+
+def test_a_foreign_process_is_a_reservation_while_it_lasts() -> None:
+    """A desktop game takes 18 GiB: the default slot gives way, a demand for the 32B
+    slot waits, an Event names the game once, and its end brings the default back."""
+    world = seed_world()
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    world.now += datetime.timedelta(minutes=1)
+    world.foreign = {"dreamteam/0": (ForeignProcess(18 * GIB, 4242, "steam"),)}
+    world.step()
+    events = world.last_plan.events  # type: ignore[union-attr]
+    announced = [(e.kind, e.name, e.reason, e.message) for e in events
+                 if e.reason.startswith("ForeignGpuUse")]
+    assert announced == [("Node", "dreamteam", "ForeignGpuUse",
+                          "steam (pid 4242) holds 18.0 GiB of dreamteam/0 outside "
+                          "hybrid-compute: planned as a reservation of that size while it "
+                          "lasts")]
+    world.demand("local/quality")
+    world.run_until(lambda: world.phase("fast") == "Standby")
+    fast = world.last_plan.slot("lab", "fast")  # type: ignore[union-attr]
+    assert fast.reason == ("standby: the GPU is taken by steam (pid 4242) outside "
+                           "hybrid-compute (18.0 GiB)")
+    quality = world.last_plan.slot("lab", "quality")  # type: ignore[union-attr]
+    assert (quality.phase, quality.reason) == (
+        "Pending", "waiting for room: 20.0 GiB needed, held by steam (pid 4242) outside "
+                   "hybrid-compute (18.0 GiB)")
+    assert not [e for e in world.last_plan.events  # type: ignore[union-attr]
+                if e.reason == "ForeignGpuUse"], "announced once"
+    gpu = world.last_plan.gpus[0]  # type: ignore[union-attr]
+    assert (gpu.foreign_bytes, gpu.foreign) == (18 * GIB, ("steam (pid 4242)",))
+    # The game ends; quality's demand has expired meanwhile: fast comes back.
+    world.now += datetime.timedelta(minutes=10)
+    world.foreign = {}
+    world.step()
+    ended = [e.message for e in world.last_plan.events  # type: ignore[union-attr]
+             if e.reason == "ForeignGpuUseEnded"]
+    assert ended == ["steam (pid 4242) no longer holds memory on dreamteam/0: its "
+                     "reservation ended"]
+    world.run_until(lambda: world.phase("fast") == "Ready")
+
+
+def test_small_foreign_processes_count_without_an_event() -> None:
+    world = seed_world()
+    world.foreign = {"dreamteam/0": (ForeignProcess(300 * 1024**2, 1200, "Xorg"),)}
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    assert world.last_plan is not None and not world.last_plan.foreign
+    assert world.last_plan.gpus[0].foreign_bytes == 300 * 1024**2

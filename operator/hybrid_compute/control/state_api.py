@@ -68,6 +68,8 @@ def state_document(runtime: Runtime) -> dict[str, Any]:
             "plannedBytes": g.planned_bytes,
             "heldBytes": g.held_bytes,
             "residents": list(g.residents),
+            "foreignBytes": g.foreign_bytes,
+            "foreign": list(g.foreign),
         } for g in result.gpus],
         "policies": {f"{p.namespace}/{p.name}": _policy_state(runtime, p)
                      for p in result.policies},

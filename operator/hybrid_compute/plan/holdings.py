@@ -74,6 +74,8 @@ def _slot_holdings(view: View, owned: Owned, gpus: dict[str, Gpu], mutex_bytes: 
                               {p.node for p in pods if p.node}, gpu_count) or list(gpus)
         held_gpus[key] = placed
         record_holding(gpus, placed, held, gpu_count, key[1], mutex_bytes)
+        for gpu_id in placed:
+            gpus[gpu_id].slot_held += held // gpu_count
     return held_gpus
 
 

@@ -24,8 +24,12 @@ class Gpu:
     foreign: int = 0
     """Bytes held by processes that are not the operator's (GPU agent); already
     taken off ``capacity``, kept to name them in reasons."""
+    foreign_names: tuple[str, ...] = ()
+    """How reasons name those processes (:attr:`~.view.ForeignProcess.label`)."""
     held: int = 0
     """Bytes held now by existing pods and children still asking for pods."""
+    slot_held: int = 0
+    """The part of ``held`` that ModelSlots' pods and Deployments hold: models."""
     reserved: int = 0
     """Bytes the plan assigns to wanted consumers."""
     holders: list[str] = field(default_factory=list)
@@ -71,7 +75,8 @@ def build_gpus(view: View) -> dict[str, Gpu]:
             foreign = view.foreign_vram.get(gpu_id, 0)
             capacity = node.gpu_memory_bytes - view.settings.headroom_bytes - foreign
             gpus[gpu_id] = Gpu(gpu_id, node, max(capacity, 0), exclusive=not node.time_sliced,
-                               foreign=foreign)
+                               foreign=foreign, foreign_names=tuple(
+                                   p.label for p in view.foreign_processes.get(gpu_id, ())))
     return gpus
 
 
@@ -157,5 +162,6 @@ def start(gpus: dict[str, Gpu], placed: list[str], per_device: int, name: str,
 
 def summarize(gpus: dict[str, Gpu]) -> tuple[GpuSummary, ...]:
     """What the plan reports per GPU."""
-    return tuple(GpuSummary(g.id, g.capacity, g.reserved, g.held, tuple(g.residents))
+    return tuple(GpuSummary(g.id, g.capacity, g.reserved, g.held, tuple(g.residents),
+                            g.foreign, g.foreign_names, g.slot_held)
                  for g in gpus.values())

@@ -188,7 +188,8 @@ def waiting_reason(candidate: Candidate, gpus: dict[str, Gpu], any_node_ready: b
         set(gpus[g].large_residents) - set(gpus[g].reservations) for g in where)
     foreign = max((gpus[g].foreign for g in where), default=0)
     if foreign:
-        blockers.append(f"processes outside hybrid-compute ({gib(foreign)})")
+        blockers.append(f"{foreign_text(gpus[g] for g in where)} outside hybrid-compute "
+                        f"({gib(foreign)})")
     if not any_node_ready:
         blockers = ["no GPU node is Ready"]
     holders = ", ".join(blockers) or "other consumers"
@@ -199,6 +200,13 @@ def waiting_reason(candidate: Candidate, gpus: dict[str, Gpu], any_node_ready: b
         return (f"waiting for the GPU mutex: {', '.join(lock_holders)} already "
                 f"uses more than {gib(mutex_bytes)}"), holders
     return f"waiting for room: {gib(candidate.vram)} needed, held by {holders}", holders
+
+
+def foreign_text(devices: Iterable[Gpu]) -> str:
+    """Who holds memory outside hybrid-compute on ``devices``: the processes by name
+    where the GPU agent could tell them apart."""
+    names = sorted({name for gpu in devices for name in gpu.foreign_names})
+    return ", ".join(names) or "processes"
 
 
 def _record_waiting(placement: Placement, candidate: Candidate, message: str,

@@ -88,7 +88,10 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     refused, refused_events = conflicts.refused_decisions(verdicts, owned.deployments, view,
                                                           memo, now)
     events += refused_events
+    foreign = reservations.foreign_uses(view)
+    events += reservations.foreign_events(view, foreign)
     return Plan(tuple(sorted([*slot_decisions, *refused], key=lambda d: d.slot.key)),
                 summarize(gpus), tuple(events), min(wakeups),
                 tuple(workload_decisions), tuple(policies),
-                warm_lists(view, slot_decisions, lambda s: last_request(s, view), now, memo))
+                warm_lists(view, slot_decisions, lambda s: last_request(s, view), now, memo),
+                foreign, now)

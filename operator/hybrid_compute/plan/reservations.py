@@ -18,6 +18,14 @@ only when its drain policy says so). Its lifecycle:
 
 A reservation of ``wholeGpu`` takes a GPU that no one else is placed on, all of
 what it offers.
+
+**Foreign use is a reservation too.** Memory the GPU agent sees held by processes
+that are not pods of this cluster (a desktop game, say) comes off the GPU's
+capacity for as long as it lasts: nothing is placed in it, and what no longer fits
+beside it drains and gives way as it would to a reservation that ranks above
+everything (the memory is taken already). Each process of at least
+:data:`FOREIGN_EVENT_BYTES` gets an Event on its node when it comes and when it
+goes (:func:`foreign_events`), and reasons name it.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import Any
 
 from hybrid_compute.api.common import parse_bytes, parse_duration
 from hybrid_compute.api.gpuworkload import RESERVATION, GpuWorkloadSpec
-from hybrid_compute.api.units import gib
+from hybrid_compute.api.units import MIB, gib
 from hybrid_compute.plan.ledger import (
     Gpu,
     gpu_label,
@@ -36,9 +44,15 @@ from hybrid_compute.plan.ledger import (
     start,
     start_blockers,
 )
-from hybrid_compute.plan.outputs import ACCEPTED, ConditionUpdate
+from hybrid_compute.plan.outputs import ACCEPTED, ConditionUpdate, EventIntent, ForeignUse
 from hybrid_compute.plan.view import View, WorkloadInfo
 from hybrid_compute.plan.workload_turn import WorkloadDecision, WorkloadFindings, WorkloadTurn
+
+FOREIGN_EVENT_BYTES = 512 * MIB
+"""Foreign processes holding less (a desktop's compositor, a browser) count in the
+GPU's capacity without an Event each time they come and go."""
+NODE_EVENT_NAMESPACE = "default"
+"""Events about a Node (cluster-scoped) go to this namespace, as the kubelet's do."""
 
 
 def is_reservation(spec: GpuWorkloadSpec) -> bool:
@@ -178,3 +192,32 @@ def _conditions(size: str, reason: str) -> list[ConditionUpdate]:
     return [ACCEPTED, ConditionUpdate("Fits", True, "Fits", f"needs {size}"),
             ConditionUpdate("Admitted", True, "Admitted", reason),
             ConditionUpdate("Preempted", False, "Admitted", reason)]
+
+
+def foreign_uses(view: View) -> tuple[ForeignUse, ...]:
+    """The foreign processes large enough to be announced, per GPU of a known node."""
+    nodes = {node.name for node in view.nodes}
+    found = []
+    for gpu_id, processes in sorted(view.foreign_processes.items()):
+        node = gpu_id.rsplit("/", 1)[0]
+        if node in nodes:
+            found += [ForeignUse(gpu_id, node, p) for p in processes
+                      if p.bytes >= FOREIGN_EVENT_BYTES]
+    return tuple(found)
+
+
+def foreign_events(view: View, uses: tuple[ForeignUse, ...]) -> list[EventIntent]:
+    """An Event on the node for each foreign process that came since the last plan,
+    and one for each that went."""
+    current = {(use.gpu, use.process.key): use for use in uses}
+    announced = {(gpu, key): name for gpu, key, name in view.foreign_announced}
+    events = [EventIntent(
+        NODE_EVENT_NAMESPACE, use.node, "Normal", "ForeignGpuUse",
+        f"{use.process.label} holds {gib(use.process.bytes)} of {use.gpu} outside "
+        f"hybrid-compute: planned as a reservation of that size while it lasts", "Node")
+        for key, use in sorted(current.items()) if key not in announced]
+    events += [EventIntent(
+        NODE_EVENT_NAMESPACE, gpu.rsplit("/", 1)[0], "Normal", "ForeignGpuUseEnded",
+        f"{name} no longer holds memory on {gpu}: its reservation ended", "Node")
+        for (gpu, key), name in sorted(announced.items()) if (gpu, key) not in current]
+    return events
