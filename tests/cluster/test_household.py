@@ -2,12 +2,14 @@
 reservation made with ``hybrid-compute reserve`` evicts the 32B slot after its drain
 while the router bridges its alias (and holds private requests), and gives the card
 back to the default slot when it ends; a game the GPU agent sees outside the cluster
-is treated as a reservation of its size while it lasts."""
+is treated as a reservation of its size while it lasts; the default slot sleeps in
+its sleep window, wakes for a request and sleeps again after ``sleepAfter``."""
 
 from __future__ import annotations
 
 import datetime
 import time
+import zoneinfo
 from typing import Any
 
 import pytest
@@ -158,3 +160,63 @@ def test_a_foreign_process_defers_and_evicts_as_a_reservation_and_its_end_return
     wait_phases(k8s, namespace, {"fast": "Ready", "quality": "Standby"}, timeout=60)
     assert f"{game} no longer holds memory on {GPU}: its reservation ended" in \
         node_events(k8s, "ForeignGpuUseEnded", began)
+
+
+AUCKLAND = zoneinfo.ZoneInfo("Pacific/Auckland")
+NIGHT = {"timeZone": "Pacific/Auckland", "windows": [{"start": "02:00", "end": "08:00"}]}
+
+
+def auckland_next(hour: int) -> datetime.datetime:
+    """The next time the clock in Auckland shows ``hour``:00."""
+    now = datetime.datetime.now(AUCKLAND)
+    moment = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+    if moment <= now:
+        moment = (moment + datetime.timedelta(days=1)).replace(hour=hour)
+    return moment.astimezone(datetime.UTC)
+
+
+def unloaded_seconds(operator: OperatorHandle) -> float:
+    for line in operator.scrape().splitlines():
+        if line.startswith("hybrid_compute_gpu_unloaded_seconds_total{") and \
+                f'gpu="{GPU}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no hybrid_compute_gpu_unloaded_seconds_total for the GPU")
+
+
+def test_the_default_slot_sleeps_in_its_window_wakes_for_a_request_and_sleeps_again(
+        k8s: TestCluster, clock: OperatorHandle, namespace: str, sampler: VramSampler) -> None:
+    three_am = auckland_next(3)
+    # A pass that began before the clock moved would stamp the new slots with the old
+    # time: let the freshly started operator finish its first plan first.
+    wait(lambda: state(clock)["ready"], 30, "the operator's first plan")
+    clock.set_clock(three_am - datetime.timedelta(hours=15))  # noon the day before
+    time.sleep(1)
+    slots = seed_slots(namespace)
+    slots[0]["spec"].update(sleepSchedule=NIGHT, sleepAfter="15s")
+    apply(k8s, namespace, slots)
+    fast = alias(namespace, "fast")
+    wait_phases(k8s, namespace, {"fast": "Ready"})
+
+    clock.set_clock(three_am)
+    wait_phases(k8s, namespace, {"fast": "Standby"}, timeout=60)
+    reason = read(k8s, namespace, "fast")["status"]["reason"]
+    assert reason.startswith("asleep: inside its sleep window 02:00-08:00 Pacific/Auckland "
+                             "until "), reason
+    assert not slot_pods(k8s, namespace, "fast")
+    events = k8s.core.list_namespaced_event(
+        namespace, field_selector="involvedObject.name=fast,reason=Unloading").items
+    assert [e.message.split(" after ")[0] for e in events] == [f"Unloading {fast} to sleep"]
+    before = unloaded_seconds(clock)
+    time.sleep(2)
+    k8s.kubectl("annotate", "-n", namespace, "modelslot", "embed", "example.com/poke=1")
+    wait(lambda: unloaded_seconds(clock) > before, 30,
+         "the seconds without a model loaded to grow while the card sleeps")
+
+    clock.demand(fast)
+    wait_phases(k8s, namespace, {"fast": "Ready"}, timeout=60)
+    ready = time.monotonic()
+    wait_phases(k8s, namespace, {"fast": "Standby"}, timeout=60)
+    slept_after = time.monotonic() - ready
+    assert 10 <= slept_after <= 40, f"fast slept {slept_after:.1f}s after it became Ready"
+    assert read(k8s, namespace, "fast")["status"]["reason"].startswith(
+        "asleep: inside its sleep window")

@@ -139,3 +139,14 @@ def test_the_chosen_idle_time_returns_the_gpu_to_the_default_slot() -> None:
     world.run_until(lambda: world.phase("quality") != "Ready", limit=500)
     left = world.now - ready_since
     assert chosen <= left <= chosen + datetime.timedelta(seconds=30), (chosen, left)
+
+
+def test_a_clock_set_back_during_a_load_records_no_negative_swap() -> None:
+    """A negative swap time would make the idle rule and the wait predictions
+    meaningless."""
+    world = auto_world()
+    world.run_until(lambda: world.phase("fast") == "Loading")
+    world.now -= datetime.timedelta(hours=11)
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    status = next(s.status for s in world.slots if s.name == "fast")
+    assert status.last_swap_seconds == 0.0 and status.recent_swap_seconds == [0.0]

@@ -24,6 +24,7 @@ from hybrid_compute.api.common import (
     parse_duration,
     validations,
 )
+from hybrid_compute.api.gpuworkload import Schedule
 
 Device = Literal["gpu", "cpu"]
 Activation = Literal["Always", "OnDemand"]
@@ -378,6 +379,13 @@ class ModelSlotSpec(ApiModel):
                 f"self.idleTimeout == '{AUTO_IDLE}')",
                 f"spec.idleTimeoutBounds applies to idleTimeout: {AUTO_IDLE} only",
                 field_path=".idleTimeoutBounds"),
+            cel("self.default || !has(self.sleepSchedule)",
+                "spec.sleepSchedule applies to the default slot only",
+                field_path=".sleepSchedule"),
+            cel("self.default || !has(self.sleepAfter)",
+                "spec.sleepAfter applies to the default slot only", field_path=".sleepAfter"),
+            cel("!has(self.sleepAfter) || duration(self.sleepAfter) > duration('0s')",
+                "spec.sleepAfter must be above 0s", field_path=".sleepAfter"),
             cel("!self.default || self.device == 'gpu'",
                 "a default slot must be a GPU slot: it is the one that holds the GPU when "
                 "nothing else asks", field_path=".default"),
@@ -435,6 +443,14 @@ class ModelSlotSpec(ApiModel):
     (status.idleTimeout says what it chose and why)."""
     idle_timeout_bounds: IdleTimeoutBounds | None = None
     """With idleTimeout: Auto, the range it chooses from."""
+    sleep_schedule: Schedule | None = None
+    """For the default slot: daily windows (in a time zone) during which it is not
+    loaded unless a request asks for it, for example the night; it loads on a request
+    and sleeps again once its requests stop (sleepAfter, else its idle time)."""
+    sleep_after: Duration | None = None
+    """For the default slot: unload it after this long without a request, at any
+    time, so an unused card holds nothing (about 9 W instead of about 50 W with a
+    model in VRAM); the next request loads it again. Unset: it stays loaded."""
     min_residency: Duration | None = None
     """Shortest time a slot stays loaded once it is Ready, so swaps cannot thrash;
     the operator's default applies when unset."""
@@ -470,6 +486,13 @@ class ModelSlotSpec(ApiModel):
                             "spec.idleTimeoutBounds (min and max)")
         if self.idle_timeout_bounds is not None and self.idle_timeout != AUTO_IDLE:
             problems.append(f"idleTimeoutBounds: applies to idleTimeout: {AUTO_IDLE} only")
+        if not self.default and self.sleep_schedule is not None:
+            problems.append("sleepSchedule: applies to the default slot only")
+        if not self.default and self.sleep_after is not None:
+            problems.append("sleepAfter: applies to the default slot only")
+        if self.sleep_after is not None and parse_duration(self.sleep_after) <= \
+                datetime.timedelta(0):
+            problems.append("sleepAfter: must be above 0s")
         if self.default and self.device != "gpu":
             problems.append("default: a default slot must be a GPU slot")
         if self.default and self.activation != "Always":

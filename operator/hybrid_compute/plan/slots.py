@@ -226,16 +226,17 @@ def _not_placed(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, fits: Condi
     waiting = findings.placement.slot_waiting.get(key)
     if pods.all:
         phase = "Unloading"
-        reason = _unloading(turn, spec, drain, findings.departures.slot_taken_by.get(key))
+        reason = _unloading(turn, spec, drain, findings.departures.slot_taken_by.get(key),
+                            key in findings.demand.asleep)
         swapping = ConditionUpdate("Swapping", True, "Unloading", reason)
     elif waiting is not None:
         phase, reason = "Pending", waiting
         swapping = ConditionUpdate("Swapping", False, "Waiting", reason)
     else:
         phase = "Standby"
-        reason = findings.placement.slot_standby.get(key) or (
-            "idle: loads on the next request" if spec.activation == "OnDemand"
-            else "standby")
+        reason = (findings.placement.slot_standby.get(key) or findings.demand.asleep.get(key)
+                  or ("idle: loads on the next request" if spec.activation == "OnDemand"
+                      else "standby"))
         swapping = ConditionUpdate("Swapping", False, "Idle", reason)
     # While its pods exist the slot keeps its GPU on record: the next plan
     # counts their VRAM there, not on whichever device comes first.
@@ -249,17 +250,17 @@ def _not_placed(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, fits: Condi
 
 
 def _unloading(turn: SlotTurn, spec: ModelSlotSpec, drain: DrainVerdict | None,
-               taker: str | None) -> str:
+               taker: str | None, asleep: bool) -> str:
     """The reason of a slot whose pods go away, with its Events."""
     previous = turn.slot.status
-    reason = f"unloading for {taker}" if taker else "unloading"
+    purpose = f" for {taker}" if taker else " to sleep" if asleep else ""
+    reason = f"unloading{purpose}"
     if previous.phase != "Unloading":
         drained = ""
         if drain is not None and previous.draining_since is not None:
             drained = (f" after draining for "
                        f"{(turn.now - previous.draining_since).total_seconds():.1f}s")
-        turn.event("Normal", "Unloading", f"Unloading {spec.alias}"
-                   + (f" for {taker}" if taker else "") + drained)
+        turn.event("Normal", "Unloading", f"Unloading {spec.alias}{purpose}{drained}")
     if drain is not None and drain.state == "Cut":
         turn.event("Warning", "DrainCut", f"Unloading {spec.alias} with {drain.busy} "
                                           f"request(s) still running: {drain.reason}")
@@ -396,7 +397,9 @@ def _complete_swap(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, replicas
                    loading_since: datetime.datetime, where: _Where) -> CompletedSwap:
     """Records a load that reached Ready: its duration, phases and Event."""
     previous, now = turn.slot.status, turn.now
-    seconds = (now - loading_since).total_seconds()
+    # A clock set back during the load (by hand, by NTP) must not make a swap look
+    # negative: the wait predictions and idle times build on these figures.
+    seconds = max((now - loading_since).total_seconds(), 0.0)
     evicted = previous.evicting or []
     phases = swaps.swap_phases(loading_since,
                                swaps.progress(previous, pods.current, replicas, now), now,
