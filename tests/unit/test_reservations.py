@@ -240,3 +240,20 @@ def test_small_foreign_processes_count_without_an_event() -> None:
     world.run_until(lambda: world.phase("fast") == "Ready")
     assert world.last_plan is not None and not world.last_plan.foreign
     assert world.last_plan.gpus[0].foreign_bytes == 300 * 1024**2
+
+
+def test_a_scheduled_reservation_holds_in_its_window_and_waits_for_the_next() -> None:
+    # 03:00-04:00 in Berlin is 02:00-03:00 UTC in December; the world starts at 02:00 UTC.
+    evening = {"timeZone": "Europe/Berlin", "windows": [{"start": "03:00", "end": "04:00"}]}
+    world = seed_world(reservation("game-night", wholeGpu=True, schedule=evening))
+    world.run_until(lambda: status(world, "game-night").phase == "Running")
+    assert status(world, "game-night").reason == (
+        "holding the whole GPU (23.0 GiB) on dreamteam/0 until its window closes at "
+        "2026-12-01 04:00 CET")
+    world.now = START + datetime.timedelta(hours=1, seconds=1)
+    world.run_until(lambda: world.phase("fast") == "Ready")
+    game = status(world, "game-night")
+    assert game.phase == "Queued", game
+    assert game.reason == ("outside its window 03:00-04:00 Europe/Berlin; opens 2026-12-02 "
+                           "03:00 CET")
+    assert not game.preemptions

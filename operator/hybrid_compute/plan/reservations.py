@@ -46,6 +46,7 @@ from hybrid_compute.plan.ledger import (
 )
 from hybrid_compute.plan.outputs import ACCEPTED, ConditionUpdate, EventIntent, ForeignUse
 from hybrid_compute.plan.view import View, WorkloadInfo
+from hybrid_compute.plan.windows import local_text, window_state
 from hybrid_compute.plan.workload_turn import WorkloadDecision, WorkloadFindings, WorkloadTurn
 
 FOREIGN_EVENT_BYTES = 512 * MIB
@@ -148,7 +149,10 @@ def decide(turn: WorkloadTurn, spec: GpuWorkloadSpec, gpus: dict[str, Gpu],
                             ConditionUpdate("Admitted", False, "TooLarge", message)])
     placed = findings.placement.get(key)
     if placed is None:
-        return turn.not_placed(findings, holding(workload), holding(workload))
+        # Outside its schedule a reservation waits for its next window; it was not
+        # preempted.
+        held = holding(workload)
+        return turn.not_placed(findings, held, held and key not in findings.verdicts.queued)
     return _placed(turn, spec, gpus, findings, placed)
 
 
@@ -178,14 +182,23 @@ def _placed(turn: WorkloadTurn, spec: GpuWorkloadSpec, gpus: dict[str, Gpu],
         updates["ends_at"] = (now + parse_duration(spec.duration) if spec.duration
                               else None)
     ends_at = updates["ends_at"] if starting else previous.ends_at
-    reason = (f"holding {size} on {where} "
-              + (f"until {moment_text(ends_at)}" if ends_at else "until deleted"))
+    reason = f"holding {size} on {where} until {_end_text(spec, ends_at, now)}"
     if starting:
         evicted = updates["evicted"]
         turn.event("Normal", "Reserved", reason[:1].upper() + reason[1:]
                    + (f"; evicted {', '.join(evicted)}" if evicted else ""))
     return turn.decide("Running", reason, True, _conditions(size, reason), gpu=where,
                        node=gpu.node.name, status_updates=updates)
+
+
+def _end_text(spec: GpuWorkloadSpec, ends_at: datetime.datetime | None,
+              now: datetime.datetime) -> str:
+    if ends_at is not None:
+        return moment_text(ends_at)
+    if spec.schedule is not None:
+        closes = window_state(spec.schedule, now).next_change
+        return f"its window closes at {local_text(closes, spec.schedule.time_zone)}"
+    return "deleted"
 
 
 def _conditions(size: str, reason: str) -> list[ConditionUpdate]:

@@ -111,7 +111,7 @@ class ForeignProcess:
     def label(self) -> str:
         """How reasons and Events name it: ``steam (pid 4242)``, or ``processes``."""
         if self.pid is None:
-            return "processes"
+            return self.name or "processes"
         return f"{self.name or 'a process'} (pid {self.pid})"
 
 
