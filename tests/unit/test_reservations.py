@@ -257,3 +257,15 @@ def test_a_scheduled_reservation_holds_in_its_window_and_waits_for_the_next() ->
     assert game.reason == ("outside its window 03:00-04:00 Europe/Berlin; opens 2026-12-02 "
                            "03:00 CET")
     assert not game.preemptions
+
+
+def test_memory_the_agent_cannot_attribute_counts_without_an_event() -> None:
+    world = seed_world()
+    world.foreign = {"dreamteam/0": (ForeignProcess(18 * GIB),)}
+    world.step()
+    assert world.last_plan is not None and not world.last_plan.foreign
+    assert not [e for e in world.last_plan.events if e.reason.startswith("ForeignGpuUse")]
+    world.run_until(lambda: world.phase("fast") == "Standby")
+    fast = world.last_plan.slot("lab", "fast")
+    assert fast.reason == "standby: the GPU is taken by processes outside hybrid-compute " \
+                          "(18.0 GiB)"

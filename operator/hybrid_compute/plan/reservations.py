@@ -23,9 +23,9 @@ what it offers.
 that are not pods of this cluster (a desktop game, say) comes off the GPU's
 capacity for as long as it lasts: nothing is placed in it, and what no longer fits
 beside it drains and gives way as it would to a reservation that ranks above
-everything (the memory is taken already). Each process of at least
-:data:`FOREIGN_EVENT_BYTES` gets an Event on its node when it comes and when it
-goes (:func:`foreign_events`), and reasons name it.
+everything (the memory is taken already). Each process the agent names, of at
+least :data:`FOREIGN_EVENT_BYTES`, gets an Event on its node when it comes and
+when it goes (:func:`foreign_events`), and reasons name it.
 """
 
 from __future__ import annotations
@@ -208,14 +208,17 @@ def _conditions(size: str, reason: str) -> list[ConditionUpdate]:
 
 
 def foreign_uses(view: View) -> tuple[ForeignUse, ...]:
-    """The foreign processes large enough to be announced, per GPU of a known node."""
+    """The named foreign processes large enough to be announced, per GPU of a known
+    node."""
     nodes = {node.name for node in view.nodes}
     found = []
     for gpu_id, processes in sorted(view.foreign_processes.items()):
         node = gpu_id.rsplit("/", 1)[0]
         if node in nodes:
+            # Memory the agent could not attribute has no process to name, and comes
+            # and goes with the operator's own loads: it counts, without Events.
             found += [ForeignUse(gpu_id, node, p) for p in processes
-                      if p.bytes >= FOREIGN_EVENT_BYTES]
+                      if p.pid is not None and p.bytes >= FOREIGN_EVENT_BYTES]
     return tuple(found)
 
 
