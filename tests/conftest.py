@@ -23,6 +23,7 @@ import yaml
 from aiohttp import web
 from kubernetes import client
 
+from hybrid_compute.agent.nvml import ProcessMemory
 from hybrid_compute.agent.server import AgentService, build_app
 from hybrid_compute.agent.snapshot import GpuReader
 from hybrid_compute.control import kube
@@ -172,10 +173,30 @@ class SimulatedGpuAgent:
         self.nvml = FakeNvml(gpus=[FakeGpu()])
         self.gpu = self.nvml.gpus[0]
         self.port = port
-        self.service = AgentService(GpuReader(DEFAULT_NODE_NAME, lambda: self.nvml),
-                                    interval=0.5)
+        self.foreign: dict[int, str] = {}
+        """pid -> command name of the processes outside the cluster it reports."""
+        self.service = AgentService(
+            GpuReader(DEFAULT_NODE_NAME, lambda: self.nvml, self._cgroup,
+                      read_name=self.foreign.get), interval=0.5)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def _cgroup(self, pid: int) -> str | None:
+        """Foreign processes sit in a desktop session's cgroup, as on a home machine."""
+        return "0::/user.slice/user-1000.slice/session-2.scope\n" if pid in self.foreign \
+            else None
+
+    def run_foreign(self, pid: int, name: str, used_bytes: int) -> None:
+        """A process that is not a pod (a game, say) takes ``used_bytes`` of the card."""
+        self.foreign[pid] = name
+        self.gpu.processes = [*self.gpu.processes, ProcessMemory(pid, used_bytes)]
+        self.gpu.used_bytes += used_bytes
+
+    def end_foreign(self, pid: int) -> None:
+        ending = [p for p in self.gpu.processes if p.pid == pid]
+        self.gpu.processes = [p for p in self.gpu.processes if p.pid != pid]
+        self.gpu.used_bytes -= sum(p.used_bytes or 0 for p in ending)
+        self.foreign.pop(pid, None)
 
     def start(self) -> None:
         self._thread.start()

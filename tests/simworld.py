@@ -20,6 +20,7 @@ from hybrid_compute.plan import Plan, plan
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import (
     DeploymentInfo,
+    ForeignProcess,
     GpuNode,
     PodInfo,
     RouterFetch,
@@ -99,6 +100,9 @@ class World:
     """Requests each slot's llama-server is processing, by slot name (0 if absent)."""
     router_fetched_at: datetime.datetime | None = None
     router_fetches: dict[str, RouterFetch] = field(default_factory=dict)
+    foreign: dict[str, tuple[ForeignProcess, ...]] = field(default_factory=dict)
+    """GPU id -> processes outside the cluster holding memory there (the GPU agent's)."""
+    foreign_announced: frozenset[tuple[str, str, str]] = frozenset()
 
     def view(self) -> View:
         return View(nodes=tuple(self.nodes), slots=tuple(self.slots),
@@ -111,7 +115,11 @@ class World:
                                    SlotActivity(self.in_flight.get(p.info.owner, 0))
                                    for p in self.pods if p.info.ready},
                     router_fetched_at=self.router_fetched_at,
-                    router_fetches=dict(self.router_fetches))
+                    router_fetches=dict(self.router_fetches),
+                    foreign_vram={gpu: sum(p.bytes for p in found)
+                                  for gpu, found in self.foreign.items()},
+                    foreign_processes=dict(self.foreign),
+                    foreign_announced=self.foreign_announced)
 
     def demand(self, alias: str) -> None:
         self.demands[alias] = self.now
@@ -120,6 +128,8 @@ class World:
         """One plan, applied; then the cluster moves one step."""
         result = plan(self.view(), self.now)
         self.last_plan = result
+        self.foreign_announced = frozenset((use.gpu, use.process.key, use.process.label)
+                                           for use in result.foreign)
         new_slots = []
         for info in self.slots:
             decision = result.slot(info.namespace, info.name)

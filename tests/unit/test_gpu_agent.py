@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ctypes.util
 import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hybrid_compute.agent.nvml import ERROR_LIBRARY_NOT_FOUND, NvmlError, ProcessMemory, load_nvml
 from hybrid_compute.agent.server import AgentService, build_app
-from hybrid_compute.agent.snapshot import GpuReader, NodeSnapshot, pod_uid_from_cgroup
+from hybrid_compute.agent.snapshot import (
+    GpuReader,
+    NodeSnapshot,
+    pod_uid_from_cgroup,
+    proc_name_reader,
+)
 from hybrid_compute.cli import build_parser
 from tests.fake_nvml import GIB, FakeGpu, FakeNvml, driver_not_loaded
 
@@ -196,3 +202,14 @@ def test_agent_command_takes_port_node_and_interval() -> None:
     assert (args.port, args.node_name, args.interval, args.proc_root) == (
         9500, "dreamteam", 2.0, "/proc")
     assert build_parser().parse_args(["agent"]).port == 9400
+
+
+def test_each_process_is_named_by_its_command_where_the_agent_sees_it(tmp_path: Path) -> None:
+    (tmp_path / "4242").mkdir()
+    (tmp_path / "4242" / "comm").write_text("steam\n")
+    nvml = FakeNvml([FakeGpu(used_bytes=18 * GIB,
+                             processes=[ProcessMemory(4242, 18 * GIB),
+                                        ProcessMemory(4343, GIB)])])
+    reading = GpuReader("dreamteam", lambda: nvml, read_name=proc_name_reader(tmp_path)).read()
+    processes = reading.gpus[0].processes or []
+    assert [(p.pid, p.name) for p in processes] == [(4242, "steam"), (4343, None)]

@@ -18,6 +18,7 @@ from hybrid_compute.agent.snapshot import GpuReader, NodeSnapshot
 from hybrid_compute.control.telemetry import (
     GpuTelemetry,
     HttpAgents,
+    foreign_use,
     foreign_vram,
     with_telemetry,
 )
@@ -197,3 +198,26 @@ def test_a_stale_node_drops_out_when_its_agent_stops_answering() -> None:
     assert asyncio.run(telemetry.poll(["dreamteam"])) is True, "losing the figures is a change"
     assert telemetry.snapshots == {}
 
+
+
+def test_matched_foreign_processes_are_named_largest_first() -> None:
+    cgroup = f"0::/kubepods.slice/kubepods-pod{FAST_POD_UID.replace('-', '_')}.slice/x\n"
+    nvml = FakeNvml([FakeGpu(used_bytes=29 * GIB, processes=[
+        ProcessMemory(100, 9 * GIB), ProcessMemory(200, 2 * GIB),
+        ProcessMemory(300, 18 * GIB)])])
+    names = {100: "llama-server", 200: "Xorg", 300: "steam"}
+    report = GpuReader("dreamteam", lambda: nvml,
+                       {100: cgroup, 200: "0::/user.slice\n", 300: "0::/user.slice\n"}.get,
+                       clock=lambda: START, read_name=names.get).read()
+    found = foreign_use([report], pods_view(fast_pod()))["dreamteam/0"]
+    assert [(p.label, p.bytes) for p in found] == [("steam (pid 300)", 18 * GIB),
+                                                   ("Xorg (pid 200)", 2 * GIB)]
+    view = with_telemetry(pods_view(fast_pod()), [report])
+    assert view.foreign_vram == {"dreamteam/0": 20 * GIB}
+    assert view.foreign_processes["dreamteam/0"] == found
+
+
+def test_unmatched_foreign_memory_is_one_unnamed_entry() -> None:
+    report = snapshot(used=12 * GIB, processes=[ProcessMemory(100, 9 * GIB)])
+    found = foreign_use([report], pods_view(fast_pod()))["dreamteam/0"]
+    assert [(p.label, p.pid, p.bytes) for p in found] == [("processes", None, 5 * GIB)]

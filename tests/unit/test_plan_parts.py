@@ -8,8 +8,7 @@ import gc
 import weakref
 
 from hybrid_compute.api.modelslot import ModelSlotSpec
-from hybrid_compute.plan.holdings import gpu_label, located_gpus, parse_gpu_ids
-from hybrid_compute.plan.ledger import Gpu
+from hybrid_compute.plan.ledger import Gpu, gpu_label, located_gpus, parse_gpu_ids
 from hybrid_compute.plan.memo import IdentityCache, PlanMemo
 from hybrid_compute.plan.outputs import ConditionUpdate
 from hybrid_compute.plan.placement import Rank, Tier

@@ -22,7 +22,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from hybrid_compute.agent.metrics import PageCacheCollector, agent_registry
 from hybrid_compute.agent.models import ModelFileRefused, ModelHeaders, shape_to_json
 from hybrid_compute.agent.nvml import load_nvml
-from hybrid_compute.agent.snapshot import GpuReader, NodeSnapshot, proc_cgroup_reader
+from hybrid_compute.agent.snapshot import (
+    GpuReader,
+    NodeSnapshot,
+    proc_cgroup_reader,
+    proc_name_reader,
+)
 from hybrid_compute.agent.warmer import Warmer, parse_warm_request
 
 logger = logging.getLogger("hybrid_compute.agent")
@@ -146,7 +151,8 @@ def run_agent(node: str, host: str, port: int, interval: float, proc_root: Path,
     """``hybrid-compute agent``: serve the node's GPU telemetry until stopped."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    reader = GpuReader(node, load_nvml, proc_cgroup_reader(proc_root))
+    reader = GpuReader(node, load_nvml, proc_cgroup_reader(proc_root),
+                       read_name=proc_name_reader(proc_root))
     warmer = make_warmer() if make_warmer else None
     asyncio.run(serve(AgentService(reader, interval, models, warmer), host, port))
     return 0

@@ -41,6 +41,9 @@ class GpuProcess(SnapshotModel):
     attributed: bool = False
     """The agent read the process's cgroup, so ``pod_uid`` is known (None: not a pod)."""
     pod_uid: str | None = None
+    name: str | None = None
+    """The process's command name (``/proc/<pid>/comm``), where the agent can see it:
+    what the operator names memory held outside its pods by."""
 
 
 class GpuReading(SnapshotModel):
@@ -132,6 +135,17 @@ def proc_cgroup_reader(proc_root: Path) -> Callable[[int], str | None]:
     return read
 
 
+def proc_name_reader(proc_root: Path) -> Callable[[int], str | None]:
+    """Reads ``<proc_root>/<pid>/comm``, the command name; None when the process is
+    not visible."""
+    def read(pid: int) -> str | None:
+        try:
+            return (proc_root / str(pid) / "comm").read_text().strip() or None
+        except OSError:
+            return None
+    return read
+
+
 def _optional(read: Callable[[], int]) -> int | None:
     """A reading the device may lack a sensor for."""
     try:
@@ -148,10 +162,12 @@ class GpuReader:
 
     def __init__(self, node: str, load: Callable[[], Nvml],
                  read_cgroup: Callable[[int], str | None] | None = None,
-                 clock: Callable[[], datetime.datetime] | None = None) -> None:
+                 clock: Callable[[], datetime.datetime] | None = None, *,
+                 read_name: Callable[[int], str | None] | None = None) -> None:
         self.node = node
         self._load = load
         self._read_cgroup = read_cgroup or (lambda _pid: None)
+        self._read_name = read_name or (lambda _pid: None)
         self._clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         self._nvml: Nvml | None = None
         self._known: dict[int, tuple[str, str]] = {}
@@ -221,4 +237,5 @@ class GpuReader:
         cgroup = self._read_cgroup(process.pid)
         return GpuProcess(pid=process.pid, used_memory_bytes=process.used_bytes,
                           attributed=cgroup is not None,
-                          pod_uid=pod_uid_from_cgroup(cgroup) if cgroup else None)
+                          pod_uid=pod_uid_from_cgroup(cgroup) if cgroup else None,
+                          name=self._read_name(process.pid))

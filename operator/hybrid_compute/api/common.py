@@ -199,6 +199,16 @@ def parse_duration(text: str) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
+def duration_text(span: datetime.timedelta) -> str:
+    """A span in the Duration format, to whole seconds: ``4m30s``, ``2h``, ``0s``."""
+    seconds = max(round(span.total_seconds()), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    text = "".join(f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"),
+                                                        (seconds, "s")) if value)
+    return text or "0s"
+
+
 @functools.lru_cache(maxsize=4096)
 def parse_bytes(quantity: str) -> int:
     """A Kubernetes memory quantity in bytes."""

@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from hybrid_compute.api.common import (
     AGE_COLUMN,
+    DURATION_PATTERN,
     Alias,
     ApiModel,
     Conditions,
@@ -23,6 +24,7 @@ from hybrid_compute.api.common import (
     parse_duration,
     validations,
 )
+from hybrid_compute.api.gpuworkload import Schedule
 
 Device = Literal["gpu", "cpu"]
 Activation = Literal["Always", "OnDemand"]
@@ -37,6 +39,12 @@ LoadMode = Literal["auto", "mmap", "none", "dio", "mlock", "mmap+mlock"]
 """llama-server's --load-mode values, spelled as it spells them."""
 
 ArgString = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+AUTO_IDLE = "Auto"
+"""spec.idleTimeout that the operator picks from the slot's swaps and requests."""
+IdleTimeout = Annotated[str, StringConstraints(
+    pattern=rf"^({AUTO_IDLE}|{DURATION_PATTERN[1:-1]})$", max_length=32)]
+RECENT_REQUEST_GAPS = 20
+"""Idle periods remembered per slot with idleTimeout: Auto."""
 OPERATOR_PREFIX = "hybridcompute.io/"
 """Labels and annotations under this prefix are the operator's own."""
 
@@ -223,6 +231,33 @@ class ServerSettings(ApiModel):
         return self
 
 
+class IdleTimeoutBounds(ApiModel):
+    """The range idleTimeout: Auto chooses from."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("duration(self.min) > duration('0s')", "min must be above 0s",
+                field_path=".min"),
+            cel("duration(self.min) <= duration(self.max)", "min must not exceed max",
+                field_path=".min"),
+        )
+    )
+
+    min: Duration
+    """The shortest idle time it picks, for example 1m."""
+    max: Duration
+    """The longest idle time it picks, for example 30m."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IdleTimeoutBounds:
+        low, high = parse_duration(self.min), parse_duration(self.max)
+        if low <= datetime.timedelta(0):
+            raise ValueError("min: must be above 0s")
+        if low > high:
+            raise ValueError("min: must not exceed max")
+        return self
+
+
 class DrainSettings(ApiModel):
     """How a loaded slot lets its in-flight requests finish before it is unloaded."""
 
@@ -338,6 +373,21 @@ class ModelSlotSpec(ApiModel):
                 "an OnDemand slot needs spec.idleTimeout: the GPU goes back to the default "
                 "slot after that long without a request", reason="FieldValueRequired",
                 field_path=".idleTimeout"),
+            cel(f"!has(self.idleTimeout) || self.idleTimeout != '{AUTO_IDLE}' || "
+                "has(self.idleTimeoutBounds)",
+                f"idleTimeout: {AUTO_IDLE} needs spec.idleTimeoutBounds (min and max)",
+                reason="FieldValueRequired", field_path=".idleTimeoutBounds"),
+            cel(f"!has(self.idleTimeoutBounds) || (has(self.idleTimeout) && "
+                f"self.idleTimeout == '{AUTO_IDLE}')",
+                f"spec.idleTimeoutBounds applies to idleTimeout: {AUTO_IDLE} only",
+                field_path=".idleTimeoutBounds"),
+            cel("self.default || !has(self.sleepSchedule)",
+                "spec.sleepSchedule applies to the default slot only",
+                field_path=".sleepSchedule"),
+            cel("self.default || !has(self.sleepAfter)",
+                "spec.sleepAfter applies to the default slot only", field_path=".sleepAfter"),
+            cel("!has(self.sleepAfter) || duration(self.sleepAfter) > duration('0s')",
+                "spec.sleepAfter must be above 0s", field_path=".sleepAfter"),
             cel("!self.default || self.device == 'gpu'",
                 "a default slot must be a GPU slot: it is the one that holds the GPU when "
                 "nothing else asks", field_path=".default"),
@@ -387,10 +437,22 @@ class ModelSlotSpec(ApiModel):
     node)."""
     priority: Annotated[int, Field(ge=0, le=1000)] = 100
     """Higher wins when slots compete for the GPU."""
-    idle_timeout: Duration | None = None
+    idle_timeout: IdleTimeout | None = None
     """For OnDemand slots: how long without a request before the GPU goes back to the
     default slot, for example 5m. It counts from the last request or, when the slot
-    was swapped in for it, from the moment the slot became Ready."""
+    was swapped in for it, from the moment the slot became Ready. Auto picks it within
+    idleTimeoutBounds from the slot's swap times and the gaps between its requests
+    (status.idleTimeout says what it chose and why)."""
+    idle_timeout_bounds: IdleTimeoutBounds | None = None
+    """With idleTimeout: Auto, the range it chooses from."""
+    sleep_schedule: Schedule | None = None
+    """For the default slot: daily windows (in a time zone) during which it is not
+    loaded unless a request asks for it, for example the night; it loads on a request
+    and sleeps again once its requests stop (sleepAfter, else its idle time)."""
+    sleep_after: Duration | None = None
+    """For the default slot: unload it after this long without a request, at any
+    time, so an unused card holds nothing (about 9 W instead of about 50 W with a
+    model in VRAM); the next request loads it again. Unset: it stays loaded."""
     min_residency: Duration | None = None
     """Shortest time a slot stays loaded once it is Ready, so swaps cannot thrash;
     the operator's default applies when unset."""
@@ -421,6 +483,18 @@ class ModelSlotSpec(ApiModel):
         problems = []
         if self.activation == "OnDemand" and not self.idle_timeout:
             problems.append("idleTimeout: an OnDemand slot needs spec.idleTimeout")
+        if self.idle_timeout == AUTO_IDLE and self.idle_timeout_bounds is None:
+            problems.append(f"idleTimeoutBounds: idleTimeout: {AUTO_IDLE} needs "
+                            "spec.idleTimeoutBounds (min and max)")
+        if self.idle_timeout_bounds is not None and self.idle_timeout != AUTO_IDLE:
+            problems.append(f"idleTimeoutBounds: applies to idleTimeout: {AUTO_IDLE} only")
+        if not self.default and self.sleep_schedule is not None:
+            problems.append("sleepSchedule: applies to the default slot only")
+        if not self.default and self.sleep_after is not None:
+            problems.append("sleepAfter: applies to the default slot only")
+        if self.sleep_after is not None and parse_duration(self.sleep_after) <= \
+                datetime.timedelta(0):
+            problems.append("sleepAfter: must be above 0s")
         if self.default and self.device != "gpu":
             problems.append("default: a default slot must be a GPU slot")
         if self.default and self.activation != "Always":
@@ -461,6 +535,15 @@ class SwapPhases(ApiModel):
     """From the container running until llama-server answered /health (pod Ready)."""
     route_restored: float | None = None
     """From Ready until the router fetched a state that routes the alias locally."""
+
+
+class IdleTimeoutChoice(ApiModel):
+    """The idle time idleTimeout: Auto chose, and why."""
+
+    seconds: Annotated[float, Field(ge=0)]
+    """The idle time in force, in seconds."""
+    reason: str
+    """How it was chosen: the swap time, the idle periods it covers, the bounds."""
 
 
 class SwapProgress(ApiModel):
@@ -590,6 +673,12 @@ class ModelSlotStatus(ApiModel):
     comes from them."""
     last_swap_phases: SwapPhases | None = None
     """Where the time of the last swap went, phase by phase."""
+    recent_request_gaps: list[float] | None = Field(default=None,
+                                                    max_length=RECENT_REQUEST_GAPS)
+    """With idleTimeout: Auto, the last idle periods between two requests (seconds,
+    oldest first), those at least idleTimeoutBounds.min long."""
+    idle_timeout: IdleTimeoutChoice | None = None
+    """With idleTimeout: Auto, the idle time chosen and the reason."""
     swap_progress: SwapProgress | None = None
     """When each step of the current load was seen; becomes lastSwapPhases at Ready."""
     draining_since: datetime.datetime | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hybrid_compute.cli import agent, cost, crds, dev, models, plan, render, run
+from hybrid_compute.cli import agent, cost, crds, dev, models, plan, render, reserve, run
 from hybrid_compute.dev.cluster import ClusterError
 from hybrid_compute.dev.toolchain import ToolchainError
 
@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybrid-compute", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     # Each module owns a subcommand (or a group of them): its parser and its handler.
-    for command in (run, agent, dev, plan, render, models, cost, crds):
+    for command in (run, agent, dev, plan, reserve, render, models, cost, crds):
         command.register(commands)
     return parser
 

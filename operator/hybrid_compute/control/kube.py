@@ -88,6 +88,15 @@ def delete_child(api: client.ApiClient, kind: str, namespace: str, name: str) ->
         client.AppsV1Api(api).delete_namespaced_deployment(name, namespace, body=body)
 
 
+def _involved(event: EventIntent) -> dict[str, str]:
+    """The object an Event is about: one of the operator's kinds, or a Node (which has
+    no namespace; its Events live in the namespace the intent names)."""
+    if event.kind == "Node":
+        return {"apiVersion": "v1", "kind": "Node", "name": event.name}
+    return {"apiVersion": API_VERSION, "kind": event.kind, "name": event.name,
+            "namespace": event.namespace}
+
+
 def post_event(api: client.ApiClient, event: EventIntent, now: datetime.datetime) -> None:
     """Creates the Event ``event`` describes, stamped ``now``."""
     stamp = now.isoformat().replace("+00:00", "Z")
@@ -95,8 +104,7 @@ def post_event(api: client.ApiClient, event: EventIntent, now: datetime.datetime
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {"generateName": f"{event.name}.", "namespace": event.namespace},
-        "involvedObject": {"apiVersion": API_VERSION, "kind": event.kind,
-                           "name": event.name, "namespace": event.namespace},
+        "involvedObject": _involved(event),
         "type": event.type,
         "reason": event.reason,
         "message": event.message,

@@ -76,6 +76,8 @@ class Runtime:
         """Finished evaluations, per slot, until its status holds the verdict."""
         self._evaluating: dict[tuple[str, str], tuple[tuple[str, str], asyncio.Task[None]]] = {}
         """The evaluation running per slot, with the (model, criteria) it checks."""
+        self.foreign_announced: frozenset[tuple[str, str, str]] = frozenset()
+        """The foreign processes the last plan posted Events for."""
 
     def state_fetched(self, router: str = "",
                       not_ready: frozenset[tuple[str, str]] = frozenset()) -> None:
@@ -146,6 +148,8 @@ class Runtime:
         changes = await asyncio.to_thread(diff, result, view)
         writes = await asyncio.to_thread(act, self.api, changes, now, self._spend_saved)
         self.last_view, self.last_plan = view, result
+        self.foreign_announced = frozenset((use.gpu, use.process.key, use.process.label)
+                                           for use in result.foreign)
         for decision in result.slots:
             self._start_evaluation(decision)
         if self.telemetry is not None:
@@ -165,7 +169,7 @@ class Runtime:
                        router_fetched_at=lambda: self.router_fetched_at,
                        router_fetches=lambda: self.router_fetches,
                        unrecorded_evaluations=self._unrecorded_evaluations,
-                       telemetry=self.telemetry)
+                       telemetry=self.telemetry, foreign_announced=self.foreign_announced)
 
     def _unrecorded_evaluations(self, slots: tuple[SlotInfo, ...]
                                 ) -> dict[tuple[str, str], evaluation.EvaluationResult]:

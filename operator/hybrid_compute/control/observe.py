@@ -151,6 +151,8 @@ class Signals:
     probe: Callable[[Mapping[SlotKey, str]], Mapping[SlotKey, SlotActivity]] = \
         drain_probe.probe
     """Asks draining slots' servers for the requests they still run."""
+    foreign_announced: frozenset[tuple[str, str, str]] = frozenset()
+    """The foreign processes the last plan announced (:attr:`View.foreign_announced`)."""
 
 
 async def observe(api: client.ApiClient, settings: PlanSettings, signals: Signals,
@@ -166,7 +168,8 @@ async def observe(api: client.ApiClient, settings: PlanSettings, signals: Signal
     return dataclasses.replace(
         listed, slot_activity=activity, router_fetches=signals.router_fetches(),
         router_fetched_at=signals.router_fetched_at(),
-        evaluations=signals.unrecorded_evaluations(listed.slots))
+        evaluations=signals.unrecorded_evaluations(listed.slots),
+        foreign_announced=signals.foreign_announced)
 
 
 def list_cluster(api: client.ApiClient, settings: PlanSettings,

@@ -3,10 +3,10 @@
 ``POST /v1/demand {"alias": ...}`` signals that a request for an alias arrived;
 ``POST /v1/spend {"policy": "namespace/name", "amount": USD}`` adds cloud spend to a
 RoutePolicy's budget period; ``GET /v1/state`` returns every slot's phase,
-residency, endpoint and predicted wait (:mod:`hybrid_compute.plan.swaps`), the GPU ledger and each
-policy's budget. Every call needs
-``Authorization: Bearer <token>``; the token comes from a Secret and is never
-logged.
+residency, endpoint and predicted wait (:mod:`hybrid_compute.plan.swaps`), the GPU
+ledger, each policy's budget and the reservations
+(:mod:`hybrid_compute.plan.reservations`). Every call needs ``Authorization: Bearer
+<token>``; the token comes from a Secret and is never logged.
 
 ``GET /readyz`` (no token) is the readiness probe: 200 on the replica that acts,
 503 on a replica standing by for the leader Lease, which also answers the calls
@@ -24,7 +24,7 @@ from aiohttp import web
 
 from hybrid_compute.control import clock
 from hybrid_compute.control.loop import Runtime
-from hybrid_compute.plan import swaps
+from hybrid_compute.plan import reservations, swaps
 from hybrid_compute.plan.drain import ANONYMOUS_ROUTER
 from hybrid_compute.plan.routing import PolicyDecision, valid_spend
 from hybrid_compute.server import metrics
@@ -68,9 +68,21 @@ def state_document(runtime: Runtime) -> dict[str, Any]:
             "plannedBytes": g.planned_bytes,
             "heldBytes": g.held_bytes,
             "residents": list(g.residents),
+            "foreignBytes": g.foreign_bytes,
+            "foreign": list(g.foreign),
         } for g in result.gpus],
         "policies": {f"{p.namespace}/{p.name}": _policy_state(runtime, p)
                      for p in result.policies},
+        "reservations": [{
+            "namespace": w.namespace,
+            "name": w.name,
+            "phase": w.phase,
+            "reason": w.reason,
+            "gpu": w.gpu,
+            "endsAt": w.status.get("endsAt"),
+            "evicted": w.status.get("evicted", []),
+        } for w in result.workloads if w.workload.spec is not None
+            and reservations.is_reservation(w.workload.spec)],
     }
 
 

@@ -42,11 +42,12 @@ from hybrid_compute.agent.snapshot import (
     NodeSnapshot,
     PageCacheReport,
     proc_cgroup_reader,
+    proc_name_reader,
 )
 from hybrid_compute.agent.warmer import WarmFileRequest, WarmRequest
-from hybrid_compute.plan.holdings import parse_gpu_ids
+from hybrid_compute.plan.ledger import parse_gpu_ids
 from hybrid_compute.plan.model_vram import ModelFileKey, model_file_key
-from hybrid_compute.plan.view import FileResidency, PodInfo, View
+from hybrid_compute.plan.view import FileResidency, ForeignProcess, PodInfo, View
 from hybrid_compute.plan.vram import ModelShape
 from hybrid_compute.plan.warm_standby import WarmFile
 from hybrid_compute.render.children import DEFAULT_HOST_PATH
@@ -84,33 +85,37 @@ def _ours_on_gpu(gpu: str, node: str, node_gpus: int, pods: Iterable[PodInfo],
     return total
 
 
-def foreign_bytes(reading: GpuReading, gpu: str, node: str, node_gpus: int,
-                  pods: tuple[PodInfo, ...], recorded: Mapping[tuple[str, str, str], str]
-                  ) -> int:
-    """Memory on one GPU held by what the operator did not start.
+def foreign_processes(reading: GpuReading, gpu: str, node: str, node_gpus: int,
+                      pods: tuple[PodInfo, ...], recorded: Mapping[tuple[str, str, str], str]
+                      ) -> tuple[ForeignProcess, ...]:
+    """Memory on one GPU held by what the operator did not start, largest first.
 
     When the agent could match every process to its pod (it reads each process's
     cgroup, which needs the host's PID namespace), foreign memory is exactly the
-    processes that are not the operator's pods, so a model using more than its
-    ``vram`` estimate is not mistaken for a stranger. Otherwise (no per-process
-    accounting, no PID access, or an empty list, which is what a container
-    without the host's PIDs sees) it is the memory used less what the plan
-    counts for the operator's pods on that GPU, floored at zero: a pod still
-    loading uses less than planned, and nothing foreign hides behind that.
+    processes that are not the operator's pods, each named, so a model using more
+    than its ``vram`` estimate is not mistaken for a stranger. Otherwise (no
+    per-process accounting, no PID access, or an empty list, which is what a
+    container without the host's PIDs sees) it is one unnamed entry: the memory
+    used less what the plan counts for the operator's pods on that GPU, none when
+    that is not above zero (a pod still loading uses less than planned, and nothing
+    foreign hides behind that).
     """
     processes = reading.processes
     if processes and all(p.attributed and p.used_memory_bytes is not None for p in processes):
         ours = {p.uid for p in pods if p.node == node and p.uid}
-        return sum(p.used_memory_bytes or 0 for p in processes if p.pod_uid not in ours)
+        found = [ForeignProcess(p.used_memory_bytes or 0, p.pid, p.name)
+                 for p in processes if p.pod_uid not in ours and p.used_memory_bytes]
+        return tuple(sorted(found, key=lambda f: (-f.bytes, f.pid or 0)))
     used = reading.memory_used_bytes or 0
-    return max(used - _ours_on_gpu(gpu, node, node_gpus, pods, recorded), 0)
+    beyond = used - _ours_on_gpu(gpu, node, node_gpus, pods, recorded)
+    return (ForeignProcess(beyond),) if beyond > 0 else ()
 
 
-def foreign_vram(snapshots: Iterable[NodeSnapshot], view: View,
-                 departed: Iterable[PodInfo] = ()) -> dict[str, int]:
-    """Foreign bytes per GPU id for every GPU an agent could read. ``departed`` are
-    the operator's pods that went away so recently that a snapshot may predate
-    their exit: their memory is still the operator's, not a stranger's."""
+def foreign_use(snapshots: Iterable[NodeSnapshot], view: View,
+                departed: Iterable[PodInfo] = ()) -> dict[str, tuple[ForeignProcess, ...]]:
+    """The foreign processes per GPU id, for every GPU an agent could read.
+    ``departed`` are the operator's pods that went away so recently that a snapshot
+    may predate their exit: their memory is still the operator's, not a stranger's."""
     nodes = {n.name: n for n in view.nodes}
     pods = (*view.pods, *departed)
     recorded: dict[tuple[str, str, str], str] = {}
@@ -119,7 +124,7 @@ def foreign_vram(snapshots: Iterable[NodeSnapshot], view: View,
     for workload in view.workloads:
         recorded[("GpuWorkload", workload.namespace, workload.name)] = (
             workload.status.gpu or "")
-    result: dict[str, int] = {}
+    result: dict[str, tuple[ForeignProcess, ...]] = {}
     for snapshot in snapshots:
         node = nodes.get(snapshot.node)
         if node is None or not snapshot.available:
@@ -128,9 +133,16 @@ def foreign_vram(snapshots: Iterable[NodeSnapshot], view: View,
             if not reading.available or reading.memory_used_bytes is None:
                 continue
             gpu = gpu_id(snapshot.node, reading.index)
-            result[gpu] = foreign_bytes(reading, gpu, snapshot.node, node.gpu_count, pods,
-                                        recorded)
+            result[gpu] = foreign_processes(reading, gpu, snapshot.node, node.gpu_count, pods,
+                                            recorded)
     return result
+
+
+def foreign_vram(snapshots: Iterable[NodeSnapshot], view: View,
+                 departed: Iterable[PodInfo] = ()) -> dict[str, int]:
+    """Foreign bytes per GPU id for every GPU an agent could read."""
+    return {gpu: sum(p.bytes for p in processes)
+            for gpu, processes in foreign_use(snapshots, view, departed).items()}
 
 
 def measured_vram(snapshots: Iterable[NodeSnapshot], view: View) -> dict[tuple[str, str], int]:
@@ -530,7 +542,10 @@ def with_telemetry(view: View, snapshots: Iterable[NodeSnapshot],
     """The view with the agents' foreign memory, utilisation, measured slot memory,
     model headers and page-cache residency filled in."""
     latest = list(snapshots)
-    return replace(view, foreign_vram=foreign_vram(latest, view, departed),
+    foreign = foreign_use(latest, view, departed)
+    return replace(view, foreign_vram={gpu: sum(p.bytes for p in found)
+                                       for gpu, found in foreign.items()},
+                   foreign_processes={gpu: found for gpu, found in foreign.items() if found},
                    gpu_utilisation=gpu_utilisation(latest),
                    measured_vram=measured_vram(latest, view),
                    model_headers=dict(headers or {}),
@@ -548,6 +563,7 @@ def from_options(agents: Iterable[str], metrics: OperatorMetrics) -> GpuTelemetr
         return None
     if LOCAL_AGENT in chosen:
         node = os.environ.get("NODE_NAME") or socket.gethostname()
-        reader = GpuReader(node, load_nvml, proc_cgroup_reader(Path("/proc")))
+        reader = GpuReader(node, load_nvml, proc_cgroup_reader(Path("/proc")),
+                           read_name=proc_name_reader(Path("/proc")))
         return GpuTelemetry(LocalAgent(AgentService(reader)), metrics=metrics)
     return GpuTelemetry(HttpAgents(chosen), metrics=metrics)

@@ -16,10 +16,11 @@ from typing import Protocol
 
 from hybrid_compute.api.common import parse_duration
 from hybrid_compute.api.modelslot import ModelSlotSpec
-from hybrid_compute.plan import swaps
+from hybrid_compute.plan import sleep, swaps
 from hybrid_compute.plan.evaluation import Gate
-from hybrid_compute.plan.holdings import Holdings, Key, Owned, located_gpus
-from hybrid_compute.plan.ledger import Gpu, fit_problem
+from hybrid_compute.plan.holdings import Holdings, Key, Owned
+from hybrid_compute.plan.idle import idle_timeout
+from hybrid_compute.plan.ledger import Gpu, fit_problem, located_gpus
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.model_vram import VramChoice, vram_choice
 from hybrid_compute.plan.placement import Candidate, Rank, Tier
@@ -83,10 +84,10 @@ def cpu_demanded(slot: SlotInfo, spec: ModelSlotSpec, view: View, serving: bool,
                  now: datetime.datetime) -> bool:
     """A CPU slot with an idle timeout is wanted while its requests keep it so."""
     requested = last_request(slot, view)
-    if requested is None or spec.idle_timeout is None:
+    idle = idle_timeout(spec, slot.status, view.settings)
+    if requested is None or idle is None:
         return False
-    return now < demanded_until(requested, parse_duration(spec.idle_timeout), slot, serving,
-                                view.settings, now)
+    return now < demanded_until(requested, idle, slot, serving, view.settings, now)
 
 
 def min_residency(spec: ModelSlotSpec, view: View) -> datetime.timedelta:
@@ -107,6 +108,8 @@ class SlotDemand:
     """The newest request per GPU slot."""
     busy: list[str] = field(default_factory=list)
     """Aliases of OnDemand slots in use, which ``onlyWhenGpuIdle`` workloads wait for."""
+    asleep: dict[Key, str] = field(default_factory=dict)
+    """Idle default slots that sleep (:mod:`.sleep`), and why."""
 
 
 def slot_demand(view: View, owned: Owned, holdings: Holdings, gates: dict[Key, Gate],
@@ -150,6 +153,12 @@ def _slot_candidate(slot: SlotInfo, spec: ModelSlotSpec, vram: int, view: View,
     elif (spec.activation == "Always" and not spec.default) or in_use:
         tier = Tier.WANTED  # always resident, or serving requests
     elif spec.default:
+        rest = _sleep(slot, spec, view, requested, ready_pod, now)
+        if rest.next_change is not None:
+            wakeups.append(rest.next_change)
+        if rest.asleep:
+            found.asleep[slot.key] = rest.reason
+            return None
         tier = Tier.IDLE_DEFAULT  # the idle default slot; workloads come before it
     else:
         return None
@@ -183,14 +192,33 @@ def _pinned(slot: SlotInfo, spec: ModelSlotSpec, view: View, ready_pod: bool,
     return pinned
 
 
+def _idle(slot: SlotInfo, spec: ModelSlotSpec, view: View) -> datetime.timedelta:
+    """How long a request keeps an OnDemand or default slot in use."""
+    return (idle_timeout(spec, slot.status, view.settings) or sleep.sleep_after(spec)
+            or view.settings.default_slot_busy)
+
+
+def _sleep(slot: SlotInfo, spec: ModelSlotSpec, view: View,
+           requested: datetime.datetime | None, ready_pod: bool, now: datetime.datetime
+           ) -> sleep.Sleep:
+    """The sleep of an idle default slot, awake for ``sleepAfter`` after a request."""
+    if not sleep.sleeps(spec):
+        return sleep.AWAKE
+    awake_until = None
+    if requested is not None:
+        awake_for = sleep.sleep_after(spec) or _idle(slot, spec, view)
+        awake_until = demanded_until(requested, awake_for, slot, ready_pod, view.settings,
+                                     now)
+    return sleep.default_sleep(slot, spec, awake_until, now)
+
+
 def _in_use(slot: SlotInfo, spec: ModelSlotSpec, view: View,
             requested: datetime.datetime | None, ready_pod: bool, now: datetime.datetime,
             wakeups: list[datetime.datetime]) -> bool:
     """An OnDemand or default slot whose requests keep it wanted."""
     if requested is None or not (spec.activation == "OnDemand" or spec.default):
         return False
-    idle = (parse_duration(spec.idle_timeout) if spec.idle_timeout
-            else view.settings.default_slot_busy)
+    idle = _idle(slot, spec, view)
     in_use_until = demanded_until(requested, idle, slot, ready_pod, view.settings, now)
     if now < in_use_until:
         wakeups.append(in_use_until)

@@ -10,8 +10,8 @@ from typing import Literal
 
 from hybrid_compute.api.common import parse_duration
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus, SwapProgress
-from hybrid_compute.plan.holdings import Key, gpu_label
-from hybrid_compute.plan.ledger import Gpu
+from hybrid_compute.plan.holdings import Key
+from hybrid_compute.plan.ledger import Gpu, gpu_label
 from hybrid_compute.plan.outputs import ConditionUpdate, SlotDecision
 from hybrid_compute.plan.slot_turn import SlotTurn
 from hybrid_compute.plan.view import PodInfo, RouterFetch, View

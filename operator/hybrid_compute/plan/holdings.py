@@ -3,41 +3,20 @@ workload children per owner, and the GPUs their memory sits on. Pods of deleted
 objects count too: their memory is held until they are gone.
 
 A status records its GPUs as one comma-joined string (``status.gpu``);
-:func:`parse_gpu_ids` and :func:`gpu_label` are the one way to read and write it.
+:func:`~.ledger.parse_gpu_ids` and :func:`~.ledger.gpu_label` are the one way to read
+and write it.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from hybrid_compute.plan.ledger import Gpu, record_holding
+from hybrid_compute.plan.ledger import Gpu, located_gpus, record_holding
 from hybrid_compute.plan.view import DeploymentInfo, PodInfo, View, WorkloadChild
 
 Key = tuple[str, str]
 """(namespace, name) of a ModelSlot or a GpuWorkload."""
-
-
-def parse_gpu_ids(recorded: str | None) -> list[str]:
-    """The GPU ids of a comma-joined ``status.gpu``; none for an empty one."""
-    return recorded.split(",") if recorded else []
-
-
-def gpu_label(gpu_ids: Iterable[str]) -> str:
-    """``status.gpu`` for the given GPU ids."""
-    return ",".join(gpu_ids)
-
-
-def located_gpus(gpus: dict[str, Gpu], recorded: str | None, nodes: Collection[str],
-                 gpu_count: int) -> list[str]:
-    """The GPUs something that exists sits on: its recorded GPUs on the nodes its pods
-    run on, else the first ``gpu_count`` GPUs of those nodes; none when neither says."""
-    placed = [g for g in parse_gpu_ids(recorded)
-              if g in gpus and (not nodes or gpus[g].node.name in nodes)]
-    if placed or not nodes:
-        return placed
-    return [g for g in gpus if gpus[g].node.name in nodes][:gpu_count]
 
 
 @dataclass(frozen=True)
@@ -95,6 +74,8 @@ def _slot_holdings(view: View, owned: Owned, gpus: dict[str, Gpu], mutex_bytes: 
                               {p.node for p in pods if p.node}, gpu_count) or list(gpus)
         held_gpus[key] = placed
         record_holding(gpus, placed, held, gpu_count, key[1], mutex_bytes)
+        for gpu_id in placed:
+            gpus[gpu_id].slot_held += held // gpu_count
     return held_gpus
 
 

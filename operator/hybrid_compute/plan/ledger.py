@@ -5,6 +5,7 @@ consumer is placed is :mod:`.placement`'s."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from hybrid_compute.api.units import gib
@@ -23,8 +24,12 @@ class Gpu:
     foreign: int = 0
     """Bytes held by processes that are not the operator's (GPU agent); already
     taken off ``capacity``, kept to name them in reasons."""
+    foreign_names: tuple[str, ...] = ()
+    """How reasons name those processes (:attr:`~.view.ForeignProcess.label`)."""
     held: int = 0
     """Bytes held now by existing pods and children still asking for pods."""
+    slot_held: int = 0
+    """The part of ``held`` that ModelSlots' pods and Deployments hold: models."""
     reserved: int = 0
     """Bytes the plan assigns to wanted consumers."""
     holders: list[str] = field(default_factory=list)
@@ -33,10 +38,34 @@ class Gpu:
     """Holders above the mutex size."""
     large_residents: list[str] = field(default_factory=list)
     """Placed consumers above the mutex size."""
+    reservations: list[str] = field(default_factory=list)
+    """Placed reservations (:mod:`.reservations`): the room they take is not a
+    consumer's to give back, whatever its size."""
 
     @property
     def free_for_plan(self) -> int:
         return self.capacity - self.reserved
+
+
+def parse_gpu_ids(recorded: str | None) -> list[str]:
+    """The GPU ids of a comma-joined ``status.gpu``; none for an empty one."""
+    return recorded.split(",") if recorded else []
+
+
+def gpu_label(gpu_ids: Iterable[str]) -> str:
+    """``status.gpu`` for the given GPU ids."""
+    return ",".join(gpu_ids)
+
+
+def located_gpus(gpus: dict[str, Gpu], recorded: str | None, nodes: Collection[str],
+                 gpu_count: int) -> list[str]:
+    """The GPUs something that exists sits on: its recorded GPUs on the nodes its pods
+    run on, else the first ``gpu_count`` GPUs of those nodes; none when neither says."""
+    placed = [g for g in parse_gpu_ids(recorded)
+              if g in gpus and (not nodes or gpus[g].node.name in nodes)]
+    if placed or not nodes:
+        return placed
+    return [g for g in gpus if gpus[g].node.name in nodes][:gpu_count]
 
 
 def build_gpus(view: View) -> dict[str, Gpu]:
@@ -46,26 +75,33 @@ def build_gpus(view: View) -> dict[str, Gpu]:
             foreign = view.foreign_vram.get(gpu_id, 0)
             capacity = node.gpu_memory_bytes - view.settings.headroom_bytes - foreign
             gpus[gpu_id] = Gpu(gpu_id, node, max(capacity, 0), exclusive=not node.time_sliced,
-                               foreign=foreign)
+                               foreign=foreign, foreign_names=tuple(
+                                   p.label for p in view.foreign_processes.get(gpu_id, ())))
     return gpus
 
 
-def fit_problem(gpu_count: int, vram: int, gpus: dict[str, Gpu]) -> str | None:
-    """Why a consumer can never fit any GPU (with the numbers), or None. Memory of
-    foreign processes does not count here: it comes and goes, so a consumer it
-    crowds out waits for room instead of being called too large."""
+def fit_problem(gpu_count: int, vram: int, gpus: dict[str, Gpu], node_name: str | None = None
+                ) -> str | None:
+    """Why a consumer can never fit any GPU (of ``node_name``, when given; with the
+    numbers), or None. Memory of foreign processes does not count here: it comes and
+    goes, so a consumer it crowds out waits for room instead of being called too
+    large."""
     if not gpus:
         return "no node advertises nvidia.com/gpu"
     per_device = vram // gpu_count
     best: Gpu | None = None
     for gpu in gpus.values():
         node = gpu.node
+        if node_name is not None and node.name != node_name:
+            continue
         if gpu_count > 1 and (node.time_sliced or node.gpu_count < gpu_count):
             continue
         if per_device <= gpu.capacity + gpu.foreign:
             return None
         if best is None or gpu.capacity + gpu.foreign > best.capacity + best.foreign:
             best = gpu
+    if best is None and node_name is not None:
+        return f"node {node_name} advertises no nvidia.com/gpu"
     if best is None:
         return (f"needs {gpu_count} whole GPUs on one node; no node without time-slicing "
                 f"has {gpu_count}")
@@ -126,5 +162,6 @@ def start(gpus: dict[str, Gpu], placed: list[str], per_device: int, name: str,
 
 def summarize(gpus: dict[str, Gpu]) -> tuple[GpuSummary, ...]:
     """What the plan reports per GPU."""
-    return tuple(GpuSummary(g.id, g.capacity, g.reserved, g.held, tuple(g.residents))
+    return tuple(GpuSummary(g.id, g.capacity, g.reserved, g.held, tuple(g.residents),
+                            g.foreign, g.foreign_names, g.slot_held)
                  for g in gpus.values())

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from hybrid_compute.api.modelslot import ModelFetchProgress, ModelPageCache, SwapPhases
 from hybrid_compute.api.units import gib
 from hybrid_compute.plan.conditions import render_status
+from hybrid_compute.plan.view import ForeignProcess
 from hybrid_compute.render import children
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ ACCEPTED = ConditionUpdate("Accepted", True, "Valid", "the spec is valid")
 
 @dataclass(frozen=True)
 class EventIntent:
-    """An Event the act layer posts on a ModelSlot or GpuWorkload."""
+    """An Event the act layer posts on a ModelSlot, a GpuWorkload or a Node."""
 
     namespace: str
     name: str
@@ -56,9 +57,26 @@ class EventIntent:
 class GpuSummary:
     id: str
     capacity_bytes: int
+    """Memory the plan may use: the GPU's, less the headroom and foreign use."""
     planned_bytes: int
     held_bytes: int
     residents: tuple[str, ...]
+    foreign_bytes: int = 0
+    """Held outside hybrid-compute, which the plan treats as a reservation."""
+    foreign: tuple[str, ...] = ()
+    """Who holds it (:attr:`~.view.ForeignProcess.label`)."""
+    slot_held_bytes: int = 0
+    """Held by the pods of ModelSlots: 0 means no model is loaded on the GPU."""
+
+
+@dataclass(frozen=True)
+class ForeignUse:
+    """A process outside hybrid-compute that holds memory on a GPU, large enough to
+    be announced; the plan treats it as a reservation of that size while it lasts."""
+
+    gpu: str
+    node: str
+    process: ForeignProcess
 
 
 @dataclass(frozen=True)
@@ -196,6 +214,11 @@ class Plan:
     warm: dict[str, tuple[WarmFile, ...]] = field(default_factory=dict)
     """GPU node -> the model files its agent keeps warm in the page cache, the most
     likely next load first (:mod:`hybrid_compute.plan.warm_standby`)."""
+    foreign: tuple[ForeignUse, ...] = ()
+    """Foreign processes that hold memory as a reservation would
+    (:mod:`hybrid_compute.plan.reservations`)."""
+    at: datetime.datetime | None = None
+    """The moment the plan was made for."""
 
     def slot(self, namespace: str, name: str) -> SlotDecision:
         return next(s for s in self.slots if (s.namespace, s.name) == (namespace, name))

@@ -3,9 +3,10 @@ order, each placed where it fits, the ones left over with the reason they wait, 
 who gives way to whom.
 
 The :class:`Rank` is the queue both kinds of consumer share: slots pinned by their
-minimum residency and running non-preemptible workloads first; then Always slots,
-requested slots and a default slot in use; then GpuWorkloads by priority; then the
-idle default slot. Two consumers above the mutex size never share a GPU.
+minimum residency and running non-preemptible workloads first; then Household
+reservations (:mod:`.reservations`); then Always slots, requested slots and a
+default slot in use; then GpuWorkloads by priority; then the idle default slot. Two
+consumers above the mutex size never share a GPU.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ class Tier(IntEnum):
 
     PINNED = 0
     """A slot within its minimum residency, a running non-preemptible workload."""
-    WANTED = 1
+    HOUSEHOLD = 1
+    """A Reservation of priority class Household: the card handed to the household."""
+    WANTED = 2
     """An Always slot, a slot serving requests."""
-    WORKLOAD = 2
-    IDLE_DEFAULT = 3
+    WORKLOAD = 3
+    IDLE_DEFAULT = 4
 
 
 class Rank(NamedTuple):
@@ -65,6 +68,13 @@ class Candidate:
     is_default: bool = False
     running: bool = False
     """Its pods exist on ``current_gpus``."""
+    whole_gpu: bool = False
+    """A Reservation of a whole GPU: it takes one nothing else is placed on, all of it
+    (``vram`` is 0 until then)."""
+    node: str | None = None
+    """The only node it may go to."""
+    reservation: bool = False
+    """A GpuWorkload of kind Reservation."""
 
     @property
     def per_device(self) -> int:
@@ -82,6 +92,10 @@ def choose_gpus(candidate: Candidate, gpus: dict[str, Gpu], by_node: list[list[G
     large = per_device > mutex_bytes
 
     def fits(gpu: Gpu) -> bool:
+        if candidate.node is not None and gpu.node.name != candidate.node:
+            return False
+        if candidate.whole_gpu:
+            return not gpu.residents and gpu.reserved == 0 and gpu.capacity > 0
         if gpu.exclusive and gpu.residents:
             return False
         if large and gpu.large_residents:
@@ -149,8 +163,12 @@ def place(candidates: list[Candidate], gpus: dict[str, Gpu], mutex_bytes: int) -
                                             mutex_bytes))
             continue
         placement.of(candidate.kind)[candidate.key] = chosen
-        per_device = candidate.per_device
+        per_device = (gpus[chosen[0]].free_for_plan if candidate.whole_gpu
+                      else candidate.per_device)
         reserve(gpus, chosen, per_device, candidate.label, mutex_bytes)
+        if candidate.reservation:
+            for gpu_id in chosen:
+                gpus[gpu_id].reservations.append(candidate.label)
         if any(gpus[g].free_for_plan + per_device >= free_bound for g in chosen):
             free_bound, roomiest = most_free(gpus)
     return placement
@@ -159,23 +177,36 @@ def place(candidates: list[Candidate], gpus: dict[str, Gpu], mutex_bytes: int) -
 def waiting_reason(candidate: Candidate, gpus: dict[str, Gpu], any_node_ready: bool,
                    roomiest: str | None, mutex_bytes: int) -> tuple[str, str]:
     """Why a candidate found no place, and who holds the room it needs."""
-    where = candidate.current_gpus or list(gpus)
+    where = candidate.current_gpus or [
+        g for g in gpus if candidate.node in (None, gpus[g].node.name)]
     if len(where) > 4:
         # Naming every resident of a large cluster helps nobody.
         where = [roomiest] if roomiest else where[:1]
     blockers = sorted({r for g in where for r in gpus[g].residents})
-    large = candidate.per_device > mutex_bytes and any(gpus[g].large_residents for g in where)
+    # A large reservation takes its room as a reservation, not as a mutex holder.
+    large = candidate.per_device > mutex_bytes and any(
+        set(gpus[g].large_residents) - set(gpus[g].reservations) for g in where)
     foreign = max((gpus[g].foreign for g in where), default=0)
     if foreign:
-        blockers.append(f"processes outside hybrid-compute ({gib(foreign)})")
+        blockers.append(f"{foreign_text(gpus[g] for g in where)} outside hybrid-compute "
+                        f"({gib(foreign)})")
     if not any_node_ready:
         blockers = ["no GPU node is Ready"]
     holders = ", ".join(blockers) or "other consumers"
+    if candidate.whole_gpu:
+        return f"waiting for a whole GPU, held by {holders}", holders
     if large:
         lock_holders = sorted({r for g in where for r in gpus[g].large_residents})
         return (f"waiting for the GPU mutex: {', '.join(lock_holders)} already "
                 f"uses more than {gib(mutex_bytes)}"), holders
     return f"waiting for room: {gib(candidate.vram)} needed, held by {holders}", holders
+
+
+def foreign_text(devices: Iterable[Gpu]) -> str:
+    """Who holds memory outside hybrid-compute on ``devices``: the processes by name
+    where the GPU agent could tell them apart."""
+    names = sorted({name for gpu in devices for name in gpu.foreign_names})
+    return ", ".join(names) or "processes"
 
 
 def _record_waiting(placement: Placement, candidate: Candidate, message: str,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime
 
-from hybrid_compute.plan import conflicts, evaluation, routing, workloads
+from hybrid_compute.plan import conflicts, evaluation, reservations, routing, workloads
 from hybrid_compute.plan.demand import last_request, slot_demand
 from hybrid_compute.plan.holdings import group_owned, record_holdings
 from hybrid_compute.plan.ledger import build_gpus, summarize
@@ -53,6 +53,7 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     gpus = build_gpus(view)
     owned = group_owned(view)
     holdings = record_holdings(view, owned, gpus, mutex_bytes)
+    holdings.workloads.update(reservations.record_holdings(view, gpus, mutex_bytes))
     # 2. The evaluation gate picks the model each slot's pods run, before anything is sized.
     gates = evaluation.gates(view, now, memo)
     # 3. Who wants a GPU, in what order.
@@ -74,7 +75,7 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     # 7. Workloads after slots: a slot starting now counts against them.
     workload_decisions, workload_events = workloads.decide_all(
         view, now, memo, gpus, owned,
-        WorkloadFindings(placement.workloads, holdings.workloads, workload_verdicts))
+        WorkloadFindings(placement.workloads, holdings.workloads, workload_verdicts, leaving))
     events += workload_events
     # 8. Route policies, from the slots' readiness.
     policies = routing.plan_policies(
@@ -87,7 +88,10 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     refused, refused_events = conflicts.refused_decisions(verdicts, owned.deployments, view,
                                                           memo, now)
     events += refused_events
+    foreign = reservations.foreign_uses(view)
+    events += reservations.foreign_events(view, foreign)
     return Plan(tuple(sorted([*slot_decisions, *refused], key=lambda d: d.slot.key)),
                 summarize(gpus), tuple(events), min(wakeups),
                 tuple(workload_decisions), tuple(policies),
-                warm_lists(view, slot_decisions, lambda s: last_request(s, view), now, memo))
+                warm_lists(view, slot_decisions, lambda s: last_request(s, view), now, memo),
+                foreign, now)

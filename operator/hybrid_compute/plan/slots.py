@@ -21,7 +21,7 @@ from hybrid_compute.api.modelslot import (
     SwapPhases,
 )
 from hybrid_compute.api.units import gib
-from hybrid_compute.plan import model_vram, swaps
+from hybrid_compute.plan import idle, model_vram, swaps
 from hybrid_compute.plan.demand import SlotDemand, any_serving, cpu_demanded, last_request
 from hybrid_compute.plan.drain import (
     DRAIN_POLL,
@@ -31,8 +31,8 @@ from hybrid_compute.plan.drain import (
     mark_drained,
 )
 from hybrid_compute.plan.evaluation import Gate
-from hybrid_compute.plan.holdings import Holdings, Key, Owned, gpu_label
-from hybrid_compute.plan.ledger import Gpu, start, start_blockers
+from hybrid_compute.plan.holdings import Holdings, Key, Owned
+from hybrid_compute.plan.ledger import Gpu, gpu_label, start, start_blockers
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.model_vram import vram_choice
 from hybrid_compute.plan.outputs import (
@@ -76,6 +76,9 @@ def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[
         decisions.append(decision)
         decision.page_cache = page_cache_status(view, slot,
                                                 decision.node or decision.pinned_node)
+        if slot.spec is not None:
+            decision.status_updates["idle_timeout"] = idle.auto_status(
+                slot.spec, slot.status, decision.status_updates, view.settings)
         events += new_events
         if decision.phase in ("Loading", "Unloading"):
             wakeups.append(now + LOAD_POLL)
@@ -135,8 +138,11 @@ def _look_at_pods(turn: SlotTurn, spec: ModelSlotSpec, pods: list[PodInfo],
     """The slot's demand, VRAM figure and template, and its pods sorted by template."""
     slot, view = turn.slot, turn.view
     key = slot.key
-    turn.updates["last_request_time"] = (demand.requests[key] if key in demand.requests
-                                         else last_request(slot, view))
+    requested = turn.updates["last_request_time"] = (
+        demand.requests[key] if key in demand.requests else last_request(slot, view))
+    gaps = idle.remember_gap(spec, slot.status, requested)
+    if gaps is not None:
+        turn.updates["recent_request_gaps"] = gaps
     vram: int | None = 0
     if spec.device == "gpu":
         choice = turn.choice = (demand.vram.get(key)
@@ -220,16 +226,17 @@ def _not_placed(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, fits: Condi
     waiting = findings.placement.slot_waiting.get(key)
     if pods.all:
         phase = "Unloading"
-        reason = _unloading(turn, spec, drain, findings.departures.slot_taken_by.get(key))
+        reason = _unloading(turn, spec, drain, findings.departures.slot_taken_by.get(key),
+                            key in findings.demand.asleep)
         swapping = ConditionUpdate("Swapping", True, "Unloading", reason)
     elif waiting is not None:
         phase, reason = "Pending", waiting
         swapping = ConditionUpdate("Swapping", False, "Waiting", reason)
     else:
         phase = "Standby"
-        reason = findings.placement.slot_standby.get(key) or (
-            "idle: loads on the next request" if spec.activation == "OnDemand"
-            else "standby")
+        reason = (findings.placement.slot_standby.get(key) or findings.demand.asleep.get(key)
+                  or ("idle: loads on the next request" if spec.activation == "OnDemand"
+                      else "standby"))
         swapping = ConditionUpdate("Swapping", False, "Idle", reason)
     # While its pods exist the slot keeps its GPU on record: the next plan
     # counts their VRAM there, not on whichever device comes first.
@@ -243,17 +250,17 @@ def _not_placed(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, fits: Condi
 
 
 def _unloading(turn: SlotTurn, spec: ModelSlotSpec, drain: DrainVerdict | None,
-               taker: str | None) -> str:
+               taker: str | None, asleep: bool) -> str:
     """The reason of a slot whose pods go away, with its Events."""
     previous = turn.slot.status
-    reason = f"unloading for {taker}" if taker else "unloading"
+    purpose = f" for {taker}" if taker else " to sleep" if asleep else ""
+    reason = f"unloading{purpose}"
     if previous.phase != "Unloading":
         drained = ""
         if drain is not None and previous.draining_since is not None:
             drained = (f" after draining for "
                        f"{(turn.now - previous.draining_since).total_seconds():.1f}s")
-        turn.event("Normal", "Unloading", f"Unloading {spec.alias}"
-                   + (f" for {taker}" if taker else "") + drained)
+        turn.event("Normal", "Unloading", f"Unloading {spec.alias}{purpose}{drained}")
     if drain is not None and drain.state == "Cut":
         turn.event("Warning", "DrainCut", f"Unloading {spec.alias} with {drain.busy} "
                                           f"request(s) still running: {drain.reason}")
@@ -390,7 +397,9 @@ def _complete_swap(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, replicas
                    loading_since: datetime.datetime, where: _Where) -> CompletedSwap:
     """Records a load that reached Ready: its duration, phases and Event."""
     previous, now = turn.slot.status, turn.now
-    seconds = (now - loading_since).total_seconds()
+    # A clock set back during the load (by hand, by NTP) must not make a swap look
+    # negative: the wait predictions and idle times build on these figures.
+    seconds = max((now - loading_since).total_seconds(), 0.0)
     evicted = previous.evicting or []
     phases = swaps.swap_phases(loading_since,
                                swaps.progress(previous, pods.current, replicas, now), now,

@@ -93,6 +93,29 @@ class RouterFetch:
 
 
 @dataclass(frozen=True)
+class ForeignProcess:
+    """GPU memory held by a process that is not a pod of this cluster (a desktop, a
+    game), as the GPU agent saw it; without per-process figures, all such memory of
+    a GPU as one entry with no pid."""
+
+    bytes: int
+    pid: int | None = None
+    name: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Tells one process from another on a GPU, from one reading to the next."""
+        return str(self.pid) if self.pid is not None else "unattributed"
+
+    @property
+    def label(self) -> str:
+        """How reasons and Events name it: ``steam (pid 4242)``, or ``processes``."""
+        if self.pid is None:
+            return self.name or "processes"
+        return f"{self.name or 'a process'} (pid {self.pid})"
+
+
+@dataclass(frozen=True)
 class SlotActivity:
     """What a draining slot's llama-server says about its requests (``GET /slots``)."""
 
@@ -246,6 +269,11 @@ class View:
     """Last request time per alias, as signalled by the router."""
     foreign_vram: Mapping[str, int] = field(default_factory=dict)
     """Bytes held per GPU id by processes that are not the operator's pods."""
+    foreign_processes: Mapping[str, tuple[ForeignProcess, ...]] = field(default_factory=dict)
+    """GPU id -> the processes that hold ``foreign_vram`` there, largest first."""
+    foreign_announced: frozenset[tuple[str, str, str]] = frozenset()
+    """(GPU id, process key, label) of the foreign processes an earlier plan of this
+    operator posted an Event for, so each gets one when it comes and one when it goes."""
     gpu_utilisation: Mapping[str, float] = field(default_factory=dict)
     """Utilisation percentage per GPU id, from the GPU agent (empty without one)."""
     model_headers: Mapping[tuple[str, str], ModelShape | str] = field(default_factory=dict)

@@ -9,109 +9,56 @@ its GPU, and (``onlyWhenGpuIdle``) while no on-demand model is in use. It starts
 only when what exists leaves room (break-before-make, as for slots). A running
 preemptible workload that loses its place is suspended; a non-preemptible one
 keeps its place and makes slots wait. Embedding workloads run on CPU and never
-compete for the GPU.
+compete for the GPU. Reservations (kind ``Reservation``) are workloads without a
+child, decided by :mod:`.reservations`.
 """
 
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any, Final, Literal
+from typing import Any
 
 from hybrid_compute.api.common import parse_bytes
 from hybrid_compute.api.gpuworkload import CLASS_PRIORITY, GpuWorkloadSpec
 from hybrid_compute.api.units import gib
-from hybrid_compute.plan.conditions import render_status
-from hybrid_compute.plan.holdings import Key, Owned, gpu_label, located_gpus
-from hybrid_compute.plan.ledger import Gpu, fit_problem, start, start_blockers
+from hybrid_compute.plan import reservations
+from hybrid_compute.plan.holdings import Key, Owned
+from hybrid_compute.plan.ledger import (
+    Gpu,
+    fit_problem,
+    gpu_label,
+    located_gpus,
+    start,
+    start_blockers,
+)
 from hybrid_compute.plan.memo import PlanMemo
-from hybrid_compute.plan.outputs import ACCEPTED, ConditionUpdate, EventIntent, EventType
+from hybrid_compute.plan.outputs import ACCEPTED, ConditionUpdate, EventIntent
 from hybrid_compute.plan.placement import Candidate, Rank, Tier
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import PodInfo, View, WorkloadChild, WorkloadInfo
-from hybrid_compute.plan.windows import describe, local_text, window_state
+from hybrid_compute.plan.windows import local_text, window_state
+from hybrid_compute.plan.workload_turn import (
+    KIND,
+    WorkloadDecision,
+    WorkloadFindings,
+    WorkloadPhase,
+    WorkloadTurn,
+    WorkloadVerdicts,
+)
 from hybrid_compute.render import children
 
-WorkloadPhase = Literal["Queued", "Admitted", "Running", "Preempted", "Succeeded", "Failed"]
-KIND: Final = "GpuWorkload"
+__all__ = ["WorkloadDecision", "WorkloadFindings", "WorkloadVerdicts", "candidates",
+           "decide", "decide_all", "priority", "uses_gpu"]
 
 
 def priority(spec: GpuWorkloadSpec) -> int:
-    return spec.priority if spec.priority is not None else CLASS_PRIORITY[spec.workload_class]
+    if spec.priority is not None:
+        return spec.priority
+    return CLASS_PRIORITY[spec.workload_class or "Other"]
 
 
 def uses_gpu(spec: GpuWorkloadSpec) -> bool:
     return spec.workload_class != "Embedding"
-
-
-@dataclass
-class WorkloadDecision:
-    """What act applies for one GpuWorkload; status and child render on first use."""
-
-    workload: WorkloadInfo
-    settings: PlanSettings
-    now: datetime.datetime
-    phase: WorkloadPhase
-    reason: str
-    active: bool
-    memo: PlanMemo
-    gpu: str | None = None
-    node: str | None = None
-    manage_child: bool = True
-    """False once the workload has finished: its Job is left as it ended."""
-    recreate_child: bool = False
-    """The template changed while the child was idle: delete it, the next plan
-    creates it anew (a Job's template cannot change)."""
-    pinned_node: str | None = None
-    status_updates: dict[str, Any] = field(default_factory=dict)
-    condition_updates: list[ConditionUpdate] = field(default_factory=list)
-
-    @property
-    def namespace(self) -> str:
-        return self.workload.namespace
-
-    @property
-    def name(self) -> str:
-        return self.workload.name
-
-    @cached_property
-    def template(self) -> dict[str, Any] | None:
-        spec = self.workload.spec
-        return self.memo.workload_template(self.name, spec, self.settings) if spec else None
-
-    @cached_property
-    def child(self) -> dict[str, Any] | None:
-        spec = self.workload.spec
-        if spec is None or self.template is None or not self.manage_child:
-            return None
-        return children.workload_child(self.namespace, self.name, self.workload.uid, spec,
-                                       self.template, self.active,
-                                       self.node or self.pinned_node)
-
-    @cached_property
-    def status(self) -> dict[str, Any]:
-        spec = self.workload.spec
-        return render_status(self.workload.status, self.condition_updates,
-                             self.workload.generation, self.now, {
-                                 "phase": self.phase,
-                                 "reason": self.reason,
-                                 "window": describe(spec.schedule)
-                                 if spec and spec.schedule else None,
-                                 "gpu": self.gpu,
-                                 "node": self.node,
-                                 **self.status_updates,
-                             })
-
-
-@dataclass
-class WorkloadVerdicts:
-    """Findings of the candidate pass, read by the per-workload decisions."""
-
-    queued: dict[Key, str] = field(default_factory=dict)
-    """Why a workload is not a candidate or did not get a place."""
-    too_large: dict[Key, str] = field(default_factory=dict)
-    taken_by: dict[Key, str] = field(default_factory=dict)
 
 
 def candidates(view_workloads: tuple[WorkloadInfo, ...],
@@ -126,70 +73,59 @@ def candidates(view_workloads: tuple[WorkloadInfo, ...],
         child = workload_children.get(key)
         if spec is None or not uses_gpu(spec) or (child and (child.succeeded or child.failed)):
             continue
-        vram = parse_bytes(spec.vram)
-        problem = fit_problem(1, vram, gpus)
+        if reservations.ended(workload, now):
+            continue
+        vram, whole_gpu = reservations.candidate_size(spec, gpus)
+        problem = fit_problem(1, vram, gpus, spec.node)
         if problem:
             verdicts.too_large[key] = problem
             continue
-        if spec.schedule:
-            window = window_state(spec.schedule, now)
-            wakeups.append(window.next_change)
-            if not window.inside:
-                verdicts.queued[key] = (
-                    f"outside its window {window.description}; opens "
-                    f"{local_text(window.next_change, spec.schedule.time_zone)}")
-                continue
-        if spec.only_when_gpu_idle and busy:
-            verdicts.queued[key] = f"waiting for an idle GPU: {', '.join(busy)} in use"
+        waiting = _waiting(spec, busy, now, wakeups)
+        if waiting is not None:
+            verdicts.queued[key] = waiting
             continue
-        active = child is not None and child.active
-        pinned = active and not spec.preemptible
-        rank = Rank(Tier.PINNED if pinned else Tier.WORKLOAD, -priority(spec),
-                    0 if active else 1, workload.created or now, workload.namespace,
-                    workload.name)
-        current = held_gpus.get(key) or located_gpus(gpus, workload.status.gpu, (), 1)
-        found.append(Candidate(KIND, key, workload.name, vram, 1, rank, current[:1],
-                               running=active and bool(current)))
+        found.append(_candidate(workload, spec, (vram, whole_gpu), child, held_gpus, gpus,
+                                now, wakeups))
     return found
 
 
-@dataclass
-class _WorkloadTurn:
-    """One workload's decision in the making: the Events it posts, and the one way
-    its branches build a decision."""
-
-    workload: WorkloadInfo
-    settings: PlanSettings
-    now: datetime.datetime
-    memo: PlanMemo
-    pinned_node: str | None
-    events: list[EventIntent] = field(default_factory=list)
-
-    def decide(self, phase: WorkloadPhase, reason: str, active: bool,
-               conditions: list[ConditionUpdate], *, gpu: str | None = None,
-               node: str | None = None, manage_child: bool = True,
-               recreate_child: bool = False, status_updates: dict[str, Any] | None = None
-               ) -> WorkloadDecision:
-        workload = self.workload
-        if phase != workload.status.phase and phase in ("Admitted", "Preempted", "Succeeded",
-                                                          "Failed"):
-            kind: EventType = "Warning" if phase == "Failed" else "Normal"
-            self.events.append(EventIntent(workload.namespace, workload.name, kind, phase,
-                                           reason[:1].upper() + reason[1:], KIND))
-        return WorkloadDecision(workload, self.settings, self.now, phase, reason, active,
-                                self.memo, gpu=gpu, node=node, manage_child=manage_child,
-                                recreate_child=recreate_child, pinned_node=self.pinned_node,
-                                status_updates=status_updates or {},
-                                condition_updates=conditions)
+def _waiting(spec: GpuWorkloadSpec, busy: list[str], now: datetime.datetime,
+             wakeups: list[datetime.datetime]) -> str | None:
+    """Why a workload does not want a GPU now: outside its window, or the GPU is busy."""
+    if spec.schedule:
+        window = window_state(spec.schedule, now)
+        wakeups.append(window.next_change)
+        if not window.inside:
+            return (f"outside its window {window.description}; opens "
+                    f"{local_text(window.next_change, spec.schedule.time_zone)}")
+    if spec.only_when_gpu_idle and busy:
+        return f"waiting for an idle GPU: {', '.join(busy)} in use"
+    return None
 
 
-@dataclass(frozen=True)
-class WorkloadFindings:
-    """What the passes before the workload decisions found."""
-
-    placement: dict[Key, list[str]]
-    held_gpus: dict[Key, list[str]]
-    verdicts: WorkloadVerdicts
+def _candidate(workload: WorkloadInfo, spec: GpuWorkloadSpec, size: tuple[int, bool],
+               child: WorkloadChild | None, held_gpus: dict[Key, list[str]],
+               gpus: dict[str, Gpu], now: datetime.datetime,
+               wakeups: list[datetime.datetime]) -> Candidate:
+    reservation = reservations.is_reservation(spec)
+    if reservation:
+        active = reservations.holding(workload)
+        if active and workload.status.ends_at is not None:
+            wakeups.append(workload.status.ends_at)
+    else:
+        active = child is not None and child.active
+    tier = Tier.WORKLOAD
+    if active and not spec.preemptible:
+        tier = Tier.PINNED
+    elif reservation and spec.priority_class != "Workload":
+        tier = Tier.HOUSEHOLD
+    rank = Rank(tier, -priority(spec), 0 if active else 1, workload.created or now,
+                workload.namespace, workload.name)
+    current = held_gpus.get(workload.key) or located_gpus(gpus, workload.status.gpu, (), 1)
+    vram, whole_gpu = size
+    return Candidate(KIND, workload.key, reservations.label(workload), vram, 1, rank,
+                     current[:1], running=active and bool(current), whole_gpu=whole_gpu,
+                     node=spec.node, reservation=reservation)
 
 
 def decide(workload: WorkloadInfo, settings: PlanSettings, now: datetime.datetime,
@@ -197,7 +133,7 @@ def decide(workload: WorkloadInfo, settings: PlanSettings, now: datetime.datetim
            pods: list[PodInfo], child: WorkloadChild | None
            ) -> tuple[WorkloadDecision, list[EventIntent]]:
     """One workload's decision and the Events it posts."""
-    turn = _WorkloadTurn(workload, settings, now, memo, child.node if child else None)
+    turn = WorkloadTurn(workload, settings, now, memo, child.node if child else None)
     spec = workload.spec
     if spec is None:
         message = workload.invalid_reason or "the spec is invalid"
@@ -206,6 +142,8 @@ def decide(workload: WorkloadInfo, settings: PlanSettings, now: datetime.datetim
                            manage_child=False), turn.events
     if child and (child.succeeded or child.failed):
         return _finished(turn, child), turn.events
+    if reservations.is_reservation(spec):
+        return reservations.decide(turn, spec, gpus, findings), turn.events
     template_hash = children.template_hash(memo.workload_template(workload.name, spec,
                                                                   settings))
     stale = child is not None and child.template_hash != template_hash
@@ -227,12 +165,12 @@ def decide(workload: WorkloadInfo, settings: PlanSettings, now: datetime.datetim
     placed = findings.placement.get(key)
     was_active = child is not None and child.active
     if placed is None:
-        return _not_placed(turn, findings, pods, was_active), turn.events
+        return turn.not_placed(findings, bool(pods), was_active), turn.events
     return _placed(turn, spec, gpus, findings, pods, placed, stale, was_active,
                    running), turn.events
 
 
-def _finished(turn: _WorkloadTurn, child: WorkloadChild) -> WorkloadDecision:
+def _finished(turn: WorkloadTurn, child: WorkloadChild) -> WorkloadDecision:
     """A workload whose Job ended: its child is left as it ended."""
     if child.succeeded:
         return turn.decide("Succeeded", "completed", False,
@@ -246,30 +184,7 @@ def _finished(turn: _WorkloadTurn, child: WorkloadChild) -> WorkloadDecision:
                        manage_child=False)
 
 
-def _not_placed(turn: _WorkloadTurn, findings: WorkloadFindings, pods: list[PodInfo],
-                was_active: bool) -> WorkloadDecision:
-    """A workload without a place: preempted when it ran, else queued."""
-    key = turn.workload.key
-    previous = turn.workload.status
-    taker = findings.verdicts.taken_by.get(key)
-    reason = findings.verdicts.queued.get(key) or "waiting for room"
-    if was_active or previous.phase == "Preempted":
-        why = f"preempted by {taker}" if taker else reason
-        counted: dict[str, Any] = {}
-        if was_active and previous.phase != "Preempted":
-            counted["preemptions"] = (previous.preemptions or 0) + 1
-        held = findings.held_gpus.get(key)
-        return turn.decide("Preempted", why, False,
-                           [ACCEPTED, ConditionUpdate("Admitted", False, "Preempted", why),
-                            ConditionUpdate("Preempted", True, "Preempted", why)],
-                           gpu=gpu_label(held) if held is not None and pods else None,
-                           status_updates=counted)
-    return turn.decide("Queued", reason, False,
-                       [ACCEPTED, ConditionUpdate("Admitted", False, "Queued", reason),
-                        ConditionUpdate("Preempted", False, "Queued", reason)])
-
-
-def _placed(turn: _WorkloadTurn, spec: GpuWorkloadSpec, gpus: dict[str, Gpu],
+def _placed(turn: WorkloadTurn, spec: GpuWorkloadSpec, gpus: dict[str, Gpu],
             findings: WorkloadFindings, pods: list[PodInfo], placed: list[str], stale: bool,
             was_active: bool, running: bool) -> WorkloadDecision:
     """A workload with a place: admitted, and started once what exists leaves room."""
@@ -281,6 +196,7 @@ def _placed(turn: _WorkloadTurn, spec: GpuWorkloadSpec, gpus: dict[str, Gpu],
                            [ACCEPTED, ConditionUpdate("Admitted", True, "Recreating",
                                                       "template changed")],
                            gpu=label, node=node, recreate_child=True)
+    assert spec.vram is not None  # a Job or Deployment names its VRAM
     vram = parse_bytes(spec.vram)
     phase: WorkloadPhase
     if was_active:

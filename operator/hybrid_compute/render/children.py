@@ -287,14 +287,16 @@ def workload_labels(name: str) -> dict[str, str]:
 def workload_template(name: str, spec: GpuWorkloadSpec,
                       gpu_runtime_class: str | None = None) -> dict[str, Any]:
     """The user's pod template with the GPU share, the VRAM record and our labels
-    (and the GPU runtime class, unless the template names one)."""
+    (and the GPU runtime class, unless the template names one). Not for a
+    Reservation, which has no pod."""
+    assert spec.template is not None
     template: dict[str, Any] = spec.template.model_dump(by_alias=True, exclude_none=True)
     metadata = template.setdefault("metadata", {})
     metadata["labels"] = {**(metadata.get("labels") or {}), **workload_labels(name)}
     uses_gpu = spec.workload_class != "Embedding"
     metadata["annotations"] = {
         **(metadata.get("annotations") or {}),
-        VRAM_ANNOTATION: str(parse_bytes(spec.vram) if uses_gpu else 0),
+        VRAM_ANNOTATION: str(parse_bytes(spec.vram) if uses_gpu and spec.vram else 0),
         GPUS_ANNOTATION: "1" if uses_gpu else "0",
     }
     pod_spec = template["spec"]

@@ -53,7 +53,8 @@ _CERTIFICATE_VALIDITY = datetime.timedelta(days=365)
 def _demand(kind: str, spec: Mapping[str, Any]) -> tuple[int, int] | None:
     """(VRAM bytes, whole GPUs) the object asks for, or None when it asks for no GPU
     memory the webhook can judge: CPU slots, embedding workloads, a slot without
-    spec.model.vram, or a spec the schema should already have refused."""
+    spec.model.vram, a whole-GPU reservation, or a spec the schema should already
+    have refused."""
     try:
         if kind == "ModelSlot":
             slot = ModelSlotSpec.model_validate(spec)
@@ -63,8 +64,8 @@ def _demand(kind: str, spec: Mapping[str, Any]) -> tuple[int, int] | None:
         workload = GpuWorkloadSpec.model_validate(spec)
     except ValidationError:
         return None
-    if not uses_gpu(workload):
-        return None
+    if not uses_gpu(workload) or workload.vram is None:
+        return None  # a whole-GPU reservation fits any GPU
     return parse_bytes(workload.vram), 1
 
 

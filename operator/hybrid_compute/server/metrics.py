@@ -4,7 +4,7 @@ The loop records each pass with :meth:`OperatorMetrics.record_plan`: how long
 ``plan`` took, swaps (counted when a slot that was loading becomes Ready, with
 the time since the swap began), swaps deferred for want of room, residency and
 phase per slot, how warm each not-loaded slot's model file is in the page cache,
-VRAM per GPU, workloads admitted and preempted. The router's
+VRAM per GPU and the seconds each held no model, workloads admitted and preempted. The router's
 side (requests bridged, privacy requests held or refused, cloud spend) is
 recorded through :func:`record_route` and :func:`set_spend`, which the
 operator's API calls when the router reports.
@@ -16,6 +16,7 @@ serves it.
 from __future__ import annotations
 
 import contextlib
+import datetime
 from typing import Literal
 
 from aiohttp import web
@@ -110,6 +111,10 @@ class OperatorMetrics:
             "hybrid_compute_gpu_vram_foreign_bytes",
             "VRAM held by processes that are not the operator's pods (from the GPU agent)",
             GPU_LABELS, registry=registry)
+        self.gpu_unloaded_seconds = Counter(
+            "hybrid_compute_gpu_unloaded_seconds",
+            "Seconds the GPU held no model (no ModelSlot pod on it), counted from one pass "
+            "of the operator to the next", GPU_LABELS, registry=registry)
         self.agent_reachable = Gauge(
             "hybrid_compute_gpu_agent_reachable",
             "1 when the operator read the GPU agent at its last pass", ["source"],
@@ -152,6 +157,8 @@ class OperatorMetrics:
         self._page_cache_series: set[tuple[str, str, str]] = set()
         self._slot_series: set[tuple[str, str, str]] = set()
         self._gpu_series: set[tuple[str, str]] = set()
+        self._gpu_unloaded: dict[tuple[str, str], tuple[datetime.datetime, bool]] = {}
+        """Per GPU, the last pass's moment and whether no model was loaded then."""
 
     def record_plan(self, view: View, result: Plan, seconds: float) -> None:
         """One pass of the loop: its plan, and the transitions it decided."""
@@ -244,16 +251,30 @@ class OperatorMetrics:
             self.vram_planned.labels(*labels).set(gpu.planned_bytes)
             self.vram_held.labels(*labels).set(gpu.held_bytes)
             self.vram_foreign.labels(*labels).set(view.foreign_vram.get(gpu.id, 0))
+            self._count_unloaded(labels, gpu.slot_held_bytes == 0, result.at)
         for gone in self._gpu_series - seen:
-            for gauge in (self.vram_capacity, self.vram_planned, self.vram_held,
-                          self.vram_foreign):
-                gauge.remove(*gone)
+            for metric in (self.vram_capacity, self.vram_planned, self.vram_held,
+                           self.vram_foreign, self.gpu_unloaded_seconds):
+                metric.remove(*gone)
+            self._gpu_unloaded.pop(gone, None)
         self._gpu_series = seen
+
+    def _count_unloaded(self, labels: tuple[str, str], unloaded: bool,
+                        now: datetime.datetime | None) -> None:
+        """Adds the time since the last pass when the GPU held no model then."""
+        counter = self.gpu_unloaded_seconds.labels(*labels)
+        if now is None:
+            return
+        previous = self._gpu_unloaded.get(labels)
+        if previous is not None and previous[1]:
+            counter.inc(max((now - previous[0]).total_seconds(), 0.0))
+        self._gpu_unloaded[labels] = (now, unloaded)
 
     def _record_workloads(self, result: Plan) -> None:
         for decision in result.workloads:
             spec = decision.workload.spec
-            labels = (decision.namespace, decision.name, spec.workload_class if spec else "")
+            labels = (decision.namespace, decision.name,
+                      (spec.workload_class or spec.kind) if spec else "")
             previous = decision.workload.status.phase
             if decision.phase in ("Admitted", "Running") and previous not in (
                     "Admitted", "Running"):
