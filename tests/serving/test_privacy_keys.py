@@ -138,6 +138,19 @@ def _answered_by_the_cloud(answer: Reply) -> bool:
     return answer.status == 200 and STAND_IN_NOTE in json.dumps(answer.body)
 
 
+def _assert_held_then_refused(stack: Stack, api_key: str, **metadata: Any) -> None:
+    """local/big, which never loads: held for the policy's hold timeout, refused
+    with 503, and no cloud called."""
+    stack.cloud.clear()
+    started = time.monotonic()
+    refused = stack.chat("local/big", "My notes.", api_key=api_key, **metadata)
+    waited = time.monotonic() - started
+    assert refused.status == 503, (refused.status, refused.body)
+    assert "never leave the box" in json.dumps(refused.body), refused.body
+    assert HOLD_TIMEOUT_SECONDS <= waited < HOLD_TIMEOUT_SECONDS + 10, waited
+    assert stack.cloud.calls == [], "a private request reached the cloud"
+
+
 def test_the_custom_auth_function_decides_every_key(stack: Stack) -> None:
     """A key it does not know is refused, LiteLLM's master key too: the keys of
     the tests below reach LiteLLM only through it."""
@@ -160,17 +173,16 @@ def test_an_ordinary_key_takes_the_normal_routes(stack: Stack,
     assert stack.cloud.models_called() == ["cloud-mid", "cloud-frontier"]
 
 
+def test_an_ordinary_keys_request_marked_private_in_its_body_is_held_then_refused(
+        stack: Stack, api_keys: dict[str, str]) -> None:
+    """The request's own ``metadata.privacy``, which the key does not override."""
+    _assert_held_then_refused(stack, api_keys["ordinary"], privacy=True)
+
+
 @pytest.mark.parametrize("caller", list(PRIVATE_CALLERS))
 def test_a_private_callers_request_for_a_slot_that_cannot_load_is_held_then_refused(
         stack: Stack, api_keys: dict[str, str], caller: str) -> None:
-    stack.cloud.clear()
-    started = time.monotonic()
-    refused = stack.chat("local/big", "My notes.", api_key=api_keys[caller])
-    waited = time.monotonic() - started
-    assert refused.status == 503, (refused.status, refused.body)
-    assert "never leave the box" in json.dumps(refused.body), refused.body
-    assert HOLD_TIMEOUT_SECONDS <= waited < HOLD_TIMEOUT_SECONDS + 10, waited
-    assert stack.cloud.calls == [], f"{caller}'s request reached the cloud"
+    _assert_held_then_refused(stack, api_keys[caller])
 
 
 @pytest.mark.parametrize("caller", list(PRIVATE_CALLERS))
