@@ -237,6 +237,7 @@ def environment(container: dict[str, Any], pod: dict[str, Any], pod_ip: str,
     """The container's environment, references resolved as the kubelet does, and
     its values that name paths under ``mounts`` pointed at their local folders."""
     env = {key: inherited[key] for key in INHERITED_ENV if key in inherited}
+    mounts = mounts or {}
 
     def lookup(kind: str, ref: dict[str, Any]) -> str | None:
         data = objects.get((kind, ref["name"]))
@@ -254,7 +255,7 @@ def environment(container: dict[str, Any], pod: dict[str, Any], pod_ip: str,
         data = objects.get((kind, ref["name"]))
         if data is None and not ref.get("optional"):
             raise ContainerConfigError(f"{kind.lower()} {ref['name']!r} not found")
-        env.update({entry.get("prefix", "") + k: local_path_list(v, mounts or {})
+        env.update({entry.get("prefix", "") + k: local_path_list(v, mounts)
                     for k, v in (data or {}).items()})
     for entry in container.get("env") or []:
         source = entry.get("valueFrom")
@@ -270,7 +271,7 @@ def environment(container: dict[str, Any], pod: dict[str, Any], pod_ip: str,
         else:
             value = None
         if value is not None:
-            env[entry["name"]] = local_path_list(value, mounts or {})
+            env[entry["name"]] = local_path_list(value, mounts)
     return env
 
 
