@@ -45,16 +45,18 @@ class Stack:
         return self.node.litellm_url(self.namespace)
 
     def call(self, path: str, body: dict[str, Any], timeout: float = 60,
-             headers: dict[str, str] | None = None) -> Reply:
-        return post_json(f"{self.litellm_url}{path}", body, self.master_key, timeout,
-                         headers)
+             headers: dict[str, str] | None = None, api_key: str | None = None) -> Reply:
+        """POSTs ``body`` with ``api_key``, by default LiteLLM's master key."""
+        return post_json(f"{self.litellm_url}{path}", body, api_key or self.master_key,
+                         timeout, headers)
 
-    def chat(self, model: str, content: str = "Say hello.", **metadata: Any) -> Reply:
+    def chat(self, model: str, content: str = "Say hello.", api_key: str | None = None,
+             **metadata: Any) -> Reply:
         body: dict[str, Any] = {"model": model, "max_tokens": 8,
                                 "messages": [{"role": "user", "content": content}]}
         if metadata:
             body["metadata"] = metadata
-        return self.call("/v1/chat/completions", body)
+        return self.call("/v1/chat/completions", body, api_key=api_key)
 
     def policy(self) -> dict[str, Any]:
         found: dict[str, Any] = self.k8s.custom.get_namespaced_custom_object(
@@ -133,9 +135,12 @@ def policy_condition(k8s: TestCluster, namespace: str, type_: str) -> str | None
 @contextmanager
 def litellm_stack(node: NodeCluster, cloud: CloudStandIn, objects: Sequence[dict[str, Any]],
                   operator_args: Sequence[str] = (), prefix: str = "serving",
-                  cloud_key: str = "") -> Iterator[Stack]:
-    """A fresh namespace holding ``objects`` (slots, the policy, Secrets) beside
-    LiteLLM's Deployment, served once ``fast`` is Ready, the policy Ready and
+                  cloud_key: str = "",
+                  litellm_extras: local_serving.LiteLLMExtras | None = None,
+                  ) -> Iterator[Stack]:
+    """A fresh namespace holding ``objects`` (slots, the policy, Secrets, ConfigMaps)
+    beside LiteLLM's Deployment (with what ``litellm_extras`` adds to it, as the
+    chart's values would), served once ``fast`` is Ready, the policy Ready and
     LiteLLM runs its rendering; torn down with its pods, and the operator stopped."""
     k8s = node.k8s
     namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
@@ -146,7 +151,8 @@ def litellm_stack(node: NodeCluster, cloud: CloudStandIn, objects: Sequence[dict
     try:
         apply(k8s, namespace, [
             *local_serving.litellm_objects(f"http://127.0.0.1:{operator.api_port}",
-                                           operator.token, master_key, DEFAULT_NODE_NAME),
+                                           operator.token, master_key, DEFAULT_NODE_NAME,
+                                           litellm_extras or local_serving.LiteLLMExtras()),
             *objects])
         wait(lambda: phase(k8s, namespace, "fast") == "Ready", 90, "fast Ready")
         wait(lambda: policy_condition(k8s, namespace, "Ready") == "True", 120,

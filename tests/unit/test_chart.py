@@ -278,6 +278,34 @@ def test_litellm_follows_the_operator_contract() -> None:
     assert service["spec"]["ports"][0]["port"] == 4000
 
 
+AUTH_MODULE_VALUES = ("litellm.extraVolumes[0].name=auth",
+                      "litellm.extraVolumes[0].configMap.name=lab-auth",
+                      "litellm.extraVolumeMounts[0].name=auth",
+                      "litellm.extraVolumeMounts[0].mountPath=/etc/litellm-auth",
+                      "litellm.extraEnv[0].name=PYTHONPATH",
+                      "litellm.extraEnv[0].value=/etc/litellm-auth")
+
+
+def test_litellm_mounts_an_auth_module_beside_the_operators_config() -> None:
+    """How a RoutePolicy's spec.litellm.customAuth module reaches LiteLLM."""
+    deployment = only(render(*AUTH_MODULE_VALUES), "Deployment", "litellm")
+    litellm = container(deployment, "litellm")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["auth"]["configMap"] == {"name": "lab-auth"}
+    assert volumes["config"]["configMap"] == {"name": "litellm-config"}
+    mounts = {m["name"]: m["mountPath"] for m in litellm["volumeMounts"]}
+    assert mounts == {"config": "/etc/litellm", "auth": "/etc/litellm-auth"}
+    assert env_of(litellm)["PYTHONPATH"] == "/etc/litellm-auth"
+
+
+@pytest.mark.parametrize("mount_path", ["/etc/litellm", "/etc/litellm/auth"])
+def test_no_extra_mount_may_cover_the_operators_config(mount_path: str) -> None:
+    with pytest.raises(RenderError) as refused:
+        render("litellm.extraVolumeMounts[0].name=auth",
+               f"litellm.extraVolumeMounts[0].mountPath={mount_path}")
+    assert "schema" in str(refused.value).lower(), str(refused.value)
+
+
 def test_the_operator_service_is_where_litellm_looks_for_the_api() -> None:
     documents = render()
     service = only(documents, "Service", "hybrid-compute")
@@ -420,7 +448,8 @@ def test_time_slicing_config_is_the_device_plugins_format() -> None:
                                  "operator.headroom=lots", "image.digest=latest",
                                  "operator.webhook.port=0", "operator.webhook.enable=true",
                                  "operator.leaderElection=maybe",
-                                 "operator.slotImages.gpu=", "operator.slotImages.rocm=x"])
+                                 "operator.slotImages.gpu=", "operator.slotImages.rocm=x",
+                                 "litellm.extraVolumeMounts[0].name=no-mount-path"])
 def test_the_values_schema_refuses_mistakes(bad: str) -> None:
     with pytest.raises(RenderError) as refused:
         render(bad)

@@ -3,7 +3,9 @@ models with key references only, the meta-model, fallbacks, the router's rules."
 
 from __future__ import annotations
 
+import pytest
 import yaml
+from pydantic import ValidationError
 
 from hybrid_compute.api.routepolicy import RoutePolicySpec
 from hybrid_compute.dev.bootstrap import sample_manifests
@@ -109,3 +111,36 @@ def test_a_cloud_model_without_a_key_reference_still_gets_a_placeholder_key() ->
     entry = next(m for m in render_config(policy, [])["model_list"]
                  if m["model_name"] == "cloud/standin")
     assert entry["litellm_params"]["api_key"] == "none"
+
+
+def test_custom_auth_is_rendered_into_general_settings_and_changes_the_hash() -> None:
+    """LiteLLM calls this function for every request instead of its key database."""
+    assert "custom_auth" not in render_config(POLICY, SLOTS)["general_settings"]
+    with_auth = POLICY.model_copy(update={"litellm": POLICY.litellm.model_copy(
+        update={"custom_auth": "lab_auth.user_api_key_auth"})})
+    general = render_config(with_auth, SLOTS)["general_settings"]
+    assert general["custom_auth"] == "lab_auth.user_api_key_auth"
+    assert general["master_key"].startswith("os.environ/"), "the master key stays a reference"
+    before, after = (config_hash(config_files(policy, SLOTS)) for policy in (POLICY, with_auth))
+    assert after != before, "a new auth function must roll LiteLLM, which reads its config " \
+        "only at start"
+
+
+def test_custom_auth_alone_makes_general_settings() -> None:
+    policy = RoutePolicySpec.model_validate(
+        {"litellm": {"customAuth": "auth.sso.user_api_key_auth"}})
+    assert render_config(policy, [])["general_settings"] == {
+        "custom_auth": "auth.sso.user_api_key_auth"}
+
+
+@pytest.mark.parametrize(("custom_auth", "message"), [
+    ("user_api_key_auth", "should match pattern"),
+    ("lab-auth.check", "should match pattern"),
+    ("s3://bucket/auth.check", "should match pattern"),
+    ("lab_auth.", "should match pattern"),
+    ("hybrid_router.user_api_key_auth", "cannot name the router hook's module"),
+])
+def test_custom_auth_must_be_a_module_function_other_than_the_router(
+        custom_auth: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        RoutePolicySpec.model_validate({"litellm": {"customAuth": custom_auth}})

@@ -118,6 +118,28 @@ def test_environment_resolves_references_as_the_kubelet_does() -> None:
         containers.environment(container, pod, "ip", {**objects, ("Secret", "s"): {}}, {})
 
 
+def test_environment_paths_under_a_mount_point_are_its_local_folder() -> None:
+    """PYTHONPATH naming a mounted module's folder, as a LiteLLM custom auth module is
+    found; other values, and paths outside the mounts, stay as written."""
+    container = {"env": [
+        {"name": "PYTHONPATH", "value": "/etc/litellm-auth:/opt/lib"},
+        {"name": "CONFIG", "value": "/etc/litellm/config.yaml"},
+        {"name": "URL", "value": "http://127.0.0.1:8081/etc/litellm"},
+        {"name": "FROM_MAP", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "dir"}}},
+    ], "envFrom": [{"configMapRef": {"name": "c"}, "prefix": "C_"}]}
+    pod = {"metadata": {"name": "p", "namespace": "n"}, "spec": {"containers": [container]}}
+    mounts = {"/etc/litellm": Path("/node/pod/config"),
+              "/etc/litellm-auth": Path("/node/pod/auth")}
+    env = containers.environment(container, pod, "127.1.0.4",
+                                 {("ConfigMap", "c"): {"dir": "/etc/litellm-auth"}},
+                                 {"PATH": "/etc/litellm-auth"}, mounts)
+    assert env == {"PATH": "/etc/litellm-auth",
+                   "PYTHONPATH": "/node/pod/auth:/opt/lib",
+                   "CONFIG": "/node/pod/config/config.yaml",
+                   "URL": "http://127.0.0.1:8081/etc/litellm",
+                   "FROM_MAP": "/node/pod/auth", "C_dir": "/node/pod/auth"}
+
+
 def test_probe_thresholds() -> None:
     container = {"ports": [{"name": "http", "containerPort": 8080}]}
     spec = ProbeSpec.from_spec({"httpGet": {"path": "/health", "port": "http"},

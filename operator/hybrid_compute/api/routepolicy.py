@@ -36,6 +36,10 @@ ROUTE_POLICY_CONDITION_TYPES = ("Accepted", "Rendered", "Ready")
 TagName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=63)]
 KeyName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 PricePerMillion = Annotated[float, Field(ge=0, le=10000)]
+PythonCallable = Annotated[str, StringConstraints(
+    pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$", max_length=256)]
+ROUTER_MODULE = "hybrid_router"
+"""The router hook's module, which the operator ships beside LiteLLM's config.yaml."""
 
 
 class CloudModel(ApiModel):
@@ -182,6 +186,14 @@ class RouterSettings(ApiModel):
 class LiteLLMTarget(ApiModel):
     """The LiteLLM deployment this policy drives."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(f"!has(self.customAuth) || !self.customAuth.startsWith('{ROUTER_MODULE}.')",
+                f"customAuth cannot name the router hook's module {ROUTER_MODULE}",
+                field_path=".customAuth"),
+        )
+    )
+
     config_map_name: DnsLabel = "litellm-config"
     """ConfigMap the rendered config.yaml and router hook are written to."""
     deployment_name: DnsLabel = "litellm"
@@ -190,6 +202,21 @@ class LiteLLMTarget(ApiModel):
     """Secret key with LiteLLM's master key."""
     database_url_secret_ref: SecretKeyRef | None = None
     """Secret key with a PostgreSQL URL for LiteLLM's spend tracking."""
+    custom_auth: PythonCallable | None = None
+    """LiteLLM's general_settings.custom_auth: the function (module.function) that
+    authenticates every request instead of LiteLLM's key database, the master key
+    included. It returns LiteLLM's UserAPIKeyAuth, whose key alias, team and
+    metadata the router hook reads for privacy (routing.privacy.localOnlyKeys, a
+    privacy tag in the key's or team's metadata). The module must be importable in
+    LiteLLM's container: mount it (a ConfigMap) and add its folder to PYTHONPATH
+    with the chart's litellm.extraVolumes, extraVolumeMounts and extraEnv."""
+
+    @model_validator(mode="after")
+    def _not_the_router_module(self) -> LiteLLMTarget:
+        if self.custom_auth and self.custom_auth.startswith(f"{ROUTER_MODULE}."):
+            raise ValueError(
+                f"customAuth: cannot name the router hook's module {ROUTER_MODULE}")
+        return self
 
 
 class RoutePolicySpec(ApiModel):

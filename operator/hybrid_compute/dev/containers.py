@@ -17,7 +17,9 @@ container refers to and hands them in.
 Volumes: ConfigMap and Secret volumes become folders of their keys, hostPath and
 PersistentVolumeClaim volumes are the node's models folder (the only host data
 the local cluster's pods read), everything else an empty folder of the pod.
-Arguments that name a path under a mount point are rewritten to the local folder.
+Arguments and environment values that name a path under a mount point (each
+entry of a colon-separated list such as ``PYTHONPATH``) are rewritten to the
+local folder.
 """
 
 from __future__ import annotations
@@ -155,6 +157,11 @@ def local_path(value: str, mounts: Mapping[str, Path]) -> str:
     return value
 
 
+def local_path_list(value: str, mounts: Mapping[str, Path]) -> str:
+    """:func:`local_path` of each entry of a colon-separated list."""
+    return ":".join(local_path(entry, mounts) for entry in value.split(":"))
+
+
 def rewrite_paths(args: list[str], mounts: Mapping[str, Path]) -> list[str]:
     rewritten = []
     for arg in args:
@@ -225,9 +232,12 @@ def _field_value(path: str, pod: dict[str, Any], pod_ip: str) -> str:
 
 def environment(container: dict[str, Any], pod: dict[str, Any], pod_ip: str,
                 objects: Mapping[ObjectKey, dict[str, str] | None],
-                inherited: Mapping[str, str]) -> dict[str, str]:
-    """The container's environment, references resolved as the kubelet does."""
+                inherited: Mapping[str, str],
+                mounts: Mapping[str, Path] | None = None) -> dict[str, str]:
+    """The container's environment, references resolved as the kubelet does, and
+    its values that name paths under ``mounts`` pointed at their local folders."""
     env = {key: inherited[key] for key in INHERITED_ENV if key in inherited}
+    mounts = mounts or {}
 
     def lookup(kind: str, ref: dict[str, Any]) -> str | None:
         data = objects.get((kind, ref["name"]))
@@ -245,7 +255,8 @@ def environment(container: dict[str, Any], pod: dict[str, Any], pod_ip: str,
         data = objects.get((kind, ref["name"]))
         if data is None and not ref.get("optional"):
             raise ContainerConfigError(f"{kind.lower()} {ref['name']!r} not found")
-        env.update({entry.get("prefix", "") + k: v for k, v in (data or {}).items()})
+        env.update({entry.get("prefix", "") + k: local_path_list(v, mounts)
+                    for k, v in (data or {}).items()})
     for entry in container.get("env") or []:
         source = entry.get("valueFrom")
         value: str | None
@@ -260,7 +271,7 @@ def environment(container: dict[str, Any], pod: dict[str, Any], pod_ip: str,
         else:
             value = None
         if value is not None:
-            env[entry["name"]] = value
+            env[entry["name"]] = local_path_list(value, mounts)
     return env
 
 

@@ -68,8 +68,18 @@ def local_samples(samples: Sequence[dict[str, Any]], cloud_url: str) -> list[dic
     return adapted
 
 
+@dataclass(frozen=True)
+class LiteLLMExtras:
+    """What the chart's ``litellm.extraEnv``, ``extraVolumes`` and
+    ``extraVolumeMounts`` add to LiteLLM's pod."""
+
+    env: tuple[dict[str, Any], ...] = ()
+    volumes: tuple[dict[str, Any], ...] = ()
+    volume_mounts: tuple[dict[str, Any], ...] = ()
+
+
 def litellm_objects(operator_url: str, api_token: str, master_key: str,
-                    node: str) -> list[dict[str, Any]]:
+                    node: str, extras: LiteLLMExtras = LiteLLMExtras()) -> list[dict[str, Any]]:
     """LiteLLM's Deployment and Service as the chart makes them (pinned to the
     process node, whose agent runs the proxy), and the Secrets they read."""
     labels = LITELLM_LABELS
@@ -81,12 +91,14 @@ def litellm_objects(operator_url: str, api_token: str, master_key: str,
             {"name": "HYBRID_COMPUTE_TOKEN", "valueFrom": {"secretKeyRef": {
                 "name": API_TOKEN_SECRET, "key": "token"}}},
             {"name": "LITELLM_LOCAL_MODEL_COST_MAP", "value": "True"},
+            *extras.env,
         ],
         "ports": [{"name": "http", "containerPort": LITELLM_PORT}],
         # The chart probes every 10 s; here a restart is noticed sooner.
         "readinessProbe": {"httpGet": {"path": "/health/liveliness", "port": "http"},
                            "periodSeconds": 2},
-        "volumeMounts": [{"name": "config", "mountPath": "/etc/litellm", "readOnly": True}],
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/litellm", "readOnly": True},
+                         *extras.volume_mounts],
     }
     return [
         _secret(MASTER_KEY_SECRET, {MASTER_KEY_KEY: master_key}),
@@ -104,7 +116,8 @@ def litellm_objects(operator_url: str, api_token: str, master_key: str,
                       "nodeSelector": {"kubernetes.io/hostname": node},
                       "containers": [container],
                       "volumes": [{"name": "config",
-                                   "configMap": {"name": "litellm-config"}}]}}}},
+                                   "configMap": {"name": "litellm-config"}},
+                                  *extras.volumes]}}}},
     ]
 
 

@@ -365,7 +365,8 @@ class PodWorker:
             for key, text in volume.files.items():
                 (volume.path / key).write_text(text)
         mounts = containers.mount_paths(run.spec, volumes)
-        env = containers.environment(run.spec, self.pod, self.ip, objects, os.environ)
+        env = containers.environment(run.spec, self.pod, self.ip, objects, os.environ,
+                                     mounts)
         if run.program is Program.LLAMA_SERVER:
             argv = containers.llama_server_command(binary, run.spec, self.ip, mounts,
                                                    containers.thread_cap())

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from hybrid_compute.api.common import SecretKeyRef, parse_duration
-from hybrid_compute.api.routepolicy import RoutePolicySpec
+from hybrid_compute.api.routepolicy import ROUTER_MODULE, RoutePolicySpec
 from hybrid_compute.render import children
 from hybrid_compute.render.children import DEFAULT_ENDPOINT_TEMPLATE
 
@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from hybrid_compute.plan.view import SlotInfo
 
 CONFIG_KEY = "config.yaml"
-ROUTER_MODULE_KEY = "hybrid_router.py"
-RULES_KEY = "hybrid_router.json"
-CALLBACK = "hybrid_router.proxy_handler_instance"
+ROUTER_MODULE_KEY = f"{ROUTER_MODULE}.py"
+RULES_KEY = f"{ROUTER_MODULE}.json"
+CALLBACK = f"{ROUTER_MODULE}.proxy_handler_instance"
 # LiteLLM needs a deployment for every model name it accepts; the router hook
 # rewrites hybrid/auto before the call, so this address is never used.
 UNROUTED_BASE = "http://127.0.0.1:9/v1"
@@ -129,6 +129,8 @@ def render_config(policy: RoutePolicySpec, slots: list[SlotInfo],
     if policy.litellm.database_url_secret_ref:
         general["database_url"] = (
             f"os.environ/{env_name(policy.litellm.database_url_secret_ref)}")
+    if policy.litellm.custom_auth:
+        general["custom_auth"] = policy.litellm.custom_auth
     auto = {"model_name": policy.routing.auto_model,
             "litellm_params": {"model": "openai/hybrid-auto", "api_base": UNROUTED_BASE,
                                "api_key": "none"}}
