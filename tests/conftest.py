@@ -54,6 +54,16 @@ class TestCluster:
     def kubectl(self, *args: str, input_text: str | None = None, check: bool = True):  # type: ignore[no-untyped-def]
         return self.cluster.kubectl(*args, input_text=input_text, check=check)
 
+    def release_namespace(self, name: str) -> None:
+        """Frees the GPU for whatever runs next: deletes the namespace's slots and
+        workloads and waits for their pods, then lets the namespace go in the
+        background."""
+        self.kubectl("delete", "modelslots,gpuworkloads,deployments,jobs", "--all", "-n", name,
+                     "--wait=false", check=False)
+        self.kubectl("wait", "--for=delete", "pods", "--all", "-n", name, "--timeout=60s",
+                     check=False)
+        self.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
 
 def refuse_foreign_kubeconfig(cluster: DevCluster) -> None:
     """Tests may only ever talk to the cluster this suite started."""
@@ -252,11 +262,4 @@ def namespace(k8s: TestCluster, request: pytest.FixtureRequest) -> Iterator[str]
     name = f"t-{readable[:40].strip('-')}-{uuid.uuid4().hex[:6]}"
     k8s.kubectl("create", "namespace", name)
     yield name
-    # Free the GPU before the next test: delete the slots and wait for their pods,
-    # then let the namespace go in the background.
-    k8s.kubectl("delete", "modelslots,gpuworkloads,deployments,jobs", "--all", "-n", name,
-                "--wait=false",
-                check=False)
-    k8s.kubectl("wait", "--for=delete", "pods", "--all", "-n", name, "--timeout=60s",
-                check=False)
-    k8s.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    k8s.release_namespace(name)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -136,3 +138,10 @@ def apply(k8s: TestCluster, namespace: str, objects: list[dict[str, Any]]) -> No
     k8s.cluster.apply(objects)
 
 
+def operator_healthy(port: int) -> bool:
+    """The operator's health endpoint on ``port`` answers 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

@@ -12,8 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from hybrid_compute.dev import image
 from hybrid_compute.dev.cluster import free_port
 from hybrid_compute.dev.image import BuiltImage, ImageConfig
 from hybrid_compute.dev.toolchain import ToolchainError
-from tests.cluster.support import apply, read, seed_slots, wait, wait_phases
+from tests.cluster.support import apply, operator_healthy, read, seed_slots, wait, wait_phases
 from tests.conftest import OPERATOR_ARGS, REPOSITORY_ROOT, SimulatedGpuAgent, TestCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.image]
@@ -96,14 +94,6 @@ def test_its_commands_run_from_a_read_only_root(root: Path, config: ImageConfig,
     assert not (root / "opt" / "hybrid-compute" / "probe").exists()
 
 
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @pytest.fixture
 def operator_from_image(k8s: TestCluster, namespace: str, sole_operator: None,
                         gpu_agent: SimulatedGpuAgent, root: Path, config: ImageConfig,
@@ -125,7 +115,7 @@ def operator_from_image(k8s: TestCluster, namespace: str, sole_operator: None,
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait(lambda: _healthy(health_port) or process.poll() is not None, 60,
+        wait(lambda: operator_healthy(health_port) or process.poll() is not None, 60,
              "the image's operator to answer /healthz")
         assert process.poll() is None, f"the image's operator exited:\n{log.read_text()[-3000:]}"
         yield

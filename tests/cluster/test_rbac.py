@@ -11,8 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from hybrid_compute.control import kube
 from hybrid_compute.control.leader_election import LEASE_NAME
 from hybrid_compute.dev.manifests import helm_template
 from hybrid_compute.dev.toolchain import default_toolchain
-from tests.cluster.support import alias, slot
+from tests.cluster.support import alias, operator_healthy, slot
 from tests.conftest import OPERATOR_ARGS, REPOSITORY_ROOT, TestCluster, operator_env
 
 pytestmark = pytest.mark.cluster
@@ -67,14 +65,6 @@ def _wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
             return result
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def chart_objects(namespace: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -121,7 +111,7 @@ def restricted_operator(k8s: TestCluster, namespace: str, sole_operator: None,
                  "HYBRID_COMPUTE_API_TOKEN": "rbac-proof"})
     try:
         _wait_for("the restricted operator's /healthz",
-                  lambda: _healthy(health_port) or process.poll() is not None)
+                  lambda: operator_healthy(health_port) or process.poll() is not None)
         assert process.poll() is None, f"the operator exited:\n{log.read_text()[-3000:]}"
         yield RestrictedOperator(kubeconfig, kube.load_client(str(kubeconfig)), log)
     finally:

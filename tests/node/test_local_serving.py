@@ -28,8 +28,7 @@ from hybrid_compute.dev.cloud_stand_in import STAND_IN_NOTE
 from hybrid_compute.dev.cluster import _pid_alive, _pids_mentioning
 from hybrid_compute.dev.openai_call import post_json
 from hybrid_compute.dev.process_node import RECORDS_FILE
-from hybrid_compute.render.children import child_name
-from tests.cluster.support import phase, read, wait
+from tests.cluster.support import phase, wait
 from tests.conftest import TEST_CLUSTER_NAME
 from tests.node.local_stack import NAMESPACE, LocalStack, local_stack
 
@@ -203,7 +202,9 @@ def test_a_private_request_during_a_swap_waits_and_never_reaches_the_cloud(
     stack.demand("local/quality-alt")
     stack.patch_slot("quality", {"idleTimeout": "2s", "minResidency": "1s"})
     try:
-        wait(lambda: stack.phase("quality") == "Draining", 60, "quality draining")
+        # The drain ends as soon as the routers have seen it: watch for quality
+        # leaving, not for one phase a poll could miss.
+        wait(lambda: stack.phase("quality") != "Ready", 60, "quality leaving the GPU")
         assert stack.phase("quality-alt") != "Ready"
         sent = time.time()
         answer = stack.chat("local/quality-alt", PRIVATE_TEXT, tags=["private"])
@@ -264,49 +265,58 @@ def test_the_tour_tells_the_seeds_story_on_the_running_cluster(stack: LocalStack
 def test_a_second_process_node_runs_its_pods_reached_through_the_service_proxy(
         stack: LocalStack) -> None:
     """``dev add-node`` plays the new node with an agent of its own, whose pods get
-    addresses from a block of their own; a slot that only fits there runs a real
-    llama-server on it, and the Service proxy the operator's endpoints go through
-    (the first node's) reaches it."""
+    addresses from a block of their own. fast's own pod template, pinned to that node,
+    runs a real llama-server there, and the Service proxy the operator's endpoints go
+    through (the first node's) reaches it. Last before ``dev down``: the new node
+    changes where the plan puts slots."""
     added = subprocess.run(
         [sys.executable, "-m", "hybrid_compute", "dev", "add-node", SECOND_NODE,
          "--profile", "rtx3090", "--name", CLUSTER_NAME],
         capture_output=True, text=True, timeout=120, check=False)
     assert added.returncode == 0, added.stderr
     assert "process" in added.stdout, added.stdout
-    # Too big to share dreamteam's card with fast, too low a priority to evict it.
-    slot = {"apiVersion": "hybridcompute.io/v1alpha1", "kind": "ModelSlot",
-            "metadata": {"name": "second", "namespace": NAMESPACE},
-            "spec": {"alias": "local/second", "priority": 10,
-                     "model": {**stack.slot_spec("fast")["model"], "servedName": "second",
-                               "vram": "20Gi"}}}
-    stack.cluster.apply([slot])
+    template = stack.k8s.apps.read_namespaced_deployment("fast", NAMESPACE).spec.template
+    pod_template = stack.k8s.api.sanitize_for_serialization(template)
+    labels = {"app.kubernetes.io/name": "pinned-copy"}
+    pod_template["metadata"] = {"labels": labels}
+    pod_template["spec"]["nodeSelector"] = {"kubernetes.io/hostname": SECOND_NODE}
+    pod_template["spec"]["containers"][0].get("resources", {}).pop("limits", None)
+    stack.cluster.apply([
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "pinned-copy", "namespace": NAMESPACE},
+         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                  "template": pod_template}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "pinned-copy", "namespace": NAMESPACE},
+         "spec": {"selector": labels, "ports": [{"port": 8080, "targetPort": "http"}]}}])
     try:
-        try:
-            wait(lambda: stack.phase("second") == "Ready", 120, "the second node's slot Ready")
-        except AssertionError as timed_out:
-            status = read(stack.k8s, NAMESPACE, "second").get("status") or {}
-            raise AssertionError(f"{timed_out}: {status.get('phase')}: {status.get('reason')}; "
-                                 f"pods {stack.pods('second')}") from None
-        pod = stack.pods("second")[0]
+        def ready_copy() -> dict[str, Any] | None:
+            pods = stack.k8s.core.list_namespaced_pod(
+                NAMESPACE, label_selector="app.kubernetes.io/name=pinned-copy",
+                _preload_content=False)
+            found = [p for p in json.loads(pods.data)["items"] if _ready(p)]
+            return found[0] if found else None
+
+        pod = wait(ready_copy, 120, "fast's pod template Ready on the second node")
         assert pod["spec"]["nodeName"] == SECOND_NODE
-        first_address = stack.pods("fast")[0]["status"]["podIP"]
+        first_address = stack.pods("embed")[0]["status"]["podIP"]
         assert pod["status"]["podIP"].split(".")[1] != first_address.split(".")[1], (
             "the two nodes hand out addresses from the same block")
         records = (stack.cluster.process_node_folder(SECOND_NODE) / RECORDS_FILE).read_text()
         started = [json.loads(line) for line in records.splitlines() if line]
         assert any(r["event"] == "started" and r["pid"] == _pid(pod) for r in started), \
-            "the slot's llama-server was not started by the second node's agent"
+            "its llama-server was not started by the second node's agent"
         proxy = stack.cluster.service_proxy_port
         assert proxy is not None
+        served_name = stack.slot_spec("fast")["model"]["servedName"]
         answer = post_json(
-            f"http://127.0.0.1:{proxy}/{NAMESPACE}/{child_name('second')}/8080/v1/"
-            "chat/completions",
-            {"model": "second", "max_tokens": 4,
+            f"http://127.0.0.1:{proxy}/{NAMESPACE}/pinned-copy/8080/v1/chat/completions",
+            {"model": served_name, "max_tokens": 4,
              "messages": [{"role": "user", "content": "Say hello."}]}, "unused", 60)
         assert answer.status == 200, answer.body
-        assert answer.body["model"] == "second"
+        assert answer.body["model"] == served_name
     finally:
-        stack.cluster.kubectl("delete", "modelslot", "second", "-n", NAMESPACE,
+        stack.cluster.kubectl("delete", "deployment,service", "pinned-copy", "-n", NAMESPACE,
                               "--wait=false", check=False)
 
 

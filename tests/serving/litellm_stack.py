@@ -161,10 +161,5 @@ def litellm_stack(node: NodeCluster, cloud: CloudStandIn, objects: Sequence[dict
         stack.wait_litellm_serving()
         yield stack
     finally:
-        # Free the GPU for whatever runs next, then let the namespace go.
-        k8s.kubectl("delete", "modelslots,deployments", "--all", "-n", namespace,
-                    "--wait=false", check=False)
-        k8s.kubectl("wait", "--for=delete", "pods", "--all", "-n", namespace,
-                    "--timeout=60s", check=False)
-        k8s.kubectl("delete", "namespace", namespace, "--wait=false")
+        k8s.release_namespace(namespace)
         node.stop_operator()

@@ -95,11 +95,7 @@ def namespace(k8s: TestCluster, node_cluster: NodeCluster) -> Iterator[str]:
     try:
         yield name
     finally:
-        k8s.kubectl("delete", "modelslots,deployments", "--all", "-n", name, "--wait=false",
-                    check=False)
-        k8s.kubectl("wait", "--for=delete", "pods", "--all", "-n", name, "--timeout=60s",
-                    check=False)
-        k8s.kubectl("delete", "namespace", name, "--wait=false")
+        k8s.release_namespace(name)
 
 
 def test_a_request_in_flight_finishes_before_the_outgoing_pod_is_deleted(

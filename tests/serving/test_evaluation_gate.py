@@ -238,11 +238,7 @@ def gate(k8s: TestCluster, node_cluster: NodeCluster, cloud: CloudStandIn
         node_cluster.wait_litellm_serving(namespace, policy_config_hash(k8s, namespace))
         yield stack
     finally:
-        k8s.kubectl("delete", "modelslots,deployments", "--all", "-n", namespace,
-                    "--wait=false", check=False)
-        k8s.kubectl("wait", "--for=delete", "pods", "--all", "-n", namespace,
-                    "--timeout=60s", check=False)
-        k8s.kubectl("delete", "namespace", namespace, "--wait=false")
+        k8s.release_namespace(namespace)
         node_cluster.stop_operator()
         proxy.stop()
 
