@@ -82,10 +82,11 @@ test: toolchain serving js-client image lint crds-check ## everything: lint, CRD
 	@start=$$(date +%s); $(BIN)/pytest; status=$$?; \
 	  echo "tests took $$(( $$(date +%s) - start ))s"; exit $$status
 
-bench: toolchain serving ## benchmarks: plan speed, swap overhead on the local cluster
+bench: toolchain serving ## benchmarks: plan speed, swap overhead, router hook, idle cost
 	$(BIN)/python bench/plan_speed.py
 	$(BIN)/python bench/swap_overhead.py
 	$(BIN)/python bench/router_hook.py
+	$(BIN)/python bench/idle_cost.py
 
 clean: ## remove the virtual environment (the binary cache stays)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,113 @@
+"""What the operator costs while nothing changes, with many slots in the cluster.
+
+On the local cluster (kwok GPU node), the operator reconciles one default slot
+and ``--slots`` OnDemand slots in Standby (no pods). Once every slot has a
+phase and a settle time has passed, the operator process's own CPU time
+(``/proc/PID/stat``: user + system) is read over ``--seconds`` and its resident
+memory (``VmRSS``) at the end. The same is measured first with the default slot
+alone, in the same run, so the printed ratio is the cost of the crowd.
+Targets: idle CPU <= 2% of a core and RSS <= 150 MB with 1,000 slots. CPU time is
+the process's own, so other load on the machine slows it but is not counted.
+
+    .venv/bin/python bench/idle_cost.py [--slots 1000] [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from hybrid_compute.control import kube
+from hybrid_compute.dev.bootstrap import bootstrap_manifests
+from hybrid_compute.dev.cluster import DevCluster
+
+NAMESPACE = "crowd"
+TARGET_CPU_PERCENT = 2.0
+TARGET_RSS_MB = 150.0
+SETTLE_SECONDS = 15.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def slot(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "hybridcompute.io/v1alpha1", "kind": "ModelSlot",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"alias": f"local/{name}", "model": {"path": f"{name}.gguf",
+                                                         "vram": "8Gi"}, **spec}}
+
+
+def crowd(count: int) -> list[dict[str, Any]]:
+    return [slot(f"standby-{index:04d}", activation="OnDemand", idleTimeout="5m")
+            for index in range(count)]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def all_phased(custom: client.CustomObjectsApi, expected: int) -> bool:
+    listed = custom.list_namespaced_custom_object("hybridcompute.io", "v1alpha1", NAMESPACE,
+                                                  "modelslots")["items"]
+    return len(listed) == expected and all((s.get("status") or {}).get("phase")
+                                           for s in listed)
+
+
+def measure(cluster: DevCluster, custom: client.CustomObjectsApi, expected: int,
+            seconds: float) -> tuple[float, float]:
+    """Idle CPU (% of one core) and RSS (MB) of the operator once ``expected``
+    slots all have a phase."""
+    deadline = time.monotonic() + 600
+    while not all_phased(custom, expected):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{expected} slots did not all get a phase in 10 minutes")
+        time.sleep(1)
+    time.sleep(SETTLE_SECONDS)
+    state = cluster.state()
+    assert state is not None
+    pid = state.pids["operator"]
+    before, started = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    used, elapsed = cpu_seconds(pid) - before, time.monotonic() - started
+    return 100 * used / elapsed, rss_mb(pid)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slots", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    cluster = DevCluster("bench-idle")
+    cluster.up(manifests=bootstrap_manifests(None, samples=False), log=True)
+    try:
+        cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+        cluster.stop_operator()
+        cluster.start_operator()
+        custom = client.CustomObjectsApi(kube.load_client(str(cluster.kubeconfig)))
+        cluster.apply([slot("fast", default=True)])
+        alone = measure(cluster, custom, 1, args.seconds)
+        cluster.apply(crowd(args.slots))
+        crowded = measure(cluster, custom, 1 + args.slots, args.seconds)
+    finally:
+        cluster.down(quiet=True)
+    for label, (cpu, rss) in (("default slot alone", alone),
+                              (f"with {args.slots} Standby slots", crowded)):
+        print(f"{label}: idle CPU {cpu:.1f}% of a core, RSS {rss:.0f} MB")
+    cpu, rss = crowded
+    print(f"idle cpu/target={cpu / TARGET_CPU_PERCENT:.2f} rss/target={rss / TARGET_RSS_MB:.2f} "
+          f"crowd/alone cpu={cpu / max(alone[0], 0.01):.1f} rss={rss / alone[1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
