@@ -154,6 +154,7 @@ def _assert_held_then_refused(stack: Stack, api_key: str, **metadata: Any) -> No
 def test_the_custom_auth_function_decides_every_key(stack: Stack) -> None:
     """A key it does not know is refused, LiteLLM's master key too: the keys of
     the tests below reach LiteLLM only through it."""
+    stack.cloud.clear()  # the stand-in is the session's: other modules' calls are in it
     for key in (f"sk-unknown-{uuid.uuid4().hex}", stack.master_key):
         refused = stack.chat("local/fast", api_key=key)
         assert refused.status == 401, (refused.status, refused.body)
