@@ -68,10 +68,11 @@ test: toolchain serving lint crds-check ## everything: lint, CRD check, unit and
 	@start=$$(date +%s); $(BIN)/pytest; status=$$?; \
 	  echo "tests took $$(( $$(date +%s) - start ))s"; exit $$status
 
-bench: toolchain serving ## benchmarks: plan speed, swap overhead on the local cluster
+bench: toolchain serving ## benchmarks: plan speed, swap overhead, swaps against the floor
 	$(BIN)/python bench/plan_speed.py
 	$(BIN)/python bench/swap_overhead.py
 	$(BIN)/python bench/router_hook.py
+	$(BIN)/python bench/swap_floor.py
 
 clean: ## remove the virtual environment (the binary cache stays)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

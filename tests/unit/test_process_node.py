@@ -3,6 +3,7 @@ and environment it gets, probe thresholds, addresses and the local samples."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from hybrid_compute.dev import containers, local_serving
 from hybrid_compute.dev.containers import ContainerConfigError, Program
 from hybrid_compute.dev.pod_worker import go_duration
 from hybrid_compute.dev.probes import ProbeSpec, ProbeTracker
-from hybrid_compute.dev.process_node import loopback_address
+from hybrid_compute.dev.process_node import declared_ports, loopback_address, port_free
 from hybrid_compute.dev.service_proxy import endpoint_template
 from hybrid_compute.render import children
 
@@ -139,6 +140,19 @@ def test_pod_addresses_are_distinct_loopback_addresses() -> None:
     assert all(a.startswith("127.") and a != "127.0.0.1" for a in addresses)
     assert all(0 <= int(part) < 255 for a in addresses for part in a.split(".")[1:3])
     assert all(0 < int(a.split(".")[3]) < 255 for a in addresses)
+
+
+def test_a_pod_address_whose_port_another_program_holds_is_not_handed_out() -> None:
+    pod = {"spec": {"containers": [{"name": "server", "ports": [{"containerPort": 0}]},
+                                   {"name": "side"}]}}
+    assert declared_ports(pod) == [0]
+    with socket.socket() as holder:
+        holder.bind(("127.1.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert not port_free("127.1.0.1", port)
+        assert port_free("127.1.0.2", port)
+    assert port_free("127.1.0.1", port)
 
 
 def test_slot_endpoints_and_drain_probe_go_through_the_service_proxy() -> None:

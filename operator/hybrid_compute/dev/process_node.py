@@ -28,6 +28,7 @@ import datetime
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,23 @@ def loopback_address(index: int) -> str:
     """The ``index``-th pod address: 127.1.0.1, 127.1.0.2, ... (never 127.0.0.1,
     which the control plane and the proxy use)."""
     return f"127.{1 + index // 62500}.{index // 250 % 250}.{index % 250 + 1}"
+
+
+def declared_ports(pod: dict[str, Any]) -> list[int]:
+    """The container ports a pod's programs will listen on."""
+    return [int(port["containerPort"]) for container in pod["spec"]["containers"]
+            for port in container.get("ports") or [] if "containerPort" in port]
+
+
+def port_free(address: str, port: int) -> bool:
+    """Whether a program could listen on ``address:port`` now."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 class ProcessNode:
@@ -121,12 +139,18 @@ class ProcessNode:
         if uid in self._addresses:
             return self._addresses[uid]
         taken = set(self._addresses.values())
+        ports = declared_ports(pod)
+
+        def usable(address: str) -> bool:
+            # Other clusters' nodes on this machine hand out the same addresses.
+            return address not in taken and all(port_free(address, p) for p in ports)
+
         existing = (pod.get("status") or {}).get("podIP") or ""
-        if existing.startswith("127.") and existing not in taken:
+        if existing.startswith("127.") and usable(existing):
             address = existing
         else:
             address = next(a for a in (loopback_address(i) for i in range(250 * 250 * 250))
-                           if a not in taken)
+                           if usable(a))
         self._addresses[uid] = address
         return address
 
