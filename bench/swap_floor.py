@@ -93,8 +93,8 @@ PROMPT_SHAPE = TinyShape(layers=4, embedding=512, heads=8, kv_heads=4, feed_forw
 """The long-prompt model: 4k tokens take seconds to prefill on one core, so a kept
 prompt cache shows, and a swap of it takes a moment."""
 LONG_PREFIX = "".join(f"Step {n}: read the file, check the plan, write the patch. "
-                      for n in range(72))
-"""A long shared prefix (about 4.3k tokens with the byte tokenizer), as an agent's
+                      for n in range(52))
+"""A long shared prefix (about 4.2k tokens with the byte tokenizer), as an agent's
 system prompt and history are."""
 COLD_MAX_RESIDENT = 0.02
 REQUEST_TIMEOUT = 900.0

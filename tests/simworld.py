@@ -17,6 +17,7 @@ from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.units import MIB
 from hybrid_compute.dev.nodes import PROFILES
 from hybrid_compute.plan import Plan, plan
+from hybrid_compute.plan.prompt_cache import PromptCacheOutcomes
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import (
     DeploymentInfo,
@@ -99,6 +100,8 @@ class World:
     """Requests each slot's llama-server is processing, by slot name (0 if absent)."""
     router_fetched_at: datetime.datetime | None = None
     router_fetches: dict[str, RouterFetch] = field(default_factory=dict)
+    prompt_caches: dict[tuple[str, str], PromptCacheOutcomes] = field(default_factory=dict)
+    """Prompt cache saves and restores as the runtime would hand them to the plan."""
 
     def view(self) -> View:
         return View(nodes=tuple(self.nodes), slots=tuple(self.slots),
@@ -111,7 +114,8 @@ class World:
                                    SlotActivity(self.in_flight.get(p.info.owner, 0))
                                    for p in self.pods if p.info.ready},
                     router_fetched_at=self.router_fetched_at,
-                    router_fetches=dict(self.router_fetches))
+                    router_fetches=dict(self.router_fetches),
+                    prompt_caches=dict(self.prompt_caches))
 
     def demand(self, alias: str) -> None:
         self.demands[alias] = self.now

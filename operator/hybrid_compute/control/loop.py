@@ -3,7 +3,12 @@ plan's own next deadline (an idle timeout, the end of a minimum residency).
 
 Evaluations of new models (:mod:`hybrid_compute.plan.evaluation`) run beside the loop:
 a plan asks for one, the loop starts it in the background after acting, and its
-result reaches the next plan through the View until a status holds it."""
+result reaches the next plan through the View until a status holds it.
+
+Prompt caches (:mod:`hybrid_compute.plan.prompt_cache`) are saved and restored
+between plan and act: a save before the write that scales its slot down, a restore
+before the plan that shows its slot Ready is published to routers. Their outcomes
+reach the next plan the same way as evaluations'."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import time
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from hybrid_compute.control import clock, evaluator
+from hybrid_compute.control import clock, evaluator, prompt_cache
 from hybrid_compute.control.act import act
 from hybrid_compute.control.diff import diff
 from hybrid_compute.control.lease_elector import LeaseElector
@@ -27,6 +32,7 @@ from hybrid_compute.plan import evaluation, plan
 from hybrid_compute.plan.drain import PREVIOUS_OPERATOR, ROUTER_ACTIVE_WINDOW
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.outputs import Plan, SlotDecision
+from hybrid_compute.plan.prompt_cache import PromptCacheOutcomes, RestoreOutcome, SaveOutcome
 from hybrid_compute.plan.routing import PolicyDecision
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import RouterFetch, SlotInfo, View
@@ -76,6 +82,8 @@ class Runtime:
         """Finished evaluations, per slot, until its status holds the verdict."""
         self._evaluating: dict[tuple[str, str], tuple[tuple[str, str], asyncio.Task[None]]] = {}
         """The evaluation running per slot, with the (model, criteria) it checks."""
+        self.prompt_caches: dict[tuple[str, str], PromptCacheOutcomes] = {}
+        """The last prompt cache save and restore per slot, until its status holds them."""
 
     def state_fetched(self, router: str = "",
                       not_ready: frozenset[tuple[str, str]] = frozenset()) -> None:
@@ -143,6 +151,7 @@ class Runtime:
         started = time.perf_counter()
         result = plan(view, now, self.memo)
         plan_seconds = time.perf_counter() - started
+        await self._keep_prompt_caches(result)
         changes = await asyncio.to_thread(diff, result, view)
         writes = await asyncio.to_thread(act, self.api, changes, now, self._spend_saved)
         self.last_view, self.last_plan = view, result
@@ -165,7 +174,58 @@ class Runtime:
                        router_fetched_at=lambda: self.router_fetched_at,
                        router_fetches=lambda: self.router_fetches,
                        unrecorded_evaluations=self._unrecorded_evaluations,
+                       unrecorded_prompt_caches=self._unrecorded_prompt_caches,
                        telemetry=self.telemetry)
+
+    async def _keep_prompt_caches(self, result: Plan) -> None:
+        """The saves and restores ``result`` asks for, all at once (each server is
+        asked in order)."""
+        saves = [d.cache_save for d in result.slots if d.cache_save is not None]
+        restores = [d.cache_restore for d in result.slots if d.cache_restore is not None]
+        if not saves and not restores:
+            return
+        saved, restored = await asyncio.gather(
+            asyncio.gather(*(asyncio.to_thread(prompt_cache.save, request, clock.now)
+                             for request in saves)),
+            asyncio.gather(*(asyncio.to_thread(prompt_cache.restore, request, clock.now)
+                             for request in restores)))
+        for save in saved:
+            self._saved(save)
+        for restore in restored:
+            self._restored(restore)
+
+    def _saved(self, outcome: SaveOutcome) -> None:
+        key = (outcome.request.namespace, outcome.request.name)
+        held = self.prompt_caches.get(key, PromptCacheOutcomes())
+        self.prompt_caches[key] = PromptCacheOutcomes(outcome, held.restore)
+        self.metrics.record_prompt_cache_save(*key, len(outcome.saved), len(outcome.failures),
+                                              len(outcome.evicted))
+        logger.info("saved %d prompt cache(s) of %s/%s (%d bytes) in %.2fs", len(outcome.saved),
+                    *key, sum(f.bytes for f in outcome.saved), outcome.seconds)
+        for failure in outcome.failures:
+            logger.warning("saving the prompt caches of %s/%s: %s", *key, failure)
+
+    def _restored(self, outcome: RestoreOutcome) -> None:
+        key = (outcome.request.namespace, outcome.request.name)
+        held = self.prompt_caches.get(key, PromptCacheOutcomes())
+        self.prompt_caches[key] = PromptCacheOutcomes(held.save, outcome)
+        self.metrics.record_prompt_cache_restore(*key, len(outcome.restored),
+                                                 len(outcome.failures))
+        logger.info("restored %d prompt cache(s) of %s/%s (%d tokens) in %.2fs",
+                    len(outcome.restored), *key,
+                    sum(tokens for _, tokens in outcome.restored), outcome.seconds)
+        for file, why in outcome.failures:
+            logger.warning("skipped prompt cache %s of %s/%s: %s", file.name, *key, why)
+
+    def _unrecorded_prompt_caches(self, slots: tuple[SlotInfo, ...]
+                                  ) -> dict[tuple[str, str], PromptCacheOutcomes]:
+        """Drops outcomes a slot's status holds, or whose slot is gone."""
+        statuses = {slot.key: slot.status for slot in slots}
+        for key, outcomes in list(self.prompt_caches.items()):
+            status = statuses.get(key)
+            if status is None or outcomes.recorded_in(status):
+                del self.prompt_caches[key]
+        return dict(self.prompt_caches)
 
     def _unrecorded_evaluations(self, slots: tuple[SlotInfo, ...]
                                 ) -> dict[tuple[str, str], evaluation.EvaluationResult]:

@@ -43,6 +43,7 @@ from hybrid_compute.plan.objects import (
     workload_child_from_object,
     workload_from_object,
 )
+from hybrid_compute.plan.prompt_cache import PromptCacheOutcomes
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import (
     LiteLLMDeployment,
@@ -146,6 +147,10 @@ class Signals:
     """Each router's latest fetch, read with ``router_fetched_at``."""
     unrecorded_evaluations: Callable[[tuple[SlotInfo, ...]], Mapping[SlotKey, EvaluationResult]]
     """The finished evaluations whose verdict none of these slots' statuses holds."""
+    unrecorded_prompt_caches: Callable[[tuple[SlotInfo, ...]],
+                                       Mapping[SlotKey, PromptCacheOutcomes]] = \
+        lambda _slots: {}
+    """The prompt cache saves and restores none of these slots' statuses holds."""
     telemetry: GpuTelemetry | None = None
     """The GPU agents' figures; None plans without them."""
     probe: Callable[[Mapping[SlotKey, str]], Mapping[SlotKey, SlotActivity]] = \
@@ -166,7 +171,8 @@ async def observe(api: client.ApiClient, settings: PlanSettings, signals: Signal
     return dataclasses.replace(
         listed, slot_activity=activity, router_fetches=signals.router_fetches(),
         router_fetched_at=signals.router_fetched_at(),
-        evaluations=signals.unrecorded_evaluations(listed.slots))
+        evaluations=signals.unrecorded_evaluations(listed.slots),
+        prompt_caches=signals.unrecorded_prompt_caches(listed.slots))
 
 
 def list_cluster(api: client.ApiClient, settings: PlanSettings,

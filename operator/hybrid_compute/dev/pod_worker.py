@@ -87,6 +87,8 @@ class NodeContext(Protocol):
     kube: KubeRest
     node: str
     models: Path
+    host_folder: Path
+    """Plays the node's root for the hostPath folders it creates."""
     http: aiohttp.ClientSession
 
     @property
@@ -358,7 +360,8 @@ class PodWorker:
                            f"{run.spec.get('image')}: run `make serving`")
             return None, {}
         objects = await self._objects()
-        volumes = containers.pod_volumes(self.pod, self.folder, self.context.models, objects)
+        volumes = containers.pod_volumes(self.pod, self.folder, self.context.models, objects,
+                                         host_folder=self.context.host_folder)
         for volume in volumes.values():
             if volume.path != self.context.models:
                 volume.path.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,7 @@ class ProcessNode:
         if self.models.is_symlink() or self.models.exists():
             self.models.unlink()
         self.models.symlink_to(models.resolve(), target_is_directory=True)
+        self.host_folder = folder / "host"
         self.proxy_port = proxy_port
         self.kube = KubeRest.from_kubeconfig(kubeconfig, folder / "credentials")
         self.http: aiohttp.ClientSession

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from hybrid_compute.api.modelslot import ModelSlotSpec
     from hybrid_compute.plan.evaluation import EvaluationRequest
     from hybrid_compute.plan.memo import PlanMemo
+    from hybrid_compute.plan.prompt_cache import RestoreRequest, SaveRequest
     from hybrid_compute.plan.routing import PolicyDecision
     from hybrid_compute.plan.settings import PlanSettings
     from hybrid_compute.plan.view import SlotInfo
@@ -115,6 +116,10 @@ class SlotDecision:
     refused: bool = False
     """Refused for a conflict with an earlier object (:mod:`.conflicts`): the
     router must not take its alias for a local one."""
+    cache_save: SaveRequest | None = None
+    """Prompt caches the runtime has saved before it scales the slot down."""
+    cache_restore: RestoreRequest | None = None
+    """Prompt caches the runtime restores before the router may route to the slot."""
 
     @property
     def namespace(self) -> str:

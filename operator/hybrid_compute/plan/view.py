@@ -18,6 +18,7 @@ from hybrid_compute.plan.settings import PlanSettings
 
 if TYPE_CHECKING:
     from hybrid_compute.plan.evaluation import EvaluationResult
+    from hybrid_compute.plan.prompt_cache import PromptCacheOutcomes
     from hybrid_compute.plan.vram import ModelShape
 
 @dataclass(frozen=True)
@@ -276,4 +277,7 @@ class View:
     evaluations: Mapping[tuple[str, str], EvaluationResult] = field(default_factory=dict)
     """(namespace, slot) -> the last evaluation the operator ran of the slot's new model
     that no status holds yet."""
+    prompt_caches: Mapping[tuple[str, str], PromptCacheOutcomes] = field(default_factory=dict)
+    """(namespace, slot) -> the prompt cache saves and restores the operator made that
+    no status holds yet."""
     settings: PlanSettings = field(default_factory=PlanSettings)
