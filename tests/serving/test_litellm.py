@@ -30,6 +30,7 @@ from hybrid_compute.dev import local_serving
 from hybrid_compute.dev.cloud_stand_in import COMPLETION_TOKENS, PROMPT_TOKENS, CloudStandIn
 from hybrid_compute.dev.nodes import DEFAULT_NODE_NAME
 from hybrid_compute.dev.openai_call import Reply, post_json
+from hybrid_compute.dev.pod_worker import READY_DELAY
 from hybrid_compute.dev.tiny_models import write_tiny_model
 from hybrid_compute.render.children import child_name
 from tests.cluster.support import apply, phase, wait
@@ -49,6 +50,9 @@ BUDGET = round(FRONTIER_CALL_COST * 3.5, 6)
 HOLD_TIMEOUT_SECONDS = 10
 ROUTER_REFRESH = 2.5
 """The router reads the operator's state every 2 s."""
+CODER_LOAD_SECONDS = 2
+"""How long coder's tiny model takes to load, as the process node plays it: a swap
+to coder lasts seconds, as a real model's would."""
 
 
 @dataclass
@@ -172,7 +176,8 @@ def stack(k8s: TestCluster, node_cluster: NodeCluster, cloud: CloudStandIn,
                   model={"path": "tiny.gguf", "servedName": "quality", "vram": "16Gi"}),
             _slot("coder", "local/coder", activation="OnDemand",
                   idleTimeout="20s", priority=200, fallback="cloud/mid",
-                  model={"path": "tiny.gguf", "servedName": "coder", "vram": "16Gi"}),
+                  model={"path": "tiny.gguf", "servedName": "coder", "vram": "16Gi"},
+                  podAnnotations={READY_DELAY: f"{CODER_LOAD_SECONDS}s"}),
             _slot("embed", "local/embed", device="cpu", embedding=True),
             _slot("broken", "local/broken", activation="OnDemand", idleTimeout="1m",
                   model={"path": "tiny.gguf", "vram": "30Gi"}),

@@ -74,6 +74,10 @@ class Runtime:
         self.router_fetches: dict[str, RouterFetch] = {
             PREVIOUS_OPERATOR: RouterFetch(started)}
         self._wake = asyncio.Event()
+        self.plan_version = 0
+        """Counts the plans published (``last_plan``): routers wait for a newer one."""
+        self._published = asyncio.Event()
+        """Set, and replaced, when a plan is published."""
         # Cloud spend the router reported that no RoutePolicy status holds yet. The
         # API adds to it on the event loop; act subtracts in its thread.
         self._spend: dict[tuple[str, str], float] = {}
@@ -95,6 +99,25 @@ class Runtime:
                    if now - fetch.at <= ROUTER_FORGET_AFTER}
         fetches[router] = RouterFetch(now, not_ready)
         self.router_fetches = fetches  # replaced whole: a pass may be reading it
+        if self.last_plan is not None and any(
+                d.phase == "Draining" and d.slot.key in not_ready for d in self.last_plan.slots):
+            # This router has seen a draining slot leave: its drain may be over now.
+            self.poke()
+
+    async def plan_after(self, version: int, timeout: float) -> None:
+        """Returns once a plan newer than ``version`` is published, or after
+        ``timeout`` seconds."""
+        if self.plan_version != version:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._published.wait(), timeout)
+
+    def _publish(self, view: View, result: Plan) -> None:
+        """What the API serves routers from now on, and wakes those waiting for it."""
+        self.last_view, self.last_plan = view, result
+        self.plan_version += 1
+        published, self._published = self._published, asyncio.Event()
+        published.set()
 
     def poke(self) -> None:
         """Something changed: plan again soon."""
@@ -152,9 +175,11 @@ class Runtime:
         result = plan(view, now, self.memo)
         plan_seconds = time.perf_counter() - started
         await self._keep_prompt_caches(result)
+        # Routers follow the plan, not the statuses: they learn of a slot that stops
+        # or starts serving before its writes land.
+        self._publish(view, result)
         changes = await asyncio.to_thread(diff, result, view)
         writes = await asyncio.to_thread(act, self.api, changes, now, self._spend_saved)
-        self.last_view, self.last_plan = view, result
         for decision in result.slots:
             self._start_evaluation(decision)
         if self.telemetry is not None:

@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import json
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,30 +190,40 @@ def list_cluster(api: client.ApiClient, settings: PlanSettings,
     core = client.CoreV1Api(api)
     apps = client.AppsV1Api(api)
     custom = client.CustomObjectsApi(api)
-    nodes = _raw(core.list_node(_preload_content=False))["items"]
-    pods = [pod for label in (SLOT_LABEL, WORKLOAD_LABEL)
-            for pod in _raw(core.list_pod_for_all_namespaces(
-                label_selector=label, _preload_content=False))["items"]]
     owned = f"{MANAGED_BY_LABEL}={MANAGED_BY},{WORKLOAD_LABEL}"
-    jobs = _raw(client.BatchV1Api(api).list_job_for_all_namespaces(
-        label_selector=owned, _preload_content=False))["items"]
-    workload_deployments = _raw(apps.list_deployment_for_all_namespaces(
-        label_selector=owned, _preload_content=False))["items"]
+    slot_children = f"{MANAGED_BY_LABEL}={MANAGED_BY},{SLOT_LABEL}"
+    child_lists: dict[str, Callable[[], Any]] = {
+        "nodes": lambda: core.list_node(_preload_content=False),
+        "slot pods": lambda: core.list_pod_for_all_namespaces(
+            label_selector=SLOT_LABEL, _preload_content=False),
+        "workload pods": lambda: core.list_pod_for_all_namespaces(
+            label_selector=WORKLOAD_LABEL, _preload_content=False),
+        "jobs": lambda: client.BatchV1Api(api).list_job_for_all_namespaces(
+            label_selector=owned, _preload_content=False),
+        "workload deployments": lambda: apps.list_deployment_for_all_namespaces(
+            label_selector=owned, _preload_content=False),
+        "slot deployments": lambda: apps.list_deployment_for_all_namespaces(
+            label_selector=slot_children, _preload_content=False),
+        "services": lambda: core.list_service_for_all_namespaces(
+            label_selector=slot_children, _preload_content=False),
+    }
+    # The lists of each group are read at once (a pass waits for the slowest, not
+    # for their sum); every child list ends before the first owner list starts.
+    with ThreadPoolExecutor(max_workers=len(child_lists)) as pool:
+        children = dict(zip(child_lists, pool.map(lambda read: _raw(read())["items"],
+                                                  child_lists.values()), strict=True))
+        slots, workloads, policy_objects = pool.map(
+            lambda plural: custom.list_cluster_custom_object(GROUP, VERSION, plural)["items"],
+            ("modelslots", "gpuworkloads", "routepolicies"))
+    nodes, pods = children["nodes"], [*children["slot pods"], *children["workload pods"]]
+    jobs, workload_deployments = children["jobs"], children["workload deployments"]
+    deployments, services = children["slot deployments"], children["services"]
     for item in jobs:
         item["kind"] = "Job"
     for item in workload_deployments:
         item["kind"] = "Deployment"
-    deployments = _raw(apps.list_deployment_for_all_namespaces(
-        label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY},{SLOT_LABEL}",
-        _preload_content=False))["items"]
-    services = _raw(core.list_service_for_all_namespaces(
-        label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY},{SLOT_LABEL}",
-        _preload_content=False))["items"]
-    slots = custom.list_cluster_custom_object(GROUP, VERSION, "modelslots")["items"]
-    workloads = custom.list_cluster_custom_object(GROUP, VERSION, "gpuworkloads")["items"]
-    policies = [policy_from_object(p) for p in custom.list_cluster_custom_object(
-        GROUP, VERSION, "routepolicies")["items"]
-        if not p.get("metadata", {}).get("deletionTimestamp")]
+    policies = [policy_from_object(p) for p in policy_objects
+                if not p.get("metadata", {}).get("deletionTimestamp")]
     litellm = _litellm_objects(core, apps, policies)
     return View(
         nodes=tuple(n for n in map(node_from_object, nodes) if n),
