@@ -97,6 +97,9 @@ LONG_PREFIX = "".join(f"Step {n}: read the file, check the plan, write the patch
 """A long shared prefix (about 4.2k tokens with the byte tokenizer), as an agent's
 system prompt and history are."""
 COLD_MAX_RESIDENT = 0.02
+OPERATOR_READINESS = "project, readiness Operator"
+"""The project with ``spec.server.readiness: Operator`` (the slot serves once the
+operator sees /health answer, not at the kubelet's next probe)."""
 REQUEST_TIMEOUT = 900.0
 SETTLE_TIMEOUT = 600.0
 LOAD_TIMEOUT = 600.0
@@ -342,12 +345,13 @@ class RouterMode:
 # ------------------------------------------------------------------ project
 
 
-def _slot(name: str, path: Path, vram: str, **spec: Any) -> dict[str, Any]:
+def _slot(name: str, path: Path, vram: str, server: dict[str, Any] | None = None,
+          **spec: Any) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelSlot",
             "metadata": {"name": name},
             "spec": {"alias": f"local/{name}", "fallback": "cloud/mid", "minResidency": "0s",
                      "model": {"path": path.name, "servedName": name, "vram": vram},
-                     "server": dict(SERVER), **spec}}
+                     "server": {**SERVER, **(server or {})}, **spec}}
 
 
 def _policy(cloud_url: str) -> dict[str, Any]:
@@ -365,8 +369,9 @@ def _policy(cloud_url: str) -> dict[str, Any]:
 
 class Project:
     """The local cluster with the process node, the operator, LiteLLM and slots
-    ``a`` (the default, holding the GPU), ``b`` and ``p`` (on demand); any two of
-    them are more than the GPU holds, so each load evicts the other."""
+    ``a`` (the default, holding the GPU), ``b`` and ``p`` (on demand), and ``c``,
+    which serves B's file as ``b`` does but with ``readiness: Operator``; any two
+    of them are more than the GPU holds, so each load evicts the other."""
 
     def __init__(self, cluster_name: str, files: dict[str, Path], cloud: CloudStandIn) -> None:
         self.cluster = DevCluster(cluster_name)
@@ -391,6 +396,8 @@ class Project:
                     _slot("a", files["a"], "12Gi", default=True),
                     _slot("b", files["b"], "16Gi", activation="OnDemand", idleTimeout="2s",
                           priority=200),
+                    _slot("c", files["b"], "16Gi", {"readiness": "Operator"},
+                          activation="OnDemand", idleTimeout="2s", priority=200),
                     _slot("p", files["p"], "12Gi", activation="OnDemand",
                           idleTimeout="3s", priority=200)])
         self.url = f"{self.proxy}/{NAMESPACE}/{local_serving.LITELLM_NAME}/" \
@@ -421,11 +428,11 @@ class Project:
         return dict(self.slot(name).get("status") or {})
 
     def phases(self) -> dict[str, str | None]:
-        return {name: self.status(name).get("phase") for name in ("a", "b", "p")}
+        return {name: self.status(name).get("phase") for name in ("a", "b", "c", "p")}
 
     def settle(self) -> None:
         """Until ``a`` serves and the others stand by (after an idle timeout)."""
-        wanted = {"a": "Ready", "b": "Standby", "p": "Standby"}
+        wanted = {"a": "Ready", "b": "Standby", "c": "Standby", "p": "Standby"}
         try:
             wait_until(lambda: self.phases() == wanted, SETTLE_TIMEOUT, f"phases {wanted}",
                        interval=0.2)
@@ -440,37 +447,38 @@ class Project:
         path = self.cluster.process_node_folder() / RECORDS_FILE
         return [json.loads(line) for line in path.read_text().splitlines() if line]
 
-    def swap(self) -> Sample:
+    def swap(self, name: str) -> Sample:
+        """A held request for ``local/{name}`` (B's file) while ``a`` serves."""
         known = len(self.records())
         started = time.monotonic()
         sent = time.time()
-        reply = chat(self.url, "local/b", key=self.master_key,
+        reply = chat(self.url, f"local/{name}", key=self.master_key,
                      headers={"x-hybrid-patience": str(PATIENCE_SECONDS)})
         seconds = time.monotonic() - started
         done = time.time()
-        expect_answer(reply, "project b")
-        if (reply.route, reply.served_by) != ("local", "local/b"):
-            raise RuntimeError(f"the request for local/b was not held for the swap: "
+        expect_answer(reply, f"project {name}")
+        if (reply.route, reply.served_by) != ("local", f"local/{name}"):
+            raise RuntimeError(f"the request for local/{name} was not held for the swap: "
                                f"{reply.headers.get('x-hybrid-reason')}")
         records = self.records()[known:]
         a_exit = next((r["at"] for r in records if r["event"] == "exited"
                        and str(r.get("pod", "")).startswith("a-")), None)
         b_start = next((r for r in records if r["event"] == "started"
-                        and str(r.get("pod", "")).startswith("b-")), None)
+                        and str(r.get("pod", "")).startswith(f"{name}-")), None)
         loaded = None
         if b_start is not None:
             logs = self.cluster.process_node_folder() / "pods"
             log = next(iter(logs.glob(f"{NAMESPACE}_{b_start['pod']}_*/llama-server.log")),
                        None)
             loaded = loaded_at(log, b_start["at"]) if log else None
-        status = self.status("b")
+        status = self.status(name)
         ready = _wall(status.get("readySince"))
         marks = spans([("", sent), ("old server exited", a_exit),
                        ("new server started", b_start["at"] if b_start else None),
                        ("model loaded", loaded), ("slot Ready", ready),
                        ("first token", done)])
         self.settle()
-        phases = {k: float(v) for k, v in (self.status("b").get("lastSwapPhases")
+        phases = {k: float(v) for k, v in (self.status(name).get("lastSwapPhases")
                                            or {}).items()}
         return Sample(seconds, marks, phases)
 
@@ -602,7 +610,9 @@ def main() -> int:
             floor = Floor(tools.llama_server, files, folder)
             router = RouterMode(tools.llama_server, files, folder)
             contenders: dict[str, Callable[[], Sample]] = {
-                "floor": floor.swap, "router mode": router.swap, "project": project.swap}
+                "floor": floor.swap, "router mode": router.swap,
+                "project": lambda: project.swap("b"),
+                OPERATOR_READINESS: lambda: project.swap("c")}
             caches = ["warm", "cold"] if args.cold else ["warm"]
             for cache in caches:
                 for index, label in rotations(list(contenders), rounds):
@@ -633,33 +643,38 @@ def main() -> int:
 
 def summarize(results: Results, caches: Sequence[str],
               restore: dict[str, list[Sample]]) -> None:
+    labels = ("floor", "router mode", "project", OPERATOR_READINESS)
     print("\ntime to B's first token (where the time went: median seconds per step)")
-    report(results, [f"{label} ({cache})" for cache in caches
-                     for label in ("floor", "router mode", "project")])
-    project_phases: dict[str, list[float]] = {}
-    for sample in results.samples.get("project (warm)", []):
-        for name, seconds in sample.phases.items():
-            project_phases.setdefault(name, []).append(seconds)
-    if project_phases:
-        print("  the operator's phases of the project's warm swaps (lastSwapPhases, median s):")
-        print("      " + ", ".join(f"{name} {statistics.median(v):.2f}"
-                                   for name, v in project_phases.items()))
+    report(results, [f"{label} ({cache})" for cache in caches for label in labels])
+    for label in ("project", OPERATOR_READINESS):
+        phases: dict[str, list[float]] = {}
+        for sample in results.samples.get(f"{label} (warm)", []):
+            for name, seconds in sample.phases.items():
+                phases.setdefault(name, []).append(seconds)
+        if phases:
+            print(f"  the operator's phases of the warm swaps, {label} (lastSwapPhases, "
+                  "median s):")
+            print("      " + ", ".join(f"{name} {statistics.median(v):.2f}"
+                                       for name, v in phases.items()))
     floor, router, project = (results.median(f"{label} (warm)")
                               for label in ("floor", "router mode", "project"))
     for cache in caches:
-        medians = {label: results.median(f"{label} ({cache})")
-                   for label in ("floor", "router mode", "project")}
-        print(f"  {cache}: project/floor {text(ratio(medians['project'], medians['floor']))}, "
-              f"project/router {text(ratio(medians['project'], medians['router mode']))}")
-    if project and floor:
-        print(f"  control-plane share of the project's warm swap: "
-              f"{(project - floor) / project:.0%} over the floor "
-              f"({project - floor:.2f} s of {project:.2f} s)")
-        load = project_phases.get("modelLoad")
-        total = [s.seconds for s in results.samples.get("project (warm)", [])]
-        if load and total:
-            share = 1 - statistics.median(load) / statistics.median(total)
-            print(f"  everything but the operator's model-load phase: {share:.0%}")
+        medians = {label: results.median(f"{label} ({cache})") for label in labels}
+        for label in ("project", OPERATOR_READINESS):
+            print(f"  {cache}: {label}/floor {text(ratio(medians[label], medians['floor']))}, "
+                  f"{label}/router {text(ratio(medians[label], medians['router mode']))}")
+    for label in ("project", OPERATOR_READINESS):
+        swapped = results.median(f"{label} (warm)")
+        found = results.samples.get(f"{label} (warm)", [])
+        if not swapped or not floor or not found:
+            continue
+        loads = [s.phases["modelLoad"] for s in found if "modelLoad" in s.phases]
+        line = (f"  control-plane share, {label}: {(swapped - floor) / swapped:.0%} over the "
+                f"floor ({swapped - floor:.2f} s of {swapped:.2f} s)")
+        if loads:
+            line += (f"; everything but the operator's model-load phase: "
+                     f"{1 - statistics.median(loads) / swapped:.0%}")
+        print(line)
     with_cache = [s.seconds for s in restore["restore"]]
     without = [s.seconds for s in restore["no restore"]]
     restore_ratio = (statistics.median(with_cache) / statistics.median(without)

@@ -33,6 +33,7 @@ SlotPhase = Literal[
 ]
 SLOT_CONDITION_TYPES = ("Accepted", "Fits", "Resident", "Swapping", "Ready", "Evaluated")
 VramSource = Literal["Spec", "Measured", "Estimated"]
+Readiness = Literal["Kubelet", "Operator"]
 LoadMode = Literal["auto", "mmap", "none", "dio", "mlock", "mmap+mlock"]
 """llama-server's --load-mode values, spelled as it spells them."""
 
@@ -239,6 +240,14 @@ class ServerSettings(ApiModel):
     prompt_cache: PromptCacheSettings = Field(default_factory=PromptCacheSettings,
                                               json_schema_extra={"default": {}})
     """Prompt caches kept across swaps."""
+    readiness: Readiness = "Kubelet"
+    """When a loaded slot starts to serve. Kubelet: once the kubelet's probes mark its
+    pod Ready; they run every 2 s, so a swap waits a second on average after the
+    model is loaded. Operator: once the operator sees llama-server answer /health,
+    which it asks every 0.1 s while the pod runs but is not Ready yet; the slot's
+    Service then publishes not-ready addresses, so the router's requests reach the
+    pod before the kubelet calls it Ready (the slot's status may say Ready up to a
+    probe period before its pod does)."""
 
     @model_validator(mode="after")
     def _no_owned_flags(self) -> ServerSettings:

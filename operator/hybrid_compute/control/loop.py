@@ -19,10 +19,11 @@ import logging
 import threading
 import time
 
+import aiohttp
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from hybrid_compute.control import clock, evaluator, prompt_cache
+from hybrid_compute.control import clock, evaluator, health_probe, prompt_cache
 from hybrid_compute.control.act import act
 from hybrid_compute.control.diff import diff
 from hybrid_compute.control.lease_elector import LeaseElector
@@ -88,6 +89,9 @@ class Runtime:
         """The evaluation running per slot, with the (model, criteria) it checks."""
         self.prompt_caches: dict[tuple[str, str], PromptCacheOutcomes] = {}
         """The last prompt cache save and restore per slot, until its status holds them."""
+        self.answering: frozenset[str] = frozenset()
+        """UIDs of the slot pods not Ready by the kubelet whose server answered /health
+        at the last ask (:mod:`hybrid_compute.control.health_probe`)."""
 
     def state_fetched(self, router: str = "",
                       not_ready: frozenset[tuple[str, str]] = frozenset()) -> None:
@@ -200,7 +204,22 @@ class Runtime:
                        router_fetches=lambda: self.router_fetches,
                        unrecorded_evaluations=self._unrecorded_evaluations,
                        unrecorded_prompt_caches=self._unrecorded_prompt_caches,
-                       telemetry=self.telemetry)
+                       telemetry=self.telemetry, answering=lambda: self.answering)
+
+    async def watch_loading_pods(self) -> None:
+        """Asks the servers of the slot pods the last view shows running but not
+        Ready whether their model is loaded, every health_probe.INTERVAL_SECONDS;
+        the first answer wakes the loop, which then routes to the slot without
+        waiting for the kubelet's next probe."""
+        async with aiohttp.ClientSession() as session:
+            while True:
+                asked = health_probe.loading_pods(self.last_view) if self.last_view else {}
+                answered = (await health_probe.answering(session, asked)) if asked \
+                    else frozenset()
+                if answered - self.answering:
+                    self.poke()
+                self.answering = answered
+                await asyncio.sleep(health_probe.INTERVAL_SECONDS)
 
     async def _keep_prompt_caches(self, result: Plan) -> None:
         """The saves and restores ``result`` asks for, all at once (each server is
@@ -325,6 +344,14 @@ class Runtime:
         return reconciling.result()
 
     async def run(self) -> None:
+        watcher = asyncio.create_task(self.watch_loading_pods(),
+                                      name="hybrid-compute-loading-pods")
+        try:
+            await self._loop()
+        finally:
+            watcher.cancel()
+
+    async def _loop(self) -> None:
         while True:
             self._wake.clear()
             if self.leadership is not None and not self.leadership.leading.is_set():

@@ -30,7 +30,7 @@ from hybrid_compute.api.labels import (
     SLOT_LABEL,
     WORKLOAD_LABEL,
 )
-from hybrid_compute.control import drain_probe
+from hybrid_compute.control import drain_probe, health_probe
 from hybrid_compute.control.telemetry import GpuTelemetry
 from hybrid_compute.plan.evaluation import EvaluationResult
 from hybrid_compute.plan.objects import (
@@ -157,6 +157,9 @@ class Signals:
     probe: Callable[[Mapping[SlotKey, str]], Mapping[SlotKey, SlotActivity]] = \
         drain_probe.probe
     """Asks draining slots' servers for the requests they still run."""
+    answering: Callable[[], frozenset[str]] = frozenset
+    """UIDs of slot pods not Ready by the kubelet whose server answered /health
+    (:mod:`hybrid_compute.control.health_probe`)."""
 
 
 async def observe(api: client.ApiClient, settings: PlanSettings, signals: Signals,
@@ -167,6 +170,9 @@ async def observe(api: client.ApiClient, settings: PlanSettings, signals: Signal
                                      signals.spend_reports)
     if signals.telemetry is not None:
         listed = signals.telemetry.annotate(listed, now)
+    answered = signals.answering()
+    if answered:
+        listed = dataclasses.replace(listed, pods=health_probe.ready_early(listed.pods, answered))
     activity = await asyncio.to_thread(
         signals.probe, drain_probe.draining_endpoints(listed.slots, settings))
     return dataclasses.replace(
@@ -231,8 +237,8 @@ def list_cluster(api: client.ApiClient, settings: PlanSettings,
                     if not s.get("metadata", {}).get("deletionTimestamp")),
         pods=_read_fetch_logs(core, tuple(p for p in map(pod_from_object, pods) if p)),
         deployments=tuple(d for d in map(deployment_from_object, deployments) if d),
-        services=frozenset((s["metadata"]["namespace"], s["metadata"]["labels"][SLOT_LABEL])
-                           for s in services),
+        services={(s["metadata"]["namespace"], s["metadata"]["labels"][SLOT_LABEL]):
+                  bool(s["spec"].get("publishNotReadyAddresses")) for s in services},
         demands=dict(demands),
         workloads=tuple(workload_from_object(w) for w in workloads
                         if not w.get("metadata", {}).get("deletionTimestamp")),

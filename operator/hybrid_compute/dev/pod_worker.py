@@ -212,6 +212,11 @@ class PodWorker:
         return (self.initialized and not self.finished and self.pod["metadata"].get(
             "deletionTimestamp") is None and all(c.ready for c in self.containers))
 
+    @property
+    def running(self) -> bool:
+        """A container runs, whether or not it is Ready."""
+        return not self.finished and any(c.running for c in self.containers)
+
     def update(self, pod: dict[str, Any]) -> None:
         """The pod's newer version, from the node's watch."""
         self.pod = pod

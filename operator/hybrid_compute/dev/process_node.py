@@ -156,8 +156,8 @@ class ProcessNode:
         return address
 
     def backends(self, namespace: str) -> list[Backend]:
-        return [(w.ip, w.pod) for w in self.workers.values()
-                if w.namespace == namespace and w.ready]
+        return [(w.ip, w.pod, w.ready) for w in self.workers.values()
+                if w.namespace == namespace and w.running]
 
     # --------------------------------------------------------------------- node
 

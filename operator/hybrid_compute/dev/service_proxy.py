@@ -4,8 +4,9 @@ Each pod of the process node listens on its own loopback address (127.x.y.z: the
 whole of 127/8 is local on Linux), so several llama-servers use port 8080 side by
 side. Those addresses are reachable but unstable across swaps, so the node agent
 also serves one loopback port where ``/{namespace}/{service}/{port}/{path}``
-reaches ``{path}`` on a Ready pod that the Service selects, at the Service
-port's target port: what ``http://{service}.{namespace}.svc:{port}/{path}``
+reaches ``{path}`` on a Ready pod that the Service selects (or on any running
+one, for a Service that publishes not-ready addresses), at the Service port's
+target port: what ``http://{service}.{namespace}.svc:{port}/{path}``
 would reach in a real cluster. The operator of the local cluster runs with
 ``--endpoint-template http://127.0.0.1:PROXY/{namespace}/{service}/{port}/v1``,
 so the LiteLLM config it renders, its drain probe (``.../slots``) and its
@@ -44,8 +45,8 @@ def endpoint_template(port: int) -> str:
     return proxy_prefix(port) + "/{namespace}/{service}/{port}/v1"
 
 
-Backend = tuple[str, dict[str, Any]]
-"""A Ready pod's address and its object."""
+Backend = tuple[str, dict[str, Any], bool]
+"""A running pod's address, its object, and whether it is Ready."""
 
 
 class ServiceProxy:
@@ -91,7 +92,8 @@ class ServiceProxy:
         return found
 
     async def target(self, namespace: str, name: str, port: int) -> tuple[str, int] | str:
-        """A Ready pod's address and port for the Service port, or why there is none."""
+        """A Ready pod's address and port for the Service port (any running pod's for
+        a Service that publishes not-ready addresses), or why there is none."""
         service = await self._service(namespace, name)
         if service is None:
             return f"service {namespace}/{name} not found"
@@ -101,10 +103,13 @@ class ServiceProxy:
             return f"service {namespace}/{name} has no port {port}"
         selector: dict[str, str] = service["spec"].get("selector") or {}
         target = declared.get("targetPort", port)
+        not_ready_too = bool(service["spec"].get("publishNotReadyAddresses"))
         candidates = []
-        for ip, pod in self.backends(namespace):
+        for ip, pod, ready in self.backends(namespace):
             labels = pod["metadata"].get("labels") or {}
             if not selector or any(labels.get(k) != v for k, v in selector.items()):
+                continue
+            if not ready and not not_ready_too:
                 continue
             number = next((container_port(c, target) for c in pod["spec"]["containers"]
                            if container_port(c, target) is not None), None)

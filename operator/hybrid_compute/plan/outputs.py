@@ -187,7 +187,8 @@ class SlotDecision:
         spec = self.slot.spec
         if spec is None:
             return None
-        return children.service(self.namespace, self.name, self.slot.uid, spec.server.port)
+        return children.service(self.namespace, self.name, self.slot.uid, spec.server.port,
+                                spec.server.readiness == "Operator")
 
 
 @dataclass(frozen=True)

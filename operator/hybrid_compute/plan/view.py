@@ -81,6 +81,10 @@ class PodInfo:
     """The pod's UID, which the GPU agent finds in a process's cgroup."""
     fetch: FetchProgress | None = None
     """The model download, while the fetch step runs or after it failed."""
+    ready_early: bool = False
+    """Ready because the operator saw its llama-server answer /health before the
+    kubelet's probes said so (``spec.server.readiness: Operator``); ``ready`` is
+    then True too."""
 
 
 @dataclass(frozen=True)
@@ -239,8 +243,9 @@ class View:
     slots: tuple[SlotInfo, ...] = ()
     pods: tuple[PodInfo, ...] = ()
     deployments: tuple[DeploymentInfo, ...] = ()
-    services: frozenset[tuple[str, str]] = frozenset()
-    """(namespace, slot) of the Services that exist."""
+    services: Mapping[tuple[str, str], bool] = field(default_factory=dict)
+    """(namespace, slot) of the Services that exist -> whether they reach pods that
+    are not Ready yet (``publishNotReadyAddresses``)."""
     workloads: tuple[WorkloadInfo, ...] = ()
     workload_children: tuple[WorkloadChild, ...] = ()
     demands: Mapping[str, datetime.datetime] = field(default_factory=dict)

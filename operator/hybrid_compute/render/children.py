@@ -260,9 +260,13 @@ def deployment(namespace: str, slot_name: str, uid: str, template: dict[str, Any
     }
 
 
-def service(namespace: str, slot_name: str, uid: str, port: int) -> dict[str, Any]:
-    """A stable name for the slot: swaps never change LiteLLM's config."""
-    return {
+def service(namespace: str, slot_name: str, uid: str, port: int,
+            reaches_loading: bool = False) -> dict[str, Any]:
+    """A stable name for the slot: swaps never change LiteLLM's config.
+    ``reaches_loading`` (``spec.server.readiness: Operator``) publishes pods that are
+    not Ready yet: the operator, not the kubelet, says when the slot serves, and
+    only routers it tells send requests."""
+    manifest: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": child_name(slot_name), "namespace": namespace,
@@ -274,6 +278,9 @@ def service(namespace: str, slot_name: str, uid: str, port: int) -> dict[str, An
                        "protocol": "TCP"}],
         },
     }
+    if reaches_loading:
+        manifest["spec"]["publishNotReadyAddresses"] = True
+    return manifest
 
 
 def endpoint(namespace: str, slot_name: str, port: int,
