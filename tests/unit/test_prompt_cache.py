@@ -5,11 +5,14 @@ and how the plan records what the runtime did."""
 from __future__ import annotations
 
 import datetime
-from typing import Any
+import json
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import pytest
 
 from hybrid_compute.api.modelslot import ModelSlotSpec, PromptCacheFile, PromptCacheStatus
+from hybrid_compute.control import prompt_cache as prompt_cache_io
 from hybrid_compute.plan import prompt_cache
 from hybrid_compute.plan.prompt_cache import (
     PromptCacheOutcomes,
@@ -20,6 +23,7 @@ from hybrid_compute.plan.prompt_cache import (
 )
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.render import children
+from tests.http_stub import StubHandler, StubServer
 from tests.simworld import SEED_SLOTS, START, World, slot
 
 SETTINGS = PlanSettings()
@@ -207,3 +211,82 @@ def test_a_slot_loaded_again_restores_its_caches_in_the_pass_it_turns_ready(
         assert [[f.name for f in r.files] for r in restores] == [["f"]]
     else:
         assert restores == [], "a cache for another model or flags was restored"
+
+
+# ------------------------------------------------------------------ the HTTP calls
+
+
+class StubLlamaServer(StubHandler):
+    """llama-server's slot save and restore, recording each call; ``files`` is its
+    --slot-save-path (name -> tokens), ``model`` what /v1/models says."""
+
+    files: ClassVar[dict[str, int]] = {}
+    tokens = 120
+    model: ClassVar[dict[str, Any]] = {"n_params": 1, "size": 2, "n_ctx": 4096}
+    calls: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        assert self.path == "/v1/models"
+        self.send_json(200, {"data": [{"id": "m", "meta": self.model}]})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.read_body() or b"{}")
+        sequence, _, action = self.path.removeprefix("/slots/").partition("?action=")
+        type(self).calls.append(f"{action} {sequence} {body.get('filename', '')}".strip())
+        name = body.get("filename")
+        if action == "save":
+            self.files[name] = self.tokens
+            self.send_json(200, {"n_saved": self.tokens, "n_written": self.tokens * 100})
+        elif action == "erase":
+            type(self).tokens = 0
+            self.send_json(200, {"n_erased": 1})
+        elif self.files.get(name) is None:
+            self.send_json(400, {"error": {"message": "Unable to restore slot: invalid file"}})
+        else:
+            self.send_json(200, {"n_restored": self.files[name], "n_read": 1})
+
+
+@pytest.fixture
+def llama() -> Iterator[str]:
+    StubLlamaServer.files, StubLlamaServer.calls, StubLlamaServer.tokens = {}, [], 120
+    with StubServer(StubLlamaServer) as server:
+        yield f"{server.url}/v1"
+
+
+def test_a_save_writes_each_sequence_and_empties_what_the_budget_evicts(llama: str) -> None:
+    model = prompt_cache.model_fingerprint(StubLlamaServer.model)
+    old = PromptCacheFile(name="old", sequence=0, key="k0", model=model, tokens=50,
+                          bytes=9000, saved_at=START)
+    request = SaveRequest("lab", "fast", llama, "node", "k", ((0, "a.bin"), (1, "b.bin")),
+                          (old,), 30_000)
+    outcome = prompt_cache_io.save(request, lambda: START + datetime.timedelta(seconds=1))
+    assert [(f.name, f.tokens, f.bytes, f.model) for f in outcome.saved] == [
+        ("a.bin", 120, 12_000, model), ("b.bin", 120, 12_000, model)]
+    assert outcome.evicted == ("old",) and [f.name for f in outcome.kept] == ["a.bin", "b.bin"]
+    assert StubLlamaServer.calls == ["save 0 a.bin", "save 1 b.bin", "erase 0",
+                                     "save 0 old"], "the evicted file was not emptied last"
+    assert outcome.failures == ()
+
+
+def test_a_restore_refuses_another_model_and_reports_a_corrupt_file(llama: str) -> None:
+    model = prompt_cache.model_fingerprint(StubLlamaServer.model)
+    StubLlamaServer.files = {"good.bin": 300}
+    good = PromptCacheFile(name="good.bin", sequence=0, key="k", model=model, tokens=300,
+                           bytes=1, saved_at=START)
+    corrupt = good.model_copy(update={"name": "corrupt.bin", "sequence": 1})
+    changed = good.model_copy(update={"name": "changed.bin", "sequence": 2, "model": "other"})
+    outcome = prompt_cache_io.restore(RestoreRequest("lab", "fast", llama,
+                                                     (good, corrupt, changed)), lambda: START)
+    assert [(f.name, tokens) for f, tokens in outcome.restored] == [("good.bin", 300)]
+    assert [(f.name, why) for f, why in outcome.failures] == [
+        ("corrupt.bin", "HTTP 400: Unable to restore slot: invalid file"),
+        ("changed.bin", "the model file differs from the one the cache was saved with")]
+    assert "restore 2 changed.bin" not in StubLlamaServer.calls, "a refused cache was sent"
+
+
+def test_a_server_that_cannot_be_reached_fails_the_save_without_raising() -> None:
+    request = SaveRequest("lab", "fast", "http://127.0.0.1:1/v1", "node", "k",
+                          ((0, "a.bin"),), (), GIB)
+    outcome = prompt_cache_io.save(request, lambda: START)
+    assert outcome.saved == () and outcome.failures
+    assert "describing the model" in outcome.failures[0]
