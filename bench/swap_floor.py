@@ -599,6 +599,10 @@ def main() -> int:
           f"B {files['b'].stat().st_size / 1e9:.2f} GB, long-prompt model "
           f"{files['p'].stat().st_size / 1e6:.0f} MB; llama-server threads {thread_cap()}",
           flush=True)
+    if args.cold:
+        print("cold rounds: B's file evicted before each with POSIX_FADV_DONTNEED "
+              "(agent.page_cache.evict_file), checked with mincore to be under "
+              f"{COLD_MAX_RESIDENT:.0%} resident", flush=True)
     results = Results()
     restore: dict[str, list[Sample]] = {"restore": [], "no restore": []}
     with tempfile.TemporaryDirectory(prefix="swap-floor-") as scratch, \

@@ -34,6 +34,8 @@ def loading_pods(view: View) -> dict[str, str]:
     slots = {s.key: s for s in view.slots
              if s.spec is not None and s.spec.server.readiness == "Operator"}
     found: dict[str, str] = {}
+    if not slots:
+        return found
     for pod in view.pods:
         slot = slots.get((pod.namespace, pod.owner))
         if (pod.kind != "ModelSlot" or slot is None or not pod.uid
