@@ -82,11 +82,12 @@ test: toolchain serving js-client image lint crds-check ## everything: lint, CRD
 	@start=$$(date +%s); $(BIN)/pytest; status=$$?; \
 	  echo "tests took $$(( $$(date +%s) - start ))s"; exit $$status
 
-bench: toolchain serving ## benchmarks: plan speed, swap overhead, router hook, idle cost
+bench: toolchain serving ## benchmarks: plan speed, swap overhead, router hook, idle cost, swaps against the floor
 	$(BIN)/python bench/plan_speed.py
 	$(BIN)/python bench/swap_overhead.py
 	$(BIN)/python bench/router_hook.py
 	$(BIN)/python bench/idle_cost.py
+	$(BIN)/python bench/swap_floor.py
 
 clean: ## remove the virtual environment (the binary cache stays)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -154,7 +154,7 @@ def prepare(path: Path, cache: str) -> float:
 _TIMESTAMP = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+) ")
 
 
-def _log_seconds(line: str) -> float | None:
+def log_seconds(line: str) -> float | None:
     """llama-server's log stamps lines with minutes.seconds.milliseconds.microseconds
     since its start."""
     match = _TIMESTAMP.match(line)
@@ -168,7 +168,7 @@ def _phase_times(log: str) -> tuple[float | None, float | None]:
     """(tensor loading, warmup) seconds from the log's milestones."""
     marks: dict[str, float] = {}
     for line in log.splitlines():
-        stamp = _log_seconds(line)
+        stamp = log_seconds(line)
         if stamp is None:
             continue
         for key, text in (("tensors", "loading model tensors"),

@@ -17,6 +17,7 @@ from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.units import MIB
 from hybrid_compute.dev.nodes import PROFILES
 from hybrid_compute.plan import Plan, plan
+from hybrid_compute.plan.prompt_cache import PromptCacheOutcomes
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import (
     DeploymentInfo,
@@ -103,6 +104,8 @@ class World:
     foreign: dict[str, tuple[ForeignProcess, ...]] = field(default_factory=dict)
     """GPU id -> processes outside the cluster holding memory there (the GPU agent's)."""
     foreign_announced: frozenset[tuple[str, str, str]] = frozenset()
+    prompt_caches: dict[tuple[str, str], PromptCacheOutcomes] = field(default_factory=dict)
+    """Prompt cache saves and restores as the runtime would hand them to the plan."""
 
     def view(self) -> View:
         return View(nodes=tuple(self.nodes), slots=tuple(self.slots),
@@ -119,7 +122,8 @@ class World:
                     foreign_vram={gpu: sum(p.bytes for p in found)
                                   for gpu, found in self.foreign.items()},
                     foreign_processes=dict(self.foreign),
-                    foreign_announced=self.foreign_announced)
+                    foreign_announced=self.foreign_announced,
+                    prompt_caches=dict(self.prompt_caches))
 
     def demand(self, alias: str) -> None:
         self.demands[alias] = self.now

@@ -26,6 +26,7 @@ import pytest
 
 from hybrid_compute.dev.cloud_stand_in import COMPLETION_TOKENS, PROMPT_TOKENS, CloudStandIn
 from hybrid_compute.dev.openai_call import Reply
+from hybrid_compute.dev.pod_worker import READY_DELAY
 from hybrid_compute.render.children import child_name
 from tests.cluster.support import phase, wait
 from tests.conftest import SIMULATED_AGENT_PORT, SimulatedGpuAgent, TestCluster
@@ -51,6 +52,9 @@ FRONTIER_CALL_COST = (PROMPT_TOKENS * FRONTIER_INPUT_PER_M
                       + COMPLETION_TOKENS * FRONTIER_OUTPUT_PER_M) / 1e6
 BUDGET = round(FRONTIER_CALL_COST * 3.5, 6)
 HOLD_TIMEOUT_SECONDS = 10
+CODER_LOAD_SECONDS = 2
+"""How long coder's tiny model takes to load, as the process node plays it: a swap
+to coder lasts seconds, as a real model's would."""
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +87,8 @@ def stack(node_cluster: NodeCluster, cloud: CloudStandIn,
                  model={"path": MODEL_FILE, "servedName": "quality", "vram": "16Gi"}),
             model_slot("coder", "local/coder", activation="OnDemand",
                  idleTimeout="20s", priority=200, fallback="cloud/mid",
-                 model={"path": MODEL_FILE, "servedName": "coder", "vram": "16Gi"}),
+                 model={"path": MODEL_FILE, "servedName": "coder", "vram": "16Gi"},
+                 podAnnotations={READY_DELAY: f"{CODER_LOAD_SECONDS}s"}),
             model_slot("embed", "local/embed", device="cpu", embedding=True),
             model_slot("broken", "local/broken", activation="OnDemand", idleTimeout="1m",
                  model={"path": MODEL_FILE, "vram": "30Gi"}),

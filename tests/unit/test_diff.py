@@ -56,8 +56,8 @@ def written(view: View, result: Plan) -> View:
         slots=tuple(replace(s, status=ModelSlotStatus.model_validate(
             result.slot(*s.key).status)) for s in view.slots),
         deployments=tuple(deployments),
-        services=frozenset((d.namespace, d.name) for d in result.slots
-                           if d.service is not None),
+        services={(d.namespace, d.name): bool(d.service["spec"].get("publishNotReadyAddresses"))
+                  for d in result.slots if d.service is not None},
         workloads=tuple(replace(w, status=GpuWorkloadStatus.model_validate(
             result.workload(*w.key).status)) for w in view.workloads),
         workload_children=tuple(c for c in children if c is not None),
@@ -128,9 +128,20 @@ def test_a_scale_down_or_a_deployment_not_seen_carries_no_version() -> None:
 
 def test_a_missing_service_is_applied_and_an_existing_one_is_left_alone() -> None:
     result, view = seed_settled()
-    writes = diff(result, replace(view, services=view.services - {("lab", "embed")}))
+    writes = diff(result, replace(view, services={
+        key: reaches for key, reaches in view.services.items() if key != ("lab", "embed")}))
     assert writes == [ApplyObject(result.slot("lab", "embed").service or {},
                                   "service lab/embed", Group("slot", "lab", "embed"))]
+
+
+def test_a_service_is_applied_again_when_the_slots_readiness_changes() -> None:
+    """readiness: Operator publishes pods not Ready yet; Kubelet does not."""
+    result, view = seed_settled()
+    flipped = diff(result, replace(view, services={**view.services, ("lab", "fast"): True}))
+    assert [w.line for w in flipped] == ["service lab/fast"]
+    [service] = flipped
+    assert isinstance(service, ApplyObject)
+    assert "publishNotReadyAddresses" not in service.manifest["spec"]
 
 
 def test_a_status_is_written_only_when_it_differs() -> None:

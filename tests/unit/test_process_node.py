@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.dev import containers, local_serving
 from hybrid_compute.dev.cluster import _free_address_block
 from hybrid_compute.dev.containers import ContainerConfigError, Program
@@ -19,6 +20,7 @@ from hybrid_compute.dev.pod_worker import go_duration
 from hybrid_compute.dev.probes import ProbeSpec, ProbeTracker
 from hybrid_compute.dev.process_node import ADDRESSES_PER_BLOCK, loopback_address
 from hybrid_compute.dev.service_proxy import endpoint_template
+from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.render import children
 from hybrid_compute.upstream import LITELLM_IMAGE, LLAMA_CPP
 
@@ -57,7 +59,8 @@ def test_llama_server_runs_the_slot_model_from_the_node_folder_on_the_pod_addres
         volume: dict[str, Any], tmp_path: Path) -> None:
     pod = _slot_pod(volume)
     models = tmp_path / "models"
-    volumes = containers.pod_volumes(pod, tmp_path / "pod", models, {})
+    volumes = containers.pod_volumes(pod, tmp_path / "pod", models, {},
+                                     host_folder=tmp_path / "host")
     container = pod["spec"]["containers"][0]
     mounts = containers.mount_paths(container, volumes)
     argv = containers.llama_server_command(Path("/bin/llama-server"), container, "127.1.0.7",
@@ -65,6 +68,23 @@ def test_llama_server_runs_the_slot_model_from_the_node_folder_on_the_pod_addres
     assert argv == ["/bin/llama-server", "--model", str(models / "fast.gguf"),
                     "--host", "127.1.0.7", "--port", "8080", "--threads", "1", "--embedding",
                     "--pooling", "mean"]
+
+
+def test_a_prompt_cache_folder_is_the_nodes_own_and_outlives_the_pod(tmp_path: Path) -> None:
+    spec = ModelSlotSpec.model_validate({
+        "alias": "local/fast", "model": {"path": "fast.gguf"},
+        "server": {"promptCache": {"enabled": True, "hostPath": "/var/cache/prompts"}}})
+    template = children.pod_template("fast", spec, 1 << 30, PlanSettings())
+    pod = {"metadata": {"name": "fast-1", "namespace": "default", "uid": "u"},
+           "spec": template["spec"]}
+    volumes = containers.pod_volumes(pod, tmp_path / "pod-1", tmp_path / "models", {},
+                                     host_folder=tmp_path / "host")
+    assert volumes["models"].path == tmp_path / "models"
+    assert volumes["prompt-cache"].path == tmp_path / "host/var/cache/prompts"
+    container = template["spec"]["containers"][0]
+    argv = containers.llama_server_command(Path("s"), container, "127.1.0.2",
+                                           containers.mount_paths(container, volumes), 1)
+    assert argv[argv.index("--slot-save-path") + 1] == str(tmp_path / "host/var/cache/prompts")
 
 
 def test_rendered_slot_args_keep_their_shape() -> None:
@@ -87,10 +107,12 @@ def test_litellm_reads_its_config_map_folder_and_binds_the_pod_address(tmp_path:
                     "volumes": [{"name": "config", "configMap": {"name": "litellm-config"}}]}}
     assert containers.referenced_objects(pod) == {("ConfigMap", "litellm-config")}
     with pytest.raises(ContainerConfigError) as missing:
-        containers.pod_volumes(pod, tmp_path, tmp_path / "models", {})
+        containers.pod_volumes(pod, tmp_path, tmp_path / "models", {},
+                               host_folder=tmp_path / "host")
     assert missing.value.reason == "ContainerCreating"
     volumes = containers.pod_volumes(pod, tmp_path, tmp_path / "models",
-                                     {("ConfigMap", "litellm-config"): {"config.yaml": "x: 1"}})
+                                     {("ConfigMap", "litellm-config"): {"config.yaml": "x: 1"}},
+                                     host_folder=tmp_path / "host")
     assert volumes["config"].files == {"config.yaml": "x: 1"}
     argv = containers.litellm_command(Path("litellm"), container, "127.1.0.3",
                                       containers.mount_paths(container, volumes))

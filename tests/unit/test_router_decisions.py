@@ -196,6 +196,10 @@ def test_the_last_state_is_kept_while_the_operator_is_away(
     asyncio.run(spend_while_away())
     assert client.unsent_spend == 0.25  # kept until the operator takes it
 
+    started = time.monotonic()
+    assert asyncio.run(client.next_state(0.3)) == known
+    assert time.monotonic() - started >= 0.25, "a held request polled an absent operator flat out"
+
 
 # ------------------------------------------------- patience: wait for a swap or bridge
 
@@ -286,7 +290,7 @@ def test_the_patience_reaches_the_router_through_the_rendered_rules() -> None:
 
 
 class ScriptedOperator(OperatorClient):
-    """The operator's state as a list of snapshots, one per poll; the last repeats."""
+    """The operator's state as a list of snapshots, one per plan; the last repeats."""
 
     def __init__(self, states: list[dict[str, Any]]) -> None:
         super().__init__("lab/hybrid")
@@ -295,8 +299,13 @@ class ScriptedOperator(OperatorClient):
         self.demanded: list[str] = []
 
     async def current(self, fresh: bool = False) -> dict[str, Any]:
-        if fresh and len(self.states) > 1:
-            self.states.pop(0)
+        return self.state
+
+    async def next_state(self, wait: float) -> dict[str, Any]:
+        if len(self.states) > 1:
+            self.states.pop(0)  # a newer plan: answered at once
+        else:
+            await asyncio.sleep(wait)  # none comes: the wait passes
         self.state = self.states[0]
         return self.state
 

@@ -35,6 +35,7 @@ SlotPhase = Literal[
 ]
 SLOT_CONDITION_TYPES = ("Accepted", "Fits", "Resident", "Swapping", "Ready", "Evaluated")
 VramSource = Literal["Spec", "Measured", "Estimated"]
+Readiness = Literal["Kubelet", "Operator"]
 LoadMode = Literal["auto", "mmap", "none", "dio", "mlock", "mmap+mlock"]
 """llama-server's --load-mode values, spelled as it spells them."""
 
@@ -59,7 +60,8 @@ OWNED_FLAGS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("-np", "--parallel"), "use spec.server.parallel"),
     (("--embedding", "--embeddings"), "use spec.embedding"),
     (("--metrics",), "the operator always passes --metrics"),
-    (("--slot-save-path",), "llama-server's model folder is mounted read-only"),
+    (("--slot-save-path",), "use spec.server.promptCache (the model folder is mounted "
+                            "read-only)"),
 )
 """llama-server flags the spec owns or the operator accounts for, and what to do
 instead; ``extraArgs`` may not set them (as ``--flag value`` or ``--flag=value``)."""
@@ -175,6 +177,30 @@ class ModelSource(ApiModel):
         return self
 
 
+PROMPT_CACHE_HOST_PATH = "/var/lib/hybrid-compute/prompt-cache"
+
+
+class PromptCacheSettings(ApiModel):
+    """Keeps llama-server's prompt caches across swaps. When the slot is drained to be
+    unloaded for another, llama-server saves the KV cache of each of its parallel
+    sequences into a folder on the node; when the slot is loaded again, it restores
+    them before the router sends it traffic, so a long prompt that shares a prefix
+    with one answered before the swap is not prefilled again from scratch. A cache
+    is restored only into the same model file and the same flags that shape it."""
+
+    enabled: bool = False
+    """Save and restore the prompt caches (off by default). Each save adds to the
+    drain the time to write the caches; each restore delays Ready by the time to
+    read them."""
+    host_path: Annotated[str, StringConstraints(pattern=r"^/.*", max_length=1024)] = \
+        PROMPT_CACHE_HOST_PATH
+    """The folder on the node that holds the cache files, created when missing;
+    llama-server (uid 1000) must be able to write it. Slots may share it: each
+    slot's files carry its namespace and name."""
+    max_size: PositiveQuantity = "4Gi"
+    """The slot's files in the folder stay within this size; the oldest go first."""
+
+
 class ServerSettings(ApiModel):
     """llama-server flags. Anything not covered goes into extraArgs."""
 
@@ -221,6 +247,17 @@ class ServerSettings(ApiModel):
     """Further llama-server arguments, passed as given; not the flags the spec sets
     (port, host, model, alias, GPU layers, context size, parallel, embedding,
     metrics, slot save path)."""
+    prompt_cache: PromptCacheSettings = Field(default_factory=PromptCacheSettings,
+                                              json_schema_extra={"default": {}})
+    """Prompt caches kept across swaps."""
+    readiness: Readiness = "Kubelet"
+    """When a loaded slot starts to serve. Kubelet: once the kubelet's probes mark its
+    pod Ready; they run every 2 s, so a swap waits a second on average after the
+    model is loaded. Operator: once the operator sees llama-server answer /health,
+    which it asks every 0.1 s while the pod runs but is not Ready yet; the slot's
+    Service then publishes not-ready addresses, so the router's requests reach the
+    pod before the kubelet calls it Ready (the slot's status may say Ready up to a
+    probe period before its pod does)."""
 
     @model_validator(mode="after")
     def _no_owned_flags(self) -> ServerSettings:
@@ -557,6 +594,71 @@ class SwapProgress(ApiModel):
     running_at: datetime.datetime | None = None
 
 
+class PromptCacheFile(ApiModel):
+    """A prompt cache llama-server saved for the slot into its node's folder."""
+
+    name: Annotated[str, StringConstraints(max_length=255)]
+    """The file's name in the folder."""
+    sequence: Annotated[int, Field(ge=0)]
+    """The llama-server slot (parallel sequence) it was saved from and restores to."""
+    key: Annotated[str, StringConstraints(max_length=64)]
+    """Fingerprint of the model file and the flags that shape the cache (image,
+    context size, parallel, flash attention, extraArgs): only a slot with the same
+    key restores it."""
+    model: Annotated[str, StringConstraints(max_length=64)]
+    """Fingerprint of the model as llama-server described it when saving (size,
+    parameters, vocabulary, context): a file changed in place is not restored."""
+    tokens: Annotated[int, Field(ge=0)]
+    """Tokens of the prompt it holds."""
+    bytes: Annotated[int, Field(ge=0)]
+    """Size of the file."""
+    saved_at: datetime.datetime
+    """When it was saved."""
+
+
+class PromptCacheSave(ApiModel):
+    """The last save of the slot's prompt caches, before it was unloaded."""
+
+    at: datetime.datetime
+    """When it ended."""
+    seconds: float
+    """How long the save took (it delays the unload)."""
+    files: Annotated[int, Field(ge=0)]
+    """Caches saved."""
+    bytes: Annotated[int, Field(ge=0)]
+    """Bytes written."""
+    evicted: Annotated[int, Field(ge=0)] = 0
+    """Files given up to stay within maxSize, the oldest first."""
+    failed: Annotated[list[str], Field(max_length=16)] | None = None
+    """The saves that failed, and why."""
+
+
+class PromptCacheRestore(ApiModel):
+    """The last restore of the slot's prompt caches, after it was loaded."""
+
+    at: datetime.datetime
+    """When it ended."""
+    seconds: float
+    """How long the restore took (it delays Ready)."""
+    files: Annotated[int, Field(ge=0)]
+    """Caches restored."""
+    tokens: Annotated[int, Field(ge=0)]
+    """Prompt tokens restored, which requests that share them need not prefill."""
+    failed: Annotated[list[str], Field(max_length=16)] | None = None
+    """The restores that failed or were refused, and why; those caches are dropped."""
+
+
+class PromptCacheStatus(ApiModel):
+    """The slot's prompt caches in its node's folder (spec.server.promptCache)."""
+
+    node: str | None = None
+    """The node whose folder holds the files."""
+    files: Annotated[list[PromptCacheFile], Field(max_length=64)] = Field(default_factory=list)
+    """The caches saved, oldest first."""
+    last_save: PromptCacheSave | None = None
+    last_restore: PromptCacheRestore | None = None
+
+
 FetchPhase = Literal["Fetching", "Failed"]
 
 
@@ -708,6 +810,8 @@ class ModelSlotStatus(ApiModel):
     page_cache: ModelPageCache | None = None
     """The model file in the node's page cache, where the node's GPU agent keeps the
     files of slots that are not loaded warm (hybrid-compute agent --page-cache-budget)."""
+    prompt_cache: PromptCacheStatus | None = None
+    """The prompt caches kept across swaps (spec.server.promptCache)."""
 
 
 class ModelSlot(CustomObject):

@@ -156,7 +156,8 @@ def _slot_writes(decision: SlotDecision, view: View, observed: DeploymentInfo | 
         writes.append(ApplyObject(
             desired, f"deployment {namespace}/{name} replicas={desired['spec']['replicas']}",
             group, precondition))
-    if decision.service is not None and (namespace, name) not in view.services:
+    if decision.service is not None and view.services.get((namespace, name)) != bool(
+            decision.service["spec"].get("publishNotReadyAddresses")):
         writes.append(ApplyObject(decision.service, f"service {namespace}/{name}", group))
     if current != decision.status:
         writes.append(ApplyStatus(

@@ -37,12 +37,15 @@ def busy_sequences(payload: Any) -> int:
     return busy
 
 
-def slots_url(endpoint: str) -> str:
-    """llama-server's /slots beside the OpenAI-compatible /v1 the slot publishes."""
+def server_base(endpoint: str) -> str:
+    """llama-server's root URL, from the OpenAI-compatible /v1 the slot publishes."""
     base = endpoint.rstrip("/")
-    if base.endswith("/v1"):
-        base = base[: -len("/v1")]
-    return f"{base}/slots"
+    return base.removesuffix("/v1")
+
+
+def slots_url(endpoint: str) -> str:
+    """llama-server's /slots."""
+    return f"{server_base(endpoint)}/slots"
 
 
 def probe_one(url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> SlotActivity:

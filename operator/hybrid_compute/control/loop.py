@@ -3,7 +3,12 @@ plan's own next deadline (an idle timeout, the end of a minimum residency).
 
 Evaluations of new models (:mod:`hybrid_compute.plan.evaluation`) run beside the loop:
 a plan asks for one, the loop starts it in the background after acting, and its
-result reaches the next plan through the View until a status holds it."""
+result reaches the next plan through the View until a status holds it.
+
+Prompt caches (:mod:`hybrid_compute.plan.prompt_cache`) are saved and restored
+between plan and act: a save before the write that scales its slot down, a restore
+before the plan that shows its slot Ready is published to routers. Their outcomes
+reach the next plan the same way as evaluations'."""
 
 from __future__ import annotations
 
@@ -14,10 +19,11 @@ import logging
 import threading
 import time
 
+import aiohttp
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from hybrid_compute.control import clock, evaluator
+from hybrid_compute.control import clock, evaluator, health_probe, prompt_cache
 from hybrid_compute.control.act import act
 from hybrid_compute.control.diff import diff
 from hybrid_compute.control.lease_elector import LeaseElector
@@ -27,6 +33,7 @@ from hybrid_compute.plan import evaluation, plan
 from hybrid_compute.plan.drain import PREVIOUS_OPERATOR, ROUTER_ACTIVE_WINDOW
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.outputs import Plan, SlotDecision
+from hybrid_compute.plan.prompt_cache import PromptCacheOutcomes, RestoreOutcome, SaveOutcome
 from hybrid_compute.plan.routing import PolicyDecision
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import RouterFetch, SlotInfo, View
@@ -68,6 +75,10 @@ class Runtime:
         self.router_fetches: dict[str, RouterFetch] = {
             PREVIOUS_OPERATOR: RouterFetch(started)}
         self._wake = asyncio.Event()
+        self.plan_version = 0
+        """Counts the plans published (``last_plan``): routers wait for a newer one."""
+        self._published = asyncio.Event()
+        """Set, and replaced, when a plan is published."""
         # Cloud spend the router reported that no RoutePolicy status holds yet. The
         # API adds to it on the event loop; act subtracts in its thread.
         self._spend: dict[tuple[str, str], float] = {}
@@ -78,6 +89,11 @@ class Runtime:
         """The evaluation running per slot, with the (model, criteria) it checks."""
         self.foreign_announced: frozenset[tuple[str, str, str]] = frozenset()
         """The foreign processes the last plan posted Events for."""
+        self.prompt_caches: dict[tuple[str, str], PromptCacheOutcomes] = {}
+        """The last prompt cache save and restore per slot, until its status holds them."""
+        self.answering: frozenset[str] = frozenset()
+        """UIDs of the slot pods not Ready by the kubelet whose server answered /health
+        at the last ask (:mod:`hybrid_compute.control.health_probe`)."""
 
     def state_fetched(self, router: str = "",
                       not_ready: frozenset[tuple[str, str]] = frozenset()) -> None:
@@ -89,6 +105,25 @@ class Runtime:
                    if now - fetch.at <= ROUTER_FORGET_AFTER}
         fetches[router] = RouterFetch(now, not_ready)
         self.router_fetches = fetches  # replaced whole: a pass may be reading it
+        if self.last_plan is not None and any(
+                d.phase == "Draining" and d.slot.key in not_ready for d in self.last_plan.slots):
+            # This router has seen a draining slot leave: its drain may be over now.
+            self.poke()
+
+    async def plan_after(self, version: int, timeout: float) -> None:
+        """Returns once a plan newer than ``version`` is published, or after
+        ``timeout`` seconds."""
+        if self.plan_version != version:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._published.wait(), timeout)
+
+    def _publish(self, view: View, result: Plan) -> None:
+        """What the API serves routers from now on, and wakes those waiting for it."""
+        self.last_view, self.last_plan = view, result
+        self.plan_version += 1
+        published, self._published = self._published, asyncio.Event()
+        published.set()
 
     def poke(self) -> None:
         """Something changed: plan again soon."""
@@ -145,9 +180,12 @@ class Runtime:
         started = time.perf_counter()
         result = plan(view, now, self.memo)
         plan_seconds = time.perf_counter() - started
+        await self._keep_prompt_caches(result)
+        # Routers follow the plan, not the statuses: they learn of a slot that stops
+        # or starts serving before its writes land.
+        self._publish(view, result)
         changes = await asyncio.to_thread(diff, result, view)
         writes = await asyncio.to_thread(act, self.api, changes, now, self._spend_saved)
-        self.last_view, self.last_plan = view, result
         self.foreign_announced = frozenset((use.gpu, use.process.key, use.process.label)
                                            for use in result.foreign)
         for decision in result.slots:
@@ -169,7 +207,74 @@ class Runtime:
                        router_fetched_at=lambda: self.router_fetched_at,
                        router_fetches=lambda: self.router_fetches,
                        unrecorded_evaluations=self._unrecorded_evaluations,
-                       telemetry=self.telemetry, foreign_announced=self.foreign_announced)
+                       unrecorded_prompt_caches=self._unrecorded_prompt_caches,
+                       telemetry=self.telemetry, foreign_announced=self.foreign_announced,
+                       answering=lambda: self.answering)
+
+    async def watch_loading_pods(self) -> None:
+        """Asks the servers of the slot pods the last view shows running but not
+        Ready whether their model is loaded, every health_probe.INTERVAL_SECONDS;
+        the first answer wakes the loop, which then routes to the slot without
+        waiting for the kubelet's next probe."""
+        async with aiohttp.ClientSession() as session:
+            while True:
+                asked = health_probe.loading_pods(self.last_view) if self.last_view else {}
+                answered = (await health_probe.answering(session, asked)) if asked \
+                    else frozenset()
+                if answered - self.answering:
+                    self.poke()
+                self.answering = answered
+                await asyncio.sleep(health_probe.INTERVAL_SECONDS)
+
+    async def _keep_prompt_caches(self, result: Plan) -> None:
+        """The saves and restores ``result`` asks for, all at once (each server is
+        asked in order)."""
+        saves = [d.cache_save for d in result.slots if d.cache_save is not None]
+        restores = [d.cache_restore for d in result.slots if d.cache_restore is not None]
+        if not saves and not restores:
+            return
+        saved, restored = await asyncio.gather(
+            asyncio.gather(*(asyncio.to_thread(prompt_cache.save, request, clock.now)
+                             for request in saves)),
+            asyncio.gather(*(asyncio.to_thread(prompt_cache.restore, request, clock.now)
+                             for request in restores)))
+        for save in saved:
+            self._saved(save)
+        for restore in restored:
+            self._restored(restore)
+
+    def _saved(self, outcome: SaveOutcome) -> None:
+        key = (outcome.request.namespace, outcome.request.name)
+        held = self.prompt_caches.get(key, PromptCacheOutcomes())
+        self.prompt_caches[key] = PromptCacheOutcomes(outcome, held.restore)
+        self.metrics.record_prompt_cache_save(*key, len(outcome.saved), len(outcome.failures),
+                                              len(outcome.evicted))
+        logger.info("saved %d prompt cache(s) of %s/%s (%d bytes) in %.2fs", len(outcome.saved),
+                    *key, sum(f.bytes for f in outcome.saved), outcome.seconds)
+        for failure in outcome.failures:
+            logger.warning("saving the prompt caches of %s/%s: %s", *key, failure)
+
+    def _restored(self, outcome: RestoreOutcome) -> None:
+        key = (outcome.request.namespace, outcome.request.name)
+        held = self.prompt_caches.get(key, PromptCacheOutcomes())
+        self.prompt_caches[key] = PromptCacheOutcomes(held.save, outcome)
+        self.metrics.record_prompt_cache_restore(*key, len(outcome.restored),
+                                                 len(outcome.failures))
+        logger.info("restored %d prompt cache(s) of %s/%s (%d tokens) in %.2fs",
+                    len(outcome.restored), *key,
+                    sum(tokens for _, tokens in outcome.restored), outcome.seconds)
+        for file, why in outcome.failures:
+            logger.warning("skipped prompt cache %s of %s/%s: %s", file.name, *key, why)
+
+    def _unrecorded_prompt_caches(self, slots: tuple[SlotInfo, ...]
+                                  ) -> dict[tuple[str, str], PromptCacheOutcomes]:
+        """Drops outcomes a slot's status holds, or whose slot is gone."""
+        statuses = {slot.key: slot.status for slot in slots}
+        for key, outcomes in list(self.prompt_caches.items()):
+            status = statuses.get(key)
+            if status is None or outcomes.recorded_in(status):
+                del self.prompt_caches[key]
+        return dict(self.prompt_caches)
 
     def _unrecorded_evaluations(self, slots: tuple[SlotInfo, ...]
                                 ) -> dict[tuple[str, str], evaluation.EvaluationResult]:
@@ -244,6 +349,14 @@ class Runtime:
         return reconciling.result()
 
     async def run(self) -> None:
+        watcher = asyncio.create_task(self.watch_loading_pods(),
+                                      name="hybrid-compute-loading-pods")
+        try:
+            await self._loop()
+        finally:
+            watcher.cancel()
+
+    async def _loop(self) -> None:
         while True:
             self._wake.clear()
             if self.leadership is not None and not self.leadership.leading.is_set():

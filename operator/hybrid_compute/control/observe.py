@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import json
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from hybrid_compute.api.labels import (
     SLOT_LABEL,
     WORKLOAD_LABEL,
 )
-from hybrid_compute.control import drain_probe
+from hybrid_compute.control import drain_probe, health_probe
 from hybrid_compute.control.telemetry import GpuTelemetry
 from hybrid_compute.plan.evaluation import EvaluationResult
 from hybrid_compute.plan.objects import (
@@ -43,6 +44,7 @@ from hybrid_compute.plan.objects import (
     workload_child_from_object,
     workload_from_object,
 )
+from hybrid_compute.plan.prompt_cache import PromptCacheOutcomes
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import (
     LiteLLMDeployment,
@@ -146,6 +148,10 @@ class Signals:
     """Each router's latest fetch, read with ``router_fetched_at``."""
     unrecorded_evaluations: Callable[[tuple[SlotInfo, ...]], Mapping[SlotKey, EvaluationResult]]
     """The finished evaluations whose verdict none of these slots' statuses holds."""
+    unrecorded_prompt_caches: Callable[[tuple[SlotInfo, ...]],
+                                       Mapping[SlotKey, PromptCacheOutcomes]] = \
+        lambda _slots: {}
+    """The prompt cache saves and restores none of these slots' statuses holds."""
     telemetry: GpuTelemetry | None = None
     """The GPU agents' figures; None plans without them."""
     probe: Callable[[Mapping[SlotKey, str]], Mapping[SlotKey, SlotActivity]] = \
@@ -153,6 +159,9 @@ class Signals:
     """Asks draining slots' servers for the requests they still run."""
     foreign_announced: frozenset[tuple[str, str, str]] = frozenset()
     """The foreign processes the last plan announced (:attr:`View.foreign_announced`)."""
+    answering: Callable[[], frozenset[str]] = frozenset
+    """UIDs of slot pods not Ready by the kubelet whose server answered /health
+    (:mod:`hybrid_compute.control.health_probe`)."""
 
 
 async def observe(api: client.ApiClient, settings: PlanSettings, signals: Signals,
@@ -163,13 +172,17 @@ async def observe(api: client.ApiClient, settings: PlanSettings, signals: Signal
                                      signals.spend_reports)
     if signals.telemetry is not None:
         listed = signals.telemetry.annotate(listed, now)
+    answered = signals.answering()
+    if answered:
+        listed = dataclasses.replace(listed, pods=health_probe.ready_early(listed.pods, answered))
     activity = await asyncio.to_thread(
         signals.probe, drain_probe.draining_endpoints(listed.slots, settings))
     return dataclasses.replace(
         listed, slot_activity=activity, router_fetches=signals.router_fetches(),
         router_fetched_at=signals.router_fetched_at(),
         evaluations=signals.unrecorded_evaluations(listed.slots),
-        foreign_announced=signals.foreign_announced)
+        foreign_announced=signals.foreign_announced,
+        prompt_caches=signals.unrecorded_prompt_caches(listed.slots))
 
 
 def list_cluster(api: client.ApiClient, settings: PlanSettings,
@@ -186,30 +199,40 @@ def list_cluster(api: client.ApiClient, settings: PlanSettings,
     core = client.CoreV1Api(api)
     apps = client.AppsV1Api(api)
     custom = client.CustomObjectsApi(api)
-    nodes = _raw(core.list_node(_preload_content=False))["items"]
-    pods = [pod for label in (SLOT_LABEL, WORKLOAD_LABEL)
-            for pod in _raw(core.list_pod_for_all_namespaces(
-                label_selector=label, _preload_content=False))["items"]]
     owned = f"{MANAGED_BY_LABEL}={MANAGED_BY},{WORKLOAD_LABEL}"
-    jobs = _raw(client.BatchV1Api(api).list_job_for_all_namespaces(
-        label_selector=owned, _preload_content=False))["items"]
-    workload_deployments = _raw(apps.list_deployment_for_all_namespaces(
-        label_selector=owned, _preload_content=False))["items"]
+    slot_children = f"{MANAGED_BY_LABEL}={MANAGED_BY},{SLOT_LABEL}"
+    child_lists: dict[str, Callable[[], Any]] = {
+        "nodes": lambda: core.list_node(_preload_content=False),
+        "slot pods": lambda: core.list_pod_for_all_namespaces(
+            label_selector=SLOT_LABEL, _preload_content=False),
+        "workload pods": lambda: core.list_pod_for_all_namespaces(
+            label_selector=WORKLOAD_LABEL, _preload_content=False),
+        "jobs": lambda: client.BatchV1Api(api).list_job_for_all_namespaces(
+            label_selector=owned, _preload_content=False),
+        "workload deployments": lambda: apps.list_deployment_for_all_namespaces(
+            label_selector=owned, _preload_content=False),
+        "slot deployments": lambda: apps.list_deployment_for_all_namespaces(
+            label_selector=slot_children, _preload_content=False),
+        "services": lambda: core.list_service_for_all_namespaces(
+            label_selector=slot_children, _preload_content=False),
+    }
+    # The lists of each group are read at once (a pass waits for the slowest, not
+    # for their sum); every child list ends before the first owner list starts.
+    with ThreadPoolExecutor(max_workers=len(child_lists)) as pool:
+        children = dict(zip(child_lists, pool.map(lambda read: _raw(read())["items"],
+                                                  child_lists.values()), strict=True))
+        slots, workloads, policy_objects = pool.map(
+            lambda plural: custom.list_cluster_custom_object(GROUP, VERSION, plural)["items"],
+            ("modelslots", "gpuworkloads", "routepolicies"))
+    nodes, pods = children["nodes"], [*children["slot pods"], *children["workload pods"]]
+    jobs, workload_deployments = children["jobs"], children["workload deployments"]
+    deployments, services = children["slot deployments"], children["services"]
     for item in jobs:
         item["kind"] = "Job"
     for item in workload_deployments:
         item["kind"] = "Deployment"
-    deployments = _raw(apps.list_deployment_for_all_namespaces(
-        label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY},{SLOT_LABEL}",
-        _preload_content=False))["items"]
-    services = _raw(core.list_service_for_all_namespaces(
-        label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY},{SLOT_LABEL}",
-        _preload_content=False))["items"]
-    slots = custom.list_cluster_custom_object(GROUP, VERSION, "modelslots")["items"]
-    workloads = custom.list_cluster_custom_object(GROUP, VERSION, "gpuworkloads")["items"]
-    policies = [policy_from_object(p) for p in custom.list_cluster_custom_object(
-        GROUP, VERSION, "routepolicies")["items"]
-        if not p.get("metadata", {}).get("deletionTimestamp")]
+    policies = [policy_from_object(p) for p in policy_objects
+                if not p.get("metadata", {}).get("deletionTimestamp")]
     litellm = _litellm_objects(core, apps, policies)
     return View(
         nodes=tuple(n for n in map(node_from_object, nodes) if n),
@@ -217,8 +240,8 @@ def list_cluster(api: client.ApiClient, settings: PlanSettings,
                     if not s.get("metadata", {}).get("deletionTimestamp")),
         pods=_read_fetch_logs(core, tuple(p for p in map(pod_from_object, pods) if p)),
         deployments=tuple(d for d in map(deployment_from_object, deployments) if d),
-        services=frozenset((s["metadata"]["namespace"], s["metadata"]["labels"][SLOT_LABEL])
-                           for s in services),
+        services={(s["metadata"]["namespace"], s["metadata"]["labels"][SLOT_LABEL]):
+                  bool(s["spec"].get("publishNotReadyAddresses")) for s in services},
         demands=dict(demands),
         workloads=tuple(workload_from_object(w) for w in workloads
                         if not w.get("metadata", {}).get("deletionTimestamp")),

@@ -5,8 +5,12 @@
 RoutePolicy's budget period; ``GET /v1/state`` returns every slot's phase,
 residency, endpoint and predicted wait (:mod:`hybrid_compute.plan.swaps`), the GPU
 ledger, each policy's budget and the reservations
-(:mod:`hybrid_compute.plan.reservations`). Every call needs ``Authorization: Bearer
-<token>``; the token comes from a Secret and is never logged.
+(:mod:`hybrid_compute.plan.reservations`), with the ``version`` of the plan it comes from; with
+``?after=V&wait=S`` it answers once a plan newer than V is published, or after S
+seconds (a router holding a request for a swap learns of the swap's end at once).
+Every call needs
+``Authorization: Bearer <token>``; the token comes from a Secret and is never
+logged.
 
 ``GET /readyz`` (no token) is the readiness probe: 200 on the replica that acts,
 503 on a replica standing by for the leader Lease, which also answers the calls
@@ -30,6 +34,8 @@ from hybrid_compute.plan.routing import PolicyDecision, valid_spend
 from hybrid_compute.server import metrics
 
 MAX_BODY_BYTES = 4096
+MAX_WAIT_SECONDS = 10.0
+"""The longest ``GET /v1/state?after=V&wait=S`` holds for a plan newer than V."""
 ROUTER_ID_HEADER = "X-Hybrid-Router"
 """Sent by each router with its state fetches, so drains know which routers have
 seen a slot leave (the router module sends the same header)."""
@@ -42,10 +48,11 @@ def _error(status: int, message: str) -> web.Response:
 def state_document(runtime: Runtime) -> dict[str, Any]:
     result = runtime.last_plan
     if result is None:
-        return {"ready": False, "slots": [], "gpus": []}
+        return {"ready": False, "version": runtime.plan_version, "slots": [], "gpus": []}
     now = clock.now()
     return {
         "ready": True,
+        "version": runtime.plan_version,
         "generatedAt": now.isoformat().replace("+00:00", "Z"),
         "slots": [{
             "namespace": d.namespace,
@@ -209,6 +216,14 @@ def build_app(runtime: Runtime, token: str | None) -> web.Application:
         return web.json_response({"accepted": len(counts)}, status=202)
 
     async def state(request: web.Request) -> web.Response:
+        if "after" in request.query:
+            try:
+                after = int(request.query["after"])
+                wait = min(float(request.query.get("wait", "0")), MAX_WAIT_SECONDS)
+            except ValueError:
+                return _error(400, "after must be a plan version (a whole number) and wait "
+                                   "a number of seconds")
+            await runtime.plan_after(after, wait)
         document = state_document(runtime)
         runtime.state_fetched(request.headers.get(ROUTER_ID_HEADER, ANONYMOUS_ROUTER), frozenset(
             (slot["namespace"], slot["name"]) for slot in document["slots"]

@@ -16,7 +16,9 @@ container refers to and hands them in.
 
 Volumes: ConfigMap and Secret volumes become folders of their keys, hostPath and
 PersistentVolumeClaim volumes are the node's models folder (the only host data
-the local cluster's pods read), everything else an empty folder of the pod.
+the local cluster's pods read), except a ``DirectoryOrCreate`` hostPath, which
+is a folder of the node's own that outlives the pod (as a kubelet creates one on
+its host: a prompt cache folder), and everything else an empty folder of the pod.
 Arguments and environment values that name a path under a mount point (each
 entry of a colon-separated list such as ``PYTHONPATH``) are rewritten to the
 local folder.
@@ -78,13 +80,18 @@ class Volume:
 
 
 def pod_volumes(pod: dict[str, Any], pod_folder: Path, models: Path,
-                objects: Mapping[ObjectKey, dict[str, str] | None]) -> dict[str, Volume]:
-    """Every volume of the pod, by name, with its local folder."""
+                objects: Mapping[ObjectKey, dict[str, str] | None], *, host_folder: Path
+                ) -> dict[str, Volume]:
+    """Every volume of the pod, by name, with its local folder. ``host_folder`` plays
+    the node's root for hostPath folders the node creates."""
     found: dict[str, Volume] = {}
     for volume in pod["spec"].get("volumes") or []:
         name = volume["name"]
         folder = pod_folder / "volumes" / name
-        if "hostPath" in volume or "persistentVolumeClaim" in volume:
+        host_path = volume.get("hostPath") or {}
+        if host_path.get("type") == "DirectoryOrCreate":
+            found[name] = Volume(name, host_folder / host_path["path"].lstrip("/"), {})
+        elif "hostPath" in volume or "persistentVolumeClaim" in volume:
             found[name] = Volume(name, models, {})
         elif "configMap" in volume or "secret" in volume:
             kind = "ConfigMap" if "configMap" in volume else "Secret"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,23 @@ class KubeRest:
                 raise KubeError(response.status, text)
             decoded: dict[str, Any] = json.loads(text) if text else {}
             return decoded
+
+    async def watch(self, path: str, resource_version: str, timeout_seconds: int = 300,
+                    **params: str) -> AsyncIterator[dict[str, Any]]:
+        """The watch events of a list path from ``resource_version`` on, until the
+        server ends the watch (after about ``timeout_seconds``)."""
+        query = {**params, "watch": "1", "resourceVersion": resource_version,
+                 "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout_seconds)}
+        async with self._client().get(
+                self.server + path, params=query, headers={"Accept": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30)
+        ) as response:
+            if response.status >= 400:
+                raise KubeError(response.status, await response.text())
+            async for line in response.content:
+                if line.strip():
+                    event: dict[str, Any] = json.loads(line)
+                    yield event
 
     async def get(self, path: str, **params: str) -> dict[str, Any]:
         return await self.request("GET", path, params=params or None)

@@ -121,19 +121,20 @@ def litellm_objects(operator_url: str, api_token: str, master_key: str,
     ]
 
 
-def _start_litellm_once_configured(cluster: DevCluster, timeout: float = 60) -> None:
+def start_litellm_once_configured(cluster: DevCluster, namespace: str = NAMESPACE,
+                                  timeout: float = 60) -> None:
     """Scales a new LiteLLM Deployment to its one pod once the operator has stamped
     the template with the rendered config. Started earlier, its first pod would be
     replaced by that rollout a moment later, and two LiteLLMs would boot side by
     side, each taking twice as long on a small machine."""
-    path = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{LITELLM_NAME}"
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{LITELLM_NAME}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         template = cluster.api_get(path)["spec"]["template"]
         if CONFIG_HASH_ANNOTATION in (template["metadata"].get("annotations") or {}):
             break
         time.sleep(0.2)
-    cluster.kubectl("scale", "deployment", LITELLM_NAME, "-n", NAMESPACE, "--replicas=1")
+    cluster.kubectl("scale", "deployment", LITELLM_NAME, "-n", namespace, "--replicas=1")
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def up(cluster: DevCluster, repository_root: Path | None,
         cluster.apply([*litellm, *local_samples(sample_manifests(repository_root),
                                                 f"http://127.0.0.1:{cloud_port}/v1")])
         if fresh:
-            _start_litellm_once_configured(cluster)
+            start_litellm_once_configured(cluster)
     elif samples and repository_root is not None:
         cluster.apply(sample_manifests(repository_root))
     return time.monotonic() - started

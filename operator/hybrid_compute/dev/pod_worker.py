@@ -15,7 +15,9 @@ Images without a local program are simulated with kwok's stages and delay
 annotations (see ``kwok-stages.yaml``): created after ``pod-create``, Running and
 Ready after ``pod-ready``, a Job's container completes after ``pod-complete``
 (1 s by default), deletion waits ``pod-delete``. Such a pod carries the
-condition ``dev.hybridcompute.io/Simulated`` that says so.
+condition ``dev.hybridcompute.io/Simulated`` that says so. A real program's pod
+honours ``pod-ready`` too: its probes start that long after the container did, as
+if its model took that long to load (a test's tiny model loads in moments).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ COMPLETE_DELAY = "pod-complete.stage.kwok.x-k8s.io/delay"
 DELETE_DELAY = "pod-delete.stage.kwok.x-k8s.io/delay"
 DEFAULT_JOB_SECONDS = 1.0
 TICK_SECONDS = 0.2
+MIN_TICK_SECONDS = 0.005
 # Restarts wait 1 s, 2 s, 4 s, then 8 s (the kubelet's 10 s to 5 min would make a
 # local crash loop tedious to watch); a run of a minute resets the backoff.
 FIRST_BACKOFF_SECONDS = 1.0
@@ -87,6 +90,8 @@ class NodeContext(Protocol):
     kube: KubeRest
     node: str
     models: Path
+    host_folder: Path
+    """Plays the node's root for the hostPath folders it creates."""
     http: aiohttp.ClientSession
 
     @property
@@ -191,6 +196,8 @@ class PodWorker:
         self._transitions: dict[str, tuple[str, str]] = {}
         self._reported: str | None = None
         self.task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        """Set when the pod object changed or went away: the next tick comes at once."""
 
     @property
     def path(self) -> str:
@@ -204,6 +211,21 @@ class PodWorker:
     def ready(self) -> bool:
         return (self.initialized and not self.finished and self.pod["metadata"].get(
             "deletionTimestamp") is None and all(c.ready for c in self.containers))
+
+    @property
+    def running(self) -> bool:
+        """A container runs, whether or not it is Ready."""
+        return not self.finished and any(c.running for c in self.containers)
+
+    def update(self, pod: dict[str, Any]) -> None:
+        """The pod's newer version, from the node's watch."""
+        self.pod = pod
+        self._changed.set()
+
+    def vanish(self) -> None:
+        """The pod object is gone: its containers stop without their grace."""
+        self.vanished = True
+        self._changed.set()
 
     def pids(self) -> list[int]:
         return [c.process.pid for c in self.containers
@@ -229,7 +251,7 @@ class PodWorker:
                     return
                 await self._tick(time.monotonic())
                 await self._report()
-                await asyncio.sleep(TICK_SECONDS)
+                await self._pause()
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -238,6 +260,18 @@ class PodWorker:
             await self.stop_all(grace_cap=5)
         finally:
             self._release(self)
+
+    async def _pause(self) -> None:
+        """Until the next tick: a probe falling due, the tick period, or a change of
+        the pod, whichever comes first."""
+        now = time.monotonic()
+        due = [tracker.next_at - now for run in self.containers
+               for kind, tracker in run.probes.items()
+               if kind == "startupProbe" or run.started]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(),
+                                   max(MIN_TICK_SECONDS, min([TICK_SECONDS, *due])))
+        self._changed.clear()
 
     async def _tick(self, now: float) -> None:
         if self.finished:
@@ -328,7 +362,10 @@ class PodWorker:
         run.started_at, run.started_mono = now_text(), now
         run.started = "startupProbe" not in run.spec
         run.ready = False
-        run.probes = {kind: ProbeTracker(ProbeSpec.from_spec(run.spec[kind], run.spec), now)
+        # The ready delay holds the probes back, as a model that long to load would.
+        probing_from = now + self._delay(READY_DELAY)
+        run.probes = {kind: ProbeTracker(ProbeSpec.from_spec(run.spec[kind], run.spec),
+                                         probing_from)
                       for kind in ("startupProbe", "readinessProbe", "livenessProbe")
                       if kind in run.spec}
         self.context.record("started", pid=run.process.pid, namespace=self.namespace,
@@ -358,7 +395,8 @@ class PodWorker:
                            f"{run.spec.get('image')}: run `make serving`")
             return None, {}
         objects = await self._objects()
-        volumes = containers.pod_volumes(self.pod, self.folder, self.context.models, objects)
+        volumes = containers.pod_volumes(self.pod, self.folder, self.context.models, objects,
+                                         host_folder=self.context.host_folder)
         for volume in volumes.values():
             if volume.path != self.context.models:
                 volume.path.mkdir(parents=True, exist_ok=True)

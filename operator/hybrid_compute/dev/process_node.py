@@ -42,7 +42,7 @@ from hybrid_compute.dev.pod_worker import PodWorker, Programs
 from hybrid_compute.dev.service_proxy import Backend, ServiceProxy
 from hybrid_compute.dev.toolchain import KUBERNETES_VERSION
 
-SYNC_SECONDS = 0.5
+SYNC_RETRY_SECONDS = 0.5
 HEARTBEAT_SECONDS = 10.0
 LEASE_SECONDS = 40
 SHUTDOWN_GRACE_CAP_SECONDS = 10.0
@@ -81,6 +81,7 @@ class ProcessNode:
         if self.models.is_symlink() or self.models.exists():
             self.models.unlink()
         self.models.symlink_to(models.resolve(), target_is_directory=True)
+        self.host_folder = folder / "host"
         self.proxy_port = proxy_port
         self.kube = KubeRest.from_kubeconfig(kubeconfig, folder / "credentials")
         self.http: aiohttp.ClientSession
@@ -140,8 +141,8 @@ class ProcessNode:
         return address
 
     def backends(self, namespace: str) -> list[Backend]:
-        return [(w.ip, w.pod) for w in self.workers.values()
-                if w.namespace == namespace and w.ready]
+        return [(w.ip, w.pod, w.ready) for w in self.workers.values()
+                if w.namespace == namespace and w.running]
 
     # --------------------------------------------------------------------- node
 
@@ -228,34 +229,55 @@ class ProcessNode:
             del self.workers[worker.uid]
             self._addresses.pop(worker.uid, None)
 
-    async def sync(self) -> None:
+    def _play(self, pod: dict[str, Any]) -> None:
+        """Starts a worker for a pod seen for the first time; hands a known pod's
+        worker its new version."""
+        uid = pod["metadata"]["uid"]
+        worker = self.workers.get(uid)
+        if worker is not None:
+            worker.update(pod)
+            return
+        folder = self.folder / "pods" / (
+            f"{pod['metadata']['namespace']}_{pod['metadata']['name']}_{uid[:8]}")
+        folder.mkdir(parents=True, exist_ok=True)
+        worker = PodWorker(self, pod, self._address_for(pod), folder, self._release)
+        self.workers[uid] = worker
+        worker.start()
+
+    async def sync(self) -> str:
+        """Plays every pod bound to the node; returns the list's resourceVersion."""
         listed = await self.kube.get("/api/v1/pods", fieldSelector=f"spec.nodeName={self.node}")
         seen = set()
         for pod in listed.get("items") or []:
-            uid = pod["metadata"]["uid"]
-            seen.add(uid)
-            worker = self.workers.get(uid)
-            if worker is None:
-                folder = self.folder / "pods" / (
-                    f"{pod['metadata']['namespace']}_{pod['metadata']['name']}_{uid[:8]}")
-                folder.mkdir(parents=True, exist_ok=True)
-                worker = PodWorker(self, pod, self._address_for(pod), folder, self._release)
-                self.workers[uid] = worker
-                worker.start()
-            else:
-                worker.pod = pod
+            seen.add(pod["metadata"]["uid"])
+            self._play(pod)
         for uid, worker in list(self.workers.items()):
             if uid not in seen:
-                worker.vanished = True
+                worker.vanish()
+        return str(listed["metadata"]["resourceVersion"])
 
-    async def _sync_loop(self) -> None:
+    async def _follow_pods(self) -> None:
+        """Lists the node's pods, then follows their watch, as a kubelet does, so a
+        pod bound or deleted is played at once; lists again when the watch ends."""
+        selector = f"spec.nodeName={self.node}"
         while not self._stopping.is_set():
             try:
-                await self.sync()
-            except (KubeError, aiohttp.ClientError, TimeoutError) as error:
+                version = await self.sync()
+                async for event in self.kube.watch("/api/v1/pods", version,
+                                                   fieldSelector=selector):
+                    kind, pod = event.get("type"), event.get("object") or {}
+                    if kind in ("ADDED", "MODIFIED"):
+                        self._play(pod)
+                    elif kind == "DELETED":
+                        gone = self.workers.get(pod["metadata"]["uid"])
+                        if gone is not None:
+                            gone.vanish()
+                    elif kind == "ERROR":
+                        break  # the version expired: list again
+            except (KubeError, aiohttp.ClientError, TimeoutError, ValueError) as error:
                 self.record("sync-error", error=str(error))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), SYNC_SECONDS)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), SYNC_RETRY_SECONDS)
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"namespace": w.namespace, "name": w.name, "uid": w.uid, "ip": w.ip,
@@ -284,8 +306,10 @@ class ProcessNode:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", self.proxy_port).start()
         self.record("node-started", node=self.node, proxyPort=self.proxy_port)
-        tasks = [loop.create_task(self._heartbeats()), loop.create_task(self._sync_loop())]
+        tasks = [loop.create_task(self._heartbeats()), loop.create_task(self._follow_pods())]
         await self._stopping.wait()
+        for task in tasks:
+            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         workers = list(self.workers.values())
         for worker in workers:

@@ -4,8 +4,9 @@ Each pod of the process node listens on its own loopback address (127.x.y.z: the
 whole of 127/8 is local on Linux), so several llama-servers use port 8080 side by
 side. Those addresses are reachable but unstable across swaps, so the node agent
 also serves one loopback port where ``/{namespace}/{service}/{port}/{path}``
-reaches ``{path}`` on a Ready pod that the Service selects (on this node or on
-another process node of the cluster), at the Service port's target port: what ``http://{service}.{namespace}.svc:{port}/{path}``
+reaches ``{path}`` on a Ready pod that the Service selects, on this node or on
+another process node of the cluster (or on any running one, for a Service that
+publishes not-ready addresses), at the Service port's target port: what ``http://{service}.{namespace}.svc:{port}/{path}``
 would reach in a real cluster. The operator of the local cluster runs with
 ``--endpoint-template http://127.0.0.1:PROXY/{namespace}/{service}/{port}/v1``,
 so the LiteLLM config it renders, its drain probe (``.../slots``) and its
@@ -44,8 +45,8 @@ def endpoint_template(port: int) -> str:
     return proxy_prefix(port) + "/{namespace}/{service}/{port}/v1"
 
 
-Backend = tuple[str, dict[str, Any]]
-"""A Ready pod's address and its object."""
+Backend = tuple[str, dict[str, Any], bool]
+"""A running pod's address, its object, and whether it is Ready."""
 
 
 class ServiceProxy:
@@ -97,7 +98,8 @@ class ServiceProxy:
         return found
 
     async def target(self, namespace: str, name: str, port: int) -> tuple[str, int] | str:
-        """A Ready pod's address and port for the Service port, or why there is none."""
+        """A Ready pod's address and port for the Service port (any running pod's for
+        a Service that publishes not-ready addresses), or why there is none."""
         service = await self._service(namespace, name)
         if service is None:
             return f"service {namespace}/{name} not found"
@@ -109,10 +111,11 @@ class ServiceProxy:
         if not selector:
             return f"service {namespace}/{name} selects no pods"
         target = declared.get("targetPort", port)
-        candidates = _addresses(self.backends(namespace), selector, target)
+        not_ready_too = bool(service["spec"].get("publishNotReadyAddresses"))
+        candidates = _addresses(self.backends(namespace), selector, target, not_ready_too)
         if not candidates:
             candidates = _addresses(await self._other_nodes_ready_pods(namespace, selector),
-                                    selector, target)
+                                    selector, target, not_ready_too)
         if not candidates:
             return f"service {namespace}/{name} has no Ready pod"
         return candidates[next(self._turn) % len(candidates)]
@@ -129,7 +132,7 @@ class ServiceProxy:
                         for c in status.get("conditions") or [])
             if (ready and status.get("podIP") and pod["spec"].get("nodeName") != self.node
                     and not pod["metadata"].get("deletionTimestamp")):
-                found.append((status["podIP"], pod))
+                found.append((status["podIP"], pod, True))
         return found
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
@@ -167,13 +170,15 @@ class ServiceProxy:
 
 
 def _addresses(backends: Iterable[Backend], selector: dict[str, str],
-               target: int | str) -> list[tuple[str, int]]:
-    """Address and port of each pod that ``selector`` selects and that declares
-    ``target`` (a port number or a named container port)."""
+               target: int | str, not_ready_too: bool) -> list[tuple[str, int]]:
+    """Address and port of each pod that ``selector`` selects, that is Ready (or
+    only running, with ``not_ready_too``) and that declares ``target`` (a port
+    number or a named container port)."""
     found = []
-    for ip, pod in backends:
+    for ip, pod, ready in backends:
         labels = pod["metadata"].get("labels") or {}
-        if any(labels.get(k) != v for k, v in selector.items()):
+        if any(labels.get(k) != v for k, v in selector.items()) or not (
+                ready or not_ready_too):
             continue
         number = next((container_port(c, target) for c in pod["spec"]["containers"]
                        if container_port(c, target) is not None), None)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hybrid_compute.api.modelslot import ModelSlotSpec
     from hybrid_compute.plan.evaluation import EvaluationRequest
     from hybrid_compute.plan.memo import PlanMemo
+    from hybrid_compute.plan.prompt_cache import RestoreRequest, SaveRequest
     from hybrid_compute.plan.routing import PolicyDecision
     from hybrid_compute.plan.settings import PlanSettings
     from hybrid_compute.plan.view import SlotInfo
@@ -133,6 +134,10 @@ class SlotDecision:
     refused: bool = False
     """Refused for a conflict with an earlier object (:mod:`.conflicts`): the
     router must not take its alias for a local one."""
+    cache_save: SaveRequest | None = None
+    """Prompt caches the runtime has saved before it scales the slot down."""
+    cache_restore: RestoreRequest | None = None
+    """Prompt caches the runtime restores before the router may route to the slot."""
 
     @property
     def namespace(self) -> str:
@@ -200,7 +205,8 @@ class SlotDecision:
         spec = self.slot.spec
         if spec is None:
             return None
-        return children.service(self.namespace, self.name, self.slot.uid, spec.server.port)
+        return children.service(self.namespace, self.name, self.slot.uid, spec.server.port,
+                                spec.server.readiness == "Operator")
 
 
 @dataclass(frozen=True)

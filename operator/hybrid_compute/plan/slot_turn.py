@@ -7,7 +7,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from hybrid_compute.api.modelslot import ModelFetchProgress, SwapPhases
+from hybrid_compute.api.modelslot import ModelFetchProgress, PromptCacheStatus, SwapPhases
 from hybrid_compute.plan.evaluation import Gate
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.model_vram import VramChoice
@@ -39,6 +39,8 @@ class SlotTurn:
     """The VRAM figure of a GPU slot."""
     template_vram: int | None = None
     fetch: ModelFetchProgress | None = None
+    prompt_cache: PromptCacheStatus | None = None
+    """The slot's prompt caches, with the outcomes no status holds yet."""
 
     def event(self, type_: EventType, reason: str, message: str) -> None:
         self.events.append(EventIntent(self.slot.namespace, self.slot.name, type_, reason,

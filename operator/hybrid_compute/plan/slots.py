@@ -21,7 +21,7 @@ from hybrid_compute.api.modelslot import (
     SwapPhases,
 )
 from hybrid_compute.api.units import gib
-from hybrid_compute.plan import idle, model_vram, swaps
+from hybrid_compute.plan import idle, model_vram, prompt_cache, swaps
 from hybrid_compute.plan.demand import SlotDemand, any_serving, cpu_demanded, last_request
 from hybrid_compute.plan.drain import (
     DRAIN_POLL,
@@ -114,6 +114,7 @@ def decide_slot(slot: SlotInfo, view: View, now: datetime.datetime, memo: PlanMe
     if slot.spec is None:
         return _invalid_spec(turn), turn.events
     spec = gate.served if gate is not None else slot.spec
+    _record_prompt_caches(turn, spec)
     pods = _look_at_pods(turn, spec, findings.owned.slot_pods.get(slot.key, []), deployment,
                          findings.demand)
     if spec.device == "cpu":
@@ -164,6 +165,20 @@ def _look_at_pods(turn: SlotTurn, spec: ModelSlotSpec, pods: list[PodInfo],
                    f"Fetching the model of {spec.alias} failed: {turn.fetch.message}")
     return SlotPods(pods, current, [p for p in live if p.template_hash != current_hash],
                     current_hash, fetch_reason)
+
+
+def _record_prompt_caches(turn: SlotTurn, spec: ModelSlotSpec) -> None:
+    """The prompt cache saves and restores no status holds yet, into this pass's
+    status and Events."""
+    slot = turn.slot
+    turn.prompt_cache = slot.status.prompt_cache
+    outcomes = turn.view.prompt_caches.get(slot.key)
+    if outcomes is None:
+        return
+    turn.prompt_cache, events = prompt_cache.record(slot.namespace, slot.name, spec.alias,
+                                                    turn.prompt_cache, outcomes)
+    turn.updates["prompt_cache"] = turn.prompt_cache
+    turn.events.extend(events)
 
 
 def _invalid_spec(turn: SlotTurn) -> SlotDecision:
@@ -240,13 +255,19 @@ def _not_placed(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, fits: Condi
         swapping = ConditionUpdate("Swapping", False, "Idle", reason)
     # While its pods exist the slot keeps its GPU on record: the next plan
     # counts their VRAM there, not on whichever device comes first.
-    return turn.decide(phase, reason, 0, [
+    decision = turn.decide(phase, reason, 0, [
         ACCEPTED, fits, swapping, ConditionUpdate("Resident", False, phase, reason),
         ConditionUpdate("Ready", False, phase, reason)],
         node=gpus[still_held[0]].node.name if still_held else None,
         gpu=gpu_label(still_held) if still_held else None,
         cut_requests=drain.busy if drain and drain.state == "Cut" else 0,
         started_waiting=phase == "Pending" and slot.status.phase != "Pending")
+    if drain is not None and drain.state == "Drained":
+        # Saved before the scale-down this pass writes: nothing runs in it now.
+        decision.cache_save = prompt_cache.save_request(
+            slot.namespace, slot.name, spec, turn.prompt_cache, turn.view.settings,
+            slot.status.node)
+    return decision
 
 
 def _unloading(turn: SlotTurn, spec: ModelSlotSpec, drain: DrainVerdict | None,
@@ -305,10 +326,17 @@ def _placed(turn: SlotTurn, spec: ModelSlotSpec, vram: int, pods: SlotPods,
         return turn.decide(phase, reason, replicas, [ACCEPTED, fits, *conditions],
                            gpu=where.gpu, node=where.node, vram=vram, waiting_on=waiting_on)
     resident = _resident(turn, spec, pods, replicas, phase, reason, where)
-    return turn.decide(phase, reason, replicas, [ACCEPTED, fits, *resident.conditions],
-                       gpu=where.gpu, node=where.node, vram=vram, waiting_on=waiting_on,
-                       completed_swap=resident.completed_swap,
-                       phases_recorded=resident.phases_recorded)
+    decision = turn.decide(phase, reason, replicas, [ACCEPTED, fits, *resident.conditions],
+                           gpu=where.gpu, node=where.node, vram=vram, waiting_on=waiting_on,
+                           completed_swap=resident.completed_swap,
+                           phases_recorded=resident.phases_recorded)
+    if phase == "Ready" and (previous.loading_since is not None
+                             or previous.phase == "Evaluating"):
+        # A server just loaded: its caches come back before the router sees it Ready.
+        decision.cache_restore = prompt_cache.restore_request(
+            slot.namespace, slot.name, spec, turn.prompt_cache, turn.view.settings,
+            where.node)
+    return decision
 
 
 class _Where(NamedTuple):

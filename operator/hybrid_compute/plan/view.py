@@ -18,6 +18,7 @@ from hybrid_compute.plan.settings import PlanSettings
 
 if TYPE_CHECKING:
     from hybrid_compute.plan.evaluation import EvaluationResult
+    from hybrid_compute.plan.prompt_cache import PromptCacheOutcomes
     from hybrid_compute.plan.vram import ModelShape
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ class PodInfo:
     """The pod's UID, which the GPU agent finds in a process's cgroup."""
     fetch: FetchProgress | None = None
     """The model download, while the fetch step runs or after it failed."""
+    ready_early: bool = False
+    """Ready because the operator saw its llama-server answer /health before the
+    kubelet's probes said so (``spec.server.readiness: Operator``); ``ready`` is
+    then True too."""
 
 
 @dataclass(frozen=True)
@@ -261,8 +266,9 @@ class View:
     slots: tuple[SlotInfo, ...] = ()
     pods: tuple[PodInfo, ...] = ()
     deployments: tuple[DeploymentInfo, ...] = ()
-    services: frozenset[tuple[str, str]] = frozenset()
-    """(namespace, slot) of the Services that exist."""
+    services: Mapping[tuple[str, str], bool] = field(default_factory=dict)
+    """(namespace, slot) of the Services that exist -> whether they reach pods that
+    are not Ready yet (``publishNotReadyAddresses``)."""
     workloads: tuple[WorkloadInfo, ...] = ()
     workload_children: tuple[WorkloadChild, ...] = ()
     demands: Mapping[str, datetime.datetime] = field(default_factory=dict)
@@ -304,4 +310,7 @@ class View:
     evaluations: Mapping[tuple[str, str], EvaluationResult] = field(default_factory=dict)
     """(namespace, slot) -> the last evaluation the operator ran of the slot's new model
     that no status holds yet."""
+    prompt_caches: Mapping[tuple[str, str], PromptCacheOutcomes] = field(default_factory=dict)
+    """(namespace, slot) -> the prompt cache saves and restores the operator made that
+    no status holds yet."""
     settings: PlanSettings = field(default_factory=PlanSettings)

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 GPU_RESOURCE = "nvidia.com/gpu"
 SERVER_CONTAINER = "llama-server"
 MODEL_VOLUME = "models"
+PROMPT_CACHE_VOLUME = "prompt-cache"
+PROMPT_CACHE_MOUNT = "/prompt-cache"
+"""Where a slot with spec.server.promptCache finds its node's cache folder; llama-server
+saves and restores the files there (--slot-save-path)."""
 FETCH_CONTAINER = "fetch-model"
 DEFAULT_HOST_PATH = "/models"
 # Loading a 20 GB model from a slow disk can take minutes; /health answers 503
@@ -165,6 +169,13 @@ def pod_template(slot_name: str, spec: ModelSlotSpec, vram_bytes: int,
         "securityContext": {"allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}},
     }
+    volumes: list[dict[str, Any]] = []
+    if server.prompt_cache.enabled:
+        container["args"] += ["--slot-save-path", PROMPT_CACHE_MOUNT]
+        container["volumeMounts"].append({"name": PROMPT_CACHE_VOLUME,
+                                          "mountPath": PROMPT_CACHE_MOUNT})
+        volumes.append({"name": PROMPT_CACHE_VOLUME, "hostPath": {
+            "path": server.prompt_cache.host_path, "type": "DirectoryOrCreate"}})
     runtime_class = None
     if spec.device == "gpu":
         container["resources"] = {"limits": {GPU_RESOURCE: str(spec.gpus)}}
@@ -180,7 +191,7 @@ def pod_template(slot_name: str, spec: ModelSlotSpec, vram_bytes: int,
             "path": spec.model.host_path or DEFAULT_HOST_PATH, "type": "Directory"}}
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "volumes": [volume],
+        "volumes": [volume, *volumes],
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER,
                             "runAsGroup": RUN_AS_USER,
                             "seccompProfile": {"type": "RuntimeDefault"}},
@@ -249,9 +260,13 @@ def deployment(namespace: str, slot_name: str, uid: str, template: dict[str, Any
     }
 
 
-def service(namespace: str, slot_name: str, uid: str, port: int) -> dict[str, Any]:
-    """A stable name for the slot: swaps never change LiteLLM's config."""
-    return {
+def service(namespace: str, slot_name: str, uid: str, port: int,
+            reaches_loading: bool = False) -> dict[str, Any]:
+    """A stable name for the slot: swaps never change LiteLLM's config.
+    ``reaches_loading`` (``spec.server.readiness: Operator``) publishes pods that are
+    not Ready yet: the operator, not the kubelet, says when the slot serves, and
+    only routers it tells send requests."""
+    manifest: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": child_name(slot_name), "namespace": namespace,
@@ -263,6 +278,9 @@ def service(namespace: str, slot_name: str, uid: str, port: int) -> dict[str, An
                        "protocol": "TCP"}],
         },
     }
+    if reaches_loading:
+        manifest["spec"]["publishNotReadyAddresses"] = True
+    return manifest
 
 
 def endpoint(namespace: str, slot_name: str, port: int,

@@ -366,6 +366,8 @@ ROUTE_OUTCOMES = {"local": "served", "cloud": "served", "bridged": "bridged",
                   "hold": "held", "refused": "refused"}
 DEMAND_INTERVAL_SECONDS = 1.0
 HOLD_POLL_SECONDS = 0.5
+"""A held request decides again at least this often; the operator's next plan
+(the end of the swap) wakes it sooner."""
 ROUTE_HEADER = "x-hybrid-route"
 REASON_HEADER = "x-hybrid-reason"
 MODEL_HEADER = "x-hybrid-model"
@@ -386,6 +388,8 @@ class OperatorClient:
         hears from has fetched a state that shows the draining slot not Ready."""
         self.state: dict[str, Any] = {"slots": []}
         self.fetched_at = 0.0
+        self.version: int | None = None
+        """The operator's plan version the state comes from."""
         self.last_demand: dict[str, float] = {}
         self.unsent_spend = 0.0
         self.sending = False
@@ -393,14 +397,14 @@ class OperatorClient:
         self.route_counts: dict[tuple[str, str, str], int] = {}
         """(alias asked, target, outcome) -> requests not yet reported."""
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None
-                 ) -> dict[str, Any]:
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                 timeout: float = 2.0) -> dict[str, Any]:
         request = urllib.request.Request(
             f"{self.url}{path}", method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {self.token}",
                      "Content-Type": "application/json", ROUTER_ID_HEADER: self.router_id})
-        with urllib.request.urlopen(request, timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             answer: dict[str, Any] = json.loads(response.read() or b"{}")
             return answer
 
@@ -425,19 +429,36 @@ class OperatorClient:
                 for key, count in counts.items():
                     self.route_counts[key] = self.route_counts.get(key, 0) + count
 
-    def _fetch(self) -> None:
+    def _fetch(self, wait: float = 0.0) -> None:
+        """The operator's state; with ``wait``, the operator answers once it has a
+        newer plan than the one held, or after ``wait`` seconds."""
         self._send_route_counts()
         try:
             if self.state_file:
                 state = json.loads(Path(self.state_file).read_text())
             elif self.url:
-                state = self._request("GET", "/v1/state")
+                newer = (f"?after={self.version}&wait={wait:.3f}"
+                         if wait > 0 and self.version is not None else "")
+                state = self._request("GET", f"/v1/state{newer}", timeout=2.0 + wait)
             else:
                 return
         except (OSError, ValueError, urllib.error.URLError):
             return  # keep the last state: a request never waits on the operator
+        self.version = state.get("version")
         self.state = own_policy_state(state, self.policy)
         self.fetched_at = time.monotonic()
+
+    async def next_state(self, wait: float) -> dict[str, Any]:
+        """The first state newer than the one held, waiting up to ``wait`` seconds
+        for the operator to plan again; the held one when none comes in that time
+        (the operator may be away: the wait is kept either way)."""
+        started = time.monotonic()
+        before = self.version
+        await asyncio.to_thread(self._fetch, wait)
+        left = wait - (time.monotonic() - started)
+        if self.version == before and left > 0:
+            await asyncio.sleep(left)
+        return self.with_unsent_spend()
 
     def with_unsent_spend(self) -> dict[str, Any]:
         """The cached state, counting spend the operator has not heard of yet."""
@@ -541,8 +562,7 @@ class HybridRouter(CustomLogger):  # type: ignore[misc]
             limit = request_patience(data, self.rules)
         deadline = started + limit
         while (now := time.monotonic()) < deadline:
-            await asyncio.sleep(min(HOLD_POLL_SECONDS, deadline - now))
-            state = await self.operator.current(fresh=True)
+            state = await self.operator.next_state(min(HOLD_POLL_SECONDS, deadline - now))
             again = decide(data, self.rules, state, call_type,
                            patience=max(deadline - time.monotonic(), 0.0), caller=caller)
             if again.route != "hold":

@@ -130,6 +130,16 @@ class OperatorMetrics:
             "Evaluations of a slot's new model (spec.evaluation) by result: Passed, or "
             "Failed (the slot rolls back to its previous model)",
             [*SLOT_LABELS, "result"], registry=registry)
+        self.prompt_cache_saves = Counter(
+            "hybrid_compute_prompt_cache_saves",
+            "Prompt caches a slot's server saved before it was unloaded, by outcome: "
+            "saved, failed, or evicted (given up for spec.server.promptCache.maxSize)",
+            ["namespace", "slot", "outcome"], registry=registry)
+        self.prompt_cache_restores = Counter(
+            "hybrid_compute_prompt_cache_restores",
+            "Prompt caches restored into a slot's freshly loaded server, by outcome: "
+            "restored, or failed (skipped: the slot serves without it)",
+            ["namespace", "slot", "outcome"], registry=registry)
         self.router_requests = Counter(
             "hybrid_compute_router_requests",
             "Requests the router decided, by alias asked, target and outcome "
@@ -284,6 +294,16 @@ class OperatorMetrics:
 
     def record_evaluation(self, namespace: str, slot: str, alias: str, passed: bool) -> None:
         self.evaluations.labels(namespace, slot, alias, "Passed" if passed else "Failed").inc()
+
+    def record_prompt_cache_save(self, namespace: str, slot: str, saved: int, failed: int,
+                                 evicted: int) -> None:
+        for outcome, count in (("saved", saved), ("failed", failed), ("evicted", evicted)):
+            self.prompt_cache_saves.labels(namespace, slot, outcome).inc(count)
+
+    def record_prompt_cache_restore(self, namespace: str, slot: str, restored: int,
+                                    failed: int) -> None:
+        for outcome, count in (("restored", restored), ("failed", failed)):
+            self.prompt_cache_restores.labels(namespace, slot, outcome).inc(count)
 
     def record_reconcile_error(self, cause: Literal["api", "crd_missing", "internal"]) -> None:
         self.reconcile_errors.labels(cause).inc()
