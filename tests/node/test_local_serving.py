@@ -110,6 +110,26 @@ class ReadinessSampler(threading.Thread):
             time.sleep(0.1)
 
 
+class BusyAnswer(threading.Thread):
+    """A long answer straight from a llama-server (at ``url``, its pod's address)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.started = threading.Event()
+        self.status: int | None = None
+
+    def run(self) -> None:
+        body = json.dumps({"messages": [{"role": "user", "content": "Write a long story."}],
+                           "max_tokens": 400, "ignore_eos": True, "stream": True}).encode()
+        request = urllib.request.Request(f"{self.url}/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            self.status = answer.status
+            for _ in answer:  # streamed: the first chunk says it runs
+                self.started.set()
+
+
 def test_a_swap_bridges_to_the_stand_in_then_quality_serves(stack: LocalStack) -> None:
     assert phase(stack.k8s, NAMESPACE, "quality") == "Standby"
     fast_pid = _pid(stack.pods("fast")[0])
@@ -127,6 +147,8 @@ def test_a_swap_bridges_to_the_stand_in_then_quality_serves(stack: LocalStack) -
         wait(lambda: phase(stack.k8s, NAMESPACE, "quality") == "Ready", 120,
              "quality swapped in")
         swap = time.monotonic() - requested
+        # The slot turns Ready a pass after its pod: the sampler may not have seen it yet.
+        wait(lambda: sampler.ready_samples, 10, "a sample of quality's pod Ready")
     finally:
         sampler.stop.set()
         sampler.join()
@@ -197,6 +219,11 @@ def test_a_private_request_during_a_swap_waits_and_never_reaches_the_cloud(
     wait(lambda: stack.phase("quality") == "Ready", 60, "quality Ready again")
     assert stack.phase("quality-alt") == "Standby"
     calls_before = stack.cloud_calls()
+    # An answer in flight keeps quality draining for seconds: idle, its drain ends
+    # a pass after it starts, too soon to be seen.
+    busy = BusyAnswer(f"http://{stack.pods('quality')[0]['status']['podIP']}:8080")
+    busy.start()
+    wait(lambda: busy.started.is_set(), 30, "quality busy answering")
     # Asked for first, quality-alt is the one that takes the GPU when quality
     # idles out (fast, the default slot, ranks below it).
     stack.demand("local/quality-alt")
@@ -211,6 +238,8 @@ def test_a_private_request_during_a_swap_waits_and_never_reaches_the_cloud(
         answered = time.time()
     finally:
         stack.patch_slot("quality", {"idleTimeout": "5m", "minResidency": None})
+        busy.join(120)
+    assert busy.status == 200, "the drain cut quality's answer"
     assert answer.status == 200, answer.body
     assert (answer.route, answer.served_by) == ("local", "local/quality-alt"), answer.headers
     assert answer.headers["x-hybrid-reason"].startswith("held "), answer.headers
