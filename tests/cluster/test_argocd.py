@@ -1,0 +1,223 @@
+"""GitOps with a real Argo CD (application controller and repo server built from
+Go modules, see ``hybrid_compute.dev.argocd``) against the local control plane.
+
+The Git repository is a local bare repository holding this checkout's
+``manifests/`` and chart, reached by a ``file://`` URL. Checked here:
+
+* the README's Lua health checks, taken from the README itself, report
+  Progressing, Healthy, Degraded and Suspended as the README says (Argo CD's own
+  Lua engine, through ``argocd admin settings resource-overrides health``);
+* an Application of ``manifests/overlays/k3s`` and one of the samples, with
+  automated sync, self-heal and server-side apply, go Synced and Healthy, and stay
+  Synced after the operator's own writes (a swap).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hybrid_compute.dev import argocd
+from tests.cluster.support import phase, wait, wait_phases
+from tests.conftest import REPOSITORY_ROOT, OperatorHandle, TestCluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.argocd]
+
+HEALTH_KEY = "resource.customizations.health."
+APPLICATIONS = "applications.argoproj.io"
+
+
+def readme_health_checks() -> dict[str, str]:
+    """The ``argocd-cm`` entries of the README's Argo CD section, as written there."""
+    readme = (REPOSITORY_ROOT / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
+    for block in blocks:
+        if HEALTH_KEY in block:
+            data = yaml.safe_load(block)["data"]
+            return {key: value for key, value in data.items() if key.startswith(HEALTH_KEY)}
+    raise AssertionError("the README has no argocd-cm block with health checks")
+
+
+def _object(kind: str, status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
+    body: dict[str, Any] = {"apiVersion": "hybridcompute.io/v1alpha1", "kind": kind,
+                            "metadata": {"name": "x", "namespace": "n",
+                                         "generation": generation}}
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def _condition(kind: str, status: str, message: str = "") -> dict[str, Any]:
+    return {"type": kind, "status": status, "message": message, "observedGeneration": 1}
+
+
+HEALTH_CASES = [
+    ("ModelSlot", None, 1, "Progressing"),
+    ("ModelSlot", {"observedGeneration": 1, "phase": "Ready"}, 2, "Progressing"),
+    ("ModelSlot", {"observedGeneration": 1, "phase": "Loading"}, 1, "Progressing"),
+    ("ModelSlot", {"observedGeneration": 1, "phase": "Ready",
+                   "conditions": [_condition("Ready", "True", "serving")]}, 1, "Healthy"),
+    ("ModelSlot", {"observedGeneration": 1, "phase": "Standby"}, 1, "Healthy"),
+    ("ModelSlot", {"observedGeneration": 1, "phase": "Failed"}, 1, "Degraded"),
+    ("ModelSlot", {"observedGeneration": 1, "phase": "Unschedulable"}, 1, "Degraded"),
+    ("GpuWorkload", None, 1, "Progressing"),
+    ("GpuWorkload", {"observedGeneration": 1, "phase": "Running"}, 1, "Healthy"),
+    ("GpuWorkload", {"observedGeneration": 1, "phase": "Succeeded"}, 1, "Healthy"),
+    ("GpuWorkload", {"observedGeneration": 1, "phase": "Admitted"}, 1, "Healthy"),
+    ("GpuWorkload", {"observedGeneration": 1, "phase": "Queued",
+                     "reason": "waiting for the GPU"}, 1, "Suspended"),
+    ("GpuWorkload", {"observedGeneration": 1, "phase": "Preempted"}, 1, "Suspended"),
+    ("GpuWorkload", {"observedGeneration": 1, "phase": "Failed"}, 1, "Degraded"),
+    ("RoutePolicy", None, 1, "Progressing"),
+    ("RoutePolicy", {"observedGeneration": 1, "conditions": [
+        _condition("Accepted", "True"), _condition("Ready", "True")]}, 1, "Healthy"),
+    ("RoutePolicy", {"observedGeneration": 1, "conditions": [
+        _condition("Accepted", "True"), _condition("Ready", "False", "no slot")]}, 1,
+     "Progressing"),
+    ("RoutePolicy", {"observedGeneration": 1, "conditions": [
+        _condition("Accepted", "False", "bad alias"), _condition("Ready", "False")]}, 1,
+     "Degraded"),
+]
+
+
+@pytest.fixture(scope="module")
+def argocd_build() -> argocd.ArgoCdBuild:
+    return argocd.ensure_argocd()
+
+
+@pytest.mark.parametrize(("kind", "status", "generation", "expected"), HEALTH_CASES)
+def test_readme_health_checks_in_argo_cds_lua(
+        argocd_build: argocd.ArgoCdBuild, tmp_path: Path, kind: str,
+        status: dict[str, Any] | None, generation: int, expected: str) -> None:
+    settings = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "argocd-cm", "namespace": "argocd"},
+                "data": readme_health_checks()}
+    (tmp_path / "argocd-cm.yaml").write_text(yaml.safe_dump(settings))
+    (tmp_path / "object.yaml").write_text(yaml.safe_dump(_object(kind, status, generation)))
+    result = subprocess.run(
+        [str(argocd_build.bin_dir / "argocd"), "admin", "settings", "resource-overrides",
+         "health", str(tmp_path / "object.yaml"), "--argocd-cm-path",
+         str(tmp_path / "argocd-cm.yaml")],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    reported = re.search(r"STATUS:\s*(\w+)", result.stdout)
+    assert reported is not None, result.stdout
+    assert reported.group(1) == expected, result.stdout
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def git_repository(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A bare repository with this checkout's manifests and chart on ``main``, its
+    ``file://`` URL and a working clone to commit changes from."""
+    root = tmp_path_factory.mktemp("gitops")
+    bare = root / "hybrid-compute.git"
+    work = root / "work"
+    _git(root, "init", "--bare", "--initial-branch=main", str(bare))
+    _git(root, "clone", str(bare), str(work))
+    shutil.copytree(REPOSITORY_ROOT / "manifests", work / "manifests")
+    shutil.copytree(REPOSITORY_ROOT / "charts", work / "charts")
+    _git(work, "add", "-A")
+    _git(work, "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm",
+         "manifests")
+    _git(work, "push", "-q", "origin", "main")
+    yield f"file://{bare}", work
+
+
+@pytest.fixture(scope="module")
+def running_argocd(k8s: TestCluster, operator: OperatorHandle,
+                   argocd_build: argocd.ArgoCdBuild) -> TestCluster:
+    """Argo CD running beside the test cluster (and the suite's operator), with the
+    README's health checks in ``argocd-cm``; k3s's ``nvidia`` RuntimeClass, which
+    the k3s overlay's GPU agent names, exists as it would on k3s."""
+    k8s.cluster.apply([{"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+                        "metadata": {"name": "nvidia"}, "handler": "nvidia"}])
+    argocd.start(k8s.cluster, readme_health_checks())
+    return k8s
+
+
+def application(name: str, repo_url: str, namespace: str,
+                **source: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+        # Deleting the Application deletes what it synced.
+        "metadata": {"name": name, "namespace": argocd.ARGOCD_NAMESPACE,
+                     "finalizers": ["resources-finalizer.argocd.argoproj.io"]},
+        "spec": {
+            "project": "default",
+            "source": {"repoURL": repo_url, "targetRevision": "main", **source},
+            "destination": {"server": "https://kubernetes.default.svc",
+                            "namespace": namespace},
+            "syncPolicy": {"automated": {"prune": True, "selfHeal": True},
+                           "syncOptions": ["ServerSideApply=true"]},
+        },
+    }
+
+
+def app_status(k8s: TestCluster, name: str) -> dict[str, Any]:
+    found = k8s.kubectl("get", APPLICATIONS, name, "-n", argocd.ARGOCD_NAMESPACE, "-o",
+                        "json")
+    return dict(json.loads(found.stdout).get("status") or {})
+
+
+def synced_and_healthy(k8s: TestCluster, name: str) -> bool:
+    status = app_status(k8s, name)
+    return bool(status.get("sync", {}).get("status") == "Synced"
+                and status.get("health", {}).get("status") == "Healthy")
+
+
+def describe(k8s: TestCluster, name: str) -> str:
+    status = app_status(k8s, name)
+    unwell = [r for r in status.get("resources", [])
+              if r.get("status") != "Synced" or r.get("health", {}).get("status")
+              not in (None, "Healthy")]
+    return json.dumps({"sync": status.get("sync"), "health": status.get("health"),
+                       "conditions": status.get("conditions"),
+                       "operationState": (status.get("operationState") or {}).get("message"),
+                       "unwell": unwell}, indent=1)
+
+
+def wait_synced_and_healthy(k8s: TestCluster, name: str, timeout: float) -> None:
+    try:
+        wait(lambda: synced_and_healthy(k8s, name), timeout, f"{name} Synced and Healthy")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{describe(k8s, name)}") from None
+
+
+def test_overlay_and_samples_sync_healthy_and_stay_synced_after_a_swap(
+        running_argocd: TestCluster, operator: OperatorHandle,
+        git_repository: tuple[str, Path], namespace: str) -> None:
+    k8s = running_argocd
+    repo_url, _ = git_repository
+    overlay = f"overlay-{namespace[-6:]}"
+    samples = f"samples-{namespace[-6:]}"
+    k8s.cluster.apply([
+        application(overlay, repo_url, "hybrid-compute", path="manifests/overlays/k3s"),
+        application(samples, repo_url, namespace, path="manifests/samples",
+                    directory={"include": "{modelslots.yaml,routepolicy.yaml}"}),
+    ])
+    try:
+        wait_synced_and_healthy(k8s, overlay, 300)
+        wait_synced_and_healthy(k8s, samples, 300)
+        wait_phases(k8s, namespace, {"fast": "Ready", "quality": "Standby"}, 120)
+        # The operator swaps "quality" in: it writes statuses and the slots' own
+        # Deployments, none of which is in Git.
+        operator.demand("local/quality")
+        wait(lambda: phase(k8s, namespace, "quality") == "Ready", 180, "quality swapped in")
+        wait_synced_and_healthy(k8s, samples, 120)
+        assert app_status(k8s, samples)["sync"]["status"] == "Synced", describe(k8s, samples)
+    finally:
+        k8s.kubectl("delete", APPLICATIONS, overlay, samples, "-n", argocd.ARGOCD_NAMESPACE,
+                    "--timeout=120s", check=False)
