@@ -148,7 +148,7 @@ def running_argocd(k8s: TestCluster, operator: OperatorHandle,
     return k8s
 
 
-def application(name: str, repo_url: str, namespace: str,
+def application(k8s: TestCluster, name: str, repo_url: str, namespace: str,
                 **source: Any) -> dict[str, Any]:
     return {
         "apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
@@ -158,8 +158,7 @@ def application(name: str, repo_url: str, namespace: str,
         "spec": {
             "project": "default",
             "source": {"repoURL": repo_url, "targetRevision": "main", **source},
-            "destination": {"server": "https://kubernetes.default.svc",
-                            "namespace": namespace},
+            "destination": {"server": k8s.cluster.server, "namespace": namespace},
             "syncPolicy": {"automated": {"prune": True, "selfHeal": True},
                            "syncOptions": ["ServerSideApply=true"]},
         },
@@ -204,13 +203,13 @@ def test_overlay_and_samples_sync_healthy_and_stay_synced_after_a_swap(
     overlay = f"overlay-{namespace[-6:]}"
     samples = f"samples-{namespace[-6:]}"
     k8s.cluster.apply([
-        application(overlay, repo_url, "hybrid-compute", path="manifests/overlays/k3s"),
-        application(samples, repo_url, namespace, path="manifests/samples",
+        application(k8s, overlay, repo_url, "hybrid-compute", path="manifests/overlays/k3s"),
+        application(k8s, samples, repo_url, namespace, path="manifests/samples",
                     directory={"include": "{modelslots.yaml,routepolicy.yaml}"}),
     ])
     try:
-        wait_synced_and_healthy(k8s, overlay, 300)
-        wait_synced_and_healthy(k8s, samples, 300)
+        wait_synced_and_healthy(k8s, overlay, 180)
+        wait_synced_and_healthy(k8s, samples, 120)
         wait_phases(k8s, namespace, {"fast": "Ready", "quality": "Standby"}, 120)
         # The operator swaps "quality" in: it writes statuses and the slots' own
         # Deployments, none of which is in Git.

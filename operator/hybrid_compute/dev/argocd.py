@@ -50,6 +50,9 @@ KUSTOMIZE = GoCommand("kustomize", "sigs.k8s.io/kustomize/kustomize/v5",
 ARGOCD_NAMESPACE = "argocd"
 # The one binary acts as the command its file is named after, as in Argo CD's image.
 COMMANDS = ("argocd-application-controller", "argocd-repo-server")
+# The repo server runs this script of the module's (as Argo CD's image installs it)
+# on every revision, GnuPG or not.
+SCRIPTS = ("git-verify-wrapper.sh",)
 
 _REPLACE = re.compile(r"^\s*(?:replace\s+)?(\S+)\s+=>\s+(\S+)(?:\s+(v\S+))?\s*$", re.MULTILINE)
 
@@ -85,7 +88,7 @@ class ArgoCdBuild:
 
     def is_built(self) -> bool:
         return (self.root / "complete").exists() and all(
-            self.command(name).exists() for name in COMMANDS)
+            self.command(name).exists() for name in (*COMMANDS, *SCRIPTS))
 
     def crds(self) -> list[dict[str, Any]]:
         return [yaml.safe_load(path.read_text())
@@ -125,6 +128,9 @@ def ensure_argocd(log: bool = True) -> ArgoCdBuild:
     for name in COMMANDS:
         build.command(name).unlink(missing_ok=True)
         build.command(name).symlink_to("argocd")
+    for script in SCRIPTS:
+        build.command(script).write_bytes((Path(info["Dir"]) / "hack" / script).read_bytes())
+        build.command(script).chmod(0o755)
     build.crds_dir.mkdir(exist_ok=True)
     # Copied as bytes: the module cache's files are read-only.
     for crd in (Path(info["Dir"]) / "manifests" / "crds").glob("*-crd.yaml"):
@@ -193,27 +199,49 @@ def settings_objects(health_checks: dict[str, str]) -> list[dict[str, Any]]:
     ]
 
 
+def cluster_secret(cluster: DevCluster) -> dict[str, Any]:
+    """The local cluster as an Argo CD cluster, reached with the kubeconfig's admin
+    credentials: Argo CD reaches ``https://kubernetes.default.svc`` only from inside
+    a pod (in-cluster configuration), so Applications name this server instead."""
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    user = config["users"][0]["user"]
+    tls = {"caData": config["clusters"][0]["cluster"]["certificate-authority-data"],
+           "certData": user["client-certificate-data"], "keyData": user["client-key-data"]}
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": f"cluster-{cluster.name}", "namespace": ARGOCD_NAMESPACE,
+                         "labels": {"argocd.argoproj.io/secret-type": "cluster"}},
+            "stringData": {"name": cluster.name, "server": str(cluster.server),
+                           "config": json.dumps({"tlsClientConfig": tls})}}
+
+
 def start(cluster: DevCluster, health_checks: dict[str, str]) -> ArgoCdBuild:
     """Installs Argo CD's CRDs and settings into ``cluster`` and runs Redis, the repo
     server and the application controller beside it (``dev down`` stops them)."""
     build = ensure_argocd()
     cluster.apply(build.crds())
-    cluster.apply(settings_objects(health_checks))
+    cluster.apply([*settings_objects(health_checks), cluster_secret(cluster)])
     ports = {name: cluster.ensure_port(f"argocd-{name}")
              for name in ("redis", "repo-server", "repo-metrics", "controller-metrics")}
     redis = f"127.0.0.1:{ports['redis']}"
     logs = cluster.folder / "logs"
+    data = cluster.folder / "argocd"
+    for folder in (data / "tls", data / "ssh"):
+        folder.mkdir(parents=True, exist_ok=True)
     cluster.ensure_process("argocd-redis", [
         redis_server(), "--bind", "127.0.0.1", "--port", str(ports["redis"]),
         "--save", "", "--appendonly", "no"])
     _wait_for(lambda: _listening(ports["redis"]), 30, "redis-server",
               logs / "argocd-redis.log")
     env = {**os.environ, "PATH": f"{build.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "KUBECONFIG": str(cluster.kubeconfig)}
+           "KUBECONFIG": str(cluster.kubeconfig),
+           # Outside Argo CD's image: no GnuPG keyring, TLS and SSH data under the cluster.
+           "ARGOCD_GPG_ENABLED": "false",
+           "ARGOCD_TLS_DATA_PATH": str(data / "tls"), "ARGOCD_SSH_DATA_PATH": str(data / "ssh")}
     cluster.ensure_process("argocd-repo-server", [
         str(build.command("argocd-repo-server")), "--address", "127.0.0.1",
         "--port", str(ports["repo-server"]), "--metrics-port", str(ports["repo-metrics"]),
-        "--disable-tls", "--redis", redis, "--loglevel", "info"], env=env)
+        "--disable-tls", "--client-ca-path=", "--redis", redis, "--loglevel", "info"],
+        env=env)
     _wait_for(lambda: _listening(ports["repo-server"]), 60, "argocd-repo-server",
               logs / "argocd-repo-server.log")
     cluster.ensure_process("argocd-application-controller", [
