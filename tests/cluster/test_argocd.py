@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,19 @@ HEALTH_KEY = "resource.customizations.health."
 APPLICATIONS = "applications.argoproj.io"
 
 
-def readme_health_checks() -> dict[str, str]:
+def readme_argocd_settings() -> dict[str, str]:
     """The ``argocd-cm`` entries of the README's Argo CD section, as written there."""
     readme = (REPOSITORY_ROOT / "README.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
     for block in blocks:
         if HEALTH_KEY in block:
-            data = yaml.safe_load(block)["data"]
-            return {key: value for key, value in data.items() if key.startswith(HEALTH_KEY)}
+            return dict(yaml.safe_load(block)["data"])
     raise AssertionError("the README has no argocd-cm block with health checks")
+
+
+def readme_health_checks() -> dict[str, str]:
+    return {key: value for key, value in readme_argocd_settings().items()
+            if key.startswith(HEALTH_KEY)}
 
 
 def _object(kind: str, status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
@@ -144,7 +149,7 @@ def running_argocd(k8s: TestCluster, operator: OperatorHandle,
     the k3s overlay's GPU agent names, exists as it would on k3s."""
     k8s.cluster.apply([{"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
                         "metadata": {"name": "nvidia"}, "handler": "nvidia"}])
-    argocd.start(k8s.cluster, readme_health_checks())
+    argocd.start(k8s.cluster, readme_argocd_settings())
     return k8s
 
 
@@ -178,14 +183,19 @@ def synced_and_healthy(k8s: TestCluster, name: str) -> bool:
 
 
 def describe(k8s: TestCluster, name: str) -> str:
+    """The Application's state and the statuses of its custom objects, for a failure."""
     status = app_status(k8s, name)
-    unwell = [r for r in status.get("resources", [])
-              if r.get("status") != "Synced" or r.get("health", {}).get("status")
-              not in (None, "Healthy")]
-    return json.dumps({"sync": status.get("sync"), "health": status.get("health"),
-                       "conditions": status.get("conditions"),
+    namespace = status.get("sync", {}).get("comparedTo", {}).get("destination", {}).get(
+        "namespace")
+    found = k8s.kubectl("get", "modelslots,routepolicies,gpuworkloads", "-n", str(namespace),
+                        "-o", "json", check=False)
+    objects = {f"{o['kind']}/{o['metadata']['name']}":
+               {"generation": o["metadata"].get("generation"), "status": o.get("status")}
+               for o in (json.loads(found.stdout)["items"] if found.returncode == 0 else [])}
+    return json.dumps({"sync": status.get("sync", {}).get("status"),
+                       "health": status.get("health"), "conditions": status.get("conditions"),
                        "operationState": (status.get("operationState") or {}).get("message"),
-                       "unwell": unwell}, indent=1)
+                       "objects": objects}, indent=1)
 
 
 def wait_synced_and_healthy(k8s: TestCluster, name: str, timeout: float) -> None:
@@ -197,13 +207,15 @@ def wait_synced_and_healthy(k8s: TestCluster, name: str, timeout: float) -> None
 
 def test_overlay_and_samples_sync_healthy_and_stay_synced_after_a_swap(
         running_argocd: TestCluster, operator: OperatorHandle,
-        git_repository: tuple[str, Path], namespace: str) -> None:
+        git_repository: tuple[str, Path]) -> None:
     k8s = running_argocd
     repo_url, _ = git_repository
-    overlay = f"overlay-{namespace[-6:]}"
-    samples = f"samples-{namespace[-6:]}"
+    # The samples go beside the overlay's LiteLLM, which the RoutePolicy configures.
+    namespace = "hybrid-compute"
+    suffix = uuid.uuid4().hex[:6]
+    overlay, samples = f"overlay-{suffix}", f"samples-{suffix}"
     k8s.cluster.apply([
-        application(k8s, overlay, repo_url, "hybrid-compute", path="manifests/overlays/k3s"),
+        application(k8s, overlay, repo_url, namespace, path="manifests/overlays/k3s"),
         application(k8s, samples, repo_url, namespace, path="manifests/samples",
                     directory={"include": "{modelslots.yaml,routepolicy.yaml}"}),
     ])
