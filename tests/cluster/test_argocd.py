@@ -9,7 +9,8 @@ The Git repository is a local bare repository holding this checkout's
   Lua engine, through ``argocd admin settings resource-overrides health``);
 * an Application of ``manifests/overlays/k3s`` and one of the samples, with
   automated sync, self-heal and server-side apply, go Synced and Healthy, and stay
-  Synced after the operator's own writes (a swap).
+  Synced after the operator's own writes (a swap), and a Git commit that changes
+  a slot's model is synced and served.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pytest
 import yaml
 
 from hybrid_compute.dev import argocd
-from tests.cluster.support import phase, wait, wait_phases
+from tests.cluster.support import phase, read, wait, wait_phases
 from tests.conftest import REPOSITORY_ROOT, OperatorHandle, TestCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.argocd]
@@ -205,7 +206,32 @@ def wait_synced_and_healthy(k8s: TestCluster, name: str, timeout: float) -> None
         raise AssertionError(f"{error}\n{describe(k8s, name)}") from None
 
 
-def test_overlay_and_samples_sync_healthy_and_stay_synced_after_a_swap(
+SERVED_MODEL = "qwen2.5-coder-32b-instruct-q4_k_m.gguf"
+CHANGED_MODEL = "qwen2.5-coder-32b-instruct-q3_k_m.gguf"
+
+
+def commit_model_change(k8s: TestCluster, work: Path, app: str) -> None:
+    """Commits a new model for the ``quality`` slot and asks Argo CD to look at Git
+    now (a hard refresh, as a Git webhook would)."""
+    slots = work / "manifests" / "samples" / "modelslots.yaml"
+    text = slots.read_text()
+    assert text.count(SERVED_MODEL) == 1
+    slots.write_text(text.replace(SERVED_MODEL, CHANGED_MODEL))
+    _git(work, "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qam",
+         "quality: the Q3_K_M build")
+    _git(work, "push", "-q", "origin", "main")
+    k8s.kubectl("annotate", APPLICATIONS, app, "-n", argocd.ARGOCD_NAMESPACE,
+                "argocd.argoproj.io/refresh=hard", "--overwrite")
+
+
+def served_model(k8s: TestCluster, namespace: str, name: str) -> str | None:
+    """The model of the slot's newest history entry: what the operator serves."""
+    history = (read(k8s, namespace, name).get("status") or {}).get("history") or []
+    return history[-1]["model"]["path"] if history and phase(
+        k8s, namespace, name) == "Ready" else None
+
+
+def test_overlay_and_samples_sync_healthy_stay_synced_after_a_swap_and_follow_git(
         running_argocd: TestCluster, operator: OperatorHandle,
         git_repository: tuple[str, Path]) -> None:
     k8s = running_argocd
@@ -229,6 +255,10 @@ def test_overlay_and_samples_sync_healthy_and_stay_synced_after_a_swap(
         wait(lambda: phase(k8s, namespace, "quality") == "Ready", 180, "quality swapped in")
         wait_synced_and_healthy(k8s, samples, 120)
         assert app_status(k8s, samples)["sync"]["status"] == "Synced", describe(k8s, samples)
+        commit_model_change(k8s, git_repository[1], samples)
+        wait(lambda: served_model(k8s, namespace, "quality") == CHANGED_MODEL, 180,
+             "the operator serving quality's model from the new commit")
+        wait_synced_and_healthy(k8s, samples, 120)
     finally:
         k8s.kubectl("delete", APPLICATIONS, overlay, samples, "-n", argocd.ARGOCD_NAMESPACE,
                     "--timeout=120s", check=False)
