@@ -10,7 +10,8 @@ The Git repository is a local bare repository holding this checkout's
 * an Application of ``manifests/overlays/k3s`` and one of the samples, with
   automated sync, self-heal and server-side apply, go Synced and Healthy, and stay
   Synced after the operator's own writes (a swap), and a Git commit that changes
-  a slot's model is synced and served.
+  a slot's model is synced and served;
+* the same for the Helm chart as the source (with the k3s values and its samples).
 """
 
 from __future__ import annotations
@@ -261,4 +262,28 @@ def test_overlay_and_samples_sync_healthy_stay_synced_after_a_swap_and_follow_gi
         wait_synced_and_healthy(k8s, samples, 120)
     finally:
         k8s.kubectl("delete", APPLICATIONS, overlay, samples, "-n", argocd.ARGOCD_NAMESPACE,
+                    "--timeout=120s", check=False)
+
+
+def test_chart_as_source_syncs_healthy_and_stays_synced_after_a_swap(
+        running_argocd: TestCluster, operator: OperatorHandle,
+        git_repository: tuple[str, Path]) -> None:
+    k8s = running_argocd
+    repo_url, _ = git_repository
+    name = f"chart-{uuid.uuid4().hex[:6]}"
+    namespace = "hybrid-compute"
+    chart = application(k8s, name, repo_url, namespace, path="charts/hybrid-compute",
+                        helm={"releaseName": "hybrid-compute",
+                              "valueFiles": ["ci/k3s-values.yaml"],
+                              "parameters": [{"name": "samples.enabled", "value": "true"}]})
+    chart["spec"]["syncPolicy"]["syncOptions"].append("CreateNamespace=true")
+    k8s.cluster.apply([chart])
+    try:
+        wait_synced_and_healthy(k8s, name, 240)
+        wait_phases(k8s, namespace, {"fast": "Ready", "quality": "Standby"}, 120)
+        operator.demand("local/quality")
+        wait(lambda: phase(k8s, namespace, "quality") == "Ready", 180, "quality swapped in")
+        wait_synced_and_healthy(k8s, name, 120)
+    finally:
+        k8s.kubectl("delete", APPLICATIONS, name, "-n", argocd.ARGOCD_NAMESPACE,
                     "--timeout=120s", check=False)
