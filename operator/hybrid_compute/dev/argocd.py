@@ -101,7 +101,7 @@ def default_build() -> ArgoCdBuild:
 
 def ensure_argocd(log: bool = True) -> ArgoCdBuild:
     """The cached Argo CD build with kustomize and helm beside it, built first when
-    missing (about 7 minutes on two cores)."""
+    missing (about 8 minutes on two cores)."""
     build = default_build()
     if build.is_built():
         return build
