@@ -10,7 +10,7 @@ JS_CLIENT := tests/js
 JS_STAMP  := $(JS_CLIENT)/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install toolchain serving js-client image dev dev-down run crds crds-check manifests lint fmt unit test bench clean
+.PHONY: help install toolchain serving js-client image dev dev-down run crds crds-check manifests lint fmt unit test argocd-test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -78,9 +78,14 @@ fmt: install ## apply ruff's fixes
 unit: install ## tests that need no cluster
 	$(BIN)/pytest -m 'not cluster'
 
-test: toolchain serving js-client image lint crds-check ## everything: lint, CRD check, unit, cluster and image tests
-	@start=$$(date +%s); $(BIN)/pytest; status=$$?; \
+test: toolchain serving js-client image lint crds-check ## everything but Argo CD: lint, CRD check, unit, cluster and image tests
+	@start=$$(date +%s); $(BIN)/pytest -m 'not argocd'; status=$$?; \
 	  echo "tests took $$(( $$(date +%s) - start ))s"; exit $$status
+
+argocd-test: toolchain ## GitOps with a real Argo CD (built once from Go modules; needs redis-server)
+	@start=$$(date +%s); $(BIN)/hybrid-compute dev build --argocd && \
+	  $(BIN)/pytest -m argocd; status=$$?; \
+	  echo "Argo CD tests took $$(( $$(date +%s) - start ))s"; exit $$status
 
 bench: toolchain serving ## benchmarks: plan speed, swap overhead, router hook, idle cost, swaps against the floor
 	$(BIN)/python bench/plan_speed.py

@@ -54,6 +54,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     build.add_argument("--serving", action="store_true",
                        help="also install the LiteLLM proxy and build llama-server, which "
                             "the serving tests and benchmarks run")
+    build.add_argument("--argocd", action="store_true",
+                       help="also build Argo CD's application controller and repo server "
+                            "(with kustomize), which `make argocd-test` runs")
     build.set_defaults(handler=_dev_build)
     image = dev_commands.add_parser(
         "image", help="build the operator's container image from this checkout (with a "
@@ -169,6 +172,10 @@ def _dev_build(args: argparse.Namespace) -> int:
         serving = llmtools.ensure_serving_tools()
         print(f"litellm: {serving.litellm}")
         print(f"llama-server: {serving.llama_server}")
+    if args.argocd:
+        from hybrid_compute.dev.argocd import ensure_argocd
+
+        print(f"Argo CD: {ensure_argocd().bin_dir}")
     return 0
 
 

@@ -411,8 +411,22 @@ class DevCluster:
                              "--field-manager=hybrid-compute-dev", "-f", "-",
                              input_text=yaml.safe_dump_all(batch))
             if batch is crds and crds:
-                self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                             *(f"crd/{m['metadata']['name']}" for m in crds))
+                self._wait_established([m["metadata"]["name"] for m in crds])
+
+    def _wait_established(self, names: list[str], timeout: float = 60) -> None:
+        # A CRD just created may have no conditions yet, which kubectl wait reports
+        # as an error rather than waiting on.
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.kubectl("wait", "--for=condition=Established",
+                                  f"--timeout={timeout:.0f}s",
+                                  *(f"crd/{name}" for name in names), check=False)
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"CRDs {', '.join(names)} not established: "
+                                   f"{result.stderr.strip()}")
+            time.sleep(0.5)
 
     def add_node(self, name: str, profile_name: str, backend: str = "kwok",
                  models: Path | None = None) -> None:
@@ -498,14 +512,15 @@ class DevCluster:
             self._save(state)
         return state.ports[name]
 
-    def ensure_process(self, name: str, argv: list[str]) -> None:
+    def ensure_process(self, name: str, argv: list[str],
+                       env: dict[str, str] | None = None) -> None:
         """Runs a helper process of this cluster unless it runs already; ``down``
         stops it with the rest."""
         state = self.state()
         assert state is not None
         pid = state.pids.get(name)
         if not (pid and _pid_alive(pid)):
-            self._spawn(state, name, argv)
+            self._spawn(state, name, argv, env)
 
     @property
     def operator_api_port(self) -> int | None:

@@ -121,8 +121,13 @@ def _find_go() -> str:
     return go
 
 
-def _run_go(go: str, args: list[str], cwd: Path, what: str) -> str:
+def _run_go(go: str, args: list[str], cwd: Path, what: str,
+            go_toolchain: str | None = None) -> str:
+    """Runs one go command; ``go_toolchain`` (e.g. ``go1.27.4``) makes go fetch and
+    use that toolchain from the module proxy, for a module that needs a newer Go."""
     env = {**os.environ, "GOFLAGS": "-mod=mod"}
+    if go_toolchain:
+        env["GOTOOLCHAIN"] = go_toolchain
     result = subprocess.run([go, *args], cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
