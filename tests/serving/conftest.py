@@ -164,6 +164,12 @@ class NodeCluster:
                        for path in sorted(pods.glob(f"{namespace}_*/*.log")))
 
 
+@pytest.fixture(scope="session")
+def k8s(node_cluster: NodeCluster) -> TestCluster:
+    """The serving tests' cluster: the process node's, not the suite's kwok one."""
+    return node_cluster.k8s
+
+
 def policy_config_hash(k8s: TestCluster, namespace: str, name: str = "hybrid") -> str | None:
     """The hash of the LiteLLM config the operator rendered for a RoutePolicy."""
     policy = k8s.custom.get_namespaced_custom_object("hybridcompute.io", "v1alpha1",

@@ -200,12 +200,6 @@ def _policy(cloud_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def k8s(node_cluster: NodeCluster) -> TestCluster:
-    """This module's cluster: the process node's, not the suite's kwok one."""
-    return node_cluster.k8s
-
-
-@pytest.fixture(scope="module")
 def gate(k8s: TestCluster, node_cluster: NodeCluster, cloud: CloudStandIn
          ) -> Iterator[GateStack]:
     namespace = f"gate-{uuid.uuid4().hex[:6]}"

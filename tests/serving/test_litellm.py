@@ -29,7 +29,7 @@ from hybrid_compute.dev.openai_call import Reply
 from hybrid_compute.dev.pod_worker import READY_DELAY
 from hybrid_compute.render.children import child_name
 from tests.cluster.support import phase, wait
-from tests.conftest import SIMULATED_AGENT_PORT, SimulatedGpuAgent, TestCluster
+from tests.conftest import SIMULATED_AGENT_PORT, SimulatedGpuAgent
 from tests.serving.conftest import NodeCluster
 from tests.serving.litellm_stack import (
     GROUP,
@@ -55,12 +55,6 @@ HOLD_TIMEOUT_SECONDS = 10
 CODER_LOAD_SECONDS = 2
 """How long coder's tiny model takes to load, as the process node plays it: a swap
 to coder lasts seconds, as a real model's would."""
-
-
-@pytest.fixture(scope="module")
-def k8s(node_cluster: NodeCluster) -> TestCluster:
-    """This module's cluster: the process node's, not the suite's kwok one."""
-    return node_cluster.k8s
 
 
 @pytest.fixture(scope="module")

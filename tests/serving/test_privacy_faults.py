@@ -26,7 +26,6 @@ import pytest
 from hybrid_compute.dev.cloud_stand_in import STAND_IN_NOTE, CloudStandIn
 from hybrid_compute.dev.openai_call import Reply
 from tests.cluster.support import phase, wait
-from tests.conftest import TestCluster
 from tests.serving.conftest import NodeCluster, pod_pid, pod_ready
 from tests.serving.litellm_stack import (
     MODEL_FILE,
@@ -46,12 +45,6 @@ CALL_TIMEOUT_SECONDS = 4
 """LiteLLM's timeout per call to a model (the policy's ``router.timeout``)."""
 LONG_TEXT = "privacy " * 2000
 """Far beyond fast's context window."""
-
-
-@pytest.fixture(scope="module")
-def k8s(node_cluster: NodeCluster) -> TestCluster:
-    """This module's cluster: the process node's, not the suite's kwok one."""
-    return node_cluster.k8s
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,6 @@ from hybrid_compute.dev.cloud_stand_in import STAND_IN_NOTE, CloudStandIn
 from hybrid_compute.dev.local_serving import LiteLLMExtras
 from hybrid_compute.dev.openai_call import Reply
 from tests.cluster.support import phase
-from tests.conftest import TestCluster
 from tests.serving.conftest import NodeCluster
 from tests.serving.litellm_stack import (
     MODEL_FILE,
@@ -70,12 +69,6 @@ PRIVATE_CALLERS: dict[str, dict[str, Any]] = {
 }
 LOCAL_ONLY_KEYS = ["health-agent", "hr", "team-legal"]
 """A key alias, a team alias and a team id."""
-
-
-@pytest.fixture(scope="module")
-def k8s(node_cluster: NodeCluster) -> TestCluster:
-    """This module's cluster: the process node's, not the suite's kwok one."""
-    return node_cluster.k8s
 
 
 @pytest.fixture(scope="module")

@@ -127,12 +127,6 @@ class Slots:
 
 
 @pytest.fixture(scope="module")
-def k8s(node_cluster: NodeCluster) -> TestCluster:
-    """This module's cluster: the process node's, not the suite's kwok one."""
-    return node_cluster.k8s
-
-
-@pytest.fixture(scope="module")
 def operator(node_cluster: NodeCluster) -> Iterator[OperatorHandle]:
     yield node_cluster.start_operator()
     node_cluster.stop_operator()
