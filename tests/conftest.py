@@ -241,17 +241,22 @@ def operator_env(cluster: DevCluster) -> dict[str, str]:
     return {OFFSET_FILE_ENV: str(clock_file)}
 
 
+def start_operator(cluster: DevCluster, args: tuple[str, ...]) -> OperatorHandle:
+    """``hybrid-compute run`` with ``args`` as a separate process against ``cluster``
+    (any operator it ran before is stopped first), and how to reach it."""
+    cluster.stop_operator()
+    cluster.start_operator(extra_args=args, extra_env=operator_env(cluster))
+    state = cluster.state()
+    assert state is not None
+    return OperatorHandle(cluster, state.ports["operator-health"], state.ports["operator-api"],
+                          cluster.api_token_file.read_text().strip(),
+                          state.ports["operator-metrics"], args)
+
+
 @pytest.fixture(scope="session")
 def operator(k8s: TestCluster, gpu_agent: SimulatedGpuAgent) -> Iterator[OperatorHandle]:
     """``hybrid-compute run`` as a separate process against the test cluster."""
-    k8s.cluster.stop_operator()
-    k8s.cluster.start_operator(extra_args=OPERATOR_ARGS, extra_env=operator_env(k8s.cluster))
-    state = k8s.cluster.state()
-    assert state is not None
-    yield OperatorHandle(k8s.cluster, state.ports["operator-health"],
-                         state.ports["operator-api"],
-                         k8s.cluster.api_token_file.read_text().strip(),
-                         state.ports["operator-metrics"], OPERATOR_ARGS)
+    yield start_operator(k8s.cluster, OPERATOR_ARGS)
     k8s.cluster.stop_operator()
 
 

@@ -31,8 +31,8 @@ from tests.conftest import (
     TEST_CLUSTER_NAME,
     OperatorHandle,
     TestCluster,
-    operator_env,
     refuse_foreign_kubeconfig,
+    start_operator,
 )
 
 NODE_CLUSTER_NAME = f"{TEST_CLUSTER_NAME}-process"
@@ -107,15 +107,7 @@ class NodeCluster:
     def start_operator(self, *extra_args: str) -> OperatorHandle:
         """The operator as the suite runs it, on this cluster; stop it with
         ``stop_operator``."""
-        self.cluster.stop_operator()
-        args = (*NODE_OPERATOR_ARGS, *extra_args)
-        self.cluster.start_operator(extra_args=args, extra_env=operator_env(self.cluster))
-        state = self.cluster.state()
-        assert state is not None
-        return OperatorHandle(self.cluster, state.ports["operator-health"],
-                              state.ports["operator-api"],
-                              self.cluster.api_token_file.read_text().strip(),
-                              state.ports["operator-metrics"], args)
+        return start_operator(self.cluster, (*NODE_OPERATOR_ARGS, *extra_args))
 
     def stop_operator(self) -> None:
         self.cluster.stop_operator()
