@@ -216,7 +216,12 @@ def test_a_private_request_during_a_swap_waits_and_never_reaches_the_cloud(
     answered by quality-alt's llama-server; the stand-in's record shows that no
     request reached the cloud meanwhile. quality idles out after 2 s here (5 min in
     the sample), so the swap starts at once."""
-    wait(lambda: stack.phase("quality") == "Ready", 60, "quality Ready again")
+    # The test above replaced quality's pod; the slot's status can still say Ready from
+    # before the delete while the new pod's llama-server loads, and the answer below goes
+    # to the pod itself: wait for that pod, alone and Ready, too.
+    wait(lambda: stack.phase("quality") == "Ready"
+         and [_ready(p) for p in stack.pods("quality")] == [True], 60,
+         "quality's new pod Ready")
     assert stack.phase("quality-alt") == "Standby"
     calls_before = stack.cloud_calls()
     # An answer in flight keeps quality draining for seconds: idle, its drain ends
