@@ -23,12 +23,12 @@ CHART = ROOT / CHART_FOLDER
 OUR_CRDS = {"modelslots.hybridcompute.io", "routepolicies.hybridcompute.io",
             "gpuworkloads.hybridcompute.io"}
 
-# (apiGroup, resource, verb) the operator's code uses, from observe.py,
-# kube.py, main.py's kopf handlers and kopf's own needs (CRD scanning, peering).
+# (apiGroup, resource, verb) the operator's code uses, from informer.py (list and
+# watch), observe.py (get), kube.py and kopf's own needs (CRD scanning, peering).
 CLUSTER_PERMISSIONS = {
     *{("hybridcompute.io", kind, verb) for kind in ("modelslots", "gpuworkloads",
                                                     "routepolicies")
-      for verb in ("list", "watch")},
+      for verb in ("get", "list", "watch")},
     *{("hybridcompute.io", f"{kind}/status", "patch") for kind in ("modelslots",
                                                                   "gpuworkloads",
                                                                   "routepolicies")},
@@ -37,7 +37,7 @@ CLUSTER_PERMISSIONS = {
     ("", "pods/log", "get"),
     *{("apps", "deployments", verb) for verb in ("list", "watch", "create", "patch", "delete")},
     *{("batch", "jobs", verb) for verb in ("list", "watch", "create", "patch", "delete")},
-    ("", "services", "list"), ("", "services", "create"), ("", "services", "patch"),
+    *{("", "services", verb) for verb in ("list", "watch", "create", "patch")},
     ("", "events", "create"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),

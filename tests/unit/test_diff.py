@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from hybrid_compute.control.diff import (
     Write,
     diff,
 )
+from hybrid_compute.control.informer import Written
 from hybrid_compute.plan import Plan, plan
 from hybrid_compute.plan.objects import deployment_from_object, workload_child_from_object
 from hybrid_compute.plan.routing import PolicyDecision
@@ -342,13 +344,17 @@ def test_the_version_seen_becomes_the_applied_deployments_precondition(
             pass
 
         def patch_namespaced_deployment(self, name: str, namespace: str,
-                                        body: dict[str, Any], **options: Any) -> None:
+                                        body: dict[str, Any], **options: Any) -> Any:
             sent.append(body)
+            return SimpleNamespace(metadata=SimpleNamespace(resource_version="43"))
 
     monkeypatch.setattr(client, "AppsV1Api", Apps)
     result, view = seed_settled()
     writes = diff(result, with_deployment(view, "fast", replicas=0))
-    act(None, writes, NOW)
+    written: list[Written] = []
+    act(None, writes, NOW, written=written)
+    assert written == [Written("deployments", "lab", "fast", 43)], \
+        "the new version is handed on, for the watch caches to wait for"
     manifest = result.slot("lab", "fast").deployment
     assert manifest is not None and "resourceVersion" not in manifest["metadata"]
     assert sent == [{**manifest, "metadata": {**manifest["metadata"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -96,17 +96,17 @@ def test_observe_marks_the_answering_pods_and_the_plan_serves_the_slot(
         monkeypatch: pytest.MonkeyPatch) -> None:
     listed = view(pod("quality-1", template_hash="t"))
 
-    def list_cluster(*_: Any) -> View:
+    def cluster_view(*_: Any) -> View:
         return listed
 
-    monkeypatch.setattr(observe_module, "list_cluster", list_cluster)
+    monkeypatch.setattr(observe_module, "cluster_view", cluster_view)
     signals = Signals(demands={}, spend_reports={}, router_fetched_at=lambda: None,
                       router_fetches=lambda: {}, unrecorded_evaluations=lambda _: {},
                       answering=lambda: frozenset({"uid-quality-1"}))
-    seen = asyncio.run(observe(None, SETTINGS, signals, START))
+    seen = asyncio.run(observe(cast(Any, None), cast(Any, None), SETTINGS, signals, START))
     [marked] = seen.pods
     assert marked.ready and marked.ready_early
-    without = asyncio.run(observe(None, SETTINGS, replace(
+    without = asyncio.run(observe(cast(Any, None), cast(Any, None), SETTINGS, replace(
         signals, answering=lambda: frozenset()), START))
     assert not without.pods[0].ready
 

@@ -7,7 +7,7 @@ import asyncio
 import datetime
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -34,14 +34,14 @@ def test_one_call_fills_the_view_from_the_lists_and_every_signal(
                   settings=SETTINGS)
     heard = {"fetched": START}
 
-    def list_cluster(api: Any, settings: PlanSettings,
+    def cluster_view(cache: Any, api: Any, settings: PlanSettings,
                      demands: dict[str, datetime.datetime],
                      spend: dict[tuple[str, str], float]) -> View:
         # A router fetches the state while the lists are read: this pass counts it.
         heard["fetched"] = START + datetime.timedelta(seconds=1)
         return replace(listed, demands=dict(demands), spend_reports=dict(spend))
 
-    monkeypatch.setattr(observe_module, "list_cluster", list_cluster)
+    monkeypatch.setattr(observe_module, "cluster_view", cluster_view)
     telemetry = GpuTelemetry(HttpAgents([]))
     telemetry.snapshots = {"dreamteam": snapshot(used=3 * GIB)}
     asked: list[tuple[str, str]] = []
@@ -62,7 +62,7 @@ def test_one_call_fills_the_view_from_the_lists_and_every_signal(
                       router_fetched_at=lambda: heard["fetched"],
                       router_fetches=lambda: {"router-a": fetch},
                       unrecorded_evaluations=unrecorded, telemetry=telemetry, probe=probe)
-    view = asyncio.run(observe(None, SETTINGS, signals, START))
+    view = asyncio.run(observe(cast(Any, None), cast(Any, None), SETTINGS, signals, START))
     assert view.demands == {"local/fast": START}
     assert view.spend_reports == {("lab", "hybrid"): 1.5}
     assert view.foreign_vram == {"dreamteam/0": 3 * GIB}

@@ -25,32 +25,44 @@ from hybrid_compute.control.diff import (
     PostEvent,
     Write,
 )
+from hybrid_compute.control.informer import Written
 from hybrid_compute.plan.routing import PolicyDecision
 
 logger = logging.getLogger("hybrid_compute.control.act")
 
-Perform = Callable[[client.ApiClient, Write, datetime.datetime], None]
+Perform = Callable[[client.ApiClient, Write, datetime.datetime], Written | None]
+
+_RESOURCES = {"Deployment": "deployments", "Service": "services", "Job": "jobs",
+              "ConfigMap": "configmaps"}
 
 
-def perform(api: client.ApiClient, write: Write, now: datetime.datetime) -> None:
-    """One write, through :mod:`hybrid_compute.control.kube`."""
+def perform(api: client.ApiClient, write: Write, now: datetime.datetime) -> Written | None:
+    """One write, through :mod:`hybrid_compute.control.kube`; an applied object is
+    returned at the version it is at now."""
     match write:
         case ApplyObject():
-            kube.apply(api, write.manifest, write.resource_version)
+            metadata = write.manifest["metadata"]
+            version = kube.apply(api, write.manifest, write.resource_version)
+            return Written(_RESOURCES[write.manifest["kind"]], metadata["namespace"],
+                           metadata["name"], version)
         case ApplyStatus():
-            kube.apply_status(api, write.crd, write.namespace, write.name, write.status)
+            version = kube.apply_status(api, write.crd, write.namespace, write.name,
+                                        write.status)
+            return Written(write.crd.plural, write.namespace, write.name, version)
         case DeleteChild():
             kube.delete_child(api, write.kind, write.namespace, write.name)
         case PostEvent():
             kube.post_event(api, write.event, now)
+    return None
 
 
 def act(api: client.ApiClient, writes: Sequence[Write], now: datetime.datetime,
         status_written: Callable[[PolicyDecision], None] | None = None,
-        write_one: Perform = perform) -> list[str]:
+        write_one: Perform = perform, written: list[Written] | None = None) -> list[str]:
     """Performs ``writes`` in order; returns one line per write done or failed, for
     logs and tests. ``status_written`` hears of every RoutePolicy status stored (the
-    reported spend it carries is then durable)."""
+    reported spend it carries is then durable); ``written`` receives every object
+    applied, at its new version."""
     lines: list[str] = []
     failed: set[Group] = set()
     for write in writes:
@@ -60,7 +72,7 @@ def act(api: client.ApiClient, writes: Sequence[Write], now: datetime.datetime,
                 and write.repeats not in failed:
             continue
         try:
-            write_one(api, write, now)
+            done = write_one(api, write, now)
         except ApiException as error:
             line = _failure(write, error)
             if line is not None:
@@ -69,6 +81,8 @@ def act(api: client.ApiClient, writes: Sequence[Write], now: datetime.datetime,
                 failed.add(write.group)
             continue
         lines.append(write.line)
+        if done is not None and written is not None:
+            written.append(done)
         if isinstance(write, ApplyStatus) and write.stores_spend_of is not None \
                 and status_written is not None:
             status_written(write.stores_spend_of)

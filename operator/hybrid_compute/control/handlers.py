@@ -1,7 +1,9 @@
-"""kopf handlers. Each hands off in one line; decisions live in pure modules.
+"""kopf handlers: the operator's start and stop, its liveness probe and its admission
+webhook. Each hands off in one line; decisions live in pure modules.
 
-Watch events only wake the control loop (:mod:`hybrid_compute.control.loop`); the loop
-observes the cluster afresh, plans, and applies the difference.
+The control loop (:mod:`hybrid_compute.control.loop`) keeps its own watches
+(:mod:`hybrid_compute.control.informer`): a watch event updates the loop's caches and
+wakes it only when something the plan reads changed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Any
 import kopf
 
 from hybrid_compute.api import GROUP, VERSION
-from hybrid_compute.api.labels import MANAGED_BY, MANAGED_BY_LABEL, SLOT_LABEL, WORKLOAD_LABEL
 from hybrid_compute.control import kube, state_api, telemetry
 from hybrid_compute.control.lease_elector import LeaseElector, default_identity, default_namespace
 from hybrid_compute.control.loop import Runtime
@@ -105,46 +106,6 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.probe(id="loop")
 def loop_alive(memo: kopf.Memo, **_: Any) -> bool:
     return not memo.loop.done() and (memo.election is None or not memo.election.done())
-
-
-@kopf.on.event(GROUP, VERSION, "modelslots")
-def slot_changed(memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.poke()
-
-
-@kopf.on.event("", "v1", "pods", labels={SLOT_LABEL: kopf.PRESENT})
-def slot_pod_changed(memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.poke()
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY})
-def slot_deployment_changed(memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.poke()
-
-
-@kopf.on.event("", "v1", "nodes", labels={"nvidia.com/gpu.present": "true"})
-def gpu_node_changed(memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.poke()
-
-
-@kopf.on.event(GROUP, VERSION, "routepolicies")
-def route_policy_changed(memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.poke()
-
-
-@kopf.on.event(GROUP, VERSION, "gpuworkloads")
-def gpu_workload_changed(memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.poke()
-
-
-@kopf.on.event("", "v1", "pods", labels={WORKLOAD_LABEL: kopf.PRESENT})
-def workload_pod_changed(memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.poke()
-
-
-@kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY_LABEL: MANAGED_BY})
-def workload_job_changed(memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.poke()
 
 
 def _register_fit_webhook() -> None:

@@ -42,41 +42,44 @@ def load_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 
 def apply(api: client.ApiClient, manifest: dict[str, Any],
-          resource_version: str | None = None) -> None:
+          resource_version: str | None = None) -> int:
     """Server-side applies a Deployment, Service, Job or ConfigMap; with
     ``resource_version``, only while the object is at that version (409 otherwise,
-    404 when it is gone)."""
+    404 when it is gone). Returns the version the object is at now."""
     if resource_version is not None:
         manifest = {**manifest, "metadata": {**manifest["metadata"],
                                              "resourceVersion": resource_version}}
     metadata = manifest["metadata"]
     options = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY_PATCH}
     if manifest["kind"] == "Deployment":
-        client.AppsV1Api(api).patch_namespaced_deployment(
+        applied: Any = client.AppsV1Api(api).patch_namespaced_deployment(
             metadata["name"], metadata["namespace"], manifest, **options)
     elif manifest["kind"] == "Service":
-        client.CoreV1Api(api).patch_namespaced_service(
+        applied = client.CoreV1Api(api).patch_namespaced_service(
             metadata["name"], metadata["namespace"], manifest, **options)
     elif manifest["kind"] == "ConfigMap":
-        client.CoreV1Api(api).patch_namespaced_config_map(
+        applied = client.CoreV1Api(api).patch_namespaced_config_map(
             metadata["name"], metadata["namespace"], manifest, **options)
     elif manifest["kind"] == "Job":
-        client.BatchV1Api(api).patch_namespaced_job(
+        applied = client.BatchV1Api(api).patch_namespaced_job(
             metadata["name"], metadata["namespace"], manifest, **options)
     else:
         raise ValueError(f"cannot apply kind {manifest['kind']}")
+    return int(applied.metadata.resource_version or 0)
 
 
 def apply_status(api: client.ApiClient, crd: CrdInfo, namespace: str, name: str,
-                 status: dict[str, Any]) -> None:
-    """Server-side applies ``status`` (only the fields this manager owns) to an object."""
+                 status: dict[str, Any]) -> int:
+    """Server-side applies ``status`` (only the fields this manager owns) to an object;
+    returns the version the object is at now."""
     body = {"apiVersion": API_VERSION, "kind": crd.kind,
             "metadata": {"name": name, "namespace": namespace}, "status": status}
     group, version = API_VERSION.split("/")
-    client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+    applied = client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
         group, version, namespace, crd.plural, name, body,
         field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH,
     )
+    return int(applied["metadata"].get("resourceVersion") or 0)
 
 
 def delete_child(api: client.ApiClient, kind: str, namespace: str, name: str) -> None:

@@ -1,5 +1,6 @@
-"""The control loop: observe, plan, diff, act; woken by watch events, demands and the
-plan's own next deadline (an idle timeout, the end of a minimum residency).
+"""The control loop: observe, plan, diff, act; woken by what the watch caches see
+change (:mod:`hybrid_compute.control.informer`), demands and the plan's own next
+deadline (an idle timeout, the end of a minimum residency).
 
 Evaluations of new models (:mod:`hybrid_compute.plan.evaluation`) run beside the loop:
 a plan asks for one, the loop starts it in the background after acting, and its
@@ -26,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from hybrid_compute.control import clock, evaluator, health_probe, prompt_cache
 from hybrid_compute.control.act import act
 from hybrid_compute.control.diff import diff
+from hybrid_compute.control.informer import ClusterCache, Written
 from hybrid_compute.control.lease_elector import LeaseElector
 from hybrid_compute.control.observe import Signals, observe
 from hybrid_compute.control.telemetry import GpuTelemetry
@@ -62,6 +64,8 @@ class Runtime:
         """The GPU agents' figures; None plans without them."""
         self.leadership = leadership
         """The leader election; None acts without one (a single replica)."""
+        self.cache: ClusterCache | None = None
+        """The watch caches a pass reads; made and started by :meth:`run`."""
         self.demands: dict[str, datetime.datetime] = {}
         self.last_plan: Plan | None = None
         self.last_view: View | None = None
@@ -175,8 +179,12 @@ class Runtime:
     async def reconcile_once(self) -> datetime.datetime:
         """One observe → plan → diff → act pass; returns when the plan wants to run
         again."""
+        cache = self.cache
+        assert cache is not None, "run() starts the watch caches"
+        if not await cache.caught_up():
+            logger.info("planning before the watches returned the last pass's writes")
         now = clock.now()
-        view = await observe(self.api, self.settings, self._signals(), now)
+        view = await observe(cache, self.api, self.settings, self._signals(), now)
         started = time.perf_counter()
         result = plan(view, now, self.memo)
         plan_seconds = time.perf_counter() - started
@@ -185,7 +193,10 @@ class Runtime:
         # or starts serving before its writes land.
         self._publish(view, result)
         changes = await asyncio.to_thread(diff, result, view)
-        writes = await asyncio.to_thread(act, self.api, changes, now, self._spend_saved)
+        written: list[Written] = []
+        writes = await asyncio.to_thread(act, self.api, changes, now, self._spend_saved,
+                                         written=written)
+        cache.expect(written)
         self.foreign_announced = frozenset((use.gpu, use.process.key, use.process.label)
                                            for use in result.foreign)
         for decision in result.slots:
@@ -349,12 +360,21 @@ class Runtime:
         return reconciling.result()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def changed() -> None:  # from the watch threads
+            loop.call_soon_threadsafe(self.poke)
+
+        self.cache = ClusterCache(self.api, changed)
+        self.cache.start()
         watcher = asyncio.create_task(self.watch_loading_pods(),
                                       name="hybrid-compute-loading-pods")
         try:
+            await self.cache.synced()
             await self._loop()
         finally:
             watcher.cancel()
+            self.cache.stop()
 
     async def _loop(self) -> None:
         while True:

@@ -1,6 +1,7 @@
 """Builds the :class:`~hybrid_compute.plan.view.View`, the one snapshot a plan reads.
 
-Every plan starts from fresh lists of slots, pods, Deployments and GPU nodes, so
+Every plan starts from the whole of what the watch caches hold
+(:mod:`hybrid_compute.control.informer`): slots, pods, Deployments and GPU nodes, so
 the loop is level-based: after a restart it sees exactly what exists, Terminating
 pods included. The rest of the View comes from what the operator hears besides
 the API server (:class:`Signals`): demands and spend from routers, the GPU agents'
@@ -15,35 +16,19 @@ import dataclasses
 import datetime
 import json
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from hybrid_compute.api.common import GROUP, VERSION
-from hybrid_compute.api.labels import (
-    CONFIG_HASH_ANNOTATION,
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-    SLOT_LABEL,
-    WORKLOAD_LABEL,
-)
+from hybrid_compute.api.labels import CONFIG_HASH_ANNOTATION
 from hybrid_compute.control import drain_probe, health_probe
+from hybrid_compute.control.informer import ClusterCache
 from hybrid_compute.control.telemetry import GpuTelemetry
 from hybrid_compute.plan.evaluation import EvaluationResult
-from hybrid_compute.plan.objects import (
-    deployment_from_object,
-    litellm_from_object,
-    node_from_object,
-    pod_from_object,
-    policy_from_object,
-    slot_from_object,
-    with_fetch_log,
-    workload_child_from_object,
-    workload_from_object,
-)
+from hybrid_compute.plan.objects import litellm_from_object, with_fetch_log
 from hybrid_compute.plan.prompt_cache import PromptCacheOutcomes
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import (
@@ -54,6 +39,7 @@ from hybrid_compute.plan.view import (
     SlotActivity,
     SlotInfo,
     View,
+    WorkloadInfo,
 )
 from hybrid_compute.render.children import FETCH_CONTAINER
 
@@ -71,7 +57,7 @@ class _LiteLLMObjects:
 
 
 def _litellm_objects(core: client.CoreV1Api, apps: client.AppsV1Api,
-                     policies: list[PolicyInfo]) -> _LiteLLMObjects:
+                     policies: tuple[PolicyInfo, ...]) -> _LiteLLMObjects:
     """The ConfigMap and Deployment each policy names, read by name: the operator
     needs no right to list ConfigMaps, only to read and write the ones it renders.
     A namespace it may not read them in is reported, not raised."""
@@ -114,6 +100,8 @@ def _read_fetch_logs(core: client.CoreV1Api, pods: tuple[PodInfo, ...]
     has no other channel from an init container to the operator; a pod whose log
     cannot be read (gone, not started, no right to pods/log) keeps its state without
     numbers."""
+    if not any(pod.fetch is not None and pod.fetch.state == "Fetching" for pod in pods):
+        return pods
     read: list[PodInfo] = []
     for pod in pods:
         if pod.fetch is not None and pod.fetch.state == "Fetching" and not pod.terminating:
@@ -164,11 +152,11 @@ class Signals:
     (:mod:`hybrid_compute.control.health_probe`)."""
 
 
-async def observe(api: client.ApiClient, settings: PlanSettings, signals: Signals,
-                  now: datetime.datetime) -> View:
+async def observe(cache: ClusterCache, api: client.ApiClient, settings: PlanSettings,
+                  signals: Signals, now: datetime.datetime) -> View:
     """The whole View: the cluster's objects, then the GPU agents' figures on its
     pods, then the activity of the slots it shows draining, then the signals."""
-    listed = await asyncio.to_thread(list_cluster, api, settings, signals.demands,
+    listed = await asyncio.to_thread(cluster_view, cache, api, settings, signals.demands,
                                      signals.spend_reports)
     if signals.telemetry is not None:
         listed = signals.telemetry.annotate(listed, now)
@@ -185,72 +173,68 @@ async def observe(api: client.ApiClient, settings: PlanSettings, signals: Signal
         prompt_caches=signals.unrecorded_prompt_caches(listed.slots))
 
 
-def list_cluster(api: client.ApiClient, settings: PlanSettings,
+def cluster_view(cache: ClusterCache, api: client.ApiClient, settings: PlanSettings,
                  demands: Mapping[str, datetime.datetime],
                  spend_reports: Mapping[tuple[str, str], float]) -> View:
-    """Lists what the plan needs, cluster-wide.
+    """The objects the caches hold, cluster-wide, plus the LiteLLM objects each
+    policy names and the progress of running downloads, read now.
 
-    Children are listed before their owners. The garbage collector removes a
-    child only after its owner is gone, so an owner seen in the later list had
-    its children when the earlier lists were taken; listing the other way round,
-    a slot deleted in between would look like a slot whose Deployment is missing,
-    and the operator would create it again beside pods still terminating.
+    Children are read before their owners, and an owner whose child the caches saw
+    deleted a moment ago is read again from the API server: the garbage collector
+    removes a child only after its owner is gone, so such an owner may be gone too
+    with its own deletion not yet heard, and the plan would create the child again
+    beside pods still terminating.
     """
-    core = client.CoreV1Api(api)
-    apps = client.AppsV1Api(api)
-    custom = client.CustomObjectsApi(api)
-    owned = f"{MANAGED_BY_LABEL}={MANAGED_BY},{WORKLOAD_LABEL}"
-    slot_children = f"{MANAGED_BY_LABEL}={MANAGED_BY},{SLOT_LABEL}"
-    child_lists: dict[str, Callable[[], Any]] = {
-        "nodes": lambda: core.list_node(_preload_content=False),
-        "slot pods": lambda: core.list_pod_for_all_namespaces(
-            label_selector=SLOT_LABEL, _preload_content=False),
-        "workload pods": lambda: core.list_pod_for_all_namespaces(
-            label_selector=WORKLOAD_LABEL, _preload_content=False),
-        "jobs": lambda: client.BatchV1Api(api).list_job_for_all_namespaces(
-            label_selector=owned, _preload_content=False),
-        "workload deployments": lambda: apps.list_deployment_for_all_namespaces(
-            label_selector=owned, _preload_content=False),
-        "slot deployments": lambda: apps.list_deployment_for_all_namespaces(
-            label_selector=slot_children, _preload_content=False),
-        "services": lambda: core.list_service_for_all_namespaces(
-            label_selector=slot_children, _preload_content=False),
-    }
-    # The lists of each group are read at once (a pass waits for the slowest, not
-    # for their sum); every child list ends before the first owner list starts.
-    with ThreadPoolExecutor(max_workers=len(child_lists)) as pool:
-        children = dict(zip(child_lists, pool.map(lambda read: _raw(read())["items"],
-                                                  child_lists.values()), strict=True))
-        slots, workloads, policy_objects = pool.map(
-            lambda plural: custom.list_cluster_custom_object(GROUP, VERSION, plural)["items"],
-            ("modelslots", "gpuworkloads", "routepolicies"))
-    nodes, pods = children["nodes"], [*children["slot pods"], *children["workload pods"]]
-    jobs, workload_deployments = children["jobs"], children["workload deployments"]
-    deployments, services = children["slot deployments"], children["services"]
-    for item in jobs:
-        item["kind"] = "Job"
-    for item in workload_deployments:
-        item["kind"] = "Deployment"
-    policies = [policy_from_object(p) for p in policy_objects
-                if not p.get("metadata", {}).get("deletionTimestamp")]
-    litellm = _litellm_objects(core, apps, policies)
+    nodes, slot_pods = cache.nodes.records(), cache.slot_pods.records()
+    workload_pods, jobs = cache.workload_pods.records(), cache.jobs.records()
+    workload_deployments = cache.workload_deployments.records()
+    deployments, services = cache.slot_deployments.records(), cache.services.records()
+    slots = _still_there(api, "modelslots", cache.slots.records(),
+                         {(d.namespace, d.owner) for d in cache.slot_deployments.recently_deleted()}
+                         - {(d.namespace, d.owner) for d in deployments})
+    workload_children = (*jobs, *workload_deployments)
+    workloads = _still_there(
+        api, "gpuworkloads", cache.workloads.records(),
+        {(c.namespace, c.owner) for c in (*cache.jobs.recently_deleted(),
+                                          *cache.workload_deployments.recently_deleted())}
+        - {(c.namespace, c.owner) for c in workload_children})
+    policies = cache.policies.records()
+    litellm = _litellm_objects(client.CoreV1Api(api), client.AppsV1Api(api), policies)
     return View(
-        nodes=tuple(n for n in map(node_from_object, nodes) if n),
-        slots=tuple(slot_from_object(s) for s in slots
-                    if not s.get("metadata", {}).get("deletionTimestamp")),
-        pods=_read_fetch_logs(core, tuple(p for p in map(pod_from_object, pods) if p)),
-        deployments=tuple(d for d in map(deployment_from_object, deployments) if d),
-        services={(s["metadata"]["namespace"], s["metadata"]["labels"][SLOT_LABEL]):
-                  bool(s["spec"].get("publishNotReadyAddresses")) for s in services},
+        nodes=nodes,
+        slots=slots,
+        pods=_read_fetch_logs(client.CoreV1Api(api), (*slot_pods, *workload_pods)),
+        deployments=deployments,
+        services={(s.namespace, s.slot): s.publish_not_ready for s in services},
         demands=dict(demands),
-        workloads=tuple(workload_from_object(w) for w in workloads
-                        if not w.get("metadata", {}).get("deletionTimestamp")),
-        workload_children=tuple(c for c in map(workload_child_from_object,
-                                                [*jobs, *workload_deployments]) if c),
-        policies=tuple(policies),
+        workloads=workloads,
+        workload_children=workload_children,
+        policies=policies,
         config_maps=litellm.config_maps,
         litellm=litellm.deployments,
         litellm_forbidden=litellm.forbidden,
         spend_reports=dict(spend_reports),
         settings=settings,
     )
+
+
+Owner = TypeVar("Owner", SlotInfo, WorkloadInfo)
+
+
+def _still_there(api: client.ApiClient, plural: str, owners: tuple[Owner, ...],
+                 orphaned: set[tuple[str, str]]) -> tuple[Owner, ...]:
+    """``owners`` without those of them, among the ``orphaned`` (a child of theirs was
+    deleted a moment ago and none is held), that the API server no longer has."""
+    gone = set()
+    custom = client.CustomObjectsApi(api)
+    for owner in owners:
+        if (owner.namespace, owner.name) in orphaned:
+            try:
+                custom.get_namespaced_custom_object(GROUP, VERSION, owner.namespace, plural,
+                                                    owner.name, _preload_content=False)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+                gone.add((owner.namespace, owner.name))
+    return tuple(owner for owner in owners if (owner.namespace, owner.name) not in gone) \
+        if gone else owners

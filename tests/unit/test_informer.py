@@ -1,0 +1,157 @@
+"""The watch caches: a list, then watch events, kept as parsed records; the loop woken
+only by what the plan can see change, and never by the echo of its own writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from hybrid_compute.control import informer as informer_module
+from hybrid_compute.control.informer import ClusterCache, Informer, Source, Written
+
+
+def pod(name: str, version: int, phase: str = "Running", **labels: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": "lab", "name": name, "resourceVersion": str(version),
+                         "labels": labels},
+            "status": {"phase": phase}}
+
+
+def phase_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """A record that reads the name and phase only, as View records read some fields."""
+    if (obj.get("metadata") or {}).get("labels", {}).get("skip"):
+        return None
+    return obj["metadata"]["name"], obj["status"]["phase"]
+
+
+class Stream:
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+        self.released = False
+
+    def stream(self, amt: Any = None, decode_content: bool = False) -> Iterator[bytes]:
+        # Split mid-line, as chunks arrive.
+        data = b"".join(json.dumps(event).encode() + b"\n" for event in self.events)
+        yield from (data[index:index + 7] for index in range(0, len(data), 7))
+
+    def release_conn(self) -> None:
+        self.released = True
+
+
+class FakeApi:
+    """Answers a list with ``items``, then each watch with the next batch of events."""
+
+    def __init__(self, items: list[dict[str, Any]], version: int,
+                 watches: list[list[dict[str, Any]]]) -> None:
+        self.items, self.version, self.watches = items, version, watches
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, **options: Any) -> Any:
+        self.calls.append(options)
+        if options.get("watch"):
+            return Stream(self.watches.pop(0))
+
+        class Listed:
+            data = json.dumps({"metadata": {"resourceVersion": str(self.version)},
+                               "items": self.items}).encode()
+        return Listed()
+
+
+def event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    return {"type": kind, "object": obj}
+
+
+def make(api: FakeApi) -> tuple[Informer[tuple[str, str]], list[int]]:
+    woken: list[int] = []
+    return Informer(Source("pods", "pods", api, phase_of), lambda: woken.append(1)), woken
+
+
+def test_a_list_then_events_keep_the_records_in_list_order() -> None:
+    api = FakeApi([pod("b", 5), pod("a", 4), pod("hidden", 3, skip="1")], 10, [[
+        event("ADDED", pod("c", 11, "Pending")),
+        event("MODIFIED", pod("a", 12, "Succeeded")),
+        event("DELETED", pod("b", 13)),
+        event("BOOKMARK", {"metadata": {"resourceVersion": "20"}}),
+    ]])
+    informer, woken = make(api)
+    informer._relist()
+    assert informer.synced.is_set()
+    assert informer.records() == (("a", "Running"), ("b", "Running"))
+    informer._watch()
+    assert informer.records() == (("a", "Succeeded"), ("c", "Pending"))
+    assert api.calls[1]["resource_version"] == "10" and api.calls[1]["watch"]
+    assert informer._resource_version == "20", "a bookmark moves the watch on"
+    assert woken == [1, 1, 1, 1], "the list, then each change"
+    assert informer.recently_deleted() == [("b", "Running")]
+
+
+def test_nothing_changed_is_the_same_tuple_and_wakes_nothing() -> None:
+    api = FakeApi([pod("a", 4)], 10, [[event("MODIFIED", pod("a", 11)),
+                                       event("MODIFIED", pod("a", 12, "Failed"))]])
+    informer, woken = make(api)
+    informer._relist()
+    first = informer.records()
+    informer._receive(api.watches[0][0])
+    assert informer.records() is first, "a heartbeat the record does not read"
+    assert woken == [1]
+    informer._receive(api.watches[0][1])
+    assert informer.records() == (("a", "Failed"),) and woken == [1, 1]
+
+
+def test_the_echo_of_an_own_write_wakes_nothing_and_is_waited_for() -> None:
+    informer, woken = make(FakeApi([pod("a", 4)], 10, []))
+    informer._relist()
+    informer.expect(("lab", "a"), 11)
+    assert not informer.holds(("lab", "a"), 11)
+    informer._receive(event("MODIFIED", pod("a", 11, "Failed")))
+    assert informer.holds(("lab", "a"), 11)
+    assert woken == [1], "the operator's own write came back"
+    informer._receive(event("MODIFIED", pod("a", 12, "Running")))
+    assert woken == [1, 1], "someone else's change wakes the loop"
+
+
+def test_a_watch_too_far_behind_lists_again() -> None:
+    api = FakeApi([pod("a", 4)], 10, [[event("ERROR", {"code": 410, "message": "too old"})],
+                                      []])
+    informer, _ = make(api)
+    stop = threading.Event()
+
+    def relisted_once(**options: Any) -> Any:
+        if not options.get("watch") and len(api.calls) >= 2:
+            stop.set()
+            api.items = [pod("a", 30, "Failed")]
+        return api(**options)
+
+    informer.source = Source("pods", "pods", relisted_once, phase_of)
+    informer.run(stop)
+    assert [bool(call.get("watch")) for call in api.calls] == [False, True, False, True]
+    assert api.calls[3]["resource_version"] == "10"
+    assert informer.records() == (("a", "Failed"),)
+
+
+def test_the_next_pass_waits_for_the_last_passes_writes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(informer_module, "CAUGHT_UP_SECONDS", 0.2)
+    cache = ClusterCache(client.ApiClient(), lambda: None)
+    cache.slot_deployments._relist = lambda: None  # type: ignore[method-assign]
+    deployment = {"metadata": {"namespace": "lab", "name": "fast", "resourceVersion": "7",
+                               "labels": {"hybridcompute.io/slot": "fast"}},
+                  "spec": {"replicas": 1}}
+    cache.slot_deployments._receive(event("ADDED", deployment))
+    cache.expect([Written("deployments", "lab", "fast", 8),
+                  Written("configmaps", "lab", "litellm-config", 3)])
+
+    async def scenario() -> tuple[bool, bool]:
+        late = await cache.caught_up()
+        cache.slot_deployments._receive(event("MODIFIED", {
+            **deployment, "metadata": {**deployment["metadata"], "resourceVersion": "8"}}))
+        return late, await cache.caught_up()
+
+    late, held = asyncio.run(scenario())
+    assert not late, "the Deployment's echo had not come: the wait timed out"
+    assert held, "ConfigMaps are not watched: nothing to wait for"
