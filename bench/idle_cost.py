@@ -18,31 +18,18 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any
 
+from crowd import NAMESPACE, crowd, slot, wait_all_phased
 from kubernetes import client
 
 from hybrid_compute.control import kube
 from hybrid_compute.dev.bootstrap import bootstrap_manifests
 from hybrid_compute.dev.cluster import DevCluster
 
-NAMESPACE = "crowd"
 TARGET_CPU_PERCENT = 2.0
 TARGET_RSS_MB = 150.0
 SETTLE_SECONDS = 15.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def slot(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "hybridcompute.io/v1alpha1", "kind": "ModelSlot",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"alias": f"local/{name}", "model": {"path": f"{name}.gguf",
-                                                         "vram": "8Gi"}, **spec}}
-
-
-def crowd(count: int) -> list[dict[str, Any]]:
-    return [slot(f"standby-{index:04d}", activation="OnDemand", idleTimeout="5m")
-            for index in range(count)]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -57,22 +44,11 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def all_phased(custom: client.CustomObjectsApi, expected: int) -> bool:
-    listed = custom.list_namespaced_custom_object("hybridcompute.io", "v1alpha1", NAMESPACE,
-                                                  "modelslots")["items"]
-    return len(listed) == expected and all((s.get("status") or {}).get("phase")
-                                           for s in listed)
-
-
 def measure(cluster: DevCluster, custom: client.CustomObjectsApi, expected: int,
             seconds: float) -> tuple[float, float]:
     """Idle CPU (% of one core) and RSS (MB) of the operator once ``expected``
     slots all have a phase."""
-    deadline = time.monotonic() + 600
-    while not all_phased(custom, expected):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{expected} slots did not all get a phase in 10 minutes")
-        time.sleep(1)
+    wait_all_phased(custom, expected)
     time.sleep(SETTLE_SECONDS)
     state = cluster.state()
     assert state is not None

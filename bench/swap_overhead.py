@@ -4,8 +4,13 @@ Twenty times: ask for ``local/quality`` while ``local/fast`` holds the GPU, and
 measure, from watch events received here,
   * demand -> incoming pod created (the outgoing pod must be gone first), and
   * incoming pod Ready -> slot Ready (what the router waits for).
-Between rounds ``quality`` idles out (1 s) and ``fast`` comes back.
-Targets: p50 <= 0.5 s and p99 <= 2 s for each.
+Between rounds ``quality`` idles out (1 s) and ``fast`` comes back. Then the same
+again with ``--crowd`` (1,000) other slots in Standby in another namespace; the last
+line is the ratio of the crowded figures to the lone ones.
+Targets: p50 <= 0.25 s and p99 <= 1 s for each; with the crowd, at most 1.5 times
+the lone figures (demand -> incoming pod created).
+
+    .venv/bin/python bench/swap_overhead.py [--rounds 20] [--crowd 1000]
 It also prints each phase of the swaps as the operator recorded them in
 ``status.lastSwapPhases`` (no llama-server runs here, so the drain is the
 operator asking an absent /slots; kwok marks pods running and Ready at once, so
@@ -14,6 +19,7 @@ container start is the readiness delay and model load is zero).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import statistics
@@ -21,8 +27,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from typing import Any
 
+import crowd
 from kubernetes import client, watch
 
 from hybrid_compute.control import kube
@@ -30,8 +38,10 @@ from hybrid_compute.dev.bootstrap import bootstrap_manifests
 from hybrid_compute.dev.cluster import DevCluster
 
 ROUNDS = 20
+CROWD = 1000
 TARGET_P50 = 0.25
 TARGET_P99 = 1.0
+TARGET_CROWD = 1.5
 NAMESPACE = "bench"
 
 
@@ -131,61 +141,96 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def main() -> None:
-    cluster = DevCluster("bench")
-    cluster.up(manifests=bootstrap_manifests(None, samples=False), log=True)
-    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
-    cluster.stop_operator()
-    cluster.start_operator(extra_args=["--min-residency=0s"])
+@dataclass
+class Swaps:
+    """The figures of a run of swaps."""
+
+    to_created: list[float] = field(default_factory=list)
+    to_routed: list[float] = field(default_factory=list)
+    phases: dict[str, list[float]] = field(default_factory=dict)
+
+
+def swap(cluster: DevCluster, custom: client.CustomObjectsApi, recorder: Recorder,
+         rounds: int) -> Swaps:
+    """``rounds`` swaps from fast to quality and back; quality idles out between them."""
     state = cluster.state()
     assert state is not None
-    api = kube.load_client(str(cluster.kubeconfig))
-    custom = client.CustomObjectsApi(api)
-    recorder = Recorder(api)
-    cluster.apply(slots())
     token = cluster.api_token_file.read_text().strip()
     demand_url = f"http://127.0.0.1:{state.ports['operator-api']}/v1/demand"
+    swaps = Swaps()
+    for _ in range(rounds):
+        wait(lambda: phase(custom, "fast") == "Ready"
+             and phase(custom, "quality") == "Standby", custom)
+        with recorder.lock:
+            known = set(recorder.pod_created)
+            ready_count = len(recorder.slot_ready)
+        request = urllib.request.Request(
+            demand_url, data=json.dumps({"alias": "local/quality"}).encode(),
+            headers={"Authorization": f"Bearer {token}"}, method="POST")
+        asked = post_demand(request)
+        wait(lambda seen=ready_count: any(  # type: ignore[misc]
+            n == "quality" for n, _ in recorder.slot_ready[seen:]), custom)
+        with recorder.lock:
+            pod = next(n for n in recorder.pod_created
+                       if n.startswith("quality-") and n not in known)
+            created = recorder.pod_created[pod]
+            pod_ready = recorder.pod_ready[pod]
+            slot_ready = next(t for n, t in recorder.slot_ready[ready_count:]
+                              if n == "quality")
+        swaps.to_created.append(created - asked)
+        swaps.to_routed.append(slot_ready - pod_ready)
+        status = custom.get_namespaced_custom_object(
+            "hybridcompute.io", "v1alpha1", NAMESPACE, "modelslots", "quality")["status"]
+        for name, seconds in (status.get("lastSwapPhases") or {}).items():
+            swaps.phases.setdefault(name, []).append(seconds)
+    return swaps
 
-    to_created: list[float] = []
-    to_routed: list[float] = []
-    phases: dict[str, list[float]] = {}
+
+def report(title: str, swaps: Swaps) -> None:
+    print(title)
+    for label, values in (("demand -> incoming pod created", swaps.to_created),
+                          ("pod Ready -> slot Ready", swaps.to_routed)):
+        p50, p99 = statistics.median(values), percentile(values, 0.99)
+        print(f"  {label}: p50 {p50:.3f} s, p99 {p99:.3f} s over {len(values)} swaps; "
+              f"p50/target = {p50 / TARGET_P50:.2f}, p99/target = {p99 / TARGET_P99:.2f}")
+    print("  phases of the swaps, from status.lastSwapPhases:")
+    for name, values in swaps.phases.items():
+        print(f"  {name:>17}: p50 {statistics.median(values):.2f} s, "
+              f"max {max(values):.2f} s over {len(values)} swaps")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--crowd", type=int, default=CROWD,
+                        help="Standby slots present in the second run (0: no second run)")
+    args = parser.parse_args()
+    cluster = DevCluster("bench")
+    cluster.up(manifests=bootstrap_manifests(None, samples=False), log=True)
     try:
-        for _ in range(ROUNDS):
-            wait(lambda: phase(custom, "fast") == "Ready"
-                 and phase(custom, "quality") == "Standby", custom)
-            with recorder.lock:
-                known = set(recorder.pod_created)
-                ready_count = len(recorder.slot_ready)
-            request = urllib.request.Request(
-                demand_url, data=json.dumps({"alias": "local/quality"}).encode(),
-                headers={"Authorization": f"Bearer {token}"}, method="POST")
-            asked = post_demand(request)
-            wait(lambda seen=ready_count: any(  # type: ignore[misc]
-                n == "quality" for n, _ in recorder.slot_ready[seen:]), custom)
-            with recorder.lock:
-                pod = next(n for n in recorder.pod_created
-                           if n.startswith("quality-") and n not in known)
-                created = recorder.pod_created[pod]
-                pod_ready = recorder.pod_ready[pod]
-                slot_ready = next(t for n, t in recorder.slot_ready[ready_count:]
-                                  if n == "quality")
-            to_created.append(created - asked)
-            to_routed.append(slot_ready - pod_ready)
-            status = custom.get_namespaced_custom_object(
-                "hybridcompute.io", "v1alpha1", NAMESPACE, "modelslots", "quality")["status"]
-            for name, seconds in (status.get("lastSwapPhases") or {}).items():
-                phases.setdefault(name, []).append(seconds)
+        for namespace in (NAMESPACE, crowd.NAMESPACE):
+            cluster.kubectl("create", "namespace", namespace, check=False)
+        cluster.stop_operator()
+        cluster.start_operator(extra_args=["--min-residency=0s"])
+        api = kube.load_client(str(cluster.kubeconfig))
+        custom = client.CustomObjectsApi(api)
+        recorder = Recorder(api)
+        cluster.apply(slots())
+        alone = swap(cluster, custom, recorder, args.rounds)
+        crowded = None
+        if args.crowd:
+            cluster.apply(crowd.crowd(args.crowd))
+            crowd.wait_all_phased(custom, args.crowd)
+            crowded = swap(cluster, custom, recorder, args.rounds)
     finally:
         cluster.down(quiet=True)
-    for label, values in (("demand -> incoming pod created", to_created),
-                          ("pod Ready -> slot Ready", to_routed)):
-        p50, p99 = statistics.median(values), percentile(values, 0.99)
-        print(f"{label}: p50 {p50:.3f} s, p99 {p99:.3f} s over {len(values)} swaps; "
-              f"p50/target = {p50 / TARGET_P50:.2f}, p99/target = {p99 / TARGET_P99:.2f}")
-    print("phases of the swaps, from status.lastSwapPhases:")
-    for name, values in phases.items():
-        print(f"  {name:>15}: p50 {statistics.median(values):.2f} s, "
-              f"max {max(values):.2f} s over {len(values)} swaps")
+    report("alone:", alone)
+    if crowded is None:
+        return
+    report(f"with {args.crowd} other slots present:", crowded)
+    ratios = [percentile(crowded.to_created, q) / percentile(alone.to_created, q)
+              for q in (0.5, 0.99)]
+    print(f"crowd/alone p50={ratios[0]:.2f} p99={ratios[1]:.2f} (target <= {TARGET_CROWD})")
 
 
 if __name__ == "__main__":

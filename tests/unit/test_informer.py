@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from hybrid_compute.api.labels import SLOT_LABEL
 from hybrid_compute.control import informer as informer_module
 from hybrid_compute.control.informer import ClusterCache, Informer, Source, Written
+from hybrid_compute.plan.objects import deployment_from_object
 
 
 def pod(name: str, version: int, phase: str = "Running", **labels: str) -> dict[str, Any]:
@@ -82,6 +84,7 @@ def test_a_list_then_events_keep_the_records_in_list_order() -> None:
     informer._relist()
     assert informer.synced.is_set()
     assert informer.records() == (("a", "Running"), ("b", "Running"))
+    assert informer.records() is informer.records(), "built once until something changes"
     informer._watch()
     assert informer.records() == (("a", "Succeeded"), ("c", "Pending"))
     assert api.calls[1]["resource_version"] == "10" and api.calls[1]["watch"]
@@ -90,14 +93,14 @@ def test_a_list_then_events_keep_the_records_in_list_order() -> None:
     assert informer.recently_deleted() == [("b", "Running")]
 
 
-def test_nothing_changed_is_the_same_tuple_and_wakes_nothing() -> None:
+def test_a_change_the_records_do_not_read_wakes_nothing() -> None:
     api = FakeApi([pod("a", 4)], 10, [[event("MODIFIED", pod("a", 11)),
                                        event("MODIFIED", pod("a", 12, "Failed"))]])
     informer, woken = make(api)
     informer._relist()
     first = informer.records()
     informer._receive(api.watches[0][0])
-    assert informer.records() is first, "a heartbeat the record does not read"
+    assert informer.records() == first, "a heartbeat the record does not read"
     assert woken == [1]
     informer._receive(api.watches[0][1])
     assert informer.records() == (("a", "Failed"),) and woken == [1, 1]
@@ -155,3 +158,21 @@ def test_the_next_pass_waits_for_the_last_passes_writes(
     late, held = asyncio.run(scenario())
     assert not late, "the Deployment's echo had not come: the wait timed out"
     assert held, "ConfigMaps are not watched: nothing to wait for"
+
+
+def test_a_deployments_status_update_wakes_nothing_but_its_version_is_kept() -> None:
+    """The plan reads a slot Deployment's spec; its resourceVersion is the precondition
+    of the next scale-up, so it must be current, yet a status update is no change."""
+    woken: list[int] = []
+    deployments = Informer(Source("slot deployments", "deployments",
+                                  FakeApi([], 1, []), deployment_from_object),
+                           lambda: woken.append(1))
+    body = {"metadata": {"namespace": "lab", "name": "fast", "resourceVersion": "7",
+                         "labels": {SLOT_LABEL: "fast"}}, "spec": {"replicas": 0}}
+    deployments._receive(event("ADDED", body))
+    deployments._receive(event("MODIFIED", {
+        **body, "metadata": {**body["metadata"], "resourceVersion": "8"},
+        "status": {"observedGeneration": 1}}))
+    assert woken == [1]
+    [held] = deployments.records()
+    assert held.resource_version == "8"

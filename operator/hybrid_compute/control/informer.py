@@ -65,6 +65,8 @@ GONE_KEPT_SECONDS = 60.0
 """How long a deleted object is remembered (:meth:`Informer.recently_deleted`)."""
 CUSTOM_RESOURCES = ("modelslots", "gpuworkloads", "routepolicies")
 CAUGHT_UP_SECONDS = 2.0
+LIST_PAGE = 100
+"""Objects per page of a list."""
 """The longest a pass waits for the echo of the last pass's writes."""
 
 
@@ -178,15 +180,23 @@ class Informer(Generic[T]):
                 stop.wait(delay)
 
     def _relist(self) -> None:
-        listed = json.loads(self.source.list_call(_preload_content=False,
-                                                  _request_timeout=60).data)
         records: dict[Key, T] = {}
         versions: dict[Key, int] = {}
-        for obj in listed.get("items") or []:
-            record = self.source.parse(obj)
-            if record is not None:
-                records[_key(obj)] = record
-                versions[_key(obj)] = _version(obj)
+        page = ""
+        while True:
+            # In pages: a whole list of a thousand objects, parsed at once, would leave
+            # the process that much larger for good.
+            listed = json.loads(self.source.list_call(
+                limit=LIST_PAGE, _continue=page or None, _preload_content=False,
+                _request_timeout=60).data)
+            for obj in listed.get("items") or []:
+                record = self.source.parse(obj)
+                if record is not None:
+                    records[_key(obj)] = record
+                    versions[_key(obj)] = _version(obj)
+            page = listed["metadata"].get("continue") or ""
+            if not page:
+                break
         with self._lock:
             changed = records != self._records
             now = time.monotonic()
@@ -233,11 +243,13 @@ class Informer(Generic[T]):
                 if previous is not None:
                     self._gone[key] = (time.monotonic(), previous)
             else:
+                # Kept even when equal: a record may carry fields that do not count as
+                # a change (a Deployment's resourceVersion, its write precondition).
                 self._records[key] = record
                 self._versions[key] = int(version or 0)
                 self._gone.pop(key, None)
             changed = record != previous
-            if changed:
+            if record is not None or previous is not None:
                 self._snapshot = None
             self._resource_version = version
         if changed and not own:

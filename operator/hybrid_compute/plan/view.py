@@ -160,7 +160,9 @@ class DeploymentInfo:
     vram_bytes: int
     node: str | None = None
     """The node its pod template is pinned to."""
-    resource_version: str = ""
+    resource_version: str = field(default="", compare=False)
+    """Changes with every status update of the Deployment, which the plan does not read:
+    not part of what makes two records the same."""
 
 
 @dataclass(frozen=True)
