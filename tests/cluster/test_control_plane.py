@@ -11,7 +11,7 @@ import yaml
 
 from hybrid_compute.dev import nodes
 from tests.cluster.support import wait
-from tests.conftest import TestCluster
+from tests.conftest import TEST_CLUSTER_NAME, TestCluster
 
 pytestmark = pytest.mark.cluster
 
@@ -142,5 +142,5 @@ def test_admission_webhooks_and_policies_are_available(k8s: TestCluster) -> None
 def test_kubeconfig_is_private_to_the_cluster(k8s: TestCluster) -> None:
     config = yaml.safe_load(Path(k8s.kubeconfig).read_text())
     assert config["current-context"] == "hybrid-compute-test"
-    assert str(k8s.kubeconfig).endswith("clusters/test/kubeconfig")
+    assert str(k8s.kubeconfig).endswith(f"clusters/{TEST_CLUSTER_NAME}/kubeconfig")
     assert not str(k8s.kubeconfig).startswith(str(Path.home() / ".kube"))

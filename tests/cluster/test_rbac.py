@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -220,5 +221,6 @@ def test_the_charts_rbac_is_enough_to_operate_and_keeps_secrets_out_of_reach(
     assert lease.spec.holder_identity, "the operator acted without holding the Lease"
 
     log = restricted_operator.log.read_text()
-    assert "Forbidden" not in log and " 403" not in log, (
+    # A word of its own: a port such as 40387 in the log is no refusal.
+    assert "Forbidden" not in log and not re.search(r"\b403\b", log), (
         f"the operator met a permission it lacks:\n{log[-3000:]}")
