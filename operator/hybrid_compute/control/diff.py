@@ -149,8 +149,9 @@ def _slot_writes(decision: SlotDecision, view: View, observed: DeploymentInfo | 
     namespace, name = decision.namespace, decision.name
     group = Group("slot", namespace, name)
     writes: list[Write] = []
-    desired = decision.deployment
-    if desired is not None and not _deployment_matches(desired, observed):
+    if decision.template is not None and not _deployment_matches(decision, observed):
+        desired = decision.deployment
+        assert desired is not None
         precondition = (observed.resource_version
                         if observed is not None and decision.replicas > 0 else None)
         writes.append(ApplyObject(
@@ -167,13 +168,16 @@ def _slot_writes(decision: SlotDecision, view: View, observed: DeploymentInfo | 
     return writes
 
 
-def _deployment_matches(desired: dict[str, Any], observed: DeploymentInfo | None) -> bool:
-    if observed is None:
+def _deployment_matches(decision: SlotDecision, observed: DeploymentInfo | None) -> bool:
+    """Compared on what the Deployment would carry, without rendering it: most slots
+    match on most passes."""
+    template = decision.template
+    if observed is None or template is None:
         return False
-    template = desired["spec"]["template"]
-    return (observed.replicas == desired["spec"]["replicas"]
+    node = decision.deployment_node or _hostname(template)
+    return (observed.replicas == decision.replicas
             and observed.template_hash == template_hash(template)
-            and observed.node == _hostname(template))
+            and observed.node == node)
 
 
 def _workload_writes(decision: WorkloadDecision, child: WorkloadChild | None,

@@ -192,13 +192,17 @@ class SlotDecision:
         return self.memo.slot_template(self.slot.name, self.served or self.slot.spec,
                                        self.template_vram, self.settings)
 
+    @property
+    def deployment_node(self) -> str | None:
+        """The node the Deployment's pods are pinned to, if any."""
+        return self.node if self.gpu else self.pinned_node
+
     @cached_property
     def deployment(self) -> dict[str, Any] | None:
         if self.template is None:
             return None
-        node = self.node if self.gpu else self.pinned_node
         return children.deployment(self.namespace, self.name, self.slot.uid, self.template,
-                                   self.replicas, node)
+                                   self.replicas, self.deployment_node)
 
     @cached_property
     def service(self) -> dict[str, Any] | None:
