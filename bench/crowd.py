@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -29,12 +30,20 @@ def all_phased(custom: client.CustomObjectsApi, expected: int) -> bool:
                                            for s in listed)
 
 
-def wait_all_phased(custom: client.CustomObjectsApi, expected: int,
-                    timeout: float = 600) -> None:
-    """Until the ``expected`` slots of the crowd's namespace all have a phase."""
+def settled(apps: client.AppsV1Api) -> bool:
+    """Whether the Deployment controller has caught up with every crowd Deployment."""
+    listed = apps.list_namespaced_deployment(NAMESPACE, _preload_content=False)
+    return all((d.get("status") or {}).get("observedGeneration") == d["metadata"]["generation"]
+               for d in json.loads(listed.data)["items"])
+
+
+def wait_all_phased(api: client.ApiClient, expected: int, timeout: float = 600) -> None:
+    """Until the ``expected`` slots of the crowd's namespace all have a phase and the
+    Deployment controller has caught up with their Deployments."""
+    custom, apps = client.CustomObjectsApi(api), client.AppsV1Api(api)
     deadline = time.monotonic() + timeout
-    while not all_phased(custom, expected):
+    while not (all_phased(custom, expected) and settled(apps)):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{expected} slots did not all get a phase in "
+            raise TimeoutError(f"{expected} slots did not all get a phase and settle in "
                                f"{timeout / 60:.0f} minutes")
         time.sleep(1)

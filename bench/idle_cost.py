@@ -48,7 +48,7 @@ def measure(cluster: DevCluster, custom: client.CustomObjectsApi, expected: int,
             seconds: float) -> tuple[float, float]:
     """Idle CPU (% of one core) and RSS (MB) of the operator once ``expected``
     slots all have a phase."""
-    wait_all_phased(custom, expected)
+    wait_all_phased(custom.api_client, expected)
     time.sleep(SETTLE_SECONDS)
     state = cluster.state()
     assert state is not None

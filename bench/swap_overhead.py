@@ -42,6 +42,7 @@ CROWD = 1000
 TARGET_P50 = 0.25
 TARGET_P99 = 1.0
 TARGET_CROWD = 1.5
+SETTLE_SECONDS = 10.0
 NAMESPACE = "bench"
 
 
@@ -220,7 +221,8 @@ def main() -> None:
         crowded = None
         if args.crowd:
             cluster.apply(crowd.crowd(args.crowd))
-            crowd.wait_all_phased(custom, args.crowd)
+            crowd.wait_all_phased(api, args.crowd)
+            time.sleep(SETTLE_SECONDS)
             crowded = swap(cluster, custom, recorder, args.rounds)
     finally:
         cluster.down(quiet=True)

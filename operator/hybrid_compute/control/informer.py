@@ -64,10 +64,11 @@ RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 GONE_KEPT_SECONDS = 60.0
 """How long a deleted object is remembered (:meth:`Informer.recently_deleted`)."""
 CUSTOM_RESOURCES = ("modelslots", "gpuworkloads", "routepolicies")
-CAUGHT_UP_SECONDS = 2.0
+CAUGHT_UP_SECONDS = 10.0
 LIST_PAGE = 100
 """Objects per page of a list."""
-"""The longest a pass waits for the echo of the last pass's writes."""
+"""The longest a pass waits for the echo of the last pass's writes: milliseconds as a
+rule, seconds after a pass that wrote thousands of objects."""
 
 
 class _Expired(Exception):
