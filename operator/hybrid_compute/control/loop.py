@@ -228,8 +228,12 @@ class Runtime:
         the first answer wakes the loop, which then routes to the slot without
         waiting for the kubelet's next probe."""
         async with aiohttp.ClientSession() as session:
+            looked_at: View | None = None
+            asked: dict[str, str] = {}
             while True:
-                asked = health_probe.loading_pods(self.last_view) if self.last_view else {}
+                if self.last_view is not looked_at:  # once per pass, not per ask
+                    looked_at = self.last_view
+                    asked = health_probe.loading_pods(looked_at) if looked_at else {}
                 answered = (await health_probe.answering(session, asked)) if asked \
                     else frozenset()
                 if answered - self.answering:
