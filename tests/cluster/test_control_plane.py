@@ -141,6 +141,6 @@ def test_admission_webhooks_and_policies_are_available(k8s: TestCluster) -> None
 
 def test_kubeconfig_is_private_to_the_cluster(k8s: TestCluster) -> None:
     config = yaml.safe_load(Path(k8s.kubeconfig).read_text())
-    assert config["current-context"] == "hybrid-compute-test"
+    assert config["current-context"] == f"hybrid-compute-{TEST_CLUSTER_NAME}"
     assert str(k8s.kubeconfig).endswith(f"clusters/{TEST_CLUSTER_NAME}/kubeconfig")
     assert not str(k8s.kubeconfig).startswith(str(Path.home() / ".kube"))
