@@ -242,27 +242,41 @@ def test_overlay_and_samples_sync_healthy_stay_synced_after_a_swap_and_follow_gi
     namespace = "hybrid-compute"
     suffix = uuid.uuid4().hex[:6]
     overlay, samples = f"overlay-{suffix}", f"samples-{suffix}"
+    workloads = f"workloads-{suffix}"
     k8s.cluster.apply([
         application(k8s, overlay, repo_url, namespace, path="manifests/overlays/k3s"),
         application(k8s, samples, repo_url, namespace, path="manifests/samples",
                     directory={"include": "{modelslots.yaml,routepolicy.yaml}"}),
+        # Apart: a queued or preempted workload is Suspended by the README's checks.
+        application(k8s, workloads, repo_url, namespace, path="manifests/samples",
+                    directory={"include": "gpuworkloads.yaml"}),
     ])
     try:
         wait_synced_and_healthy(k8s, overlay, 180)
         wait_synced_and_healthy(k8s, samples, 120)
         wait_phases(k8s, namespace, {"fast": "Ready", "quality": "Standby"}, 120)
-        # The operator swaps "quality" in: it writes statuses and the slots' own
-        # Deployments, none of which is in Git.
+        # Local TTS runs while no on-demand model is in use.
+        wait(lambda: phase(k8s, namespace, "tts-local", "gpuworkloads") == "Running", 120,
+             "tts-local running")
+        wait(lambda: app_status(k8s, workloads).get("sync", {}).get("status") == "Synced",
+             120, f"{workloads} Synced")
+        # The operator swaps "quality" in and preempts TTS for it: it writes statuses,
+        # the slots' own Deployments and the workload's, none of which is in Git.
         operator.demand("local/quality")
         wait(lambda: phase(k8s, namespace, "quality") == "Ready", 180, "quality swapped in")
+        assert phase(k8s, namespace, "tts-local", "gpuworkloads") == "Preempted"
+        assert k8s.apps.read_namespaced_deployment("tts-local", namespace).spec.replicas == 0
         wait_synced_and_healthy(k8s, samples, 120)
         assert app_status(k8s, samples)["sync"]["status"] == "Synced", describe(k8s, samples)
+        assert app_status(k8s, workloads)["sync"]["status"] == "Synced", \
+            describe(k8s, workloads)
         commit_model_change(k8s, git_repository[1], samples)
         wait(lambda: served_model(k8s, namespace, "quality") == CHANGED_MODEL, 180,
              "the operator serving quality's model from the new commit")
         wait_synced_and_healthy(k8s, samples, 120)
     finally:
-        k8s.kubectl("delete", APPLICATIONS, overlay, samples, "-n", argocd.ARGOCD_NAMESPACE,
+        k8s.kubectl("delete", APPLICATIONS, overlay, samples, workloads, "-n",
+                    argocd.ARGOCD_NAMESPACE,
                     "--timeout=120s", check=False)
 
 
