@@ -252,8 +252,8 @@ class ServerSettings(ApiModel):
     """Prompt caches kept across swaps."""
     readiness: Readiness = "Kubelet"
     """When a loaded slot starts to serve. Kubelet: once the kubelet's probes mark its
-    pod Ready; they run every 2 s, so a swap waits a second on average after the
-    model is loaded. Operator: once the operator sees llama-server answer /health,
+    pod Ready; they run every second, so a swap waits half a second on average
+    after the model is loaded. Operator: once the operator sees llama-server answer /health,
     which it asks every 0.1 s while the pod runs but is not Ready yet; the slot's
     Service then publishes not-ready addresses, so the router's requests reach the
     pod before the kubelet calls it Ready (the slot's status may say Ready up to a
