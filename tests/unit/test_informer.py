@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from hybrid_compute.api.labels import SLOT_LABEL
 from hybrid_compute.control import informer as informer_module
 from hybrid_compute.control.informer import ClusterCache, Informer, Source, Written
+from hybrid_compute.control.observe import cluster_view
 from hybrid_compute.plan.objects import deployment_from_object
+from hybrid_compute.plan.settings import PlanSettings
 
 
 def pod(name: str, version: int, phase: str = "Running", **labels: str) -> dict[str, Any]:
@@ -176,3 +179,37 @@ def test_a_deployments_status_update_wakes_nothing_but_its_version_is_kept() -> 
     assert woken == [1]
     [held] = deployments.records()
     assert held.resource_version == "8"
+
+
+def test_an_owner_whose_child_was_just_deleted_is_read_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The garbage collector deletes a slot's Deployment after the slot: when the
+    Deployment's deletion is heard first, the slot is read from the API server, and
+    one that is gone is not planned for (its Deployment would be created again)."""
+    cache = ClusterCache(client.ApiClient(), lambda: None)
+    for name in ("gone", "kept"):
+        cache.slots._receive(event("ADDED", {
+            "metadata": {"namespace": "lab", "name": name, "uid": f"uid-{name}",
+                         "resourceVersion": "5"},
+            "spec": {"alias": f"local/{name}", "model": {"path": "m.gguf", "vram": "1Gi"}}}))
+        deployment = {"metadata": {"namespace": "lab", "name": name, "resourceVersion": "6",
+                                   "labels": {SLOT_LABEL: name}}, "spec": {"replicas": 1}}
+        cache.slot_deployments._receive(event("ADDED", deployment))
+    cache.slot_deployments._receive(event("DELETED", {
+        "metadata": {"namespace": "lab", "name": "gone", "resourceVersion": "7",
+                     "labels": {SLOT_LABEL: "gone"}}, "spec": {"replicas": 1}}))
+    asked: list[str] = []
+
+    class Custom:
+        def __init__(self, api: Any) -> None:
+            pass
+
+        def get_namespaced_custom_object(self, group: str, version: str, namespace: str,
+                                         plural: str, name: str, **_: Any) -> Any:
+            asked.append(name)
+            raise ApiException(status=404, reason="Not Found")
+
+    monkeypatch.setattr(client, "CustomObjectsApi", Custom)
+    view = cluster_view(cache, client.ApiClient(), PlanSettings(), {}, {})
+    assert asked == ["gone"], "only the owner of the deleted child is read"
+    assert [slot.name for slot in view.slots] == ["kept"]
