@@ -10,7 +10,7 @@ JS_CLIENT := tests/js
 JS_STAMP  := $(JS_CLIENT)/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install toolchain serving js-client image dev dev-down run crds crds-check manifests lint fmt unit test argocd-test bench clean
+.PHONY: help install toolchain serving js-client image dev dev-down run crds crds-check manifests lint fmt unit test argocd argocd-test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -78,13 +78,16 @@ fmt: install ## apply ruff's fixes
 unit: install ## tests that need no cluster
 	$(BIN)/pytest -m 'not cluster'
 
-test: toolchain serving js-client image lint crds-check ## everything but Argo CD: lint, CRD check, unit, cluster and image tests
-	@start=$$(date +%s); $(BIN)/pytest -m 'not argocd'; status=$$?; \
+test: toolchain serving js-client image argocd lint crds-check ## everything: lint, CRD check, unit, cluster, image and Argo CD tests
+	@start=$$(date +%s); $(BIN)/pytest; status=$$?; \
 	  echo "tests took $$(( $$(date +%s) - start ))s"; exit $$status
 
-argocd-test: toolchain ## GitOps with a real Argo CD (built once from Go modules; needs redis-server)
+argocd: toolchain ## build Argo CD once from Go modules and install redis-server (apt-get) for its tests
 	@start=$$(date +%s); $(BIN)/hybrid-compute dev build --argocd && \
-	  $(BIN)/pytest -m argocd; status=$$?; \
+	  echo "Argo CD ready in $$(( $$(date +%s) - start ))s"
+
+argocd-test: argocd ## only the GitOps tests against a real Argo CD
+	@start=$$(date +%s); $(BIN)/pytest -m argocd; status=$$?; \
 	  echo "Argo CD tests took $$(( $$(date +%s) - start ))s"; exit $$status
 
 bench: toolchain serving ## benchmarks: plan speed, swap overhead, router hook, idle cost, swaps against the floor

@@ -56,7 +56,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                             "the serving tests and benchmarks run")
     build.add_argument("--argocd", action="store_true",
                        help="also build Argo CD's application controller and repo server "
-                            "(with kustomize), which `make argocd-test` runs")
+                            "(with kustomize) and install redis-server (apt-get, as root) "
+                            "for them, which the Argo CD tests run")
     build.set_defaults(handler=_dev_build)
     image = dev_commands.add_parser(
         "image", help="build the operator's container image from this checkout (with a "
@@ -173,9 +174,10 @@ def _dev_build(args: argparse.Namespace) -> int:
         print(f"litellm: {serving.litellm}")
         print(f"llama-server: {serving.llama_server}")
     if args.argocd:
-        from hybrid_compute.dev.argocd import ensure_argocd
+        from hybrid_compute.dev.argocd import ensure_argocd, redis_server
 
         print(f"Argo CD: {ensure_argocd().bin_dir}")
+        print(f"redis-server: {redis_server(install_missing=True)}")
     return 0
 
 

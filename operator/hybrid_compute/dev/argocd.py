@@ -39,6 +39,7 @@ from hybrid_compute.dev.toolchain import (
     _run_go,
     _write_go_mod,
     cache_home,
+    install_with_apt,
 )
 
 ARGOCD_VERSION = "3.6.1"
@@ -146,8 +147,13 @@ def ensure_argocd(log: bool = True) -> ArgoCdBuild:
     return build
 
 
-def redis_server() -> str:
+def redis_server(install_missing: bool = False) -> str:
+    """Debian's redis-server, installed with apt-get when missing if asked to."""
     found = shutil.which("redis-server")
+    if found is None and install_missing:
+        install_with_apt(["redis-server"], "Argo CD's controller and repo server cache "
+                         "in Redis", log=True)
+        found = shutil.which("redis-server")
     if found is None:
         raise ToolchainError("Argo CD's controller and repo server cache in Redis, and "
                              "redis-server is not installed: apt-get install redis-server")

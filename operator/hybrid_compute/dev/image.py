@@ -37,7 +37,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Literal
 
-from hybrid_compute.dev.toolchain import ToolchainError, cache_home, run_step
+from hybrid_compute.dev.toolchain import ToolchainError, cache_home, install_with_apt, run_step
 from hybrid_compute.plan.settings import OPERATOR_IMAGE
 
 IMAGE_REPOSITORY = "localhost/hybrid-compute"
@@ -245,27 +245,9 @@ def _choose_builder(install_missing: bool, log: bool) -> Builder:
                 f"no Docker engine answers, and building the image without one needs "
                 f"{' and '.join(PODMAN_PACKAGES)}: install them (Debian/Ubuntu: apt-get "
                 f"install {' '.join(PODMAN_PACKAGES)}), or run `make image`, which does")
-        _install_with_apt(missing, log)
+        install_with_apt(missing, "no Docker engine answers: the image is built with "
+                         "podman instead", log)
     return "podman"
-
-
-def _install_with_apt(packages: list[str], log: bool) -> None:
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        raise ToolchainError(
-            f"no Docker engine answers and {' and '.join(packages)} cannot be installed "
-            f"here ({'not root' if apt else 'no apt-get'}): install them with the system's "
-            "package manager, or start a Docker engine")
-    _say(log, f"installing {' and '.join(packages)} with apt-get (no Docker engine "
-              "answers; the image is built with podman instead) ...")
-    started = time.monotonic()
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "--yes", "--no-install-recommends", *packages]
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        # A fresh machine may not have package lists yet.
-        run_step([apt, "update"], "apt-get update", env=env)
-        run_step(install, f"installing {' and '.join(packages)} with apt-get", env=env)
-    _say(log, f"  installed in {time.monotonic() - started:.0f}s")
 
 
 def _has_image(builder: Builder, reference: str) -> bool:

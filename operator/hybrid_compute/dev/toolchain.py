@@ -154,6 +154,29 @@ def run_step(command: list[str], what: str, cwd: Path | None = None,
     return result.stdout
 
 
+def install_with_apt(packages: list[str], why: str, log: bool) -> None:
+    """Installs Debian packages a local build or test needs, as root with apt-get;
+    elsewhere raises a :class:`ToolchainError` that says what to install and ``why``."""
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        raise ToolchainError(
+            f"{' and '.join(packages)} cannot be installed here "
+            f"({'not root' if apt else 'no apt-get'}), and {why}: install them with the "
+            "system's package manager")
+    if log:
+        print(f"installing {' and '.join(packages)} with apt-get ({why}) ...",
+              file=sys.stderr)
+    started = time.monotonic()
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "--yes", "--no-install-recommends", *packages]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        # A fresh machine may not have package lists yet.
+        run_step([apt, "update"], "apt-get update", env=env)
+        run_step(install, f"installing {' and '.join(packages)} with apt-get", env=env)
+    if log:
+        print(f"  installed in {time.monotonic() - started:.0f}s", file=sys.stderr)
+
+
 def _wrapper_module(toolchain: Toolchain, name: str) -> Path:
     folder = toolchain.root / "src" / name
     folder.mkdir(parents=True, exist_ok=True)
