@@ -155,16 +155,18 @@ def _look_at_pods(turn: SlotTurn, spec: ModelSlotSpec, pods: list[PodInfo],
     if pods or deployment is not None:
         current_hash = children.template_hash(
             turn.memo.slot_template(slot.name, spec, template, view.settings))
-    live = [p for p in pods if not p.terminating]
-    current = [p for p in live if p.template_hash == current_hash]
-    turn.fetch, fetch_reason = fetch_status(current)
+    current: list[PodInfo] = []
+    stale: list[PodInfo] = []
+    for pod in pods:
+        if not pod.terminating:
+            (current if pod.template_hash == current_hash else stale).append(pod)
+    turn.fetch, fetch_reason = fetch_status(current) if current else (None, None)
     previous = slot.status.fetch
     if (turn.fetch is not None and turn.fetch.state == "Failed"
             and (previous is None or previous.state != "Failed")):
         turn.event("Warning", "FetchFailed",
                    f"Fetching the model of {spec.alias} failed: {turn.fetch.message}")
-    return SlotPods(pods, current, [p for p in live if p.template_hash != current_hash],
-                    current_hash, fetch_reason)
+    return SlotPods(pods, current, stale, current_hash, fetch_reason)
 
 
 def _record_prompt_caches(turn: SlotTurn, spec: ModelSlotSpec) -> None:

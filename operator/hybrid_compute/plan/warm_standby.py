@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import operator
 import posixpath
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -78,8 +79,15 @@ def warm_file_key(spec: ModelSlotSpec, settings: PlanSettings) -> ModelFileKey |
     return key[0].rstrip("/") or "/", path
 
 
+_Rank = tuple[int, int, int, float, int, float]
+_Ranked = tuple[_Rank, tuple[str, str], ModelFileKey, ModelSlotSpec, int | None]
+"""A not-loaded slot's demand rank, key, file, spec and template VRAM."""
+_by_rank = operator.itemgetter(0, 1)
+"""Sorts :data:`_Ranked` entries by rank, then by slot: the two are unique per slot."""
+
+
 def demand_rank(spec: ModelSlotSpec, phase: str, requested: datetime.datetime | None,
-                now: datetime.datetime) -> tuple[int, int, int, float, int, float]:
+                now: datetime.datetime) -> _Rank:
     """Sorts a not-loaded slot by how soon it is likely to load (lowest first):
 
     1. Pending: the plan already wants it and waits for room, so it is the next load.
@@ -99,18 +107,6 @@ def demand_rank(spec: ModelSlotSpec, phase: str, requested: datetime.datetime | 
             -stamp)
 
 
-def _could_load_on(node: GpuNode, spec: ModelSlotSpec, vram: int | None,
-                   settings: PlanSettings) -> bool:
-    """The node has the devices the slot needs and, when its VRAM is known, room for it."""
-    if node.gpu_count < spec.gpus:
-        return False
-    return not vram or vram // spec.gpus <= node.gpu_memory_bytes - settings.headroom_bytes
-
-
-_Ranked = tuple[ModelFileKey, ModelSlotSpec, int | None]
-"""A not-loaded slot's file, spec and template VRAM, in the order of its demand rank."""
-
-
 def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
                requested: Callable[[SlotInfo], datetime.datetime | None],
                now: datetime.datetime, memo: PlanMemo | None = None
@@ -126,21 +122,21 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
     settings = view.settings
     file_key = memo.warm_file_key if memo is not None else warm_file_key
     loaded: dict[str, set[ModelFileKey]] = {}
-    ranked: list[tuple[tuple[int, int, int, float, int, float, str, str], _Ranked]] = []
+    ranked: list[_Ranked] = []
     for outcome in outcomes:
         slot = outcome.slot
         spec = slot.spec
         key = file_key(spec, settings) if spec is not None else None
         if spec is None or key is None:
             continue
-        if outcome.phase not in WARM_PHASES:
+        phase = outcome.phase
+        if phase not in WARM_PHASES:
             if outcome.node is not None:
                 loaded.setdefault(outcome.node, set()).add(key)
             continue
-        rank = demand_rank(spec, outcome.phase, requested(slot), now)
-        ranked.append(((*rank, slot.namespace, slot.name), (key, spec, outcome.template_vram)))
-    ranked.sort(key=lambda entry: entry[0])
-    in_order = [entry[1] for entry in ranked]
+        ranked.append((demand_rank(spec, phase, requested(slot), now), slot.key, key, spec,
+                       outcome.template_vram))
+    ranked.sort(key=_by_rank)
     # Nodes of one shape (devices and their memory) take the same files: each
     # shape's list is worked out once, and a node leaves out what it has loaded.
     files_for = memo.warm_files if memo is not None else _unmemoized_files
@@ -150,7 +146,7 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
     for node in sorted(view.nodes, key=lambda n: n.name):
         shape = (node.gpu_count, node.gpu_memory_bytes)
         if shape not in by_shape:
-            keys, listed = _loadable_files(node, in_order, settings)
+            keys, listed = _loadable_files(node, ranked, settings)
             by_shape[shape] = keys, listed, files_for(shape, keys)
         keys, listed, files = by_shape[shape]
         skipped = loaded.get(node.name)
@@ -165,8 +161,12 @@ def _loadable_files(node: GpuNode, in_order: list[_Ranked], settings: PlanSettin
     """The files of the slots that could load on ``node``, each once, in rank order."""
     keys: list[ModelFileKey] = []
     listed: set[ModelFileKey] = set()
-    for key, spec, vram in in_order:
-        if key not in listed and _could_load_on(node, spec, vram, settings):
+    room = node.gpu_memory_bytes - settings.headroom_bytes
+    devices = node.gpu_count
+    for _rank, _slot, key, spec, vram in in_order:
+        # The node has the devices the slot needs and, when its VRAM is known, room for it.
+        if (key not in listed and devices >= spec.gpus
+                and (not vram or vram // spec.gpus <= room)):
             keys.append(key)
             listed.add(key)
     return keys, listed
