@@ -298,7 +298,7 @@ def rollback_target(history: Sequence[ModelHistoryEntry], rejected: str
                  and e.evaluation in ("Passed", "NotEvaluated")), None)
 
 
-@dataclass
+@dataclass(slots=True)
 class Gate:
     """What the evaluation gate decides for one slot in one plan.
 

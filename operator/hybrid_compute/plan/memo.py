@@ -10,8 +10,9 @@ which keeps the decision code free of module state.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple
 
 from hybrid_compute.plan import evaluation, model_vram, warm_standby
 from hybrid_compute.render import children
@@ -20,12 +21,14 @@ if TYPE_CHECKING:
     from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
     from hybrid_compute.api.modelslot import ModelHistoryEntry, ModelSlotSpec, ModelSource
     from hybrid_compute.plan.model_vram import ModelFileKey, VramChoice
+    from hybrid_compute.plan.outputs import ConditionUpdate
     from hybrid_compute.plan.settings import PlanSettings
-    from hybrid_compute.plan.view import SlotInfo
+    from hybrid_compute.plan.view import SlotInfo, View
     from hybrid_compute.plan.vram import ModelShape
     from hybrid_compute.plan.warm_standby import WarmFile
 
 ValueT = TypeVar("ValueT")
+ArgsT = TypeVarTuple("ArgsT")
 
 
 class IdentityCache(Generic[ValueT]):
@@ -44,13 +47,15 @@ class IdentityCache(Generic[ValueT]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: object, variant: Hashable, compute: Callable[[], ValueT]) -> ValueT:
-        """The result for ``key`` and ``variant``, computed on the first ask."""
+    def get(self, key: object, variant: Hashable, compute: Callable[[*ArgsT], ValueT],
+            *args: *ArgsT) -> ValueT:
+        """The result for ``key`` and ``variant``, ``compute(*args)`` on the first ask
+        (arguments rather than a closure: a hit then allocates nothing)."""
         entry = self._entries.get(id(key))
         if entry is not None and entry[0] is key and (entry[1] is variant
                                                       or entry[1] == variant):
             return entry[2]
-        value = compute()
+        value = compute(*args)
         if len(self._entries) > self._limit:
             self._entries.clear()
         self._entries[id(key)] = (key, variant, value)
@@ -60,8 +65,9 @@ class IdentityCache(Generic[ValueT]):
 class PlanMemo:
     """The results one plan hands to the next."""
 
-    __slots__ = ("_file_keys", "_fingerprints", "_served", "_slot_templates",
-                 "_vram_choices", "_warm_file_keys", "_warm_lists", "_workload_templates")
+    __slots__ = ("_file_keys", "_fingerprints", "_fits", "_served", "_settings",
+                 "_slot_templates", "_vram_choices", "_warm_file_keys", "_warm_lists",
+                 "_workload_templates")
 
     def __init__(self) -> None:
         self._slot_templates: IdentityCache[dict[str, Any]] = IdentityCache(8192)
@@ -70,54 +76,69 @@ class PlanMemo:
         self._served: IdentityCache[ModelSlotSpec] = IdentityCache(1024)
         self._file_keys: IdentityCache[ModelFileKey | None] = IdentityCache(16384)
         self._vram_choices: IdentityCache[VramChoice] = IdentityCache(16384)
+        self._fits: IdentityCache[ConditionUpdate] = IdentityCache(16384)
         self._warm_file_keys: IdentityCache[ModelFileKey | None] = IdentityCache(16384)
         self._warm_lists: dict[Hashable, tuple[list[ModelFileKey],
                                                tuple[WarmFile, ...]]] = {}
+        self._settings: PlanSettings | None = None
+
+    def known_settings(self, view: View) -> View:
+        """``view`` with the previous plan's settings object when the two are equal.
+        The results here are keyed by the settings too, and a key found by identity
+        is not compared field by field again for every object."""
+        previous = self._settings
+        if previous is view.settings:
+            return view
+        if previous is not None and previous == view.settings:
+            return dataclasses.replace(view, settings=previous)
+        self._settings = view.settings
+        return view
 
     def slot_template(self, name: str, spec: ModelSlotSpec, vram: int,
                       settings: PlanSettings) -> dict[str, Any]:
         """A slot's pod template (:func:`hybrid_compute.render.children.pod_template`)."""
-        return self._slot_templates.get(
-            spec, (vram, settings, name),
-            lambda: children.pod_template(name, spec, vram, settings))
+        return self._slot_templates.get(spec, (vram, settings, name), children.pod_template,
+                                        name, spec, vram, settings)
 
     def workload_template(self, name: str, spec: GpuWorkloadSpec, settings: PlanSettings
                           ) -> dict[str, Any]:
         """A workload's pod template (:func:`hybrid_compute.render.children.workload_template`)."""
         runtime_class = settings.gpu_runtime_class
-        return self._workload_templates.get(
-            spec, (name, runtime_class),
-            lambda: children.workload_template(name, spec, runtime_class))
+        return self._workload_templates.get(spec, (name, runtime_class),
+                                            children.workload_template, name, spec,
+                                            runtime_class)
 
     def model_fingerprint(self, model: ModelSource) -> str:
         """:func:`hybrid_compute.plan.evaluation.model_fingerprint`."""
-        return self._fingerprints.get(model, None,
-                                      lambda: evaluation.model_fingerprint(model))
+        return self._fingerprints.get(model, None, evaluation.model_fingerprint, model)
 
     def served_spec(self, spec: ModelSlotSpec, entry: ModelHistoryEntry) -> ModelSlotSpec:
         """``spec`` running an earlier model (:func:`.evaluation.with_model`); the same
         object for the same inputs, so the template memo keeps working for it."""
-        return self._served.get(spec, entry.fingerprint,
-                                lambda: evaluation.with_model(spec, entry))
+        return self._served.get(spec, entry.fingerprint, evaluation.with_model, spec, entry)
 
     def model_file_key(self, spec: ModelSlotSpec, settings: PlanSettings
                        ) -> ModelFileKey | None:
         """:func:`hybrid_compute.plan.model_vram.model_file_key`."""
-        return self._file_keys.get(spec, settings,
-                                   lambda: model_vram.model_file_key(spec, settings))
+        return self._file_keys.get(spec, settings, model_vram.model_file_key, spec, settings)
 
     def vram_choice(self, slot: SlotInfo, spec: ModelSlotSpec, settings: PlanSettings,
                     header: ModelShape | str | None, running: int | None) -> VramChoice:
         """:func:`hybrid_compute.plan.model_vram.choose` for the slot's stored status."""
-        return self._vram_choices.get(
-            slot, (spec, settings, header, running),
-            lambda: model_vram.choose(spec, slot.status, settings, header, running))
+        return self._vram_choices.get(slot, (spec, settings, header, running),
+                                      model_vram.choose, spec, slot.status, settings, header,
+                                      running)
+
+    def fits_condition(self, choice: VramChoice) -> ConditionUpdate:
+        """The Fits condition of a GPU slot sized by ``choice`` (one from
+        :meth:`vram_choice`, which hands out the same object while nothing changes)."""
+        return self._fits.get(choice, None, model_vram.fits_condition, choice)
 
     def warm_file_key(self, spec: ModelSlotSpec, settings: PlanSettings
                       ) -> ModelFileKey | None:
         """:func:`hybrid_compute.plan.warm_standby.warm_file_key`."""
-        return self._warm_file_keys.get(spec, settings,
-                                        lambda: warm_standby.warm_file_key(spec, settings))
+        return self._warm_file_keys.get(spec, settings, warm_standby.warm_file_key, spec,
+                                        settings)
 
     def warm_files(self, owner: Hashable, keys: list[ModelFileKey]
                    ) -> tuple[WarmFile, ...]:

@@ -43,6 +43,7 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     """Decides residency, swaps, admission, children and statuses. ``memo`` carries
     rendered templates from one plan to the next; None plans without one."""
     memo = PlanMemo() if memo is None else memo
+    view = memo.known_settings(view)
     # 0. Objects that conflict with an earlier one are refused; the rest of the plan
     #    does not see the refused slots (:mod:`.conflicts`).
     verdicts = conflicts.judge_view(view)
@@ -90,8 +91,13 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     events += refused_events
     foreign = reservations.foreign_uses(view)
     events += reservations.foreign_events(view, foreign)
-    return Plan(tuple(sorted([*slot_decisions, *refused], key=lambda d: d.slot.key)),
+    requests = demand.requests
+    # The slot decisions come in key order: only refused ones need sorting in.
+    return Plan(tuple(sorted([*slot_decisions, *refused], key=lambda d: d.slot.key)
+                      if refused else slot_decisions),
                 summarize(gpus), tuple(events), min(wakeups),
                 tuple(workload_decisions), tuple(policies),
-                warm_lists(view, slot_decisions, lambda s: last_request(s, view), now, memo),
+                warm_lists(view, slot_decisions,
+                           lambda s: requests[s.key] if s.key in requests
+                           else last_request(s, view), now, memo),
                 foreign, now)

@@ -126,7 +126,7 @@ def decide_slot(slot: SlotInfo, view: View, now: datetime.datetime, memo: PlanMe
     problem = findings.demand.unschedulable.get(slot.key)
     if problem is not None:
         return _unschedulable(turn, spec, pods, problem), turn.events
-    fits = ConditionUpdate("Fits", True, "Fits", f"needs {model_vram.describe(choice)}")
+    fits = turn.memo.fits_condition(choice)
     placed = findings.placement.slots.get(slot.key)
     if placed is None:
         return _not_placed(turn, spec, pods, fits, gpus, findings), turn.events
