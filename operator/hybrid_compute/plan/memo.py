@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, cast
 
 from hybrid_compute.plan import evaluation, model_vram, warm_standby
 from hybrid_compute.render import children
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from hybrid_compute.plan.vram import ModelShape
     from hybrid_compute.plan.warm_standby import WarmFile
 
+KeyT = TypeVar("KeyT", bound=Hashable)
 ValueT = TypeVar("ValueT")
 ArgsT = TypeVarTuple("ArgsT")
 
@@ -62,12 +63,40 @@ class IdentityCache(Generic[ValueT]):
         return value
 
 
+class ValueCache(Generic[KeyT, ValueT]):
+    """One result per key value (a small one: strings, tuples of them); bounded as
+    :class:`IdentityCache` is."""
+
+    __slots__ = ("_entries", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._entries: dict[KeyT, ValueT] = {}
+        self._limit = limit
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: KeyT, compute: Callable[[*ArgsT], ValueT], *args: *ArgsT) -> ValueT:
+        """The result for ``key``, ``compute(*args)`` on the first ask."""
+        found = self._entries.get(key, _MISSING)
+        if found is not _MISSING:
+            return cast("ValueT", found)
+        value = compute(*args)
+        if len(self._entries) > self._limit:
+            self._entries.clear()
+        self._entries[key] = value
+        return value
+
+
+_MISSING = object()
+
+
 class PlanMemo:
     """The results one plan hands to the next."""
 
-    __slots__ = ("_file_keys", "_fingerprints", "_fits", "_served", "_settings",
-                 "_slot_templates", "_vram_choices", "_warm_file_keys", "_warm_lists",
-                 "_workload_templates")
+    __slots__ = ("_conditions", "_file_keys", "_fingerprints", "_fits", "_served",
+                 "_settings", "_slot_templates", "_vram_choices", "_warm_file_keys",
+                 "_warm_lists", "_workload_templates")
 
     def __init__(self) -> None:
         self._slot_templates: IdentityCache[dict[str, Any]] = IdentityCache(8192)
@@ -77,6 +106,7 @@ class PlanMemo:
         self._file_keys: IdentityCache[ModelFileKey | None] = IdentityCache(16384)
         self._vram_choices: IdentityCache[VramChoice] = IdentityCache(16384)
         self._fits: IdentityCache[ConditionUpdate] = IdentityCache(16384)
+        self._conditions: ValueCache[Hashable, tuple[ConditionUpdate, ...]] = ValueCache(16384)
         self._warm_file_keys: IdentityCache[ModelFileKey | None] = IdentityCache(16384)
         self._warm_lists: dict[Hashable, tuple[list[ModelFileKey],
                                                tuple[WarmFile, ...]]] = {}
@@ -133,6 +163,14 @@ class PlanMemo:
         """The Fits condition of a GPU slot sized by ``choice`` (one from
         :meth:`vram_choice`, which hands out the same object while nothing changes)."""
         return self._fits.get(choice, None, model_vram.fits_condition, choice)
+
+    def conditions(self, key: Hashable,
+                   compute: Callable[[*ArgsT], tuple[ConditionUpdate, ...]], *args: *ArgsT
+                   ) -> tuple[ConditionUpdate, ...]:
+        """Conditions that ``key`` (what ``args`` hold) says all of, made once: while a
+        slot's reason stays the same, its decisions share them rather than each plan
+        holding new ones (fewer objects for the garbage collector to go through)."""
+        return self._conditions.get(key, compute, *args)
 
     def warm_file_key(self, spec: ModelSlotSpec, settings: PlanSettings
                       ) -> ModelFileKey | None:

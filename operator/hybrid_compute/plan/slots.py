@@ -245,21 +245,18 @@ def _not_placed(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, fits: Condi
         phase = "Unloading"
         reason = _unloading(turn, spec, drain, findings.departures.slot_taken_by.get(key),
                             key in findings.demand.asleep)
-        swapping = ConditionUpdate("Swapping", True, "Unloading", reason)
     elif waiting is not None:
         phase, reason = "Pending", waiting
-        swapping = ConditionUpdate("Swapping", False, "Waiting", reason)
     else:
         phase = "Standby"
         reason = (findings.placement.slot_standby.get(key) or findings.demand.asleep.get(key)
                   or ("idle: loads on the next request" if spec.activation == "OnDemand"
                       else "standby"))
-        swapping = ConditionUpdate("Swapping", False, "Idle", reason)
     # While its pods exist the slot keeps its GPU on record: the next plan
     # counts their VRAM there, not on whichever device comes first.
     decision = turn.decide(phase, reason, 0, [
-        ACCEPTED, fits, swapping, ConditionUpdate("Resident", False, phase, reason),
-        ConditionUpdate("Ready", False, phase, reason)],
+        ACCEPTED, fits,
+        *turn.memo.conditions((phase, reason), _not_placed_conditions, phase, reason)],
         node=gpus[still_held[0]].node.name if still_held else None,
         gpu=gpu_label(still_held) if still_held else None,
         cut_requests=drain.busy if drain and drain.state == "Cut" else 0,
@@ -270,6 +267,18 @@ def _not_placed(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, fits: Condi
             slot.namespace, slot.name, spec, turn.prompt_cache, turn.view.settings,
             slot.status.node)
     return decision
+
+
+_SWAPPING_WHEN_NOT_PLACED = {"Unloading": (True, "Unloading"), "Pending": (False, "Waiting"),
+                             "Standby": (False, "Idle")}
+
+
+def _not_placed_conditions(phase: Phase, reason: str) -> tuple[ConditionUpdate, ...]:
+    """Swapping, Resident and Ready of a slot without a place."""
+    swapping, why = _SWAPPING_WHEN_NOT_PLACED[phase]
+    return (ConditionUpdate("Swapping", swapping, why, reason),
+            ConditionUpdate("Resident", False, phase, reason),
+            ConditionUpdate("Ready", False, phase, reason))
 
 
 def _unloading(turn: SlotTurn, spec: ModelSlotSpec, drain: DrainVerdict | None,
@@ -379,7 +388,7 @@ def _start(turn: SlotTurn, spec: ModelSlotSpec, vram: int, pods: SlotPods,
 
 def _loading(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, replicas: int, reason: str,
              placed: list[str], where: _Where, departures: Departures
-             ) -> list[ConditionUpdate]:
+             ) -> tuple[ConditionUpdate, ...]:
     """Marks the load's progress; its first pass names who it evicts."""
     previous, now = turn.slot.status, turn.now
     turn.updates["swap_progress"] = swaps.progress(previous, pods.current, replicas, now)
@@ -388,9 +397,14 @@ def _loading(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, replicas: int,
         turn.updates.update(loading_since=now, evicting=evicted or None)
         turn.event("Normal", "SwapStarted", f"Loading {spec.alias} on {where.node}"
                    + (f", evicting {', '.join(evicted)}" if evicted else ""))
-    return [ConditionUpdate("Swapping", True, "Loading", reason),
-            ConditionUpdate("Resident", True, "Placed", f"placed on {where.gpu}"),
-            ConditionUpdate("Ready", False, "Loading", reason)]
+    return turn.memo.conditions(("Loading", reason, where.gpu), _loading_conditions, reason,
+                                where.gpu)
+
+
+def _loading_conditions(reason: str, gpu: str) -> tuple[ConditionUpdate, ...]:
+    return (ConditionUpdate("Swapping", True, "Loading", reason),
+            ConditionUpdate("Resident", True, "Placed", f"placed on {gpu}"),
+            ConditionUpdate("Ready", False, "Loading", reason))
 
 
 class _Resident(NamedTuple):
