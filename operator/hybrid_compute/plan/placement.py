@@ -112,9 +112,16 @@ def choose_gpus(candidate: Candidate, gpus: dict[str, Gpu], by_node: list[list[G
         # Shared (time-sliced) devices before whole ones, which a small consumer
         # would waste; among those, the emptiest, so fewer consumers give way.
         best: Gpu | None = None
+        anywhere = candidate.node is None and not candidate.whole_gpu
         for devices in by_node:
             for gpu in devices:
-                if gpu.capacity - gpu.reserved < per_device or not fits(gpu):
+                if gpu.capacity - gpu.reserved < per_device:
+                    continue
+                if anywhere:
+                    # fits() without the call, for the many consumers it is asked about.
+                    if (gpu.exclusive and gpu.residents) or (large and gpu.large_residents):
+                        continue
+                elif not fits(gpu):
                     continue
                 if best is None or (gpu.exclusive, gpu.held) < (best.exclusive, best.held):
                     best = gpu
