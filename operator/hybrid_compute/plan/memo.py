@@ -11,6 +11,7 @@ which keeps the decision code free of module state.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, cast
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from hybrid_compute.plan.settings import PlanSettings
     from hybrid_compute.plan.view import SlotInfo, View
     from hybrid_compute.plan.vram import ModelShape
-    from hybrid_compute.plan.warm_standby import WarmFile
+    from hybrid_compute.plan.warm_standby import RankedSlot, WarmFile
 
 KeyT = TypeVar("KeyT", bound=Hashable)
 ValueT = TypeVar("ValueT")
@@ -95,8 +96,8 @@ class PlanMemo:
     """The results one plan hands to the next."""
 
     __slots__ = ("_conditions", "_file_keys", "_fingerprints", "_fits", "_served",
-                 "_settings", "_slot_templates", "_vram_choices", "_warm_file_keys",
-                 "_warm_lists", "_workload_templates")
+                 "_settings", "_slot_templates", "_vram_choices", "_warm_entries",
+                 "_warm_file_keys", "_warm_lists", "_workload_templates")
 
     def __init__(self) -> None:
         self._slot_templates: IdentityCache[dict[str, Any]] = IdentityCache(8192)
@@ -108,6 +109,7 @@ class PlanMemo:
         self._fits: IdentityCache[ConditionUpdate] = IdentityCache(16384)
         self._conditions: ValueCache[Hashable, tuple[ConditionUpdate, ...]] = ValueCache(16384)
         self._warm_file_keys: IdentityCache[ModelFileKey | None] = IdentityCache(16384)
+        self._warm_entries: IdentityCache[RankedSlot] = IdentityCache(16384)
         self._warm_lists: dict[Hashable, tuple[list[ModelFileKey],
                                                tuple[WarmFile, ...]]] = {}
         self._settings: PlanSettings | None = None
@@ -177,6 +179,17 @@ class PlanMemo:
         """:func:`hybrid_compute.plan.warm_standby.warm_file_key`."""
         return self._warm_file_keys.get(spec, settings, warm_standby.warm_file_key, spec,
                                         settings)
+
+    def warm_entry(self, slot: SlotInfo, key: ModelFileKey, phase: str,
+                   requested: datetime.datetime | None, template_vram: int | None,
+                   now: datetime.datetime) -> RankedSlot:
+        """:func:`hybrid_compute.plan.warm_standby.ranked_entry`, the previous plan's
+        while the slot, its phase, last request and size are the same and its request
+        is as recent as it was (the rest of the rank reads nothing else)."""
+        recent = requested is not None and now - requested < warm_standby.RECENT_DEMAND
+        return self._warm_entries.get(slot, (key, phase, requested, template_vram, recent),
+                                      warm_standby.ranked_entry, slot, key, phase, requested,
+                                      template_vram, now)
 
     def warm_files(self, owner: Hashable, keys: list[ModelFileKey]
                    ) -> tuple[WarmFile, ...]:

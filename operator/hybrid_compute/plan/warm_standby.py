@@ -80,10 +80,10 @@ def warm_file_key(spec: ModelSlotSpec, settings: PlanSettings) -> ModelFileKey |
 
 
 _Rank = tuple[int, int, int, float, int, float]
-_Ranked = tuple[_Rank, tuple[str, str], ModelFileKey, ModelSlotSpec, int | None]
+RankedSlot = tuple[_Rank, tuple[str, str], ModelFileKey, ModelSlotSpec, int | None]
 """A not-loaded slot's demand rank, key, file, spec and template VRAM."""
 _by_rank = operator.itemgetter(0, 1)
-"""Sorts :data:`_Ranked` entries by rank, then by slot: the two are unique per slot."""
+"""Sorts :data:`RankedSlot` entries by rank, then by slot: the two are unique per slot."""
 
 
 def demand_rank(spec: ModelSlotSpec, phase: str, requested: datetime.datetime | None,
@@ -107,6 +107,15 @@ def demand_rank(spec: ModelSlotSpec, phase: str, requested: datetime.datetime | 
             -stamp)
 
 
+def ranked_entry(slot: SlotInfo, key: ModelFileKey, phase: str,
+                 requested: datetime.datetime | None, template_vram: int | None,
+                 now: datetime.datetime) -> RankedSlot:
+    """A not-loaded slot's entry in the order of its :func:`demand_rank`."""
+    assert slot.spec is not None
+    return (demand_rank(slot.spec, phase, requested, now), slot.key, key, slot.spec,
+            template_vram)
+
+
 def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
                requested: Callable[[SlotInfo], datetime.datetime | None],
                now: datetime.datetime, memo: PlanMemo | None = None
@@ -121,8 +130,9 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
     """
     settings = view.settings
     file_key = memo.warm_file_key if memo is not None else warm_file_key
+    entry_for = memo.warm_entry if memo is not None else ranked_entry
     loaded: dict[str, set[ModelFileKey]] = {}
-    ranked: list[_Ranked] = []
+    ranked: list[RankedSlot] = []
     for outcome in outcomes:
         slot = outcome.slot
         spec = slot.spec
@@ -134,8 +144,7 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
             if outcome.node is not None:
                 loaded.setdefault(outcome.node, set()).add(key)
             continue
-        ranked.append((demand_rank(spec, phase, requested(slot), now), slot.key, key, spec,
-                       outcome.template_vram))
+        ranked.append(entry_for(slot, key, phase, requested(slot), outcome.template_vram, now))
     ranked.sort(key=_by_rank)
     # Nodes of one shape (devices and their memory) take the same files: each
     # shape's list is worked out once, and a node leaves out what it has loaded.
@@ -156,7 +165,7 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
     return lists
 
 
-def _loadable_files(node: GpuNode, in_order: list[_Ranked], settings: PlanSettings
+def _loadable_files(node: GpuNode, in_order: list[RankedSlot], settings: PlanSettings
                     ) -> tuple[list[ModelFileKey], set[ModelFileKey]]:
     """The files of the slots that could load on ``node``, each once, in rank order."""
     keys: list[ModelFileKey] = []
