@@ -184,3 +184,23 @@ def test_a_value_cache_computes_once_per_key_and_is_bounded() -> None:
     for index in range(10):
         cache.get(("Pending", str(index)), compute, "Pending", str(index))
         assert len(cache) <= 4
+
+
+def test_a_warm_list_entry_is_made_again_only_for_a_slot_whose_rank_changed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    made = Counter(monkeypatch, warm_standby, "ranked_entry")
+    view = crowded_view()
+    memo = PlanMemo()
+    first = plan(view, NOW, memo)
+    not_loaded = [d for d in first.slots if d.phase in warm_standby.WARM_PHASES]
+    assert made.calls == len(not_loaded), "one entry per slot that is not loaded"
+    plan(view, NOW + datetime.timedelta(seconds=1), memo)
+    assert made.calls == len(not_loaded), "nothing changed: every entry is kept"
+    standby = next(d for d in not_loaded if d.phase == "Standby")
+    assert standby.alias is not None
+    asked = View(nodes=view.nodes, slots=view.slots, workloads=view.workloads,
+                 demands={**view.demands, standby.alias: NOW - datetime.timedelta(hours=2)})
+    later = plan(asked, NOW + datetime.timedelta(seconds=2), memo)
+    assert later.slot(standby.namespace, standby.name).phase == "Standby", \
+        "an old request leaves the slot idle"
+    assert made.calls == len(not_loaded) + 1, "only the slot asked for is ranked again"
