@@ -485,7 +485,13 @@ class Gate:
                                 f"{name} is evaluated once it is loaded")]
 
 
-def gates(view: View, now: datetime.datetime, memo: PlanMemo) -> dict[tuple[str, str], Gate]:
-    """The gate of every slot with a valid spec."""
-    return {slot.key: Gate.build(slot, view.evaluations.get(slot.key), now, memo)
-            for slot in view.slots if slot.spec is not None}
+def gate(slot: SlotInfo, view: View, now: datetime.datetime, memo: PlanMemo) -> Gate:
+    """The gate of a slot with a valid spec in this plan."""
+    return Gate.build(slot, view.evaluations.get(slot.key), now, memo)
+
+
+def served_spec(slot: SlotInfo, result: EvaluationResult | None, now: datetime.datetime,
+                memo: PlanMemo) -> ModelSlotSpec:
+    """The spec the pod template of a slot with a valid spec is rendered from
+    (:attr:`Gate.served`); the clock plays no part in it."""
+    return Gate.build(slot, result, now, memo).served

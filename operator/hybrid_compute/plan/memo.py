@@ -21,6 +21,7 @@ from hybrid_compute.render import children
 if TYPE_CHECKING:
     from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
     from hybrid_compute.api.modelslot import ModelHistoryEntry, ModelSlotSpec, ModelSource
+    from hybrid_compute.plan.evaluation import EvaluationResult
     from hybrid_compute.plan.model_vram import ModelFileKey, VramChoice
     from hybrid_compute.plan.outputs import ConditionUpdate
     from hybrid_compute.plan.settings import PlanSettings
@@ -95,8 +96,8 @@ _MISSING = object()
 class PlanMemo:
     """The results one plan hands to the next."""
 
-    __slots__ = ("_conditions", "_file_keys", "_fingerprints", "_fits", "_served",
-                 "_settings", "_slot_templates", "_vram_choices", "_warm_entries",
+    __slots__ = ("_conditions", "_file_keys", "_fingerprints", "_fits", "_gate_served",
+                 "_served", "_settings", "_slot_templates", "_vram_choices", "_warm_entries",
                  "_warm_file_keys", "_warm_lists", "_workload_templates")
 
     def __init__(self) -> None:
@@ -104,6 +105,7 @@ class PlanMemo:
         self._workload_templates: IdentityCache[dict[str, Any]] = IdentityCache(4096)
         self._fingerprints: IdentityCache[str] = IdentityCache(8192)
         self._served: IdentityCache[ModelSlotSpec] = IdentityCache(1024)
+        self._gate_served: IdentityCache[ModelSlotSpec] = IdentityCache(16384)
         self._file_keys: IdentityCache[ModelFileKey | None] = IdentityCache(16384)
         self._vram_choices: IdentityCache[VramChoice] = IdentityCache(16384)
         self._fits: IdentityCache[ConditionUpdate] = IdentityCache(16384)
@@ -148,6 +150,13 @@ class PlanMemo:
         """``spec`` running an earlier model (:func:`.evaluation.with_model`); the same
         object for the same inputs, so the template memo keeps working for it."""
         return self._served.get(spec, entry.fingerprint, evaluation.with_model, spec, entry)
+
+    def gate_served(self, slot: SlotInfo, result: EvaluationResult | None,
+                    now: datetime.datetime) -> ModelSlotSpec:
+        """:func:`hybrid_compute.plan.evaluation.served_spec`, once per slot object and
+        evaluation result (the clock plays no part in it)."""
+        return self._gate_served.get(slot, result, evaluation.served_spec, slot, result, now,
+                                     self)
 
     def model_file_key(self, spec: ModelSlotSpec, settings: PlanSettings
                        ) -> ModelFileKey | None:

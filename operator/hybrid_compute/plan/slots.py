@@ -21,7 +21,7 @@ from hybrid_compute.api.modelslot import (
     SwapPhases,
 )
 from hybrid_compute.api.units import gib
-from hybrid_compute.plan import idle, model_vram, prompt_cache, swaps
+from hybrid_compute.plan import evaluation, idle, model_vram, prompt_cache, swaps
 from hybrid_compute.plan.demand import SlotDemand, any_serving, cpu_demanded, last_request
 from hybrid_compute.plan.drain import (
     DRAIN_POLL,
@@ -30,7 +30,6 @@ from hybrid_compute.plan.drain import (
     draining_decision,
     mark_drained,
 )
-from hybrid_compute.plan.evaluation import Gate
 from hybrid_compute.plan.holdings import Holdings, Key, Owned
 from hybrid_compute.plan.ledger import Gpu, gpu_label, start, start_blockers
 from hybrid_compute.plan.memo import PlanMemo
@@ -62,7 +61,6 @@ class SlotFindings:
     demand: SlotDemand
     placement: Placement
     departures: Departures
-    gates: dict[Key, Gate]
 
 
 def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[str, Gpu],
@@ -109,7 +107,9 @@ def decide_slot(slot: SlotInfo, view: View, now: datetime.datetime, memo: PlanMe
                 ) -> tuple[SlotDecision, list[EventIntent]]:
     """One slot's decision and the Events it posts."""
     deployment = findings.owned.deployments.get(slot.key)
-    gate = findings.gates.get(slot.key)
+    # Built here rather than kept for every slot through the plan: nothing after the
+    # decision reads it, so it need not outlive it.
+    gate = evaluation.gate(slot, view, now, memo) if slot.spec is not None else None
     turn = SlotTurn(slot, view, now, memo, gate, deployment.node if deployment else None)
     if slot.spec is None:
         return _invalid_spec(turn), turn.events
