@@ -16,7 +16,7 @@ import pytest
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.api.units import MIB
-from hybrid_compute.plan import model_vram, plan, slots, warm_standby, workloads
+from hybrid_compute.plan import evaluation, model_vram, plan, slots, warm_standby, workloads
 from hybrid_compute.plan.memo import PlanMemo, ValueCache
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import GpuNode, SlotInfo, View, WorkloadInfo
@@ -204,3 +204,16 @@ def test_a_warm_list_entry_is_made_again_only_for_a_slot_whose_rank_changed(
     assert later.slot(standby.namespace, standby.name).phase == "Standby", \
         "an old request leaves the slot idle"
     assert made.calls == len(not_loaded) + 1, "only the slot asked for is ranked again"
+
+
+def test_the_model_a_slot_serves_is_worked_out_once_per_slot_object(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    worked_out = Counter(monkeypatch, evaluation, "served_spec")
+    view = crowded_view()
+    memo = PlanMemo()
+    plan(view, NOW, memo)
+    assert worked_out.calls == SLOTS, "once per GPU slot, before it is sized"
+    plan(view, NOW + datetime.timedelta(seconds=1), memo)
+    assert worked_out.calls == SLOTS, "the same slot objects serve the same model"
+    plan(_with_vram(view, 0, "3Gi"), NOW + datetime.timedelta(seconds=2), memo)
+    assert worked_out.calls == SLOTS + 1, "a slot stored anew is looked at again"
