@@ -141,7 +141,7 @@ def _slot_candidate(slot: SlotInfo, spec: ModelSlotSpec, vram: int, view: View,
                     now: datetime.datetime, wakeups: list[datetime.datetime],
                     found: SlotDemand) -> Candidate | None:
     pods = owned.slot_pods.get(slot.key, [])
-    ready_pod = any_serving(pods)
+    ready_pod = bool(pods) and any_serving(pods)
     pinned = _pinned(slot, spec, view, ready_pod, now, wakeups)
     requested = last_request(slot, view)
     found.requests[slot.key] = requested

@@ -11,6 +11,7 @@ evaluation gate).
 from __future__ import annotations
 
 import datetime
+import operator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -69,11 +70,12 @@ def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[
     """Every slot's decision, in name order, and the Events they post."""
     decisions: list[SlotDecision] = []
     events: list[EventIntent] = []
-    for slot in sorted(view.slots, key=lambda s: s.key):
+    for slot in sorted(view.slots, key=_by_key):
         decision, new_events = decide_slot(slot, view, now, memo, gpus, findings)
         decisions.append(decision)
-        decision.page_cache = page_cache_status(view, slot,
-                                                decision.node or decision.pinned_node)
+        if view.page_cache:  # without the agents' reports there is nothing to show
+            decision.page_cache = page_cache_status(view, slot,
+                                                    decision.node or decision.pinned_node, memo)
         if slot.spec is not None:
             decision.status_updates["idle_timeout"] = idle.auto_status(
                 slot.spec, slot.status, decision.status_updates, view.settings)
@@ -86,6 +88,9 @@ def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[
             wakeups.append(now + swaps.ROUTE_RESTORE_POLL)
     mark_drained(decisions, now)
     return decisions, events
+
+
+_by_key = operator.attrgetter("key")
 
 
 class SlotPods(NamedTuple):

@@ -192,17 +192,18 @@ def _unmemoized_files(_owner: Hashable, keys: Sequence[ModelFileKey]
     return warm_files(keys)
 
 
-def page_cache_status(view: View, slot: SlotInfo, node: str | None) -> ModelPageCache | None:
+def page_cache_status(view: View, slot: SlotInfo, node: str | None,
+                      memo: PlanMemo | None = None) -> ModelPageCache | None:
     """How much of the slot's model file a node's page cache holds, for its status.
 
     ``node`` is where the slot runs or its Deployment points; without one, the node
     that holds most of the file (where a load would be fastest). None when no agent
-    reports the file there.
+    reports the file there. ``memo`` keeps the slot's file from one plan to the next.
     """
     spec = slot.spec
     if spec is None or not view.page_cache:
         return None
-    key = warm_file_key(spec, view.settings)
+    key = (memo.warm_file_key if memo is not None else warm_file_key)(spec, view.settings)
     reports = view.page_cache.get(key) if key is not None else None
     if not reports:
         return None
