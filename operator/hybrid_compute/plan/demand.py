@@ -116,6 +116,8 @@ def slot_demand(view: View, owned: Owned, holdings: Holdings,
                 wakeups: list[datetime.datetime]) -> SlotDemand:
     """The GPU slots that want a GPU now, ranked; the VRAM and demand of every one."""
     found = SlotDemand()
+    # Many slots share a size, and whether one fits reads only the GPUs' sizes.
+    problems: dict[tuple[int, int], str | None] = {}
     for slot in view.slots:
         if slot.spec is None or slot.spec.device != "gpu":
             continue
@@ -125,7 +127,10 @@ def slot_demand(view: View, owned: Owned, holdings: Holdings,
                                                     owned.deployments.get(slot.key), memo)
         if choice.bytes is None:
             continue
-        problem = fit_problem(spec.gpus, choice.bytes, gpus)
+        size = (spec.gpus, choice.bytes)
+        if size not in problems:
+            problems[size] = fit_problem(spec.gpus, choice.bytes, gpus)
+        problem = problems[size]
         if problem:
             found.unschedulable[slot.key] = problem
             continue
