@@ -3,9 +3,12 @@ objects that the caller keeps between passes, keyed by the identity of those obj
 
 Rendering and hashing a pod template dominates the cost of planning an unchanged
 slot, and the control loop keeps the parsed specs of unchanged objects from one
-pass to the next, so a result computed from the same spec object is reused. The
-caller owns the memo (the loop keeps one; ``plan`` without one starts afresh),
-which keeps the decision code free of module state.
+pass to the next, so a result computed from the same spec object is reused. Small
+results that many objects share (the conditions a reason makes) are kept by value:
+a decision then holds the same condition objects as the plan before, which leaves
+the garbage collector fewer new objects to go through. The caller owns the memo (the
+loop keeps one; ``plan`` without one starts afresh), which keeps the decision code
+free of module state.
 """
 
 from __future__ import annotations
