@@ -16,7 +16,15 @@ import pytest
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.api.units import MIB
-from hybrid_compute.plan import evaluation, model_vram, plan, slots, warm_standby, workloads
+from hybrid_compute.plan import (
+    conflicts,
+    evaluation,
+    model_vram,
+    plan,
+    slots,
+    warm_standby,
+    workloads,
+)
 from hybrid_compute.plan.memo import PlanMemo, ValueCache
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import GpuNode, SlotInfo, View, WorkloadInfo
@@ -217,3 +225,17 @@ def test_the_model_a_slot_serves_is_worked_out_once_per_slot_object(
     assert worked_out.calls == SLOTS, "the same slot objects serve the same model"
     plan(_with_vram(view, 0, "3Gi"), NOW + datetime.timedelta(seconds=2), memo)
     assert worked_out.calls == SLOTS + 1, "a slot stored anew is looked at again"
+
+
+def test_conflicts_are_judged_again_only_when_a_slot_or_policy_changes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    judged = Counter(monkeypatch, conflicts, "judge")
+    view = crowded_view()
+    memo = PlanMemo()
+    plan(view, NOW, memo)
+    kept = View(nodes=view.nodes, slots=tuple(view.slots), workloads=view.workloads,
+                demands={"local/m1": NOW})
+    plan(kept, NOW + datetime.timedelta(seconds=1), memo)
+    assert judged.calls == 1, "the same slot records, in a new view: the verdicts stand"
+    plan(_with_vram(view, 0, "3Gi"), NOW + datetime.timedelta(seconds=2), memo)
+    assert judged.calls == 2, "a slot stored anew is judged with the others again"

@@ -96,12 +96,26 @@ class ValueCache(Generic[KeyT, ValueT]):
 _MISSING = object()
 
 
+def _same_objects(inputs: tuple[object, ...], before: tuple[object, ...]) -> bool:
+    """Every input is the object it was before; a tuple input counts as the same when
+    it holds the same objects (the caller may build a new tuple of kept records)."""
+    if len(inputs) != len(before):
+        return False
+    for now, then in zip(inputs, before, strict=True):
+        if now is then:
+            continue
+        if not (isinstance(now, tuple) and isinstance(then, tuple) and len(now) == len(then)
+                and all(a is b for a, b in zip(now, then, strict=True))):
+            return False
+    return True
+
+
 class PlanMemo:
     """The results one plan hands to the next."""
 
     __slots__ = ("_conditions", "_file_keys", "_fingerprints", "_fits", "_gate_served",
-                 "_served", "_settings", "_slot_templates", "_vram_choices", "_warm_entries",
-                 "_warm_file_keys", "_warm_lists", "_workload_templates")
+                 "_last", "_served", "_settings", "_slot_templates", "_vram_choices",
+                 "_warm_entries", "_warm_file_keys", "_warm_lists", "_workload_templates")
 
     def __init__(self) -> None:
         self._slot_templates: IdentityCache[dict[str, Any]] = IdentityCache(8192)
@@ -118,6 +132,7 @@ class PlanMemo:
         self._warm_lists: dict[Hashable, tuple[list[ModelFileKey],
                                                tuple[WarmFile, ...]]] = {}
         self._settings: PlanSettings | None = None
+        self._last: dict[str, tuple[tuple[object, ...], object]] = {}
 
     def known_settings(self, view: View) -> View:
         """``view`` with the previous plan's settings object when the two are equal.
@@ -130,6 +145,18 @@ class PlanMemo:
             return dataclasses.replace(view, settings=previous)
         self._settings = view.settings
         return view
+
+    def while_unchanged(self, name: str, inputs: tuple[object, ...],
+                        compute: Callable[[*ArgsT], ValueT], *args: *ArgsT) -> ValueT:
+        """``compute(*args)``, a pure function of ``inputs``; the previous plan's result
+        for ``name`` while every input is the same object (or a tuple of the same
+        objects) as then. One result per name is kept."""
+        last = self._last.get(name)
+        if last is not None and _same_objects(inputs, last[0]):
+            return cast("ValueT", last[1])
+        value = compute(*args)
+        self._last[name] = (inputs, value)
+        return value
 
     def slot_template(self, name: str, spec: ModelSlotSpec, vram: int,
                       settings: PlanSettings) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     view = memo.known_settings(view)
     # 0. Objects that conflict with an earlier one are refused; the rest of the plan
     #    does not see the refused slots (:mod:`.conflicts`).
-    verdicts = conflicts.judge_view(view)
+    verdicts = conflicts.judge_view(view, memo)
     view = verdicts.accepted(view)
     mutex_bytes = view.settings.mutex_bytes
     wakeups: list[datetime.datetime] = [now + view.settings.idle_check_interval]
