@@ -1,10 +1,12 @@
 """How much work ``plan`` does per object, counted rather than timed: one decision
 per slot and per workload in every plan, and nothing computed from an unchanged
 object again when the caller keeps its memo (the VRAM figure, the pod template,
-the warm lists)."""
+the warm lists, the Fits condition, the conditions of a slot without a place),
+while what a changed object reads is computed again."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Callable
 from typing import Any
@@ -14,8 +16,17 @@ import pytest
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.api.units import MIB
-from hybrid_compute.plan import model_vram, plan, slots, warm_standby, workloads
-from hybrid_compute.plan.memo import PlanMemo
+from hybrid_compute.plan import (
+    conflicts,
+    evaluation,
+    model_vram,
+    plan,
+    slots,
+    warm_standby,
+    workloads,
+)
+from hybrid_compute.plan.memo import PlanMemo, ValueCache
+from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import GpuNode, SlotInfo, View, WorkloadInfo
 from hybrid_compute.render import children
 
@@ -99,3 +110,132 @@ def test_a_new_request_rebuilds_only_the_warm_lists_it_changes(
     assert later.warm != first.warm
     assert later.warm == plan(asked, NOW + datetime.timedelta(seconds=1)).warm, \
         "the memo changes how much is computed, never the result"
+
+
+def _with_vram(view: View, index: int, vram: str) -> View:
+    """``view`` with slot ``index`` stored anew, asking for ``vram``."""
+    slot = view.slots[index]
+    assert slot.spec is not None
+    model = slot.spec.model.model_copy(update={"vram": vram})
+    changed = dataclasses.replace(slot, spec=slot.spec.model_copy(update={"model": model}))
+    return dataclasses.replace(
+        view, slots=tuple(changed if i == index else s for i, s in enumerate(view.slots)))
+
+
+def test_equal_settings_are_compared_once_a_plan_not_once_an_object(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    view = crowded_view()
+    memo = PlanMemo()
+    plan(view, NOW, memo)
+    compared = Counter(monkeypatch, PlanSettings, "__eq__")
+    figures = Counter(monkeypatch, model_vram, "choose")
+    again = dataclasses.replace(view, settings=PlanSettings())  # equal, not the same object
+    assert again.settings is not view.settings
+    plan(again, NOW + datetime.timedelta(seconds=1), memo)
+    assert compared.calls <= 1, "the memo compares the settings once, then finds them by identity"
+    assert figures.calls == 0, "equal settings reuse every VRAM figure"
+    changed = dataclasses.replace(view, settings=PlanSettings(headroom_bytes=512 * MIB))
+    plan(changed, NOW + datetime.timedelta(seconds=2), memo)
+    assert figures.calls == SLOTS, "other settings size every slot again"
+
+
+def test_a_fits_condition_is_made_once_per_vram_figure(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    made = Counter(monkeypatch, model_vram, "fits_condition")
+    view = crowded_view()
+    memo = PlanMemo()
+    first = plan(view, NOW, memo)
+    assert made.calls == SLOTS
+    later = plan(view, NOW + datetime.timedelta(seconds=1), memo)
+    assert made.calls == SLOTS, "unchanged slots keep their Fits condition"
+    assert later.slots[0].condition_updates[1] is first.slots[0].condition_updates[1]
+    resized = plan(_with_vram(view, 0, "3Gi"), NOW + datetime.timedelta(seconds=2), memo)
+    assert made.calls == SLOTS + 1, "a slot stored anew with another size gets its own"
+    assert resized.slot("ns", "m0").condition_updates[1].message.startswith("needs 3.0 GiB")
+
+
+def test_the_conditions_of_a_slot_without_a_place_are_made_once_per_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    made = Counter(monkeypatch, slots, "_not_placed_conditions")
+    view = crowded_view()
+    memo = PlanMemo()
+    first = plan(view, NOW, memo)
+    idle = [d for d in first.slots if d.phase == "Standby"]
+    assert idle, "the crowded view leaves slots idle"
+    reasons = {(d.phase, d.reason) for d in first.slots
+               if d.phase in ("Standby", "Pending", "Unloading")}
+    assert made.calls == len(reasons), "slots with the same phase and reason share them"
+    later = plan(view, NOW + datetime.timedelta(seconds=1), memo)
+    assert made.calls == len(reasons), "no reason changed: nothing is made again"
+    before = idle[0]
+    after = later.slot(before.namespace, before.name)
+    assert after.condition_updates == before.condition_updates
+    assert all(new is old for new, old in zip(after.condition_updates[2:],
+                                               before.condition_updates[2:], strict=True))
+    asked = View(nodes=view.nodes, slots=view.slots, workloads=view.workloads,
+                 demands={f"local/m{index}": NOW for index in range(SLOTS)})
+    plan(asked, NOW + datetime.timedelta(seconds=2), memo)
+    assert made.calls > len(reasons), "slots that now wait for room have a new reason"
+
+
+def test_a_value_cache_computes_once_per_key_and_is_bounded() -> None:
+    cache: ValueCache[tuple[str, str], str] = ValueCache(limit=3)
+    calls: list[str] = []
+
+    def compute(phase: str, reason: str) -> str:
+        calls.append(reason)
+        return f"{phase}: {reason}"
+
+    assert cache.get(("Standby", "idle"), compute, "Standby", "idle") == "Standby: idle"
+    assert cache.get(("Standby", "idle"), compute, "Standby", "idle") == "Standby: idle"
+    assert calls == ["idle"]
+    for index in range(10):
+        cache.get(("Pending", str(index)), compute, "Pending", str(index))
+        assert len(cache) <= 4
+
+
+def test_a_warm_list_entry_is_made_again_only_for_a_slot_whose_rank_changed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    made = Counter(monkeypatch, warm_standby, "ranked_entry")
+    view = crowded_view()
+    memo = PlanMemo()
+    first = plan(view, NOW, memo)
+    not_loaded = [d for d in first.slots if d.phase in warm_standby.WARM_PHASES]
+    assert made.calls == len(not_loaded), "one entry per slot that is not loaded"
+    plan(view, NOW + datetime.timedelta(seconds=1), memo)
+    assert made.calls == len(not_loaded), "nothing changed: every entry is kept"
+    standby = next(d for d in not_loaded if d.phase == "Standby")
+    assert standby.alias is not None
+    asked = View(nodes=view.nodes, slots=view.slots, workloads=view.workloads,
+                 demands={**view.demands, standby.alias: NOW - datetime.timedelta(hours=2)})
+    later = plan(asked, NOW + datetime.timedelta(seconds=2), memo)
+    assert later.slot(standby.namespace, standby.name).phase == "Standby", \
+        "an old request leaves the slot idle"
+    assert made.calls == len(not_loaded) + 1, "only the slot asked for is ranked again"
+
+
+def test_the_model_a_slot_serves_is_worked_out_once_per_slot_object(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    worked_out = Counter(monkeypatch, evaluation, "served_spec")
+    view = crowded_view()
+    memo = PlanMemo()
+    plan(view, NOW, memo)
+    assert worked_out.calls == SLOTS, "once per GPU slot, before it is sized"
+    plan(view, NOW + datetime.timedelta(seconds=1), memo)
+    assert worked_out.calls == SLOTS, "the same slot objects serve the same model"
+    plan(_with_vram(view, 0, "3Gi"), NOW + datetime.timedelta(seconds=2), memo)
+    assert worked_out.calls == SLOTS + 1, "a slot stored anew is looked at again"
+
+
+def test_conflicts_are_judged_again_only_when_a_slot_or_policy_changes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    judged = Counter(monkeypatch, conflicts, "judge")
+    view = crowded_view()
+    memo = PlanMemo()
+    plan(view, NOW, memo)
+    kept = View(nodes=view.nodes, slots=tuple(view.slots), workloads=view.workloads,
+                demands={"local/m1": NOW})
+    plan(kept, NOW + datetime.timedelta(seconds=1), memo)
+    assert judged.calls == 1, "the same slot records, in a new view: the verdicts stand"
+    plan(_with_vram(view, 0, "3Gi"), NOW + datetime.timedelta(seconds=2), memo)
+    assert judged.calls == 2, "a slot stored anew is judged with the others again"

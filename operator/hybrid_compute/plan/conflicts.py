@@ -92,8 +92,13 @@ def judge(slots: Sequence[SlotInfo], policies: Sequence[PolicyInfo], gpu_nodes: 
     return dataclasses.replace(verdicts, refused_slots=refused)
 
 
-def judge_view(view: View) -> Verdicts:
-    return judge(view.slots, view.policies, len(view.nodes))
+def judge_view(view: View, memo: PlanMemo | None = None) -> Verdicts:
+    """:func:`judge` of the view's objects; with ``memo``, the previous plan's verdicts
+    while the slots and policies are the same objects (nothing is changed after)."""
+    inputs = (view.slots, view.policies, len(view.nodes))
+    if memo is None:
+        return judge(*inputs)
+    return memo.while_unchanged("verdicts", inputs, judge, *inputs)
 
 
 def _claim_aliases(slots: Sequence[SlotInfo], policies: Sequence[PolicyInfo],

@@ -17,7 +17,6 @@ from typing import Protocol
 from hybrid_compute.api.common import parse_duration
 from hybrid_compute.api.modelslot import ModelSlotSpec
 from hybrid_compute.plan import sleep, swaps
-from hybrid_compute.plan.evaluation import Gate
 from hybrid_compute.plan.holdings import Holdings, Key, Owned
 from hybrid_compute.plan.idle import idle_timeout
 from hybrid_compute.plan.ledger import Gpu, fit_problem, located_gpus
@@ -112,20 +111,26 @@ class SlotDemand:
     """Idle default slots that sleep (:mod:`.sleep`), and why."""
 
 
-def slot_demand(view: View, owned: Owned, holdings: Holdings, gates: dict[Key, Gate],
+def slot_demand(view: View, owned: Owned, holdings: Holdings,
                 gpus: dict[str, Gpu], memo: PlanMemo, now: datetime.datetime,
                 wakeups: list[datetime.datetime]) -> SlotDemand:
     """The GPU slots that want a GPU now, ranked; the VRAM and demand of every one."""
     found = SlotDemand()
+    # Many slots share a size, and whether one fits reads only the GPUs' sizes.
+    problems: dict[tuple[int, int], str | None] = {}
     for slot in view.slots:
         if slot.spec is None or slot.spec.device != "gpu":
             continue
-        spec = gates[slot.key].served
+        # The evaluation gate picks the model the slot's pods run before it is sized.
+        spec = memo.gate_served(slot, view.evaluations.get(slot.key), now)
         choice = found.vram[slot.key] = vram_choice(slot, spec, view,
                                                     owned.deployments.get(slot.key), memo)
         if choice.bytes is None:
             continue
-        problem = fit_problem(spec.gpus, choice.bytes, gpus)
+        size = (spec.gpus, choice.bytes)
+        if size not in problems:
+            problems[size] = fit_problem(spec.gpus, choice.bytes, gpus)
+        problem = problems[size]
         if problem:
             found.unschedulable[slot.key] = problem
             continue
@@ -141,7 +146,7 @@ def _slot_candidate(slot: SlotInfo, spec: ModelSlotSpec, vram: int, view: View,
                     now: datetime.datetime, wakeups: list[datetime.datetime],
                     found: SlotDemand) -> Candidate | None:
     pods = owned.slot_pods.get(slot.key, [])
-    ready_pod = any_serving(pods)
+    ready_pod = bool(pods) and any_serving(pods)
     pinned = _pinned(slot, spec, view, ready_pod, now, wakeups)
     requested = last_request(slot, view)
     found.requests[slot.key] = requested

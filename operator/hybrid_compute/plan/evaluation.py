@@ -298,7 +298,7 @@ def rollback_target(history: Sequence[ModelHistoryEntry], rejected: str
                  and e.evaluation in ("Passed", "NotEvaluated")), None)
 
 
-@dataclass
+@dataclass(slots=True)
 class Gate:
     """What the evaluation gate decides for one slot in one plan.
 
@@ -311,14 +311,16 @@ class Gate:
     """Fingerprint of spec.model."""
     criteria: str | None
     """Fingerprint of spec.evaluation; None without one."""
-    history: list[ModelHistoryEntry]
+    history: tuple[ModelHistoryEntry, ...]
+    """The status's history with this pass's changes; a tuple, replaced on change,
+    so a slot without history costs no list of its own."""
     record: EvaluationRecord | None
     served: ModelSlotSpec = field(init=False)
     """The spec the pod template is rendered from."""
     rejected: bool = False
     rollback: ModelHistoryEntry | None = None
     """The earlier model served while spec.model is rejected."""
-    events: list[EventIntent] = field(default_factory=list)
+    events: tuple[EventIntent, ...] = ()
     request: EvaluationRequest | None = None
 
     def __post_init__(self) -> None:
@@ -332,7 +334,7 @@ class Gate:
         status = slot.status
         gate = cls(slot, spec, memo.model_fingerprint(spec.model),
                    criteria_fingerprint(spec.evaluation) if spec.evaluation else None,
-                   list(status.history or []), status.evaluation)
+                   tuple(status.history or ()), status.evaluation)
         if result is not None:
             gate._take(result, now)
         record = gate.record
@@ -358,8 +360,11 @@ class Gate:
         return self.rollback.fingerprint if self.rollback is not None else self.wanted
 
     def _event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
-        self.events.append(EventIntent(self.slot.namespace, self.slot.name, type_, reason,
-                                       message))
+        self.events += (EventIntent(self.slot.namespace, self.slot.name, type_, reason,
+                                    message),)
+
+    def _replace_top(self, entry: ModelHistoryEntry) -> None:
+        self.history = (*self.history[:-1], entry)
 
     def _take(self, result: EvaluationResult, now: datetime.datetime) -> None:
         """Records a finished evaluation of the model the slot is evaluating."""
@@ -376,15 +381,15 @@ class Gate:
             failed_checks=failed or None, finished=result.finished)
         name = self.wanted_name
         if result.passed:
-            self.history[-1] = top.model_copy(update={"evaluation": "Passed",
-                                                      "failed_checks": None})
+            self._replace_top(top.model_copy(update={"evaluation": "Passed",
+                                                     "failed_checks": None}))
             self._event("Normal", "EvaluationPassed",
                         f"Model {name} of {self.alias} passed evaluation ({result.summary()})")
             return
         target = rollback_target(self.history[:-1], self.wanted)
-        self.history[-1] = top.model_copy(update={
+        self._replace_top(top.model_copy(update={
             "evaluation": "Failed", "failed_checks": failed,
-            "until": now if target is not None else None})
+            "until": now if target is not None else None}))
         then = (f"rolling back to {model_label(target.model)}" if target is not None
                 else "no earlier model to roll back to: the slot stays not Ready")
         self._event("Warning", "EvaluationFailed",
@@ -402,11 +407,10 @@ class Gate:
         else:
             outcome = "NotEvaluated" if self.criteria is None else "Evaluating"
         if self.history and self.history[-1].until is None:
-            self.history[-1] = self.history[-1].model_copy(update={"until": now})
-        self.history.append(ModelHistoryEntry(
+            self._replace_top(self.history[-1].model_copy(update={"until": now}))
+        self.history = (*self.history, ModelHistoryEntry(
             model=self.served.model, served_name=children.served_name(self.served),
-            fingerprint=fingerprint, since=now, evaluation=outcome))
-        del self.history[:-HISTORY_LENGTH]
+            fingerprint=fingerprint, since=now, evaluation=outcome))[-HISTORY_LENGTH:]
 
     def live(self, phase: SlotPhase, reason: str, now: datetime.datetime,
              previous_phase: SlotPhase | None) -> tuple[SlotPhase, str]:
@@ -425,7 +429,7 @@ class Gate:
                              f"{self.wanted_name} failed evaluation")
         if self.criteria is None:
             if top.evaluation == "Evaluating":
-                self.history[-1] = top.model_copy(update={"evaluation": "NotEvaluated"})
+                self._replace_top(top.model_copy(update={"evaluation": "NotEvaluated"}))
             return phase, reason
         if self.rejected:
             return "Failed", (f"{self.wanted_name} failed evaluation and there is no earlier "
@@ -433,8 +437,8 @@ class Gate:
         if top.evaluation in ("Passed", "NotEvaluated"):
             return phase, reason
         if top.evaluation != "Evaluating":
-            self.history[-1] = top.model_copy(update={"evaluation": "Evaluating",
-                                                      "failed_checks": None})
+            self._replace_top(top.model_copy(update={"evaluation": "Evaluating",
+                                                     "failed_checks": None}))
         assert self.spec.evaluation is not None
         self.request = EvaluationRequest(
             self.slot.namespace, self.slot.name, self.alias,
@@ -447,7 +451,7 @@ class Gate:
         return "Evaluating", f"evaluating {self.wanted_name} before routing to it"
 
     def status_updates(self) -> dict[str, Any]:
-        return {"history": self.history or None, "evaluation": self.record,
+        return {"history": list(self.history) or None, "evaluation": self.record,
                 "rejected_model": self.wanted if self.rejected else None}
 
     def conditions(self, phase: str) -> list[ConditionUpdate]:
@@ -481,7 +485,13 @@ class Gate:
                                 f"{name} is evaluated once it is loaded")]
 
 
-def gates(view: View, now: datetime.datetime, memo: PlanMemo) -> dict[tuple[str, str], Gate]:
-    """The gate of every slot with a valid spec."""
-    return {slot.key: Gate.build(slot, view.evaluations.get(slot.key), now, memo)
-            for slot in view.slots if slot.spec is not None}
+def gate(slot: SlotInfo, view: View, now: datetime.datetime, memo: PlanMemo) -> Gate:
+    """The gate of a slot with a valid spec in this plan."""
+    return Gate.build(slot, view.evaluations.get(slot.key), now, memo)
+
+
+def served_spec(slot: SlotInfo, result: EvaluationResult | None, now: datetime.datetime,
+                memo: PlanMemo) -> ModelSlotSpec:
+    """The spec the pod template of a slot with a valid spec is rendered from
+    (:attr:`Gate.served`); the clock plays no part in it."""
+    return Gate.build(slot, result, now, memo).served

@@ -61,7 +61,8 @@ def _slot_holdings(view: View, owned: Owned, gpus: dict[str, Gpu], mutex_bytes: 
                    ) -> dict[Key, list[str]]:
     held_gpus: dict[Key, list[str]] = {}
     slots_by_key = {slot.key: slot for slot in view.slots}
-    for key in sorted(set(slots_by_key) | set(owned.slot_pods) | set(owned.deployments)):
+    # Only pods and Deployments hold memory: a slot with neither holds none.
+    for key in sorted(owned.slot_pods.keys() | owned.deployments.keys()):
         slot = slots_by_key.get(key)
         pods = owned.slot_pods.get(key, [])
         deployment = owned.deployments.get(key)
@@ -84,7 +85,8 @@ def _workload_holdings(view: View, owned: Owned, gpus: dict[str, Gpu], mutex_byt
     held_gpus: dict[Key, list[str]] = {}
     workloads_by_key = {w.key: w for w in view.workloads}
     children = owned.workload_children
-    for key in sorted(set(workloads_by_key) | set(owned.workload_pods) | set(children)):
+    # Only pods and active children hold memory: a workload with neither holds none.
+    for key in sorted(owned.workload_pods.keys() | children.keys()):
         workload = workloads_by_key.get(key)
         pods = owned.workload_pods.get(key, [])
         child = children.get(key)

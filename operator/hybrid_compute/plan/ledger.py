@@ -5,6 +5,7 @@ consumer is placed is :mod:`.placement`'s."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
@@ -122,9 +123,12 @@ def record_holding(gpus: dict[str, Gpu], placed: list[str], held: int, gpu_count
             gpu.large_holders.append(holder)
 
 
+_free_for_plan = operator.attrgetter("free_for_plan")
+
+
 def most_free(gpus: dict[str, Gpu]) -> tuple[int, str | None]:
     """The most any GPU has left in this plan, and which GPU that is."""
-    best = max(gpus.values(), key=lambda g: g.free_for_plan, default=None)
+    best = max(gpus.values(), key=_free_for_plan, default=None)
     return (best.free_for_plan, best.id) if best else (0, None)
 
 

@@ -3,15 +3,20 @@ objects that the caller keeps between passes, keyed by the identity of those obj
 
 Rendering and hashing a pod template dominates the cost of planning an unchanged
 slot, and the control loop keeps the parsed specs of unchanged objects from one
-pass to the next, so a result computed from the same spec object is reused. The
-caller owns the memo (the loop keeps one; ``plan`` without one starts afresh),
-which keeps the decision code free of module state.
+pass to the next, so a result computed from the same spec object is reused. Small
+results that many objects share (the conditions a reason makes) are kept by value:
+a decision then holds the same condition objects as the plan before, which leaves
+the garbage collector fewer new objects to go through. The caller owns the memo (the
+loop keeps one; ``plan`` without one starts afresh), which keeps the decision code
+free of module state.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, cast
 
 from hybrid_compute.plan import evaluation, model_vram, warm_standby
 from hybrid_compute.render import children
@@ -19,13 +24,17 @@ from hybrid_compute.render import children
 if TYPE_CHECKING:
     from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
     from hybrid_compute.api.modelslot import ModelHistoryEntry, ModelSlotSpec, ModelSource
+    from hybrid_compute.plan.evaluation import EvaluationResult
     from hybrid_compute.plan.model_vram import ModelFileKey, VramChoice
+    from hybrid_compute.plan.outputs import ConditionUpdate
     from hybrid_compute.plan.settings import PlanSettings
-    from hybrid_compute.plan.view import SlotInfo
+    from hybrid_compute.plan.view import SlotInfo, View
     from hybrid_compute.plan.vram import ModelShape
-    from hybrid_compute.plan.warm_standby import WarmFile
+    from hybrid_compute.plan.warm_standby import RankedSlot, WarmFile
 
+KeyT = TypeVar("KeyT", bound=Hashable)
 ValueT = TypeVar("ValueT")
+ArgsT = TypeVarTuple("ArgsT")
 
 
 class IdentityCache(Generic[ValueT]):
@@ -44,80 +53,182 @@ class IdentityCache(Generic[ValueT]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: object, variant: Hashable, compute: Callable[[], ValueT]) -> ValueT:
-        """The result for ``key`` and ``variant``, computed on the first ask."""
+    def get(self, key: object, variant: Hashable, compute: Callable[[*ArgsT], ValueT],
+            *args: *ArgsT) -> ValueT:
+        """The result for ``key`` and ``variant``, ``compute(*args)`` on the first ask
+        (arguments rather than a closure: a hit then allocates nothing)."""
         entry = self._entries.get(id(key))
         if entry is not None and entry[0] is key and (entry[1] is variant
                                                       or entry[1] == variant):
             return entry[2]
-        value = compute()
+        value = compute(*args)
         if len(self._entries) > self._limit:
             self._entries.clear()
         self._entries[id(key)] = (key, variant, value)
         return value
 
 
+class ValueCache(Generic[KeyT, ValueT]):
+    """One result per key value (a small one: strings, tuples of them); bounded as
+    :class:`IdentityCache` is."""
+
+    __slots__ = ("_entries", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._entries: dict[KeyT, ValueT] = {}
+        self._limit = limit
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: KeyT, compute: Callable[[*ArgsT], ValueT], *args: *ArgsT) -> ValueT:
+        """The result for ``key``, ``compute(*args)`` on the first ask."""
+        found = self._entries.get(key, _MISSING)
+        if found is not _MISSING:
+            return cast("ValueT", found)
+        value = compute(*args)
+        if len(self._entries) > self._limit:
+            self._entries.clear()
+        self._entries[key] = value
+        return value
+
+
+_MISSING = object()
+
+
+def _same_objects(inputs: tuple[object, ...], before: tuple[object, ...]) -> bool:
+    """Every input is the object it was before; a tuple input counts as the same when
+    it holds the same objects (the caller may build a new tuple of kept records)."""
+    if len(inputs) != len(before):
+        return False
+    for now, then in zip(inputs, before, strict=True):
+        if now is then:
+            continue
+        if not (isinstance(now, tuple) and isinstance(then, tuple) and len(now) == len(then)
+                and all(a is b for a, b in zip(now, then, strict=True))):
+            return False
+    return True
+
+
 class PlanMemo:
     """The results one plan hands to the next."""
 
-    __slots__ = ("_file_keys", "_fingerprints", "_served", "_slot_templates",
-                 "_vram_choices", "_warm_file_keys", "_warm_lists", "_workload_templates")
+    __slots__ = ("_conditions", "_file_keys", "_fingerprints", "_fits", "_gate_served",
+                 "_last", "_served", "_settings", "_slot_templates", "_vram_choices",
+                 "_warm_entries", "_warm_file_keys", "_warm_lists", "_workload_templates")
 
     def __init__(self) -> None:
         self._slot_templates: IdentityCache[dict[str, Any]] = IdentityCache(8192)
         self._workload_templates: IdentityCache[dict[str, Any]] = IdentityCache(4096)
         self._fingerprints: IdentityCache[str] = IdentityCache(8192)
         self._served: IdentityCache[ModelSlotSpec] = IdentityCache(1024)
+        self._gate_served: IdentityCache[ModelSlotSpec] = IdentityCache(16384)
         self._file_keys: IdentityCache[ModelFileKey | None] = IdentityCache(16384)
         self._vram_choices: IdentityCache[VramChoice] = IdentityCache(16384)
+        self._fits: IdentityCache[ConditionUpdate] = IdentityCache(16384)
+        self._conditions: ValueCache[Hashable, tuple[ConditionUpdate, ...]] = ValueCache(16384)
         self._warm_file_keys: IdentityCache[ModelFileKey | None] = IdentityCache(16384)
+        self._warm_entries: IdentityCache[RankedSlot] = IdentityCache(16384)
         self._warm_lists: dict[Hashable, tuple[list[ModelFileKey],
                                                tuple[WarmFile, ...]]] = {}
+        self._settings: PlanSettings | None = None
+        self._last: dict[str, tuple[tuple[object, ...], object]] = {}
+
+    def known_settings(self, view: View) -> View:
+        """``view`` with the previous plan's settings object when the two are equal.
+        The results here are keyed by the settings too, and a key found by identity
+        is not compared field by field again for every object."""
+        previous = self._settings
+        if previous is view.settings:
+            return view
+        if previous is not None and previous == view.settings:
+            return dataclasses.replace(view, settings=previous)
+        self._settings = view.settings
+        return view
+
+    def while_unchanged(self, name: str, inputs: tuple[object, ...],
+                        compute: Callable[[*ArgsT], ValueT], *args: *ArgsT) -> ValueT:
+        """``compute(*args)``, a pure function of ``inputs``; the previous plan's result
+        for ``name`` while every input is the same object (or a tuple of the same
+        objects) as then. One result per name is kept."""
+        last = self._last.get(name)
+        if last is not None and _same_objects(inputs, last[0]):
+            return cast("ValueT", last[1])
+        value = compute(*args)
+        self._last[name] = (inputs, value)
+        return value
 
     def slot_template(self, name: str, spec: ModelSlotSpec, vram: int,
                       settings: PlanSettings) -> dict[str, Any]:
         """A slot's pod template (:func:`hybrid_compute.render.children.pod_template`)."""
-        return self._slot_templates.get(
-            spec, (vram, settings, name),
-            lambda: children.pod_template(name, spec, vram, settings))
+        return self._slot_templates.get(spec, (vram, settings, name), children.pod_template,
+                                        name, spec, vram, settings)
 
     def workload_template(self, name: str, spec: GpuWorkloadSpec, settings: PlanSettings
                           ) -> dict[str, Any]:
         """A workload's pod template (:func:`hybrid_compute.render.children.workload_template`)."""
         runtime_class = settings.gpu_runtime_class
-        return self._workload_templates.get(
-            spec, (name, runtime_class),
-            lambda: children.workload_template(name, spec, runtime_class))
+        return self._workload_templates.get(spec, (name, runtime_class),
+                                            children.workload_template, name, spec,
+                                            runtime_class)
 
     def model_fingerprint(self, model: ModelSource) -> str:
         """:func:`hybrid_compute.plan.evaluation.model_fingerprint`."""
-        return self._fingerprints.get(model, None,
-                                      lambda: evaluation.model_fingerprint(model))
+        return self._fingerprints.get(model, None, evaluation.model_fingerprint, model)
 
     def served_spec(self, spec: ModelSlotSpec, entry: ModelHistoryEntry) -> ModelSlotSpec:
         """``spec`` running an earlier model (:func:`.evaluation.with_model`); the same
         object for the same inputs, so the template memo keeps working for it."""
-        return self._served.get(spec, entry.fingerprint,
-                                lambda: evaluation.with_model(spec, entry))
+        return self._served.get(spec, entry.fingerprint, evaluation.with_model, spec, entry)
+
+    def gate_served(self, slot: SlotInfo, result: EvaluationResult | None,
+                    now: datetime.datetime) -> ModelSlotSpec:
+        """:func:`hybrid_compute.plan.evaluation.served_spec`, once per slot object and
+        evaluation result (the clock plays no part in it)."""
+        return self._gate_served.get(slot, result, evaluation.served_spec, slot, result, now,
+                                     self)
 
     def model_file_key(self, spec: ModelSlotSpec, settings: PlanSettings
                        ) -> ModelFileKey | None:
         """:func:`hybrid_compute.plan.model_vram.model_file_key`."""
-        return self._file_keys.get(spec, settings,
-                                   lambda: model_vram.model_file_key(spec, settings))
+        return self._file_keys.get(spec, settings, model_vram.model_file_key, spec, settings)
 
     def vram_choice(self, slot: SlotInfo, spec: ModelSlotSpec, settings: PlanSettings,
                     header: ModelShape | str | None, running: int | None) -> VramChoice:
         """:func:`hybrid_compute.plan.model_vram.choose` for the slot's stored status."""
-        return self._vram_choices.get(
-            slot, (spec, settings, header, running),
-            lambda: model_vram.choose(spec, slot.status, settings, header, running))
+        return self._vram_choices.get(slot, (spec, settings, header, running),
+                                      model_vram.choose, spec, slot.status, settings, header,
+                                      running)
+
+    def fits_condition(self, choice: VramChoice) -> ConditionUpdate:
+        """The Fits condition of a GPU slot sized by ``choice`` (one from
+        :meth:`vram_choice`, which hands out the same object while nothing changes)."""
+        return self._fits.get(choice, None, model_vram.fits_condition, choice)
+
+    def conditions(self, key: Hashable,
+                   compute: Callable[[*ArgsT], tuple[ConditionUpdate, ...]], *args: *ArgsT
+                   ) -> tuple[ConditionUpdate, ...]:
+        """Conditions that ``key`` (what ``args`` hold) says all of, made once: while a
+        slot's reason stays the same, its decisions share them rather than each plan
+        holding new ones (fewer objects for the garbage collector to go through)."""
+        return self._conditions.get(key, compute, *args)
 
     def warm_file_key(self, spec: ModelSlotSpec, settings: PlanSettings
                       ) -> ModelFileKey | None:
         """:func:`hybrid_compute.plan.warm_standby.warm_file_key`."""
-        return self._warm_file_keys.get(spec, settings,
-                                        lambda: warm_standby.warm_file_key(spec, settings))
+        return self._warm_file_keys.get(spec, settings, warm_standby.warm_file_key, spec,
+                                        settings)
+
+    def warm_entry(self, slot: SlotInfo, key: ModelFileKey, phase: str,
+                   requested: datetime.datetime | None, template_vram: int | None,
+                   now: datetime.datetime) -> RankedSlot:
+        """:func:`hybrid_compute.plan.warm_standby.ranked_entry`, the previous plan's
+        while the slot, its phase, last request and size are the same and its request
+        is as recent as it was (the rest of the rank reads nothing else)."""
+        recent = requested is not None and now - requested < warm_standby.RECENT_DEMAND
+        return self._warm_entries.get(slot, (key, phase, requested, template_vram, recent),
+                                      warm_standby.ranked_entry, slot, key, phase, requested,
+                                      template_vram, now)
 
     def warm_files(self, owner: Hashable, keys: list[ModelFileKey]
                    ) -> tuple[WarmFile, ...]:

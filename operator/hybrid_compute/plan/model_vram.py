@@ -31,6 +31,7 @@ from hybrid_compute.api.common import parse_bytes
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus, VramSource
 from hybrid_compute.api.units import MIB, gib
 from hybrid_compute.plan import vram
+from hybrid_compute.plan.outputs import ConditionUpdate
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.render import children
 
@@ -166,6 +167,11 @@ def describe(choice: VramChoice) -> str:
     """``7.1 GiB estimated from the model file's header``, for reasons."""
     assert choice.bytes is not None
     return f"{gib(choice.bytes)} {choice.detail}"
+
+
+def fits_condition(choice: VramChoice) -> ConditionUpdate:
+    """The Fits condition of a GPU slot that fits some GPU of the cluster."""
+    return ConditionUpdate("Fits", True, "Fits", f"needs {describe(choice)}")
 
 
 def vram_choice(slot: SlotInfo, spec: ModelSlotSpec, view: View,

@@ -112,9 +112,16 @@ def choose_gpus(candidate: Candidate, gpus: dict[str, Gpu], by_node: list[list[G
         # Shared (time-sliced) devices before whole ones, which a small consumer
         # would waste; among those, the emptiest, so fewer consumers give way.
         best: Gpu | None = None
+        anywhere = candidate.node is None and not candidate.whole_gpu
         for devices in by_node:
             for gpu in devices:
-                if gpu.capacity - gpu.reserved < per_device or not fits(gpu):
+                if gpu.capacity - gpu.reserved < per_device:
+                    continue
+                if anywhere:
+                    # fits() without the call, for the many consumers it is asked about.
+                    if (gpu.exclusive and gpu.residents) or (large and gpu.large_residents):
+                        continue
+                elif not fits(gpu):
                     continue
                 if best is None or (gpu.exclusive, gpu.held) < (best.exclusive, best.held):
                     best = gpu
@@ -177,11 +184,7 @@ def place(candidates: list[Candidate], gpus: dict[str, Gpu], mutex_bytes: int) -
 def waiting_reason(candidate: Candidate, gpus: dict[str, Gpu], any_node_ready: bool,
                    roomiest: str | None, mutex_bytes: int) -> tuple[str, str]:
     """Why a candidate found no place, and who holds the room it needs."""
-    where = candidate.current_gpus or [
-        g for g in gpus if candidate.node in (None, gpus[g].node.name)]
-    if len(where) > 4:
-        # Naming every resident of a large cluster helps nobody.
-        where = [roomiest] if roomiest else where[:1]
+    where = _named_gpus(candidate, gpus, roomiest)
     blockers = sorted({r for g in where for r in gpus[g].residents})
     # A large reservation takes its room as a reservation, not as a mutex holder.
     large = candidate.per_device > mutex_bytes and any(
@@ -200,6 +203,21 @@ def waiting_reason(candidate: Candidate, gpus: dict[str, Gpu], any_node_ready: b
         return (f"waiting for the GPU mutex: {', '.join(lock_holders)} already "
                 f"uses more than {gib(mutex_bytes)}"), holders
     return f"waiting for room: {gib(candidate.vram)} needed, held by {holders}", holders
+
+
+def _named_gpus(candidate: Candidate, gpus: dict[str, Gpu], roomiest: str | None
+                ) -> list[str]:
+    """The GPUs whose holders a waiting candidate's reason names: where it is, else
+    where it may go; of more than four, the roomiest alone (naming every resident of
+    a large cluster helps nobody), found without listing every GPU."""
+    where = candidate.current_gpus
+    if not where:
+        if candidate.node is None and len(gpus) > 4:
+            return [roomiest] if roomiest else [next(iter(gpus))]
+        where = [g for g in gpus if candidate.node in (None, gpus[g].node.name)]
+    if len(where) > 4:
+        return [roomiest] if roomiest else where[:1]
+    return where
 
 
 def foreign_text(devices: Iterable[Gpu]) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime
 
-from hybrid_compute.plan import conflicts, evaluation, reservations, routing, workloads
+from hybrid_compute.plan import conflicts, reservations, routing, workloads
 from hybrid_compute.plan.demand import last_request, slot_demand
 from hybrid_compute.plan.holdings import group_owned, record_holdings
 from hybrid_compute.plan.ledger import build_gpus, summarize
@@ -43,9 +43,10 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     """Decides residency, swaps, admission, children and statuses. ``memo`` carries
     rendered templates from one plan to the next; None plans without one."""
     memo = PlanMemo() if memo is None else memo
+    view = memo.known_settings(view)
     # 0. Objects that conflict with an earlier one are refused; the rest of the plan
     #    does not see the refused slots (:mod:`.conflicts`).
-    verdicts = conflicts.judge_view(view)
+    verdicts = conflicts.judge_view(view, memo)
     view = verdicts.accepted(view)
     mutex_bytes = view.settings.mutex_bytes
     wakeups: list[datetime.datetime] = [now + view.settings.idle_check_interval]
@@ -54,30 +55,29 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     owned = group_owned(view)
     holdings = record_holdings(view, owned, gpus, mutex_bytes)
     holdings.workloads.update(reservations.record_holdings(view, gpus, mutex_bytes))
-    # 2. The evaluation gate picks the model each slot's pods run, before anything is sized.
-    gates = evaluation.gates(view, now, memo)
-    # 3. Who wants a GPU, in what order.
-    demand = slot_demand(view, owned, holdings, gates, gpus, memo, now, wakeups)
+    # 2. Who wants a GPU, in what order; the evaluation gate picks the model each
+    #    slot's pods run, before it is sized.
+    demand = slot_demand(view, owned, holdings, gpus, memo, now, wakeups)
     workload_verdicts = WorkloadVerdicts()
     candidates = demand.candidates + workloads.candidates(
         view.workloads, owned.workload_children, holdings.workloads, gpus, demand.busy, now,
         workload_verdicts, wakeups)
-    # 4. Each in rank order takes a place where it fits, or waits.
+    # 3. Each in rank order takes a place where it fits, or waits.
     placement = place(candidates, gpus, mutex_bytes)
-    # 5. Who gives way to whom, for reasons and Events.
+    # 4. Who gives way to whom, for reasons and Events.
     leaving = departures(view, candidates, placement, holdings)
     workload_verdicts.queued.update(placement.workload_waiting)
     workload_verdicts.taken_by.update(leaving.workload_taken_by)
-    # 6. Slots turn their place into replicas, respecting what is still held.
+    # 5. Slots turn their place into replicas, respecting what is still held.
     slot_decisions, events = decide_slots(
         view, now, memo, gpus,
-        SlotFindings(owned, holdings, demand, placement, leaving, gates), wakeups)
-    # 7. Workloads after slots: a slot starting now counts against them.
+        SlotFindings(owned, holdings, demand, placement, leaving), wakeups)
+    # 6. Workloads after slots: a slot starting now counts against them.
     workload_decisions, workload_events = workloads.decide_all(
         view, now, memo, gpus, owned,
         WorkloadFindings(placement.workloads, holdings.workloads, workload_verdicts, leaving))
     events += workload_events
-    # 8. Route policies, from the slots' readiness.
+    # 7. Route policies, from the slots' readiness.
     policies = routing.plan_policies(
         view, [routing.SlotRouting(d.namespace, d.alias, d.ready) for d in slot_decisions]
         if view.policies else [], now, verdicts.policies)
@@ -90,8 +90,13 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     events += refused_events
     foreign = reservations.foreign_uses(view)
     events += reservations.foreign_events(view, foreign)
-    return Plan(tuple(sorted([*slot_decisions, *refused], key=lambda d: d.slot.key)),
+    requests = demand.requests
+    # The slot decisions come in key order: only refused ones need sorting in.
+    return Plan(tuple(sorted([*slot_decisions, *refused], key=lambda d: d.slot.key)
+                      if refused else slot_decisions),
                 summarize(gpus), tuple(events), min(wakeups),
                 tuple(workload_decisions), tuple(policies),
-                warm_lists(view, slot_decisions, lambda s: last_request(s, view), now, memo),
+                warm_lists(view, slot_decisions,
+                           lambda s: requests[s.key] if s.key in requests
+                           else last_request(s, view), now, memo),
                 foreign, now)

@@ -22,7 +22,7 @@ from hybrid_compute.plan.outputs import (
 from hybrid_compute.plan.view import SlotInfo, View
 
 
-@dataclass
+@dataclass(slots=True)
 class SlotTurn:
     """The slot, what this pass found about it so far, and the Events it posts."""
 
@@ -69,8 +69,13 @@ class SlotTurn:
             fetch=self.fetch, completed_swap=completed_swap,
             phases_recorded=phases_recorded, started_waiting=started_waiting)
         if gate is not None:
-            decision.status_updates = {**gate.status_updates(), **updates}
-            decision.condition_updates = [*conditions, *gate.conditions(phase)]
+            # The gate's fields first, overridden by this pass's, as {**gate, **updates}.
+            merged = gate.status_updates()
+            merged.update(updates)
+            decision.status_updates = merged
+            evaluated = gate.conditions(phase)
+            if evaluated:
+                decision.condition_updates = [*conditions, *evaluated]
             decision.served = gate.served
             decision.evaluate = gate.request
             self.events.extend(gate.events)

@@ -11,6 +11,7 @@ evaluation gate).
 from __future__ import annotations
 
 import datetime
+import operator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,7 +22,7 @@ from hybrid_compute.api.modelslot import (
     SwapPhases,
 )
 from hybrid_compute.api.units import gib
-from hybrid_compute.plan import idle, model_vram, prompt_cache, swaps
+from hybrid_compute.plan import evaluation, idle, model_vram, prompt_cache, swaps
 from hybrid_compute.plan.demand import SlotDemand, any_serving, cpu_demanded, last_request
 from hybrid_compute.plan.drain import (
     DRAIN_POLL,
@@ -30,7 +31,6 @@ from hybrid_compute.plan.drain import (
     draining_decision,
     mark_drained,
 )
-from hybrid_compute.plan.evaluation import Gate
 from hybrid_compute.plan.holdings import Holdings, Key, Owned
 from hybrid_compute.plan.ledger import Gpu, gpu_label, start, start_blockers
 from hybrid_compute.plan.memo import PlanMemo
@@ -62,7 +62,6 @@ class SlotFindings:
     demand: SlotDemand
     placement: Placement
     departures: Departures
-    gates: dict[Key, Gate]
 
 
 def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[str, Gpu],
@@ -71,11 +70,12 @@ def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[
     """Every slot's decision, in name order, and the Events they post."""
     decisions: list[SlotDecision] = []
     events: list[EventIntent] = []
-    for slot in sorted(view.slots, key=lambda s: s.key):
+    for slot in sorted(view.slots, key=_by_key):
         decision, new_events = decide_slot(slot, view, now, memo, gpus, findings)
         decisions.append(decision)
-        decision.page_cache = page_cache_status(view, slot,
-                                                decision.node or decision.pinned_node)
+        if view.page_cache:  # without the agents' reports there is nothing to show
+            decision.page_cache = page_cache_status(view, slot,
+                                                    decision.node or decision.pinned_node, memo)
         if slot.spec is not None:
             decision.status_updates["idle_timeout"] = idle.auto_status(
                 slot.spec, slot.status, decision.status_updates, view.settings)
@@ -88,6 +88,9 @@ def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[
             wakeups.append(now + swaps.ROUTE_RESTORE_POLL)
     mark_drained(decisions, now)
     return decisions, events
+
+
+_by_key = operator.attrgetter("key")
 
 
 class SlotPods(NamedTuple):
@@ -109,7 +112,9 @@ def decide_slot(slot: SlotInfo, view: View, now: datetime.datetime, memo: PlanMe
                 ) -> tuple[SlotDecision, list[EventIntent]]:
     """One slot's decision and the Events it posts."""
     deployment = findings.owned.deployments.get(slot.key)
-    gate = findings.gates.get(slot.key)
+    # Built here rather than kept for every slot through the plan: nothing after the
+    # decision reads it, so it need not outlive it.
+    gate = evaluation.gate(slot, view, now, memo) if slot.spec is not None else None
     turn = SlotTurn(slot, view, now, memo, gate, deployment.node if deployment else None)
     if slot.spec is None:
         return _invalid_spec(turn), turn.events
@@ -126,7 +131,7 @@ def decide_slot(slot: SlotInfo, view: View, now: datetime.datetime, memo: PlanMe
     problem = findings.demand.unschedulable.get(slot.key)
     if problem is not None:
         return _unschedulable(turn, spec, pods, problem), turn.events
-    fits = ConditionUpdate("Fits", True, "Fits", f"needs {model_vram.describe(choice)}")
+    fits = turn.memo.fits_condition(choice)
     placed = findings.placement.slots.get(slot.key)
     if placed is None:
         return _not_placed(turn, spec, pods, fits, gpus, findings), turn.events
@@ -155,16 +160,18 @@ def _look_at_pods(turn: SlotTurn, spec: ModelSlotSpec, pods: list[PodInfo],
     if pods or deployment is not None:
         current_hash = children.template_hash(
             turn.memo.slot_template(slot.name, spec, template, view.settings))
-    live = [p for p in pods if not p.terminating]
-    current = [p for p in live if p.template_hash == current_hash]
-    turn.fetch, fetch_reason = fetch_status(current)
+    current: list[PodInfo] = []
+    stale: list[PodInfo] = []
+    for pod in pods:
+        if not pod.terminating:
+            (current if pod.template_hash == current_hash else stale).append(pod)
+    turn.fetch, fetch_reason = fetch_status(current) if current else (None, None)
     previous = slot.status.fetch
     if (turn.fetch is not None and turn.fetch.state == "Failed"
             and (previous is None or previous.state != "Failed")):
         turn.event("Warning", "FetchFailed",
                    f"Fetching the model of {spec.alias} failed: {turn.fetch.message}")
-    return SlotPods(pods, current, [p for p in live if p.template_hash != current_hash],
-                    current_hash, fetch_reason)
+    return SlotPods(pods, current, stale, current_hash, fetch_reason)
 
 
 def _record_prompt_caches(turn: SlotTurn, spec: ModelSlotSpec) -> None:
@@ -243,21 +250,18 @@ def _not_placed(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, fits: Condi
         phase = "Unloading"
         reason = _unloading(turn, spec, drain, findings.departures.slot_taken_by.get(key),
                             key in findings.demand.asleep)
-        swapping = ConditionUpdate("Swapping", True, "Unloading", reason)
     elif waiting is not None:
         phase, reason = "Pending", waiting
-        swapping = ConditionUpdate("Swapping", False, "Waiting", reason)
     else:
         phase = "Standby"
         reason = (findings.placement.slot_standby.get(key) or findings.demand.asleep.get(key)
                   or ("idle: loads on the next request" if spec.activation == "OnDemand"
                       else "standby"))
-        swapping = ConditionUpdate("Swapping", False, "Idle", reason)
     # While its pods exist the slot keeps its GPU on record: the next plan
     # counts their VRAM there, not on whichever device comes first.
     decision = turn.decide(phase, reason, 0, [
-        ACCEPTED, fits, swapping, ConditionUpdate("Resident", False, phase, reason),
-        ConditionUpdate("Ready", False, phase, reason)],
+        ACCEPTED, fits,
+        *turn.memo.conditions((phase, reason), _not_placed_conditions, phase, reason)],
         node=gpus[still_held[0]].node.name if still_held else None,
         gpu=gpu_label(still_held) if still_held else None,
         cut_requests=drain.busy if drain and drain.state == "Cut" else 0,
@@ -268,6 +272,18 @@ def _not_placed(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, fits: Condi
             slot.namespace, slot.name, spec, turn.prompt_cache, turn.view.settings,
             slot.status.node)
     return decision
+
+
+_SWAPPING_WHEN_NOT_PLACED = {"Unloading": (True, "Unloading"), "Pending": (False, "Waiting"),
+                             "Standby": (False, "Idle")}
+
+
+def _not_placed_conditions(phase: Phase, reason: str) -> tuple[ConditionUpdate, ...]:
+    """Swapping, Resident and Ready of a slot without a place."""
+    swapping, why = _SWAPPING_WHEN_NOT_PLACED[phase]
+    return (ConditionUpdate("Swapping", swapping, why, reason),
+            ConditionUpdate("Resident", False, phase, reason),
+            ConditionUpdate("Ready", False, phase, reason))
 
 
 def _unloading(turn: SlotTurn, spec: ModelSlotSpec, drain: DrainVerdict | None,
@@ -377,7 +393,7 @@ def _start(turn: SlotTurn, spec: ModelSlotSpec, vram: int, pods: SlotPods,
 
 def _loading(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, replicas: int, reason: str,
              placed: list[str], where: _Where, departures: Departures
-             ) -> list[ConditionUpdate]:
+             ) -> tuple[ConditionUpdate, ...]:
     """Marks the load's progress; its first pass names who it evicts."""
     previous, now = turn.slot.status, turn.now
     turn.updates["swap_progress"] = swaps.progress(previous, pods.current, replicas, now)
@@ -386,9 +402,14 @@ def _loading(turn: SlotTurn, spec: ModelSlotSpec, pods: SlotPods, replicas: int,
         turn.updates.update(loading_since=now, evicting=evicted or None)
         turn.event("Normal", "SwapStarted", f"Loading {spec.alias} on {where.node}"
                    + (f", evicting {', '.join(evicted)}" if evicted else ""))
-    return [ConditionUpdate("Swapping", True, "Loading", reason),
-            ConditionUpdate("Resident", True, "Placed", f"placed on {where.gpu}"),
-            ConditionUpdate("Ready", False, "Loading", reason)]
+    return turn.memo.conditions(("Loading", reason, where.gpu), _loading_conditions, reason,
+                                where.gpu)
+
+
+def _loading_conditions(reason: str, gpu: str) -> tuple[ConditionUpdate, ...]:
+    return (ConditionUpdate("Swapping", True, "Loading", reason),
+            ConditionUpdate("Resident", True, "Placed", f"placed on {gpu}"),
+            ConditionUpdate("Ready", False, "Loading", reason))
 
 
 class _Resident(NamedTuple):

@@ -80,11 +80,15 @@ def predicted_wait(phase: str | None, status: Mapping[str, Any], now: datetime.d
 # ------------------------------------------------------------------ a load's moments
 
 
+_NOTHING_SEEN = SwapProgress()
+"""The moments of a load that has just been decided (copied, never changed)."""
+
+
 def progress(previous: ModelSlotStatus, current: list[PodInfo], replicas: int,
              now: datetime.datetime) -> SwapProgress:
     """The moments of the load in progress, with the ones first seen in this pass."""
     marks = (previous.swap_progress if previous.loading_since is not None
-             and previous.swap_progress is not None else SwapProgress())
+             and previous.swap_progress is not None else _NOTHING_SEEN)
     seen: dict[str, datetime.datetime] = {}
     if replicas > 0 or current:
         seen["started_at"] = marks.started_at or now

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import operator
 import posixpath
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -78,8 +79,15 @@ def warm_file_key(spec: ModelSlotSpec, settings: PlanSettings) -> ModelFileKey |
     return key[0].rstrip("/") or "/", path
 
 
+_Rank = tuple[int, int, int, float, int, float]
+RankedSlot = tuple[_Rank, tuple[str, str], ModelFileKey, ModelSlotSpec, int | None]
+"""A not-loaded slot's demand rank, key, file, spec and template VRAM."""
+_by_rank = operator.itemgetter(0, 1)
+"""Sorts :data:`RankedSlot` entries by rank, then by slot: the two are unique per slot."""
+
+
 def demand_rank(spec: ModelSlotSpec, phase: str, requested: datetime.datetime | None,
-                now: datetime.datetime) -> tuple[int, int, int, float, int, float]:
+                now: datetime.datetime) -> _Rank:
     """Sorts a not-loaded slot by how soon it is likely to load (lowest first):
 
     1. Pending: the plan already wants it and waits for room, so it is the next load.
@@ -99,16 +107,13 @@ def demand_rank(spec: ModelSlotSpec, phase: str, requested: datetime.datetime | 
             -stamp)
 
 
-def _could_load_on(node: GpuNode, spec: ModelSlotSpec, vram: int | None,
-                   settings: PlanSettings) -> bool:
-    """The node has the devices the slot needs and, when its VRAM is known, room for it."""
-    if node.gpu_count < spec.gpus:
-        return False
-    return not vram or vram // spec.gpus <= node.gpu_memory_bytes - settings.headroom_bytes
-
-
-_Ranked = tuple[ModelFileKey, ModelSlotSpec, int | None]
-"""A not-loaded slot's file, spec and template VRAM, in the order of its demand rank."""
+def ranked_entry(slot: SlotInfo, key: ModelFileKey, phase: str,
+                 requested: datetime.datetime | None, template_vram: int | None,
+                 now: datetime.datetime) -> RankedSlot:
+    """A not-loaded slot's entry in the order of its :func:`demand_rank`."""
+    assert slot.spec is not None
+    return (demand_rank(slot.spec, phase, requested, now), slot.key, key, slot.spec,
+            template_vram)
 
 
 def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
@@ -125,22 +130,22 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
     """
     settings = view.settings
     file_key = memo.warm_file_key if memo is not None else warm_file_key
+    entry_for = memo.warm_entry if memo is not None else ranked_entry
     loaded: dict[str, set[ModelFileKey]] = {}
-    ranked: list[tuple[tuple[int, int, int, float, int, float, str, str], _Ranked]] = []
+    ranked: list[RankedSlot] = []
     for outcome in outcomes:
         slot = outcome.slot
         spec = slot.spec
         key = file_key(spec, settings) if spec is not None else None
         if spec is None or key is None:
             continue
-        if outcome.phase not in WARM_PHASES:
+        phase = outcome.phase
+        if phase not in WARM_PHASES:
             if outcome.node is not None:
                 loaded.setdefault(outcome.node, set()).add(key)
             continue
-        rank = demand_rank(spec, outcome.phase, requested(slot), now)
-        ranked.append(((*rank, slot.namespace, slot.name), (key, spec, outcome.template_vram)))
-    ranked.sort(key=lambda entry: entry[0])
-    in_order = [entry[1] for entry in ranked]
+        ranked.append(entry_for(slot, key, phase, requested(slot), outcome.template_vram, now))
+    ranked.sort(key=_by_rank)
     # Nodes of one shape (devices and their memory) take the same files: each
     # shape's list is worked out once, and a node leaves out what it has loaded.
     files_for = memo.warm_files if memo is not None else _unmemoized_files
@@ -150,7 +155,7 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
     for node in sorted(view.nodes, key=lambda n: n.name):
         shape = (node.gpu_count, node.gpu_memory_bytes)
         if shape not in by_shape:
-            keys, listed = _loadable_files(node, in_order, settings)
+            keys, listed = _loadable_files(node, ranked, settings)
             by_shape[shape] = keys, listed, files_for(shape, keys)
         keys, listed, files = by_shape[shape]
         skipped = loaded.get(node.name)
@@ -160,13 +165,17 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
     return lists
 
 
-def _loadable_files(node: GpuNode, in_order: list[_Ranked], settings: PlanSettings
+def _loadable_files(node: GpuNode, in_order: list[RankedSlot], settings: PlanSettings
                     ) -> tuple[list[ModelFileKey], set[ModelFileKey]]:
     """The files of the slots that could load on ``node``, each once, in rank order."""
     keys: list[ModelFileKey] = []
     listed: set[ModelFileKey] = set()
-    for key, spec, vram in in_order:
-        if key not in listed and _could_load_on(node, spec, vram, settings):
+    room = node.gpu_memory_bytes - settings.headroom_bytes
+    devices = node.gpu_count
+    for _rank, _slot, key, spec, vram in in_order:
+        # The node has the devices the slot needs and, when its VRAM is known, room for it.
+        if (key not in listed and devices >= spec.gpus
+                and (not vram or vram // spec.gpus <= room)):
             keys.append(key)
             listed.add(key)
     return keys, listed
@@ -183,17 +192,18 @@ def _unmemoized_files(_owner: Hashable, keys: Sequence[ModelFileKey]
     return warm_files(keys)
 
 
-def page_cache_status(view: View, slot: SlotInfo, node: str | None) -> ModelPageCache | None:
+def page_cache_status(view: View, slot: SlotInfo, node: str | None,
+                      memo: PlanMemo | None = None) -> ModelPageCache | None:
     """How much of the slot's model file a node's page cache holds, for its status.
 
     ``node`` is where the slot runs or its Deployment points; without one, the node
     that holds most of the file (where a load would be fastest). None when no agent
-    reports the file there.
+    reports the file there. ``memo`` keeps the slot's file from one plan to the next.
     """
     spec = slot.spec
     if spec is None or not view.page_cache:
         return None
-    key = warm_file_key(spec, view.settings)
+    key = (memo.warm_file_key if memo is not None else warm_file_key)(spec, view.settings)
     reports = view.page_cache.get(key) if key is not None else None
     if not reports:
         return None

@@ -85,7 +85,7 @@ class WorkloadDecision:
                              })
 
 
-@dataclass
+@dataclass(slots=True)
 class WorkloadTurn:
     """One workload's decision in the making: the Events it posts, and the one way
     its branches build a decision."""
@@ -139,8 +139,13 @@ class WorkloadTurn:
                                gpu=gpu_label(held) if held is not None and holds else None,
                                status_updates=counted)
         return self.decide("Queued", reason, False,
-                           [ACCEPTED, ConditionUpdate("Admitted", False, "Queued", reason),
-                            ConditionUpdate("Preempted", False, "Queued", reason)])
+                           [ACCEPTED, *self.memo.conditions(("Queued", reason),
+                                                            _queued_conditions, reason)])
+
+
+def _queued_conditions(reason: str) -> tuple[ConditionUpdate, ...]:
+    return (ConditionUpdate("Admitted", False, "Queued", reason),
+            ConditionUpdate("Preempted", False, "Queued", reason))
 
 
 @dataclass
