@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gc
 import logging
 import threading
 import time
@@ -375,6 +376,10 @@ class Runtime:
                                       name="hybrid-compute-loading-pods")
         try:
             await self.cache.synced()
+            # What is loaded now (the modules, the caches' records) lives as long as the
+            # process: left out of the collector's full passes, which otherwise scan it
+            # again every few plans and grow with the number of objects.
+            gc.freeze()
             await self._loop()
         finally:
             watcher.cancel()
