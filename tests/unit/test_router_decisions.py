@@ -373,3 +373,18 @@ def test_a_held_request_is_bridged_early_when_the_prediction_outgrows_its_patien
     assert time.monotonic() - started < 2
     route = data["metadata"]["hybrid_route"]
     assert route["route"] == "bridged" and "predicted 30 s > patience" in route["reason"]
+
+
+NEEDED_CALLBACKS = {
+    "async_pre_call_hook": "resolves the model: hybrid/auto, holds, bridges, refusals",
+    "async_log_success_event": "reports cloud spend, which the budget counts",
+    "async_post_call_response_headers_hook": "the x-hybrid-route, -model and -reason headers",
+}
+
+
+def test_the_hook_defines_only_the_callbacks_it_needs() -> None:
+    """LiteLLM runs every callback a logger defines on every request: each one costs
+    the proxy's median, so the hook defines no other."""
+    defined = {name for name in vars(hybrid_router.HybridRouter)
+               if name.startswith(("async_", "log_")) or name.endswith("_hook")}
+    assert defined == set(NEEDED_CALLBACKS)
