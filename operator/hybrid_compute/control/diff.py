@@ -99,9 +99,33 @@ class PostEvent:
 Write = ApplyObject | ApplyStatus | DeleteChild | PostEvent
 
 
-def diff(plan: Plan, view: View) -> list[Write]:
-    """The writes that make the cluster read as ``plan``, in the order to write them."""
-    stored = {slot.key: _dump(slot.status) for slot in view.slots}
+class StoredStatuses:
+    """The stored statuses as the plan renders them, kept while their records are the
+    same objects: the watch caches hand a record back unchanged until its object
+    changes, and dumping a thousand statuses on every pass is most of a diff."""
+
+    def __init__(self) -> None:
+        self._dumps: dict[int, tuple[BaseModel, dict[str, Any]]] = {}
+
+    def dumps(self, statuses: Iterable[BaseModel]) -> list[dict[str, Any]]:
+        """Each status as a dict; only the statuses asked for now are kept."""
+        kept: dict[int, tuple[BaseModel, dict[str, Any]]] = {}
+        dumps: list[dict[str, Any]] = []
+        for status in statuses:
+            held = kept.get(id(status)) or self._dumps.get(id(status))
+            if held is None or held[0] is not status:
+                held = (status, _dump(status))
+            kept[id(status)] = held
+            dumps.append(held[1])
+        self._dumps = kept
+        return dumps
+
+
+def diff(plan: Plan, view: View, statuses: StoredStatuses | None = None) -> list[Write]:
+    """The writes that make the cluster read as ``plan``, in the order to write them.
+    ``statuses`` keeps the stored statuses' dicts from one diff to the next."""
+    dumps = (statuses or StoredStatuses()).dumps(slot.status for slot in view.slots)
+    stored = {slot.key: dump for slot, dump in zip(view.slots, dumps, strict=True)}
     demands = _demand_statuses(plan, stored)
     demanded = {(write.namespace, write.name) for write in demands}
     deployments = _first_per_key(view.deployments, lambda d: (d.namespace, d.owner))

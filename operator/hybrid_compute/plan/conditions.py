@@ -25,6 +25,10 @@ def set_condition(
 ) -> list[Condition]:
     """Returns ``existing`` with condition ``type_`` set; other types keep their order."""
     previous = next((c for c in existing if c.type == type_), None)
+    if previous is not None and (previous.status, previous.reason, previous.message,
+                                 previous.observed_generation) == (status, reason, message,
+                                                                   generation):
+        return existing  # unchanged: most conditions, on most passes
     transition = previous.last_transition_time if previous and previous.status == status else now
     updated = Condition(
         type=type_,

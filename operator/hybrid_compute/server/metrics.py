@@ -165,7 +165,8 @@ class OperatorMetrics:
             "on (present where a GPU agent keeps it warm)", SLOT_LABELS, registry=registry)
         self._fetch_series: set[tuple[str, str, str]] = set()
         self._page_cache_series: set[tuple[str, str, str]] = set()
-        self._slot_series: set[tuple[str, str, str]] = set()
+        self._slot_shown: dict[tuple[str, str, str], tuple[str | None, bool]] = {}
+        """Per slot's series, the phase and residency its gauges show."""
         self._gpu_series: set[tuple[str, str]] = set()
         self._gpu_unloaded: dict[tuple[str, str], tuple[datetime.datetime, bool]] = {}
         """Per GPU, the last pass's moment and whether no model was loaded then."""
@@ -195,17 +196,20 @@ class OperatorMetrics:
                 self.drains_cut.labels(*labels).inc(decision.cut_requests)
             if decision.started_waiting:
                 self.swaps_deferred.labels(*labels).inc()
-            self.slot_resident.labels(*labels).set(
-                1 if decision.phase in RESIDENT_PHASES and decision.gpu else 0)
-            for phase in SLOT_PHASES:
-                self.slot_phase.labels(*labels, phase).set(1 if phase == decision.phase else 0)
+            shown = (decision.phase, decision.phase in RESIDENT_PHASES and bool(decision.gpu))
+            if self._slot_shown.get(labels) != shown:  # most slots keep theirs for hours
+                self._slot_shown[labels] = shown
+                self.slot_resident.labels(*labels).set(1 if shown[1] else 0)
+                for phase in SLOT_PHASES:
+                    self.slot_phase.labels(*labels, phase).set(
+                        1 if phase == decision.phase else 0)
         self._record_fetches(decisions)
         self._record_page_cache(decisions)
-        for gone in self._slot_series - seen:
+        for gone in self._slot_shown.keys() - seen:
+            del self._slot_shown[gone]
             self.slot_resident.remove(*gone)
             for phase in SLOT_PHASES:
                 self.slot_phase.remove(*gone, phase)
-        self._slot_series = seen
 
     def _record_swap_phases(self, labels: tuple[str, str, str], decision: SlotDecision) -> None:
         """Each phase once: the plan writes a swap's phases at Ready, and the route
