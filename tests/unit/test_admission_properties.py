@@ -97,3 +97,32 @@ def test_admission_invariants(jobs, default_vram, demands, start,  # type: ignor
                     raise AssertionError(
                         f"{high} (priority {priority(high_spec)}, {high_spec.vram}) waits "
                         f"while {low} (priority {priority(low_spec)}, {low_spec.vram}) runs")
+
+
+def test_a_preempted_workload_admitted_elsewhere_still_holds_where_its_old_pod_ends() -> None:
+    """Found by the property above: w4 is preempted on dual/1 for quality and admitted
+    at once on dreamteam/0 while its pod still terminates on dual/1. Had its status moved
+    to dreamteam/0 then, nothing would have said where that pod sits, and quality
+    would have started beside it on dual/1, over the budget."""
+    def job(name: str, vram: str, preemptible: bool, **spec: object) -> object:
+        return workload(name, {"class": "TTS", "vram": vram, "preemptible": preemptible,
+                               "kind": "Job", **spec})
+    jobs = [job("w0", "2Gi", False, priority=0), job("w1", "2Gi", False),
+            workload("w2", {"class": "Embedding", "vram": "2Gi", "preemptible": False,
+                            "kind": "Job"}),
+            job("w3", "20Gi", False), job("w4", "8Gi", True)]
+    slots = [slot("fast", {"alias": "local/fast", "default": True,
+                           "model": {"path": "f.gguf", "vram": "4Gi"}}),
+             slot("quality", {"alias": "local/quality", "activation": "OnDemand",
+                              "idleTimeout": "15m", "priority": 200,
+                              "model": {"path": "q.gguf", "vram": "20Gi"}})]
+    world = World(slots, nodes=[dreamteam(), dual_node()], workloads=jobs,
+                  now=STARTS[0], step_seconds=300.0, terminate_steps=3)
+    phases = []
+    for tick in range(20):
+        if tick in (0, 9):
+            world.demand("local/quality")
+        world.step()
+        world.check_budget()
+        phases.append(world.phase("quality"))
+    assert "Loading" in phases[9:], "quality was never started for its second demand"

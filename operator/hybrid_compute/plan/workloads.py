@@ -217,6 +217,11 @@ def _placed(turn: WorkloadTurn, spec: GpuWorkloadSpec, gpus: dict[str, Gpu],
             holders = sorted({h for g in blocked for h in g.holders if h != name})
             reason = (f"admitted; waiting for {', '.join(holders) or 'its old pods'} "
                       f"to release {label}")
+            recorded = turn.workload.status
+            if pods and recorded.gpu:
+                # Its old pods still hold memory where the status says they run: the
+                # record is what locates them, so it moves only once they are gone.
+                label, node = recorded.gpu, recorded.node or node
     updates: dict[str, Any] = {}
     if active and not was_active:
         updates["admitted_at"] = turn.now
