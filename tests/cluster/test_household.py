@@ -186,6 +186,10 @@ def unloaded_seconds(operator: OperatorHandle) -> float:
 def test_the_default_slot_sleeps_in_its_window_wakes_for_a_request_and_sleeps_again(
         k8s: TestCluster, clock: OperatorHandle, namespace: str, sampler: VramSampler) -> None:
     three_am = auckland_next(3)
+    if three_am - datetime.timedelta(hours=15) > datetime.datetime.now(datetime.UTC):
+        # Noon before it must not lie ahead of the slots' creation: sleepAfter counts
+        # from there, and a clock hours ahead of it would find fast idle for hours.
+        three_am -= datetime.timedelta(days=1)
     # A pass that began before the clock moved would stamp the new slots with the old
     # time: let the freshly started operator finish its first plan first.
     wait(lambda: state(clock)["ready"], 30, "the operator's first plan")
