@@ -204,7 +204,7 @@ class Informer(Generic[T]):
             for key in self._records.keys() - records.keys():
                 self._gone[key] = (now, self._records[key])
             self._records, self._versions = records, versions
-            self._snapshot = None if changed else self._snapshot
+            self._snapshot = None  # equal records may still carry newer versions
             self._own.clear()
             self._resource_version = listed["metadata"]["resourceVersion"]
         self.synced.set()
