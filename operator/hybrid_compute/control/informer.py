@@ -4,8 +4,8 @@ instead of listing the API server.
 One :class:`Informer` per list the plan reads: it lists once, then watches from the
 list's resourceVersion, and lists again when the watch falls too far behind (410
 Gone). Each object is parsed into its View record (:mod:`hybrid_compute.plan.objects`)
-when an event brings it, not on every pass, and a pass that finds nothing changed gets
-the very same records and tuples as the last one.
+when an event brings it, not on every pass, and a pass that no event preceded gets the
+very same records and tuples as the last one.
 
 The loop is woken only by a change the plan can see: an event whose record equals
 the one held (a heartbeat, a field the plan does not read) wakes nothing, and neither
@@ -127,7 +127,7 @@ class Informer(Generic[T]):
 
     def records(self) -> tuple[T, ...]:
         """Every record, in the API server's list order (namespace, then name); the
-        same tuple as last time while nothing changed."""
+        same tuple as last time until an event or a list brings a record."""
         with self._lock:
             if self._snapshot is None:
                 self._snapshot = tuple(self._records[key] for key in sorted(self._records))
