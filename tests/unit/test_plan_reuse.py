@@ -223,7 +223,7 @@ def test_a_kept_memo_plans_records_that_stay_as_a_fresh_one(data: st.DataObject,
             key = slots[redeploy[0]].key
             deployments.pop(key, None)
             if redeploy[1] is not None:
-                deployments[key] = DeploymentInfo(*key, redeploy[1][0], "h", 2 * GIB,
+                deployments[key] = DeploymentInfo(key[0], key[1], redeploy[1][0], "h", 2 * GIB,
                                                   redeploy[1][1])
         view = View(nodes=nodes, slots=tuple(slots),
                     deployments=tuple(deployments.values()),
