@@ -17,6 +17,7 @@ from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.units import MIB
 from hybrid_compute.dev.nodes import PROFILES
 from hybrid_compute.plan import Plan, plan
+from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.prompt_cache import PromptCacheOutcomes
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import (
@@ -106,6 +107,9 @@ class World:
     foreign_announced: frozenset[tuple[str, str, str]] = frozenset()
     prompt_caches: dict[tuple[str, str], PromptCacheOutcomes] = field(default_factory=dict)
     """Prompt cache saves and restores as the runtime would hand them to the plan."""
+    memo: PlanMemo | None = None
+    """Kept from one plan to the next, as the operator's loop keeps it; None plans
+    every step afresh."""
 
     def view(self) -> View:
         return View(nodes=tuple(self.nodes), slots=tuple(self.slots),
@@ -130,7 +134,7 @@ class World:
 
     def step(self) -> Plan:
         """One plan, applied; then the cluster moves one step."""
-        result = plan(self.view(), self.now)
+        result = plan(self.view(), self.now, self.memo)
         self.last_plan = result
         self.foreign_announced = frozenset((use.gpu, use.process.key, use.process.label)
                                            for use in result.foreign)

@@ -239,3 +239,39 @@ def test_conflicts_are_judged_again_only_when_a_slot_or_policy_changes(
     assert judged.calls == 1, "the same slot records, in a new view: the verdicts stand"
     plan(_with_vram(view, 0, "3Gi"), NOW + datetime.timedelta(seconds=2), memo)
     assert judged.calls == 2, "a slot stored anew is judged with the others again"
+
+
+def test_a_settled_slot_is_decided_again_only_when_what_it_reads_changes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    decided: list[str] = []
+    original = slots._decide
+
+    def counted(slot: SlotInfo, *args: Any) -> Any:
+        decided.append(slot.name)
+        return original(slot, *args)
+
+    monkeypatch.setattr(slots, "_decide", counted)
+    view = crowded_view()
+    memo = PlanMemo()
+    first = plan(view, NOW, memo)
+    standby = next(d for d in first.slots if d.phase == "Standby")
+    waiting = next(d for d in first.slots if d.phase == "Pending")
+    assert len(decided) == SLOTS
+    decided.clear()
+    plan(view, NOW + datetime.timedelta(seconds=1), memo)
+    assert standby.name not in decided and waiting.name not in decided, \
+        "nothing the settled slots read changed: their decisions are kept"
+    index = next(i for i, s in enumerate(view.slots) if s.name == standby.name)
+    decided.clear()
+    plan(_with_vram(view, index, "3Gi"), NOW + datetime.timedelta(seconds=2), memo)
+    assert standby.name in decided, "a slot stored anew is decided again"
+    decided.clear()
+    assert standby.alias is not None
+    asked = dataclasses.replace(view, demands={**view.demands, standby.alias: NOW})
+    plan(asked, NOW + datetime.timedelta(seconds=3), memo)
+    assert standby.name in decided, "a new request decides the slot again"
+    decided.clear()
+    # The waiting slot's request (idleTimeout 5m) has run out: it no longer waits.
+    later = plan(view, NOW + datetime.timedelta(minutes=6), memo)
+    assert waiting.name in decided
+    assert later.slot(waiting.namespace, waiting.name).phase == "Standby"

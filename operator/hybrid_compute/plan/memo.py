@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from hybrid_compute.api.modelslot import ModelHistoryEntry, ModelSlotSpec, ModelSource
     from hybrid_compute.plan.evaluation import EvaluationResult
     from hybrid_compute.plan.model_vram import ModelFileKey, VramChoice
-    from hybrid_compute.plan.outputs import ConditionUpdate
+    from hybrid_compute.plan.outputs import ConditionUpdate, EventIntent, SlotDecision
     from hybrid_compute.plan.settings import PlanSettings
     from hybrid_compute.plan.view import SlotInfo, View
     from hybrid_compute.plan.vram import ModelShape
@@ -114,8 +114,9 @@ class PlanMemo:
     """The results one plan hands to the next."""
 
     __slots__ = ("_conditions", "_file_keys", "_fingerprints", "_fits", "_gate_served",
-                 "_last", "_served", "_settings", "_slot_templates", "_vram_choices",
-                 "_warm_entries", "_warm_file_keys", "_warm_lists", "_workload_templates")
+                 "_last", "_served", "_settings", "_settled", "_slot_templates",
+                 "_vram_choices", "_warm_entries", "_warm_file_keys", "_warm_lists",
+                 "_workload_templates")
 
     def __init__(self) -> None:
         self._slot_templates: IdentityCache[dict[str, Any]] = IdentityCache(8192)
@@ -133,6 +134,8 @@ class PlanMemo:
                                                tuple[WarmFile, ...]]] = {}
         self._settings: PlanSettings | None = None
         self._last: dict[str, tuple[tuple[object, ...], object]] = {}
+        self._settled: dict[int, tuple[SlotInfo, tuple[object, ...], SlotDecision,
+                                       tuple[EventIntent, ...]]] = {}
 
     def known_settings(self, view: View) -> View:
         """``view`` with the previous plan's settings object when the two are equal.
@@ -157,6 +160,24 @@ class PlanMemo:
         value = compute(*args)
         self._last[name] = (inputs, value)
         return value
+
+    def settled_slot(self, slot: SlotInfo, inputs: tuple[object, ...],
+                     now: datetime.datetime,
+                     decide: Callable[[*ArgsT], tuple[SlotDecision, list[EventIntent]]],
+                     *args: *ArgsT) -> tuple[SlotDecision, list[EventIntent]]:
+        """``decide(*args)``, the decision of a settled slot and its Events
+        (:func:`hybrid_compute.plan.slots.settled_inputs` says what it reads besides
+        the slot record): the previous plan's, made again at ``now``, while ``slot``
+        is the same object and ``inputs`` are equal. Kept as it was decided, before
+        the plan adds to it."""
+        entry = self._settled.get(id(slot))
+        if entry is not None and entry[0] is slot and entry[1] == inputs:
+            return entry[2].at(now), list(entry[3])
+        decision, events = decide(*args)
+        if len(self._settled) > 16384:
+            self._settled.clear()
+        self._settled[id(slot)] = (slot, inputs, decision.at(decision.now), tuple(events))
+        return decision, events
 
     def slot_template(self, name: str, spec: ModelSlotSpec, vram: int,
                       settings: PlanSettings) -> dict[str, Any]:

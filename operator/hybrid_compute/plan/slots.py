@@ -110,7 +110,49 @@ class SlotPods(NamedTuple):
 def decide_slot(slot: SlotInfo, view: View, now: datetime.datetime, memo: PlanMemo,
                 gpus: dict[str, Gpu], findings: SlotFindings
                 ) -> tuple[SlotDecision, list[EventIntent]]:
-    """One slot's decision and the Events it posts."""
+    """One slot's decision and the Events it posts; a slot that holds nothing and
+    has no place is decided once while what its decision reads stays the same."""
+    inputs = settled_inputs(slot, view, now, findings)
+    if inputs is None:
+        return _decide(slot, view, now, memo, gpus, findings)
+    return memo.settled_slot(slot, inputs, now, _decide, slot, view, now, memo, gpus, findings)
+
+
+def settled_inputs(slot: SlotInfo, view: View, now: datetime.datetime,
+                   findings: SlotFindings) -> tuple[object, ...] | None:
+    """Everything the decision of a settled slot reads besides the slot record, or
+    None for a slot that is not settled (its decision is made afresh every plan).
+
+    Settled: a valid spec, no pods, no place, no evaluation result or prompt cache
+    outcome to record, and a status that is not Ready (the decision of a slot
+    leaving Ready records the moment). Such a slot's branch of the state machine
+    reads the clock nowhere but in ``SlotDecision.now`` (no drain without a ready
+    pod, no load, no Events that name a time), except a CPU slot's demand, which is
+    in the key as whether it is wanted (without pods its deadline does not move
+    with the clock). The rest: the settings, its Deployment record, its last
+    request (with its UTC offset, so an equal time in another zone is not taken for
+    it), its VRAM figure and what the placement and demand passes say of it."""
+    spec = slot.spec
+    key = slot.key
+    if (spec is None or slot.status.phase == "Ready" or findings.owned.slot_pods.get(key)
+            or key in findings.placement.slots or key in view.evaluations
+            or key in view.prompt_caches):
+        return None
+    demand, placement = findings.demand, findings.placement
+    requested = demand.requests[key] if key in demand.requests else last_request(slot, view)
+    choice = demand.vram.get(key)
+    if spec.device == "gpu" and choice is None:
+        return None
+    wanted = spec.device == "cpu" and cpu_demanded(slot, spec, view, False, now)
+    return (view.settings, findings.owned.deployments.get(key), requested,
+            requested.utcoffset() if requested is not None else None, choice, wanted,
+            demand.unschedulable.get(key), demand.asleep.get(key),
+            placement.slot_waiting.get(key), placement.slot_standby.get(key))
+
+
+def _decide(slot: SlotInfo, view: View, now: datetime.datetime, memo: PlanMemo,
+            gpus: dict[str, Gpu], findings: SlotFindings
+            ) -> tuple[SlotDecision, list[EventIntent]]:
     deployment = findings.owned.deployments.get(slot.key)
     # Built here rather than kept for every slot through the plan: nothing after the
     # decision reads it, so it need not outlive it.
