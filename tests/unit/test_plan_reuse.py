@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.units import GIB
+from hybrid_compute.control.diff import StoredStatuses, diff
 from hybrid_compute.plan import Plan, plan
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.outputs import SlotDecision
@@ -51,13 +52,17 @@ class KeptWorld(World):
     object, as the operator keeps it."""
 
     plans: int = 0
+    statuses: StoredStatuses = dataclasses.field(default_factory=StoredStatuses)
+    """Kept from one diff to the next, as the operator's loop keeps it."""
 
     def step(self) -> Plan:
         slots_before = {s.key: s for s in self.slots}
         deployments_before = dict(self.deployments)
-        fresh = plan(self.view(), self.now)
+        view = self.view()
+        fresh = plan(view, self.now)
         kept = super().step()
         assert_same_plan(kept, fresh)
+        assert diff(kept, view, self.statuses) == diff(fresh, view)
         self.plans += 1
         self.slots = [slots_before[s.key] if s.key in slots_before
                       and slots_before[s.key].status == s.status else s for s in self.slots]

@@ -13,13 +13,17 @@ from typing import Any
 
 import pytest
 
-from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
-from hybrid_compute.api.modelslot import ModelSlotSpec
+from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
+from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.units import MIB
+from hybrid_compute.control import diff as diff_module
+from hybrid_compute.control.diff import ApplyObject, ApplyStatus, StoredStatuses, Write, diff
 from hybrid_compute.plan import (
+    conditions,
     conflicts,
     evaluation,
     model_vram,
+    objects,
     plan,
     slots,
     warm_standby,
@@ -275,3 +279,79 @@ def test_a_settled_slot_is_decided_again_only_when_what_it_reads_changes(
     later = plan(view, NOW + datetime.timedelta(minutes=6), memo)
     assert waiting.name in decided
     assert later.slot(waiting.namespace, waiting.name).phase == "Standby"
+
+
+def _stored(view: View, writes: list[Write]) -> View:
+    """``view`` once ``writes`` are stored, as the watch caches would hand it back:
+    records that were written are new objects, the others stay as they were."""
+    slot_records = {s.key: s for s in view.slots}
+    workload_records = {w.key: w for w in view.workloads}
+    deployments = {(d.namespace, d.owner): d for d in view.deployments}
+    workload_children = {(c.namespace, c.owner): c for c in view.workload_children}
+    services = dict(view.services)
+    for write in writes:
+        if isinstance(write, ApplyStatus):
+            key = (write.namespace, write.name)
+            if write.crd.kind == "ModelSlot":
+                slot_records[key] = dataclasses.replace(
+                    slot_records[key], status=ModelSlotStatus.model_validate(write.status))
+            else:
+                workload_records[key] = dataclasses.replace(
+                    workload_records[key],
+                    status=GpuWorkloadStatus.model_validate(write.status))
+        elif isinstance(write, ApplyObject):
+            manifest = write.manifest
+            key = (manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+            child = objects.workload_child_from_object(manifest)
+            if manifest["kind"] == "Service":
+                services[key] = bool(manifest["spec"].get("publishNotReadyAddresses"))
+            elif child is not None:
+                workload_children[key] = child
+            elif (deployment := objects.deployment_from_object(manifest)) is not None:
+                deployments[(deployment.namespace, deployment.owner)] = deployment
+    return dataclasses.replace(
+        view, slots=tuple(slot_records[s.key] for s in view.slots),
+        workloads=tuple(workload_records[w.key] for w in view.workloads),
+        deployments=tuple(deployments.values()),
+        workload_children=tuple(workload_children.values()), services=services)
+
+
+def test_a_diff_of_a_settled_cluster_renders_and_compares_nothing_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the plan's writes are stored, later passes render no status, Service or
+    child again and compare no status field by field: the plan hands out the same
+    status dicts, which the diff already found equal to the stored ones."""
+    view = crowded_view()
+    memo, statuses = PlanMemo(), StoredStatuses()
+    moment = NOW
+    for _ in range(3):
+        writes = diff(plan(view, moment, memo), view, statuses)
+        view = _stored(view, writes)
+        moment += datetime.timedelta(seconds=1)
+    assert not diff(plan(view, moment, memo), view, statuses), "the cluster has settled"
+    renders = Counter(monkeypatch, conditions, "render_status_once")
+    services = Counter(monkeypatch, children, "service")
+    workload_children = Counter(monkeypatch, children, "workload_child")
+    compared: list[int] = []
+    original_same = StoredStatuses.same
+
+    def same(self: StoredStatuses, stored: dict[str, Any], rendered: dict[str, Any]) -> bool:
+        known = original_same(self, stored, rendered)
+        compared.append(int(known))
+        return known
+
+    monkeypatch.setattr(StoredStatuses, "same", same)
+    dumps = Counter(monkeypatch, diff_module, "_dump")
+    for second in range(1, 4):
+        assert not diff(plan(view, moment + datetime.timedelta(seconds=second), memo), view,
+                        statuses)
+    assert (renders.calls, services.calls, workload_children.calls, dumps.calls) == \
+        (0, 0, 0, 0)
+    assert len(compared) == 3 * (SLOTS + WORKLOADS) and all(compared)
+    # A status stored anew is rendered and compared again, and only that one.
+    changed = dataclasses.replace(view.slots[0], status=view.slots[0].status.model_copy(
+        update={"reason": "edited by hand"}))
+    edited = dataclasses.replace(view, slots=(changed, *view.slots[1:]))
+    writes = diff(plan(edited, moment + datetime.timedelta(seconds=5), memo), edited, statuses)
+    assert renders.calls == 1
+    assert [(w.namespace, w.name) for w in writes] == [changed.key]

@@ -102,13 +102,19 @@ Write = ApplyObject | ApplyStatus | DeleteChild | PostEvent
 class StoredStatuses:
     """The stored statuses as the plan renders them, kept while their records are the
     same objects: the watch caches hand a record back unchanged until its object
-    changes, and dumping a thousand statuses on every pass is most of a diff."""
+    changes, and dumping a thousand statuses on every pass is most of a diff. Which
+    stored status a rendered one was found equal to is kept too: the plan hands out
+    the same rendered dict while nothing it reads changed, and comparing two equal
+    statuses field by field on every pass would cost as much again."""
 
     def __init__(self) -> None:
         self._dumps: dict[int, tuple[BaseModel, dict[str, Any]]] = {}
+        self._equal: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._equal_before: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def dumps(self, statuses: Iterable[BaseModel]) -> list[dict[str, Any]]:
-        """Each status as a dict; only the statuses asked for now are kept."""
+        """Each status as a dict, at the start of a diff; only the statuses asked for
+        now, and the equalities found in this diff and the one before, are kept."""
         kept: dict[int, tuple[BaseModel, dict[str, Any]]] = {}
         dumps: list[dict[str, Any]] = []
         for status in statuses:
@@ -118,14 +124,31 @@ class StoredStatuses:
             kept[id(status)] = held
             dumps.append(held[1])
         self._dumps = kept
+        self._equal_before, self._equal = self._equal, {}
         return dumps
+
+    def same(self, stored: dict[str, Any], rendered: dict[str, Any]) -> bool:
+        """``stored == rendered``, known at once for a pair found equal before (each
+        pair holds its two dicts, so neither id is reused while it is kept)."""
+        known = self._equal.get(id(rendered)) or self._equal_before.get(id(rendered))
+        if known is not None and known[0] is rendered and known[1] is stored:
+            self._equal[id(rendered)] = known
+            return True
+        if stored != rendered:
+            return False
+        self._equal[id(rendered)] = (rendered, stored)
+        return True
 
 
 def diff(plan: Plan, view: View, statuses: StoredStatuses | None = None) -> list[Write]:
     """The writes that make the cluster read as ``plan``, in the order to write them.
     ``statuses`` keeps the stored statuses' dicts from one diff to the next."""
-    dumps = (statuses or StoredStatuses()).dumps(slot.status for slot in view.slots)
-    stored = {slot.key: dump for slot, dump in zip(view.slots, dumps, strict=True)}
+    statuses = statuses or StoredStatuses()
+    dumps = statuses.dumps([*(slot.status for slot in view.slots),
+                            *(workload.status for workload in view.workloads)])
+    stored = {slot.key: dump for slot, dump in zip(view.slots, dumps, strict=False)}
+    stored_workloads = {workload.key: dump for workload, dump
+                        in zip(view.workloads, dumps[len(view.slots):], strict=True)}
     demands = _demand_statuses(plan, stored)
     demanded = {(write.namespace, write.name) for write in demands}
     deployments = _first_per_key(view.deployments, lambda d: (d.namespace, d.owner))
@@ -134,14 +157,12 @@ def diff(plan: Plan, view: View, statuses: StoredStatuses | None = None) -> list
     for decision in sorted(plan.slots, key=lambda d: d.replicas):
         key = (decision.namespace, decision.name)
         writes += _slot_writes(decision, view, deployments.get(key), stored.get(key, {}),
-                               key in demanded)
+                               key in demanded, statuses)
     children = _first_per_key(view.workload_children, lambda c: (c.namespace, c.owner))
-    workloads = _first_per_key(view.workloads, lambda w: w.key)
     for workload in plan.workloads:
         key = (workload.namespace, workload.name)
-        stored_workload = workloads.get(key)
         writes += _workload_writes(workload, children.get(key),
-                                   _dump(stored_workload.status) if stored_workload else {})
+                                   stored_workloads.get(key, {}), statuses)
     for policy in plan.policies:
         writes += _policy_writes(policy)
     writes += [PostEvent(event, f"event {event.reason} {event.namespace}/{event.name}",
@@ -169,7 +190,8 @@ def _demand_statuses(plan: Plan, stored: dict[tuple[str, str], dict[str, Any]]
 
 
 def _slot_writes(decision: SlotDecision, view: View, observed: DeploymentInfo | None,
-                 current: dict[str, Any], demanded: bool) -> list[Write]:
+                 current: dict[str, Any], demanded: bool, statuses: StoredStatuses
+                 ) -> list[Write]:
     namespace, name = decision.namespace, decision.name
     group = Group("slot", namespace, name)
     writes: list[Write] = []
@@ -181,10 +203,12 @@ def _slot_writes(decision: SlotDecision, view: View, observed: DeploymentInfo | 
         writes.append(ApplyObject(
             desired, f"deployment {namespace}/{name} replicas={desired['spec']['replicas']}",
             group, precondition))
-    if decision.service is not None and view.services.get((namespace, name)) != bool(
-            decision.service["spec"].get("publishNotReadyAddresses")):
-        writes.append(ApplyObject(decision.service, f"service {namespace}/{name}", group))
-    if current != decision.status:
+    reaches_loading = decision.service_reaches_loading
+    if reaches_loading is not None and view.services.get((namespace, name)) != reaches_loading:
+        service = decision.service
+        assert service is not None
+        writes.append(ApplyObject(service, f"service {namespace}/{name}", group))
+    if not statuses.same(current, decision.status):
         writes.append(ApplyStatus(
             ModelSlot.crd, namespace, name, decision.status,
             f"status {namespace}/{name} phase={decision.phase}", group,
@@ -205,7 +229,7 @@ def _deployment_matches(decision: SlotDecision, observed: DeploymentInfo | None)
 
 
 def _workload_writes(decision: WorkloadDecision, child: WorkloadChild | None,
-                     current: dict[str, Any]) -> list[Write]:
+                     current: dict[str, Any], statuses: StoredStatuses) -> list[Write]:
     namespace, name = decision.namespace, decision.name
     key = f"{namespace}/{name}"
     group = Group("workload", namespace, name)
@@ -214,22 +238,24 @@ def _workload_writes(decision: WorkloadDecision, child: WorkloadChild | None,
         writes.append(DeleteChild(child.kind, namespace, name,
                                   f"deleted {child.kind.lower()} {key} (template changed)",
                                   group))
-    elif decision.child is not None and not _child_matches(decision, decision.child, child):
+    elif decision.has_child and not _child_matches(decision, child):
+        desired = decision.child
+        assert desired is not None
         writes.append(ApplyObject(
-            decision.child, f"{decision.child['kind'].lower()} {key} active={decision.active}",
-            group))
-    if current != decision.status:
+            desired, f"{desired['kind'].lower()} {key} active={decision.active}", group))
+    if not statuses.same(current, decision.status):
         writes.append(ApplyStatus(GpuWorkload.crd, namespace, name, decision.status,
                                   f"status {key} phase={decision.phase}", group))
     return writes
 
 
-def _child_matches(decision: WorkloadDecision, desired: dict[str, Any],
-                   observed: WorkloadChild | None) -> bool:
-    if observed is None:
+def _child_matches(decision: WorkloadDecision, observed: WorkloadChild | None) -> bool:
+    """Compared on what the child would carry, without rendering it."""
+    template = decision.template
+    if observed is None or template is None:
         return False
-    template = desired["spec"]["template"]
-    return (observed.active == decision.active and observed.node == _hostname(template)
+    return (observed.active == decision.active
+            and observed.node == (decision.child_node or _hostname(template))
             and observed.template_hash == template_hash(template))
 
 

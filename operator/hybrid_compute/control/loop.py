@@ -40,7 +40,7 @@ from hybrid_compute.plan.prompt_cache import PromptCacheOutcomes, RestoreOutcome
 from hybrid_compute.plan.routing import PolicyDecision
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import RouterFetch, SlotInfo, View
-from hybrid_compute.server.metrics import METRICS, OperatorMetrics
+from hybrid_compute.server.metrics import METRICS, OperatorMetrics, PassStage
 
 logger = logging.getLogger("hybrid_compute.control.loop")
 
@@ -184,21 +184,26 @@ class Runtime:
         again."""
         cache = self.cache
         assert cache is not None, "run() starts the watch caches"
+        stages: dict[PassStage, float] = {}
+        started = time.perf_counter()
         if not await cache.caught_up():
             logger.info("planning before the watches returned the last pass's writes")
         now = clock.now()
         view = await observe(cache, self.api, self.settings, self._signals(), now)
-        started = time.perf_counter()
+        started = _stage(stages, "observe", started)
         result = plan(view, now, self.memo)
         plan_seconds = time.perf_counter() - started
+        started = _stage(stages, "plan", started)
         await self._keep_prompt_caches(result)
         # Routers follow the plan, not the statuses: they learn of a slot that stops
         # or starts serving before its writes land.
         self._publish(view, result)
         changes = await asyncio.to_thread(diff, result, view, self.stored_statuses)
+        started = _stage(stages, "diff", started)
         written: list[Written] = []
         writes = await asyncio.to_thread(act, self.api, changes, now, self._spend_saved,
                                          written=written)
+        started = _stage(stages, "act", started)
         cache.expect(written)
         self.foreign_announced = frozenset((use.gpu, use.process.key, use.process.label)
                                            for use in result.foreign)
@@ -209,6 +214,8 @@ class Runtime:
         self.metrics.record_plan(view, result, plan_seconds)
         for line in writes:
             logger.info("applied %s", line)
+        _stage(stages, "after", started)
+        self.metrics.record_pass_stages(stages)
         wakeup = result.next_wakeup or now + self.settings.idle_check_interval
         if writes:
             wakeup = min(wakeup, now + datetime.timedelta(seconds=FOLLOW_UP_SECONDS))
@@ -422,3 +429,10 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             await asyncio.sleep(DEBOUNCE_SECONDS)
+
+
+def _stage(stages: dict[PassStage, float], stage: PassStage, started: float) -> float:
+    """Records the seconds since ``started`` as ``stage``; returns the moment now."""
+    now = time.perf_counter()
+    stages[stage] = now - started
+    return now

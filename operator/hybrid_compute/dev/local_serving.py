@@ -22,14 +22,19 @@ import copy
 import secrets
 import sys
 import time
+import urllib.error
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from hybrid_compute.api.common import API_VERSION
 from hybrid_compute.api.labels import CONFIG_HASH_ANNOTATION
 from hybrid_compute.dev import nodes, toolchain
 from hybrid_compute.dev.cluster import ClusterError, DevCluster
+from hybrid_compute.render.litellm_config import CONFIG_KEY
 
 NAMESPACE = "default"
 """Where the samples live, and so LiteLLM (the RoutePolicy's own namespace)."""
@@ -124,17 +129,40 @@ def litellm_objects(operator_url: str, api_token: str, master_key: str,
 def start_litellm_once_configured(cluster: DevCluster, namespace: str = NAMESPACE,
                                   timeout: float = 60) -> None:
     """Scales a new LiteLLM Deployment to its one pod once the operator has stamped
-    the template with the rendered config. Started earlier, its first pod would be
-    replaced by that rollout a moment later, and two LiteLLMs would boot side by
-    side, each taking twice as long on a small machine."""
-    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{LITELLM_NAME}"
+    the template with a rendered config that names every ModelSlot of the namespace.
+    Started earlier, its first pod would be replaced by that rollout a moment later,
+    and two LiteLLMs would boot side by side, each taking twice as long on a small
+    machine; or, while the slots are still arriving, the first pod would answer
+    for a config without them."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        template = cluster.api_get(path)["spec"]["template"]
-        if CONFIG_HASH_ANNOTATION in (template["metadata"].get("annotations") or {}):
-            break
+    while time.monotonic() < deadline and not _configured(cluster, namespace):
         time.sleep(0.2)
     cluster.kubectl("scale", "deployment", LITELLM_NAME, "-n", namespace, "--replicas=1")
+
+
+def _configured(cluster: DevCluster, namespace: str) -> bool:
+    """The LiteLLM template carries the digest of a ConfigMap that names every
+    ModelSlot alias of ``namespace``."""
+    template = cluster.api_get(
+        f"/apis/apps/v1/namespaces/{namespace}/deployments/{LITELLM_NAME}")["spec"]["template"]
+    digest = (template["metadata"].get("annotations") or {}).get(CONFIG_HASH_ANNOTATION)
+    config_maps = [volume["configMap"]["name"]
+                   for volume in template["spec"].get("volumes") or [] if "configMap" in volume]
+    if not digest or not config_maps:
+        return False
+    try:
+        config_map = cluster.api_get(
+            f"/api/v1/namespaces/{namespace}/configmaps/{config_maps[0]}")
+    except urllib.error.HTTPError:
+        return False
+    if (config_map["metadata"].get("annotations") or {}).get(CONFIG_HASH_ANNOTATION) != digest:
+        return False
+    slots = cluster.api_get(
+        f"/apis/{API_VERSION}/namespaces/{namespace}/modelslots")["items"]
+    config = yaml.safe_load((config_map.get("data") or {}).get(CONFIG_KEY) or "{}") or {}
+    served = {entry.get("model_name") for entry in config.get("model_list") or []}
+    return all(slot["spec"]["alias"] in served for slot in slots
+               if (slot.get("spec") or {}).get("alias"))
 
 
 @dataclass(frozen=True)

@@ -63,11 +63,21 @@ def render_status(previous: StatusT, updates: Iterable[tuple[str, bool | None, s
                   ) -> dict[str, Any]:
     """A stored status with condition updates (type, True/False/None, reason,
     message) and field changes applied, as the JSON the API server stores."""
-    conditions = list(getattr(previous, "conditions", []))
+    return render_status_once(previous, updates, generation, now, fields)[0]
+
+
+def render_status_once(previous: StatusT,
+                       updates: Iterable[tuple[str, bool | None, str, str]],
+                       generation: int, now: datetime.datetime, fields: dict[str, Any]
+                       ) -> tuple[dict[str, Any], bool]:
+    """:func:`render_status`, and whether the result is the same at any other moment:
+    true when no condition changed, so none took ``now`` as its transition time."""
+    kept = list(getattr(previous, "conditions", []))
+    conditions = kept
     for type_, value, reason, message in updates:
         text: ConditionStatus = "Unknown" if value is None else ("True" if value else "False")
         conditions = set_condition(conditions, type_, text, reason, message, generation, now)
     status = previous.model_copy(update={
         "observed_generation": generation, "conditions": conditions, **fields})
     rendered: dict[str, Any] = status.model_dump(by_alias=True, mode="json", exclude_none=True)
-    return rendered
+    return rendered, conditions is kept

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, cast
 
-from hybrid_compute.plan import evaluation, model_vram, warm_standby
+from hybrid_compute.plan import conditions, evaluation, model_vram, warm_standby
 from hybrid_compute.render import children
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
     from hybrid_compute.api.modelslot import ModelHistoryEntry, ModelSlotSpec, ModelSource
     from hybrid_compute.plan.evaluation import EvaluationResult
@@ -47,7 +49,7 @@ class IdentityCache(Generic[ValueT]):
     __slots__ = ("_entries", "_limit")
 
     def __init__(self, limit: int) -> None:
-        self._entries: dict[int, tuple[object, Hashable, ValueT]] = {}
+        self._entries: dict[int, tuple[object, object, ValueT]] = {}
         self._limit = limit
 
     def __len__(self) -> int:
@@ -62,10 +64,21 @@ class IdentityCache(Generic[ValueT]):
                                                       or entry[1] == variant):
             return entry[2]
         value = compute(*args)
+        self.put(key, variant, value)
+        return value
+
+    def peek(self, key: object, variant: object) -> ValueT | None:
+        """The result held for ``key`` and ``variant``, if any."""
+        entry = self._entries.get(id(key))
+        if entry is not None and entry[0] is key and (entry[1] is variant
+                                                      or entry[1] == variant):
+            return entry[2]
+        return None
+
+    def put(self, key: object, variant: object, value: ValueT) -> None:
         if len(self._entries) > self._limit:
             self._entries.clear()
         self._entries[id(key)] = (key, variant, value)
-        return value
 
 
 class ValueCache(Generic[KeyT, ValueT]):
@@ -115,6 +128,7 @@ class PlanMemo:
 
     __slots__ = ("_conditions", "_file_keys", "_fingerprints", "_fits", "_gate_served",
                  "_last", "_served", "_settings", "_settled", "_slot_templates",
+                 "_statuses",
                  "_vram_choices", "_warm_entries", "_warm_file_keys", "_warm_lists",
                  "_workload_templates")
 
@@ -136,6 +150,7 @@ class PlanMemo:
         self._last: dict[str, tuple[tuple[object, ...], object]] = {}
         self._settled: dict[int, tuple[SlotInfo, tuple[object, ...], SlotDecision,
                                        tuple[EventIntent, ...]]] = {}
+        self._statuses: IdentityCache[dict[str, Any]] = IdentityCache(16384)
 
     def known_settings(self, view: View) -> View:
         """``view`` with the previous plan's settings object when the two are equal.
@@ -178,6 +193,24 @@ class PlanMemo:
             self._settled.clear()
         self._settled[id(slot)] = (slot, inputs, decision.at(decision.now), tuple(events))
         return decision, events
+
+    def status(self, previous: BaseModel, updates: Sequence[ConditionUpdate],
+               generation: int, now: datetime.datetime, fields: dict[str, Any]
+               ) -> dict[str, Any]:
+        """:func:`hybrid_compute.plan.conditions.render_status`, the same dict as the
+        previous plan's while the stored status is the same object and the updates
+        and fields are equal. Only a render that no condition changed is kept: that
+        one reads no clock. Most statuses are unchanged on most passes, and the diff
+        then compares a status with itself rather than a fresh render."""
+        variant = (tuple(updates), generation, fields)
+        entry = self._statuses.peek(previous, variant)
+        if entry is not None:
+            return entry
+        rendered, timeless = conditions.render_status_once(previous, updates, generation,
+                                                           now, fields)
+        if timeless:
+            self._statuses.put(previous, variant, rendered)
+        return rendered
 
     def slot_template(self, name: str, spec: ModelSlotSpec, vram: int,
                       settings: PlanSettings) -> dict[str, Any]:

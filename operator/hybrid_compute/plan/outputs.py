@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from hybrid_compute.api.modelslot import ModelFetchProgress, ModelPageCache, SwapPhases
 from hybrid_compute.api.units import gib
-from hybrid_compute.plan.conditions import render_status
 from hybrid_compute.plan.view import ForeignProcess
 from hybrid_compute.render import children
 
@@ -196,8 +195,8 @@ class SlotDecision:
         }
         if self.slot.spec is not None:
             fields["fetch"] = self.fetch
-        return render_status(self.slot.status, self.condition_updates, self.slot.generation,
-                             self.now, fields)
+        return self.memo.status(self.slot.status, self.condition_updates,
+                                self.slot.generation, self.now, fields)
 
     @cached_property
     def template(self) -> dict[str, Any] | None:
@@ -218,13 +217,20 @@ class SlotDecision:
         return children.deployment(self.namespace, self.name, self.slot.uid, self.template,
                                    self.replicas, self.deployment_node)
 
+    @property
+    def service_reaches_loading(self) -> bool | None:
+        """Whether the slot's Service publishes pods that are not Ready yet (None: the
+        slot has no Service), known without rendering it."""
+        spec = self.slot.spec
+        return None if spec is None else spec.server.readiness == "Operator"
+
     @cached_property
     def service(self) -> dict[str, Any] | None:
         spec = self.slot.spec
         if spec is None:
             return None
         return children.service(self.namespace, self.name, self.slot.uid, spec.server.port,
-                                spec.server.readiness == "Operator")
+                                bool(self.service_reaches_loading))
 
 
 _RENDERED = tuple(name for name, value in vars(SlotDecision).items()

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Final, Literal
 
-from hybrid_compute.plan.conditions import render_status
 from hybrid_compute.plan.holdings import Key
 from hybrid_compute.plan.ledger import gpu_label
 from hybrid_compute.plan.memo import PlanMemo
@@ -61,28 +60,38 @@ class WorkloadDecision:
             return None  # a Reservation runs nothing
         return self.memo.workload_template(self.name, spec, self.settings)
 
+    @property
+    def has_child(self) -> bool:
+        """Whether the plan wants a Job or Deployment for the workload (:attr:`child`)."""
+        return (self.workload.spec is not None and self.manage_child
+                and self.template is not None)
+
+    @property
+    def child_node(self) -> str | None:
+        """The node the child's pod template is pinned to, when the plan pins it."""
+        return self.node or self.pinned_node
+
     @cached_property
     def child(self) -> dict[str, Any] | None:
         spec = self.workload.spec
-        if spec is None or self.template is None or not self.manage_child:
+        if spec is None or self.template is None or not self.has_child:
             return None
         return children.workload_child(self.namespace, self.name, self.workload.uid, spec,
-                                       self.template, self.active,
-                                       self.node or self.pinned_node)
+                                       self.template, self.active, self.child_node)
 
     @cached_property
     def status(self) -> dict[str, Any]:
         spec = self.workload.spec
-        return render_status(self.workload.status, self.condition_updates,
-                             self.workload.generation, self.now, {
-                                 "phase": self.phase,
-                                 "reason": self.reason,
-                                 "window": describe(spec.schedule)
-                                 if spec and spec.schedule else None,
-                                 "gpu": self.gpu,
-                                 "node": self.node,
-                                 **self.status_updates,
-                             })
+        fields = {
+            "phase": self.phase,
+            "reason": self.reason,
+            "window": describe(spec.schedule) if spec and spec.schedule else None,
+            "gpu": self.gpu,
+            "node": self.node,
+            **self.status_updates,
+        }
+        return self.memo.status(self.workload.status, self.condition_updates,
+                                self.workload.generation, self.now, fields)
 
 
 @dataclass(slots=True)

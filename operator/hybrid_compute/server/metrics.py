@@ -41,6 +41,7 @@ SWAP_SECONDS_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900)
 """A swap is a pod stopping and a model loading: seconds to the 15-minute startup limit."""
 PLAN_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
+PassStage = Literal["observe", "plan", "diff", "act", "after"]
 RouteOutcome = Literal["served", "bridged", "held", "refused"]
 """served: went where asked; bridged: sent to the fallback while the local slot was not
 Ready; held: a privacy request waited for the local slot; refused: a privacy request
@@ -63,6 +64,12 @@ class OperatorMetrics:
         self.plan_duration = Histogram(
             "hybrid_compute_plan_duration_seconds", "Time one call of plan() took",
             buckets=PLAN_SECONDS_BUCKETS, registry=registry)
+        self.pass_stage_duration = Histogram(
+            "hybrid_compute_pass_stage_duration_seconds",
+            "Time one stage of an observe-plan-diff-act pass took: observe (waiting for "
+            "the watches to return the last pass's writes, then reading them), plan, "
+            "diff, act (the writes) and after (metrics, evaluations, warm lists)",
+            ["stage"], buckets=PLAN_SECONDS_BUCKETS, registry=registry)
         self.reconciles = Counter(
             "hybrid_compute_reconciles", "Observe-plan-act passes completed", registry=registry)
         self.reconcile_errors = Counter(
@@ -170,6 +177,10 @@ class OperatorMetrics:
         self._gpu_series: set[tuple[str, str]] = set()
         self._gpu_unloaded: dict[tuple[str, str], tuple[datetime.datetime, bool]] = {}
         """Per GPU, the last pass's moment and whether no model was loaded then."""
+
+    def record_pass_stages(self, seconds: dict[PassStage, float]) -> None:
+        for stage, taken in seconds.items():
+            self.pass_stage_duration.labels(stage).observe(taken)
 
     def record_plan(self, view: View, result: Plan, seconds: float) -> None:
         """One pass of the loop: its plan, and the transitions it decided."""
