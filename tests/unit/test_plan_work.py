@@ -354,4 +354,4 @@ def test_a_diff_of_a_settled_cluster_renders_and_compares_nothing_again(
     edited = dataclasses.replace(view, slots=(changed, *view.slots[1:]))
     writes = diff(plan(edited, moment + datetime.timedelta(seconds=5), memo), edited, statuses)
     assert renders.calls == 1
-    assert [(w.namespace, w.name) for w in writes] == [changed.key]
+    assert [(w.group.namespace, w.group.name) for w in writes] == [changed.key]
