@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import statistics
 import threading
 import time
@@ -151,6 +152,26 @@ class Swaps:
     to_created: list[float] = field(default_factory=list)
     to_routed: list[float] = field(default_factory=list)
     phases: dict[str, list[float]] = field(default_factory=dict)
+    stages: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """The operator's passes during the swaps: stage -> (seconds in all, passes)."""
+
+
+def pass_stages(cluster: DevCluster) -> dict[str, tuple[float, float]]:
+    """The operator's hybrid_compute_pass_stage_duration_seconds so far: stage ->
+    (sum, count)."""
+    state = cluster.state()
+    assert state is not None
+    url = f"http://127.0.0.1:{state.ports['operator-metrics']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    found: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        match = re.match(r'hybrid_compute_pass_stage_duration_seconds_(sum|count)'
+                         r'\{stage="(\w+)"\} (\S+)', line)
+        if match:
+            totals = found.setdefault(match[2], [0.0, 0.0])
+            totals[0 if match[1] == "sum" else 1] = float(match[3])
+    return {stage: (totals[0], totals[1]) for stage, totals in found.items()}
 
 
 def swap(cluster: DevCluster, custom: client.CustomObjectsApi, recorder: Recorder,
@@ -161,6 +182,7 @@ def swap(cluster: DevCluster, custom: client.CustomObjectsApi, recorder: Recorde
     token = cluster.api_token_file.read_text().strip()
     demand_url = f"http://127.0.0.1:{state.ports['operator-api']}/v1/demand"
     swaps = Swaps()
+    stages_before = pass_stages(cluster)
     for _ in range(rounds):
         wait(lambda: phase(custom, "fast") == "Ready"
              and phase(custom, "quality") == "Standby", custom)
@@ -186,6 +208,9 @@ def swap(cluster: DevCluster, custom: client.CustomObjectsApi, recorder: Recorde
             "hybridcompute.io", "v1alpha1", NAMESPACE, "modelslots", "quality")["status"]
         for name, seconds in (status.get("lastSwapPhases") or {}).items():
             swaps.phases.setdefault(name, []).append(seconds)
+    swaps.stages = {stage: (total - stages_before.get(stage, (0.0, 0.0))[0],
+                            count - stages_before.get(stage, (0.0, 0.0))[1])
+                    for stage, (total, count) in pass_stages(cluster).items()}
     return swaps
 
 
@@ -200,6 +225,11 @@ def report(title: str, swaps: Swaps) -> None:
     for name, values in swaps.phases.items():
         print(f"  {name:>17}: p50 {statistics.median(values):.2f} s, "
               f"max {max(values):.2f} s over {len(values)} swaps")
+    passes = max((count for _, count in swaps.stages.values()), default=0)
+    if passes:
+        print(f"  the operator's passes meanwhile ({passes:.0f}), mean ms per stage: " + ", ".join(
+            f"{stage} {total / count * 1000:.1f}"
+            for stage, (total, count) in swaps.stages.items() if count))
 
 
 def main() -> None:

@@ -315,7 +315,8 @@ class Runtime:
 
     def _start_evaluation(self, decision: SlotDecision) -> None:
         """Starts the evaluation a plan asks for, unless it runs or has a result."""
-        request, endpoint = decision.evaluate, decision.endpoint
+        request = decision.evaluate
+        endpoint = decision.endpoint if request is not None else None
         if request is None or endpoint is None:
             return
         key, wanted = (request.namespace, request.name), (request.model, request.criteria)

@@ -126,9 +126,9 @@ def _same_objects(inputs: tuple[object, ...], before: tuple[object, ...]) -> boo
 class PlanMemo:
     """The results one plan hands to the next."""
 
-    __slots__ = ("_conditions", "_file_keys", "_fingerprints", "_fits", "_gate_served",
-                 "_last", "_served", "_settings", "_settled", "_slot_templates",
-                 "_statuses",
+    __slots__ = ("_conditions", "_endpoints", "_file_keys", "_fingerprints", "_fits",
+                 "_gate_served", "_last", "_served", "_settings", "_settled",
+                 "_slot_templates", "_statuses",
                  "_vram_choices", "_warm_entries", "_warm_file_keys", "_warm_lists",
                  "_workload_templates")
 
@@ -151,6 +151,7 @@ class PlanMemo:
         self._settled: dict[int, tuple[SlotInfo, tuple[object, ...], SlotDecision,
                                        tuple[EventIntent, ...]]] = {}
         self._statuses: IdentityCache[dict[str, Any]] = IdentityCache(16384)
+        self._endpoints: IdentityCache[str] = IdentityCache(16384)
 
     def known_settings(self, view: View) -> View:
         """``view`` with the previous plan's settings object when the two are equal.
@@ -211,6 +212,11 @@ class PlanMemo:
         if timeless:
             self._statuses.put(previous, variant, rendered)
         return rendered
+
+    def endpoint(self, slot: SlotInfo, port: int, template: str) -> str:
+        """:func:`hybrid_compute.render.children.endpoint` of a slot."""
+        return self._endpoints.get(slot, (port, template), children.endpoint, slot.namespace,
+                                   slot.name, port, template)
 
     def slot_template(self, name: str, spec: ModelSlotSpec, vram: int,
                       settings: PlanSettings) -> dict[str, Any]:

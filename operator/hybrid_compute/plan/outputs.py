@@ -177,8 +177,7 @@ class SlotDecision:
         spec = self.slot.spec
         if spec is None:
             return None
-        return children.endpoint(self.namespace, self.name, spec.server.port,
-                                 self.settings.endpoint_template)
+        return self.memo.endpoint(self.slot, spec.server.port, self.settings.endpoint_template)
 
     @cached_property
     def status(self) -> dict[str, Any]:
