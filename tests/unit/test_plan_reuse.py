@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.units import GIB
-from hybrid_compute.control.diff import StoredStatuses, diff
+from hybrid_compute.control.diff import DiffMemo, diff
 from hybrid_compute.plan import Plan, plan
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.outputs import SlotDecision
@@ -32,7 +32,7 @@ def _outcome(decision: SlotDecision | WorkloadDecision, rendered: tuple[str, ...
              ) -> dict[str, Any]:
     """Every field of a decision but the memo it renders with, and what it renders."""
     fields = {f.name: getattr(decision, f.name) for f in dataclasses.fields(decision)
-              if f.name != "memo"}
+              if f.name not in ("memo", "kept")}
     return {**fields, **{name: getattr(decision, name) for name in rendered}}
 
 
@@ -52,7 +52,7 @@ class KeptWorld(World):
     object, as the operator keeps it."""
 
     plans: int = 0
-    statuses: StoredStatuses = dataclasses.field(default_factory=StoredStatuses)
+    statuses: DiffMemo = dataclasses.field(default_factory=DiffMemo)
     """Kept from one diff to the next, as the operator's loop keeps it."""
 
     def step(self) -> Plan:
@@ -213,7 +213,7 @@ def test_a_kept_memo_plans_records_that_stay_as_a_fresh_one(data: st.DataObject,
     (some by annotation, which stores the slot anew), statuses and Deployments change."""
     slots = list(crowd)
     deployments: dict[tuple[str, str], DeploymentInfo] = {}
-    memo = PlanMemo()
+    memo, diff_memo = PlanMemo(), DiffMemo()
     now = NOW
     for _ in range(data.draw(st.integers(2, 14))):
         seconds, nodes, asked, annotated, restatus, redeploy = data.draw(
@@ -234,7 +234,9 @@ def test_a_kept_memo_plans_records_that_stay_as_a_fresh_one(data: st.DataObject,
                     deployments=tuple(deployments.values()),
                     demands={f"local/c{i}": when for i, age in asked
                              if (when := _ago(now, age)) is not None})
-        assert_same_plan(plan(view, now, memo), plan(view, now))
+        kept, fresh = plan(view, now, memo), plan(view, now)
+        assert_same_plan(kept, fresh)
+        assert diff(kept, view, diff_memo) == diff(fresh, view)
 
 
 def test_a_decision_made_again_is_a_copy_made_at_the_new_moment() -> None:

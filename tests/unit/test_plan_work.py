@@ -17,7 +17,7 @@ from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.units import MIB
 from hybrid_compute.control import diff as diff_module
-from hybrid_compute.control.diff import ApplyObject, ApplyStatus, StoredStatuses, Write, diff
+from hybrid_compute.control.diff import ApplyObject, ApplyStatus, DiffMemo, Write, diff
 from hybrid_compute.plan import (
     conditions,
     conflicts,
@@ -320,9 +320,10 @@ def test_a_diff_of_a_settled_cluster_renders_and_compares_nothing_again(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Once the plan's writes are stored, later passes render no status, Service or
     child again and compare no status field by field: the plan hands out the same
-    status dicts, which the diff already found equal to the stored ones."""
+    status dicts, which the diff already found equal to the stored ones, and a settled
+    slot's copied decision is not looked at."""
     view = crowded_view()
-    memo, statuses = PlanMemo(), StoredStatuses()
+    memo, statuses = PlanMemo(), DiffMemo()
     moment = NOW
     for _ in range(3):
         writes = diff(plan(view, moment, memo), view, statuses)
@@ -333,21 +334,27 @@ def test_a_diff_of_a_settled_cluster_renders_and_compares_nothing_again(
     services = Counter(monkeypatch, children, "service")
     workload_children = Counter(monkeypatch, children, "workload_child")
     compared: list[int] = []
-    original_same = StoredStatuses.same
+    original_same = DiffMemo.same
 
-    def same(self: StoredStatuses, stored: dict[str, Any], rendered: dict[str, Any]) -> bool:
+    def same(self: DiffMemo, stored: dict[str, Any], rendered: dict[str, Any]) -> bool:
         known = original_same(self, stored, rendered)
         compared.append(int(known))
         return known
 
-    monkeypatch.setattr(StoredStatuses, "same", same)
+    monkeypatch.setattr(DiffMemo, "same", same)
     dumps = Counter(monkeypatch, diff_module, "_dump")
+    made_afresh = 0
     for second in range(1, 4):
-        assert not diff(plan(view, moment + datetime.timedelta(seconds=second), memo), view,
-                        statuses)
+        result = plan(view, moment + datetime.timedelta(seconds=second), memo)
+        made_afresh += sum(1 for decision in result.slots if decision.kept is None)
+        assert not diff(result, view, statuses)
     assert (renders.calls, services.calls, workload_children.calls, dumps.calls) == \
         (0, 0, 0, 0)
-    assert len(compared) == 3 * (SLOTS + WORKLOADS) and all(compared)
+    assert 0 < made_afresh < 3 * SLOTS, "some slots are settled, some are not"
+    # A slot decided afresh (it has a place, or pods) has its status compared, found
+    # equal at once; a settled one's decision, copied from the same kept decision, is
+    # not looked at again.
+    assert len(compared) == made_afresh + 3 * WORKLOADS and all(compared)
     # A status stored anew is rendered and compared again, and only that one.
     changed = dataclasses.replace(view.slots[0], status=view.slots[0].status.model_copy(
         update={"reason": "edited by hand"}))
@@ -355,3 +362,27 @@ def test_a_diff_of_a_settled_cluster_renders_and_compares_nothing_again(
     writes = diff(plan(edited, moment + datetime.timedelta(seconds=5), memo), edited, statuses)
     assert renders.calls == 1
     assert [(w.group.namespace, w.group.name) for w in writes] == [changed.key]
+
+
+def test_a_settled_slot_is_written_again_when_its_children_change_under_it() -> None:
+    """The diff passes over a settled slot only while what it observed is the same: a
+    Service deleted by hand, or a Deployment scaled by hand, is put back."""
+    view = crowded_view()
+    memo, statuses = PlanMemo(), DiffMemo()
+    moment = NOW
+    for _ in range(4):
+        writes = diff(plan(view, moment, memo), view, statuses)
+        view = _stored(view, writes)
+        moment += datetime.timedelta(seconds=1)
+    settled = next(d for d in plan(view, moment, memo).slots if d.kept is not None)
+    key = settled.slot.key
+    services = {k: v for k, v in view.services.items() if k != key}
+    without_service = dataclasses.replace(view, services=services)
+    writes = diff(plan(without_service, moment, memo), without_service, statuses)
+    assert [w.line for w in writes] == [f"service {key[0]}/{key[1]}"]
+    deployments = tuple(dataclasses.replace(d, replicas=1) if (d.namespace, d.owner) == key
+                        else d for d in view.deployments)
+    scaled = dataclasses.replace(view, deployments=deployments)
+    writes = diff(plan(scaled, moment, memo), scaled, statuses)
+    assert [w.line for w in writes] == [f"deployment {key[0]}/{key[1]} replicas=0"]
+    assert not diff(plan(view, moment, memo), view, statuses)

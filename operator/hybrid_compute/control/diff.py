@@ -27,9 +27,9 @@ from hybrid_compute.api.common import CrdInfo
 from hybrid_compute.api.gpuworkload import GpuWorkload
 from hybrid_compute.api.modelslot import ModelSlot
 from hybrid_compute.api.routepolicy import RoutePolicy
-from hybrid_compute.plan.outputs import EventIntent, Plan, SlotDecision
+from hybrid_compute.plan.outputs import ConditionUpdate, EventIntent, Plan, SlotDecision
 from hybrid_compute.plan.routing import PolicyDecision
-from hybrid_compute.plan.view import DeploymentInfo, View, WorkloadChild
+from hybrid_compute.plan.view import DeploymentInfo, SlotInfo, View, WorkloadChild
 from hybrid_compute.plan.workloads import WorkloadDecision
 from hybrid_compute.render.children import template_hash
 
@@ -99,18 +99,26 @@ class PostEvent:
 Write = ApplyObject | ApplyStatus | DeleteChild | PostEvent
 
 
-class StoredStatuses:
-    """The stored statuses as the plan renders them, kept while their records are the
-    same objects: the watch caches hand a record back unchanged until its object
-    changes, and dumping a thousand statuses on every pass is most of a diff. Which
-    stored status a rendered one was found equal to is kept too: the plan hands out
-    the same rendered dict while nothing it reads changed, and comparing two equal
-    statuses field by field on every pass would cost as much again."""
+class DiffMemo:
+    """What one diff hands to the next, so that a pass over many unchanged objects
+    costs little.
+
+    * The stored statuses as the plan renders them, kept while their records are the
+      same objects: the watch caches hand a record back unchanged until its object
+      changes, and dumping a thousand statuses on every pass is most of a diff.
+    * Which stored status a rendered one was found equal to: the plan hands out the
+      same rendered dict while nothing it reads changed, and comparing two equal
+      statuses field by field on every pass would cost as much again.
+    * The slots a diff found nothing to write for, with what it read: a slot whose
+      decision the plan copied from the same kept one (``SlotDecision.kept``), with
+      the same record, Deployment and Service, needs no write again."""
 
     def __init__(self) -> None:
         self._dumps: dict[int, tuple[BaseModel, dict[str, Any]]] = {}
         self._equal: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._equal_before: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._quiet: dict[tuple[str, str], _QuietSlot] = {}
+        self._quiet_before: dict[tuple[str, str], _QuietSlot] = {}
 
     def dumps(self, statuses: Iterable[BaseModel]) -> list[dict[str, Any]]:
         """Each status as a dict, at the start of a diff; only the statuses asked for
@@ -125,7 +133,25 @@ class StoredStatuses:
             dumps.append(held[1])
         self._dumps = kept
         self._equal_before, self._equal = self._equal, {}
+        self._quiet_before, self._quiet = self._quiet, {}
         return dumps
+
+    def quiet(self, decision: SlotDecision, observed: DeploymentInfo | None,
+              service: bool | None) -> bool:
+        """Whether the last diff wrote nothing for the same decision read against the
+        same objects; if so, this one writes nothing either."""
+        if decision.kept is None:
+            return False
+        held = self._quiet_before.get(decision.slot.key)
+        if held is None or held != _QuietSlot.of(decision, observed, service):
+            return False
+        self._quiet[decision.slot.key] = held
+        return True
+
+    def wrote_nothing(self, decision: SlotDecision, observed: DeploymentInfo | None,
+                      service: bool | None) -> None:
+        if decision.kept is not None:
+            self._quiet[decision.slot.key] = _QuietSlot.of(decision, observed, service)
 
     def same(self, stored: dict[str, Any], rendered: dict[str, Any]) -> bool:
         """``stored == rendered``, known at once for a pair found equal before (each
@@ -140,24 +166,64 @@ class StoredStatuses:
         return True
 
 
-def diff(plan: Plan, view: View, statuses: StoredStatuses | None = None) -> list[Write]:
+@dataclass(frozen=True, eq=False)
+class _QuietSlot:
+    """What a slot's writes are made from, besides what the kept decision holds: the
+    decision's own additions, the slot record and the objects observed."""
+
+    kept: SlotDecision
+    slot: SlotInfo
+    status_updates: dict[str, Any]
+    condition_updates: list[ConditionUpdate]
+    page_cache: object
+    observed: DeploymentInfo | None
+    service: bool | None
+
+    @classmethod
+    def of(cls, decision: SlotDecision, observed: DeploymentInfo | None,
+           service: bool | None) -> _QuietSlot:
+        assert decision.kept is not None
+        return cls(decision.kept, decision.slot, decision.status_updates,
+                   decision.condition_updates, decision.page_cache, observed, service)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, _QuietSlot) and self.kept is other.kept
+                and self.slot is other.slot and self.service == other.service
+                and self.observed == other.observed and self.page_cache == other.page_cache
+                and self.status_updates == other.status_updates
+                and self.condition_updates == other.condition_updates)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def diff(plan: Plan, view: View, statuses: DiffMemo | None = None) -> list[Write]:
     """The writes that make the cluster read as ``plan``, in the order to write them.
     ``statuses`` keeps the stored statuses' dicts from one diff to the next."""
-    statuses = statuses or StoredStatuses()
+    statuses = statuses or DiffMemo()
     dumps = statuses.dumps([*(slot.status for slot in view.slots),
                             *(workload.status for workload in view.workloads)])
     stored = {slot.key: dump for slot, dump in zip(view.slots, dumps, strict=False)}
     stored_workloads = {workload.key: dump for workload, dump
                         in zip(view.workloads, dumps[len(view.slots):], strict=True)}
-    demands = _demand_statuses(plan, stored)
-    demanded = {(write.namespace, write.name) for write in demands}
     deployments = _first_per_key(view.deployments, lambda d: (d.namespace, d.owner))
+    services = view.services
+    quiet = {decision.slot.key for decision in plan.slots
+             if statuses.quiet(decision, deployments.get(decision.slot.key),
+                               services.get(decision.slot.key))}
+    demands = _demand_statuses(plan, stored, quiet)
+    demanded = {(write.namespace, write.name) for write in demands}
     writes: list[Write] = list(demands)
     # Scale-downs first, so VRAM is released before anything else asks for it.
     for decision in sorted(plan.slots, key=lambda d: d.replicas):
-        key = (decision.namespace, decision.name)
-        writes += _slot_writes(decision, view, deployments.get(key), stored.get(key, {}),
-                               key in demanded, statuses)
+        key = decision.slot.key
+        if key in quiet:
+            continue
+        observed = deployments.get(key)
+        slot_writes = _slot_writes(decision, view, observed, stored.get(key, {}),
+                                   key in demanded, statuses)
+        if not slot_writes and key not in demanded:
+            statuses.wrote_nothing(decision, observed, services.get(key))
+        writes += slot_writes
     children = _first_per_key(view.workload_children, lambda c: (c.namespace, c.owner))
     for workload in plan.workloads:
         key = (workload.namespace, workload.name)
@@ -171,13 +237,15 @@ def diff(plan: Plan, view: View, statuses: StoredStatuses | None = None) -> list
     return writes
 
 
-def _demand_statuses(plan: Plan, stored: dict[tuple[str, str], dict[str, Any]]
-                     ) -> list[ApplyStatus]:
+def _demand_statuses(plan: Plan, stored: dict[tuple[str, str], dict[str, Any]],
+                     quiet: set[tuple[str, str]]) -> list[ApplyStatus]:
     """A demand lives in the operator's memory until a status holds it: it is
     recorded before it is acted on, or an operator killed between evicting the old
     slot and writing the new one's status forgets why it evicted anything."""
     writes: list[ApplyStatus] = []
     for decision in plan.slots:
+        if decision.slot.key in quiet:
+            continue
         namespace, name = decision.namespace, decision.name
         current = stored.get((namespace, name))
         heard = decision.status.get("lastRequestTime")
@@ -190,7 +258,7 @@ def _demand_statuses(plan: Plan, stored: dict[tuple[str, str], dict[str, Any]]
 
 
 def _slot_writes(decision: SlotDecision, view: View, observed: DeploymentInfo | None,
-                 current: dict[str, Any], demanded: bool, statuses: StoredStatuses
+                 current: dict[str, Any], demanded: bool, statuses: DiffMemo
                  ) -> list[Write]:
     namespace, name = decision.namespace, decision.name
     group = Group("slot", namespace, name)
@@ -229,7 +297,7 @@ def _deployment_matches(decision: SlotDecision, observed: DeploymentInfo | None)
 
 
 def _workload_writes(decision: WorkloadDecision, child: WorkloadChild | None,
-                     current: dict[str, Any], statuses: StoredStatuses) -> list[Write]:
+                     current: dict[str, Any], statuses: DiffMemo) -> list[Write]:
     namespace, name = decision.namespace, decision.name
     key = f"{namespace}/{name}"
     group = Group("workload", namespace, name)

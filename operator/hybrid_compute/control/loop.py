@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from hybrid_compute.control import clock, evaluator, health_probe, prompt_cache
 from hybrid_compute.control.act import act
-from hybrid_compute.control.diff import StoredStatuses, diff
+from hybrid_compute.control.diff import DiffMemo, diff
 from hybrid_compute.control.informer import ClusterCache, Written
 from hybrid_compute.control.lease_elector import LeaseElector
 from hybrid_compute.control.observe import Signals, observe
@@ -72,7 +72,7 @@ class Runtime:
         self.last_view: View | None = None
         self.memo = PlanMemo()
         """Templates rendered by one plan, reused by the next."""
-        self.stored_statuses = StoredStatuses()
+        self.diff_memo = DiffMemo()
         """The stored statuses as dicts, from one diff to the next."""
         # A router may have fetched the state from the previous operator just before
         # this one started: count the start as a fetch that acknowledged nothing, so
@@ -198,7 +198,7 @@ class Runtime:
         # Routers follow the plan, not the statuses: they learn of a slot that stops
         # or starts serving before its writes land.
         self._publish(view, result)
-        changes = await asyncio.to_thread(diff, result, view, self.stored_statuses)
+        changes = await asyncio.to_thread(diff, result, view, self.diff_memo)
         started = _stage(stages, "diff", started)
         written: list[Written] = []
         writes = await asyncio.to_thread(act, self.api, changes, now, self._spend_saved,

@@ -188,7 +188,9 @@ class PlanMemo:
         the plan adds to it."""
         entry = self._settled.get(id(slot))
         if entry is not None and entry[0] is slot and entry[1] == inputs:
-            return entry[2].at(now), list(entry[3])
+            again = entry[2].at(now)
+            again.kept = entry[2]
+            return again, list(entry[3])
         decision, events = decide(*args)
         if len(self._settled) > 16384:
             self._settled.clear()

@@ -137,6 +137,9 @@ class SlotDecision:
     """Prompt caches the runtime has saved before it scales the slot down."""
     cache_restore: RestoreRequest | None = None
     """Prompt caches the runtime restores before the router may route to the slot."""
+    kept: SlotDecision | None = field(default=None, compare=False, repr=False)
+    """The decision of an earlier plan this one copies (:meth:`at`), made from the same
+    slot record and inputs; the same object while they stay the same."""
 
     def at(self, now: datetime.datetime) -> SlotDecision:
         """The same decision made at ``now``: its own status fields and conditions to
