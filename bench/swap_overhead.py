@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import statistics
 import threading
@@ -31,6 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import crowd
@@ -154,6 +156,23 @@ class Swaps:
     phases: dict[str, list[float]] = field(default_factory=dict)
     stages: dict[str, tuple[float, float]] = field(default_factory=dict)
     """The operator's passes during the swaps: stage -> (seconds in all, passes)."""
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each of the cluster's processes used during the swaps."""
+    seconds: float = 0.0
+    """How long the swaps took, in all."""
+
+
+def cpu_seconds(cluster: DevCluster) -> dict[str, float]:
+    """CPU seconds (user and system) each process of the cluster has used so far."""
+    state = cluster.state()
+    assert state is not None
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name, pid in state.pids.items():
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            used[name] = (int(fields[11]) + int(fields[12])) / ticks
+    return used
 
 
 def pass_stages(cluster: DevCluster) -> dict[str, tuple[float, float]]:
@@ -183,6 +202,7 @@ def swap(cluster: DevCluster, custom: client.CustomObjectsApi, recorder: Recorde
     demand_url = f"http://127.0.0.1:{state.ports['operator-api']}/v1/demand"
     swaps = Swaps()
     stages_before = pass_stages(cluster)
+    cpu_before, began = cpu_seconds(cluster), time.monotonic()
     for _ in range(rounds):
         wait(lambda: phase(custom, "fast") == "Ready"
              and phase(custom, "quality") == "Standby", custom)
@@ -211,6 +231,9 @@ def swap(cluster: DevCluster, custom: client.CustomObjectsApi, recorder: Recorde
     swaps.stages = {stage: (total - stages_before.get(stage, (0.0, 0.0))[0],
                             count - stages_before.get(stage, (0.0, 0.0))[1])
                     for stage, (total, count) in pass_stages(cluster).items()}
+    swaps.seconds = time.monotonic() - began
+    swaps.cpu = {name: used - cpu_before.get(name, 0.0)
+                 for name, used in cpu_seconds(cluster).items()}
     return swaps
 
 
@@ -225,6 +248,12 @@ def report(title: str, swaps: Swaps) -> None:
     for name, values in swaps.phases.items():
         print(f"  {name:>17}: p50 {statistics.median(values):.2f} s, "
               f"max {max(values):.2f} s over {len(values)} swaps")
+    if swaps.cpu:
+        cores = os.cpu_count() or 1
+        print(f"  CPU used during the swaps ({swaps.seconds:.0f} s; {cores} cores give "
+              f"{cores * swaps.seconds:.0f} s): " + ", ".join(
+                  f"{name} {used:.1f} s" for name, used in
+                  sorted(swaps.cpu.items(), key=lambda item: -item[1]) if used >= 0.05))
     passes = max((count for _, count in swaps.stages.values()), default=0)
     if passes:
         print(f"  the operator's passes meanwhile ({passes:.0f}), mean ms per stage: " + ", ".join(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -147,8 +148,9 @@ class SlotDecision:
         Copied field by field rather than through ``dataclasses.replace``, which takes
         several times as long, for every settled slot of every plan."""
         fields = dict(self.__dict__)
-        for name in _RENDERED:
-            fields.pop(name, None)
+        if len(fields) > _FIELD_COUNT:  # something was rendered: not carried over
+            for name in _RENDERED:
+                fields.pop(name, None)
         fields.update(now=now, status_updates=dict(self.status_updates),
                       condition_updates=list(self.condition_updates))
         again = object.__new__(SlotDecision)
@@ -238,6 +240,7 @@ class SlotDecision:
 _RENDERED = tuple(name for name, value in vars(SlotDecision).items()
                   if isinstance(value, cached_property))
 """What a :class:`SlotDecision` renders on first use and keeps."""
+_FIELD_COUNT = len(dataclass_fields(SlotDecision))
 
 
 @dataclass(frozen=True)
