@@ -213,3 +213,30 @@ def test_an_owner_whose_child_was_just_deleted_is_read_again(
     view = cluster_view(cache, client.ApiClient(), PlanSettings(), {}, {})
     assert asked == ["gone"], "only the owner of the deleted child is read"
     assert [slot.name for slot in view.slots] == ["kept"]
+
+
+def modelslot(version: int, status: dict[str, Any] | None = None,
+              alias: str = "local/a") -> dict[str, Any]:
+    return {"apiVersion": "hybridcompute.io/v1alpha1", "kind": "ModelSlot",
+            "metadata": {"namespace": "lab", "name": "a", "resourceVersion": str(version),
+                         "uid": "u", "generation": 1},
+            "spec": {"alias": alias, "model": {"path": "a.gguf", "vram": "4Gi"}},
+            "status": status or {}}
+
+
+def test_a_custom_objects_status_change_keeps_its_spec_object() -> None:
+    """What the plan keeps by the spec object (the pod template) holds across status
+    changes, and an event that changes nothing keeps the record itself."""
+    cache = ClusterCache(client.ApiClient(), lambda: None)
+    slots = cache.slots
+    slots._receive(event("ADDED", modelslot(1)))
+    first = slots.records()[0]
+    slots._receive(event("MODIFIED", modelslot(2)))
+    assert slots.records()[0] is first, "nothing the record reads changed"
+    slots._receive(event("MODIFIED", modelslot(3, {"phase": "Standby"})))
+    standby = slots.records()[0]
+    assert standby.status.phase == "Standby" and standby.spec is first.spec
+    slots._receive(event("MODIFIED", modelslot(4, {"phase": "Standby"}, alias="local/b")))
+    changed = slots.records()[0]
+    assert changed.spec is not None and changed.spec.alias == "local/b"
+    assert changed.spec is not first.spec

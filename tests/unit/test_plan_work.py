@@ -182,6 +182,20 @@ def test_the_conditions_of_a_slot_without_a_place_are_made_once_per_reason(
     assert made.calls > len(reasons), "slots that now wait for room have a new reason"
 
 
+def test_records_stored_anew_replace_their_entries_rather_than_pile_up() -> None:
+    """A slot whose record is stored again and again (each status write) holds one
+    entry in each cache keyed by slot records, not one per record it ever had."""
+    view = crowded_view()
+    memo, statuses = PlanMemo(), DiffMemo()
+    for second in range(6):
+        renewed = tuple(dataclasses.replace(slot) for slot in view.slots)
+        view = dataclasses.replace(view, slots=renewed)
+        diff(plan(view, NOW + datetime.timedelta(seconds=second), memo), view, statuses)
+    for cache in (memo._vram_choices, memo._gate_served, memo._warm_entries,
+                  memo._endpoints, memo._settled, memo._statuses):
+        assert len(cache) <= SLOTS + WORKLOADS
+
+
 def test_a_value_cache_computes_once_per_key_and_is_bounded() -> None:
     cache: ValueCache[tuple[str, str], str] = ValueCache(limit=3)
     calls: list[str] = []

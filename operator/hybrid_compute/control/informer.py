@@ -18,6 +18,7 @@ its own writes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -87,6 +88,10 @@ class Source(Generic[T]):
     """A kubernetes client list function, already given its selector."""
     parse: Callable[[Mapping[str, Any]], T | None]
     """The object's View record; None for an object the plan does not see."""
+    reuse: Callable[[T, T], T] | None = None
+    """Given the record held and the one an event brings, the record to hold: what
+    the two share is kept as the objects held, so results the plan keeps by object
+    (a pod template by its spec) hold across a status change."""
 
 
 def _key(obj: Mapping[str, Any]) -> Key:
@@ -124,6 +129,9 @@ class Informer(Generic[T]):
         self._resource_version = ""
         self.synced = threading.Event()
         """Set once the first list is held."""
+
+    def size(self) -> int:
+        return len(self._records)
 
     def records(self) -> tuple[T, ...]:
         """Every record, in the API server's list order (namespace, then name); the
@@ -238,6 +246,8 @@ class Informer(Generic[T]):
             own = (key, int(version or 0)) in self._own
             self._own.discard((key, int(version or 0)))
             previous = self._records.get(key)
+            if record is not None and previous is not None and self.source.reuse is not None:
+                record = self.source.reuse(previous, record)
             if record is None:
                 self._records.pop(key, None)
                 self._versions.pop(key, None)
@@ -255,6 +265,19 @@ class Informer(Generic[T]):
             self._resource_version = version
         if changed and not own:
             self._changed()
+
+
+Specified = TypeVar("Specified", SlotInfo, WorkloadInfo, PolicyInfo)
+
+
+def _same_spec(held: Specified, record: Specified) -> Specified:
+    """The held record when nothing changed; else ``record``, holding the held spec
+    object when the spec is equal (most events of a custom object are its status)."""
+    if record == held:
+        return held
+    if held.spec is not None and record.spec == held.spec:
+        return dataclasses.replace(record, spec=held.spec)
+    return record
 
 
 def _not_deleted(parse: Callable[[Mapping[str, Any]], T]
@@ -341,15 +364,19 @@ class ClusterCache:
                               label_selector=slot_children), _service))
         self.slots: Informer[SlotInfo] = informer(Source(
             "modelslots", "modelslots", custom_objects("modelslots"),
-            _not_deleted(slot_from_object)))
+            _not_deleted(slot_from_object), _same_spec))
         self.workloads: Informer[WorkloadInfo] = informer(Source(
             "gpuworkloads", "gpuworkloads", custom_objects("gpuworkloads"),
-            _not_deleted(workload_from_object)))
+            _not_deleted(workload_from_object), _same_spec))
         self.policies: Informer[PolicyInfo] = informer(Source(
             "routepolicies", "routepolicies", custom_objects("routepolicies"),
-            _not_deleted(policy_from_object)))
+            _not_deleted(policy_from_object), _same_spec))
         self._pending: list[Written] = []
         self._stop = threading.Event()
+
+    def size(self) -> int:
+        """How many records the caches hold."""
+        return sum(informer.size() for informer in self.informers())
 
     def informers(self) -> list[Informer[Any]]:
         return [self.nodes, self.slot_pods, self.workload_pods, self.jobs,

@@ -47,6 +47,9 @@ logger = logging.getLogger("hybrid_compute.control.loop")
 DEBOUNCE_SECONDS = 0.02
 RETRY_SECONDS = 5.0
 FOLLOW_UP_SECONDS = 0.5
+FULL_COLLECTION_SECONDS = 3600.0
+FREEZE_SLACK_RECORDS = 100
+"""A small install's caches may grow by this many records before they are frozen again."""
 ROUTER_FORGET_AFTER = 2 * ROUTER_ACTIVE_WINDOW
 """Fetches older than this are dropped: such a router no longer counts as active."""
 
@@ -73,7 +76,8 @@ class Runtime:
         self.memo = PlanMemo()
         """Templates rendered by one plan, reused by the next."""
         self.diff_memo = DiffMemo()
-        """The stored statuses as dicts, from one diff to the next."""
+        """What one diff hands to the next (:class:`~.diff.DiffMemo`)."""
+        self.freezer = Freezer()
         # A router may have fetched the state from the previous operator just before
         # this one started: count the start as a fetch that acknowledged nothing, so
         # drains give routers time.
@@ -214,6 +218,7 @@ class Runtime:
         self.metrics.record_plan(view, result, plan_seconds)
         for line in writes:
             logger.info("applied %s", line)
+        self.freezer.after_pass(cache.size(), quiet=not writes)
         _stage(stages, "after", started)
         self.metrics.record_pass_stages(stages)
         wakeup = result.next_wakeup or now + self.settings.idle_check_interval
@@ -386,10 +391,7 @@ class Runtime:
                                       name="hybrid-compute-loading-pods")
         try:
             await self.cache.synced()
-            # What is loaded now (the modules, the caches' records) lives as long as the
-            # process: left out of the collector's full passes, which otherwise scan it
-            # again every few plans and grow with the number of objects.
-            gc.freeze()
+            self.freezer.freeze(self.cache.size())
             await self._loop()
         finally:
             watcher.cancel()
@@ -437,3 +439,32 @@ def _stage(stages: dict[PassStage, float], stage: PassStage, started: float) -> 
     now = time.perf_counter()
     stages[stage] = now - started
     return now
+
+
+class Freezer:
+    """Keeps what lives as long as the process out of the collector's full passes.
+
+    What the loop holds (the modules, the caches' records, the plan's memo) would be
+    scanned again by every full collection, every few plans, at a cost that grows with
+    the number of objects the cluster has. It is frozen (``gc.freeze``) once the
+    caches are filled, and again after a quiet pass once they have grown by a quarter
+    (a burst of new objects has settled), after a collection so that no garbage is
+    frozen. Frozen objects that become garbage through reference cycles are kept
+    until the next full collection, which runs every ``FULL_COLLECTION_SECONDS``."""
+
+    def __init__(self) -> None:
+        self._frozen_records = 0
+        self._last_full = time.monotonic()
+
+    def freeze(self, records: int) -> None:
+        gc.collect()
+        gc.freeze()
+        self._frozen_records = records
+
+    def after_pass(self, records: int, quiet: bool) -> None:
+        if time.monotonic() - self._last_full > FULL_COLLECTION_SECONDS:
+            gc.unfreeze()
+            self._last_full = time.monotonic()
+            self.freeze(records)
+        elif quiet and records > self._frozen_records * 5 // 4 + FREEZE_SLACK_RECORDS:
+            self.freeze(records)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import operator
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, cast
 
@@ -43,14 +44,18 @@ class IdentityCache(Generic[ValueT]):
     """One result per key object, for one variant of the other inputs.
 
     The entry keeps a reference to its key object, so the object outlives the entry
-    and its id cannot be reused by another object while the entry exists. Bounded:
-    when ``limit`` entries are held, the cache starts over."""
+    and its id cannot be reused by another object while the entry exists. Entries
+    are filed under ``home(key)``, the key's id unless told otherwise: a cache keyed
+    by the records of objects files them under the object's name, so a record stored
+    anew replaces its predecessor's entry rather than leaving it behind until the
+    cache is full. Bounded: when ``limit`` entries are held, the cache starts over."""
 
-    __slots__ = ("_entries", "_limit")
+    __slots__ = ("_entries", "_home", "_limit")
 
-    def __init__(self, limit: int) -> None:
-        self._entries: dict[int, tuple[object, object, ValueT]] = {}
+    def __init__(self, limit: int, home: Callable[[Any], Hashable] = id) -> None:
+        self._entries: dict[Hashable, tuple[object, object, ValueT]] = {}
         self._limit = limit
+        self._home = home
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -59,7 +64,7 @@ class IdentityCache(Generic[ValueT]):
             *args: *ArgsT) -> ValueT:
         """The result for ``key`` and ``variant``, ``compute(*args)`` on the first ask
         (arguments rather than a closure: a hit then allocates nothing)."""
-        entry = self._entries.get(id(key))
+        entry = self._entries.get(self._home(key))
         if entry is not None and entry[0] is key and (entry[1] is variant
                                                       or entry[1] == variant):
             return entry[2]
@@ -67,18 +72,10 @@ class IdentityCache(Generic[ValueT]):
         self.put(key, variant, value)
         return value
 
-    def peek(self, key: object, variant: object) -> ValueT | None:
-        """The result held for ``key`` and ``variant``, if any."""
-        entry = self._entries.get(id(key))
-        if entry is not None and entry[0] is key and (entry[1] is variant
-                                                      or entry[1] == variant):
-            return entry[2]
-        return None
-
     def put(self, key: object, variant: object, value: ValueT) -> None:
         if len(self._entries) > self._limit:
             self._entries.clear()
-        self._entries[id(key)] = (key, variant, value)
+        self._entries[self._home(key)] = (key, variant, value)
 
 
 class ValueCache(Generic[KeyT, ValueT]):
@@ -107,6 +104,8 @@ class ValueCache(Generic[KeyT, ValueT]):
 
 
 _MISSING = object()
+_slot_key = operator.attrgetter("key")
+"""Where the caches keyed by slot records file them: one entry per slot."""
 
 
 def _same_objects(inputs: tuple[object, ...], before: tuple[object, ...]) -> bool:
@@ -137,21 +136,21 @@ class PlanMemo:
         self._workload_templates: IdentityCache[dict[str, Any]] = IdentityCache(4096)
         self._fingerprints: IdentityCache[str] = IdentityCache(8192)
         self._served: IdentityCache[ModelSlotSpec] = IdentityCache(1024)
-        self._gate_served: IdentityCache[ModelSlotSpec] = IdentityCache(16384)
+        self._gate_served: IdentityCache[ModelSlotSpec] = IdentityCache(16384, _slot_key)
         self._file_keys: IdentityCache[ModelFileKey | None] = IdentityCache(16384)
-        self._vram_choices: IdentityCache[VramChoice] = IdentityCache(16384)
+        self._vram_choices: IdentityCache[VramChoice] = IdentityCache(16384, _slot_key)
         self._fits: IdentityCache[ConditionUpdate] = IdentityCache(16384)
         self._conditions: ValueCache[Hashable, tuple[ConditionUpdate, ...]] = ValueCache(16384)
         self._warm_file_keys: IdentityCache[ModelFileKey | None] = IdentityCache(16384)
-        self._warm_entries: IdentityCache[RankedSlot] = IdentityCache(16384)
+        self._warm_entries: IdentityCache[RankedSlot] = IdentityCache(16384, _slot_key)
         self._warm_lists: dict[Hashable, tuple[list[ModelFileKey],
                                                tuple[WarmFile, ...]]] = {}
         self._settings: PlanSettings | None = None
         self._last: dict[str, tuple[tuple[object, ...], object]] = {}
-        self._settled: dict[int, tuple[SlotInfo, tuple[object, ...], SlotDecision,
+        self._settled: dict[tuple[str, str], tuple[SlotInfo, tuple[object, ...], SlotDecision,
                                        tuple[EventIntent, ...]]] = {}
-        self._statuses: IdentityCache[dict[str, Any]] = IdentityCache(16384)
-        self._endpoints: IdentityCache[str] = IdentityCache(16384)
+        self._statuses: dict[Hashable, tuple[BaseModel, object, dict[str, Any]]] = {}
+        self._endpoints: IdentityCache[str] = IdentityCache(16384, _slot_key)
 
     def known_settings(self, view: View) -> View:
         """``view`` with the previous plan's settings object when the two are equal.
@@ -186,7 +185,7 @@ class PlanMemo:
         the slot record): the previous plan's, made again at ``now``, while ``slot``
         is the same object and ``inputs`` are equal. Kept as it was decided, before
         the plan adds to it."""
-        entry = self._settled.get(id(slot))
+        entry = self._settled.get(slot.key)
         if entry is not None and entry[0] is slot and entry[1] == inputs:
             again = entry[2].at(now)
             again.kept = entry[2]
@@ -194,25 +193,28 @@ class PlanMemo:
         decision, events = decide(*args)
         if len(self._settled) > 16384:
             self._settled.clear()
-        self._settled[id(slot)] = (slot, inputs, decision.at(decision.now), tuple(events))
+        self._settled[slot.key] = (slot, inputs, decision.at(decision.now), tuple(events))
         return decision, events
 
-    def status(self, previous: BaseModel, updates: Sequence[ConditionUpdate],
+    def status(self, owner: Hashable, previous: BaseModel, updates: Sequence[ConditionUpdate],
                generation: int, now: datetime.datetime, fields: dict[str, Any]
                ) -> dict[str, Any]:
-        """:func:`hybrid_compute.plan.conditions.render_status`, the same dict as the
-        previous plan's while the stored status is the same object and the updates
-        and fields are equal. Only a render that no condition changed is kept: that
-        one reads no clock. Most statuses are unchanged on most passes, and the diff
-        then compares a status with itself rather than a fresh render."""
+        """:func:`hybrid_compute.plan.conditions.render_status` of ``owner``'s status,
+        the same dict as the previous plan's while the stored status is the same
+        object and the updates and fields are equal. Only a render that no condition
+        changed is kept: that one reads no clock. Most statuses are unchanged on most
+        passes, and the diff then compares a status with itself rather than a fresh
+        render."""
         variant = (tuple(updates), generation, fields)
-        entry = self._statuses.peek(previous, variant)
-        if entry is not None:
-            return entry
+        entry = self._statuses.get(owner)
+        if entry is not None and entry[0] is previous and entry[1] == variant:
+            return entry[2]
         rendered, timeless = conditions.render_status_once(previous, updates, generation,
                                                            now, fields)
         if timeless:
-            self._statuses.put(previous, variant, rendered)
+            if len(self._statuses) > 16384:
+                self._statuses.clear()
+            self._statuses[owner] = (previous, variant, rendered)
         return rendered
 
     def endpoint(self, slot: SlotInfo, port: int, template: str) -> str:

@@ -199,7 +199,8 @@ class SlotDecision:
         }
         if self.slot.spec is not None:
             fields["fetch"] = self.fetch
-        return self.memo.status(self.slot.status, self.condition_updates,
+        return self.memo.status(("ModelSlot", *self.slot.key), self.slot.status,
+                                self.condition_updates,
                                 self.slot.generation, self.now, fields)
 
     @cached_property

@@ -90,7 +90,8 @@ class WorkloadDecision:
             "node": self.node,
             **self.status_updates,
         }
-        return self.memo.status(self.workload.status, self.condition_updates,
+        return self.memo.status(("GpuWorkload", *self.workload.key), self.workload.status,
+                                self.condition_updates,
                                 self.workload.generation, self.now, fields)
 
 
