@@ -196,11 +196,11 @@ class _QuietSlot:
     __hash__ = None  # type: ignore[assignment]
 
 
-def diff(plan: Plan, view: View, statuses: DiffMemo | None = None) -> list[Write]:
+def diff(plan: Plan, view: View, memo: DiffMemo | None = None) -> list[Write]:
     """The writes that make the cluster read as ``plan``, in the order to write them.
-    ``statuses`` keeps the stored statuses' dicts from one diff to the next."""
-    statuses = statuses or DiffMemo()
-    dumps = statuses.dumps([*(slot.status for slot in view.slots),
+    ``memo`` carries what one diff hands to the next."""
+    memo = memo or DiffMemo()
+    dumps = memo.dumps([*(slot.status for slot in view.slots),
                             *(workload.status for workload in view.workloads)])
     stored = {slot.key: dump for slot, dump in zip(view.slots, dumps, strict=False)}
     stored_workloads = {workload.key: dump for workload, dump
@@ -208,7 +208,7 @@ def diff(plan: Plan, view: View, statuses: DiffMemo | None = None) -> list[Write
     deployments = _first_per_key(view.deployments, lambda d: (d.namespace, d.owner))
     services = view.services
     quiet = {decision.slot.key for decision in plan.slots
-             if statuses.quiet(decision, deployments.get(decision.slot.key),
+             if memo.quiet(decision, deployments.get(decision.slot.key),
                                services.get(decision.slot.key))}
     demands = _demand_statuses(plan, stored, quiet)
     demanded = {(write.namespace, write.name) for write in demands}
@@ -220,15 +220,15 @@ def diff(plan: Plan, view: View, statuses: DiffMemo | None = None) -> list[Write
             continue
         observed = deployments.get(key)
         slot_writes = _slot_writes(decision, view, observed, stored.get(key, {}),
-                                   key in demanded, statuses)
+                                   key in demanded, memo)
         if not slot_writes and key not in demanded:
-            statuses.wrote_nothing(decision, observed, services.get(key))
+            memo.wrote_nothing(decision, observed, services.get(key))
         writes += slot_writes
     children = _first_per_key(view.workload_children, lambda c: (c.namespace, c.owner))
     for workload in plan.workloads:
         key = (workload.namespace, workload.name)
         writes += _workload_writes(workload, children.get(key),
-                                   stored_workloads.get(key, {}), statuses)
+                                   stored_workloads.get(key, {}), memo)
     for policy in plan.policies:
         writes += _policy_writes(policy)
     writes += [PostEvent(event, f"event {event.reason} {event.namespace}/{event.name}",
@@ -258,7 +258,7 @@ def _demand_statuses(plan: Plan, stored: dict[tuple[str, str], dict[str, Any]],
 
 
 def _slot_writes(decision: SlotDecision, view: View, observed: DeploymentInfo | None,
-                 current: dict[str, Any], demanded: bool, statuses: DiffMemo
+                 current: dict[str, Any], demanded: bool, memo: DiffMemo
                  ) -> list[Write]:
     namespace, name = decision.namespace, decision.name
     group = Group("slot", namespace, name)
@@ -276,7 +276,7 @@ def _slot_writes(decision: SlotDecision, view: View, observed: DeploymentInfo | 
         service = decision.service
         assert service is not None
         writes.append(ApplyObject(service, f"service {namespace}/{name}", group))
-    if not statuses.same(current, decision.status):
+    if not memo.same(current, decision.status):
         writes.append(ApplyStatus(
             ModelSlot.crd, namespace, name, decision.status,
             f"status {namespace}/{name} phase={decision.phase}", group,
@@ -297,7 +297,7 @@ def _deployment_matches(decision: SlotDecision, observed: DeploymentInfo | None)
 
 
 def _workload_writes(decision: WorkloadDecision, child: WorkloadChild | None,
-                     current: dict[str, Any], statuses: DiffMemo) -> list[Write]:
+                     current: dict[str, Any], memo: DiffMemo) -> list[Write]:
     namespace, name = decision.namespace, decision.name
     key = f"{namespace}/{name}"
     group = Group("workload", namespace, name)
@@ -311,7 +311,7 @@ def _workload_writes(decision: WorkloadDecision, child: WorkloadChild | None,
         assert desired is not None
         writes.append(ApplyObject(
             desired, f"{desired['kind'].lower()} {key} active={decision.active}", group))
-    if not statuses.same(current, decision.status):
+    if not memo.same(current, decision.status):
         writes.append(ApplyStatus(GpuWorkload.crd, namespace, name, decision.status,
                                   f"status {key} phase={decision.phase}", group))
     return writes

@@ -69,13 +69,10 @@ class IdentityCache(Generic[ValueT]):
                                                       or entry[1] == variant):
             return entry[2]
         value = compute(*args)
-        self.put(key, variant, value)
-        return value
-
-    def put(self, key: object, variant: object, value: ValueT) -> None:
         if len(self._entries) > self._limit:
             self._entries.clear()
         self._entries[self._home(key)] = (key, variant, value)
+        return value
 
 
 class ValueCache(Generic[KeyT, ValueT]):
@@ -127,9 +124,8 @@ class PlanMemo:
 
     __slots__ = ("_conditions", "_endpoints", "_file_keys", "_fingerprints", "_fits",
                  "_gate_served", "_last", "_served", "_settings", "_settled",
-                 "_slot_templates", "_statuses",
-                 "_vram_choices", "_warm_entries", "_warm_file_keys", "_warm_lists",
-                 "_workload_templates")
+                 "_slot_templates", "_statuses", "_vram_choices", "_warm_entries",
+                 "_warm_file_keys", "_warm_lists", "_workload_templates")
 
     def __init__(self) -> None:
         self._slot_templates: IdentityCache[dict[str, Any]] = IdentityCache(8192)
@@ -147,8 +143,8 @@ class PlanMemo:
                                                tuple[WarmFile, ...]]] = {}
         self._settings: PlanSettings | None = None
         self._last: dict[str, tuple[tuple[object, ...], object]] = {}
-        self._settled: dict[tuple[str, str], tuple[SlotInfo, tuple[object, ...], SlotDecision,
-                                       tuple[EventIntent, ...]]] = {}
+        self._settled: dict[tuple[str, str], tuple[SlotInfo, tuple[object, ...],
+                                                   SlotDecision, tuple[EventIntent, ...]]] = {}
         self._statuses: dict[Hashable, tuple[BaseModel, object, dict[str, Any]]] = {}
         self._endpoints: IdentityCache[str] = IdentityCache(16384, _slot_key)
 

@@ -200,8 +200,7 @@ class SlotDecision:
         if self.slot.spec is not None:
             fields["fetch"] = self.fetch
         return self.memo.status(("ModelSlot", *self.slot.key), self.slot.status,
-                                self.condition_updates,
-                                self.slot.generation, self.now, fields)
+                                self.condition_updates, self.slot.generation, self.now, fields)
 
     @cached_property
     def template(self) -> dict[str, Any] | None:

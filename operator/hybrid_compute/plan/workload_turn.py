@@ -91,8 +91,8 @@ class WorkloadDecision:
             **self.status_updates,
         }
         return self.memo.status(("GpuWorkload", *self.workload.key), self.workload.status,
-                                self.condition_updates,
-                                self.workload.generation, self.now, fields)
+                                self.condition_updates, self.workload.generation, self.now,
+                                fields)
 
 
 @dataclass(slots=True)
