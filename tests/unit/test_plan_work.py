@@ -330,19 +330,24 @@ def _stored(view: View, writes: list[Write]) -> View:
         workload_children=tuple(workload_children.values()), services=services)
 
 
+def _settled(view: View, memo: PlanMemo, statuses: DiffMemo
+             ) -> tuple[View, datetime.datetime]:
+    """``view`` after a few passes whose writes are stored, and the next moment."""
+    moment = NOW
+    for _ in range(4):
+        view = _stored(view, diff(plan(view, moment, memo), view, statuses))
+        moment += datetime.timedelta(seconds=1)
+    return view, moment
+
+
 def test_a_diff_of_a_settled_cluster_renders_and_compares_nothing_again(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Once the plan's writes are stored, later passes render no status, Service or
     child again and compare no status field by field: the plan hands out the same
     status dicts, which the diff already found equal to the stored ones, and a settled
     slot's copied decision is not looked at."""
-    view = crowded_view()
     memo, statuses = PlanMemo(), DiffMemo()
-    moment = NOW
-    for _ in range(3):
-        writes = diff(plan(view, moment, memo), view, statuses)
-        view = _stored(view, writes)
-        moment += datetime.timedelta(seconds=1)
+    view, moment = _settled(crowded_view(), memo, statuses)
     assert not diff(plan(view, moment, memo), view, statuses), "the cluster has settled"
     renders = Counter(monkeypatch, conditions, "render_status_once")
     services = Counter(monkeypatch, children, "service")
@@ -381,13 +386,8 @@ def test_a_diff_of_a_settled_cluster_renders_and_compares_nothing_again(
 def test_a_settled_slot_is_written_again_when_its_children_change_under_it() -> None:
     """The diff passes over a settled slot only while what it observed is the same: a
     Service deleted by hand, or a Deployment scaled by hand, is put back."""
-    view = crowded_view()
     memo, statuses = PlanMemo(), DiffMemo()
-    moment = NOW
-    for _ in range(4):
-        writes = diff(plan(view, moment, memo), view, statuses)
-        view = _stored(view, writes)
-        moment += datetime.timedelta(seconds=1)
+    view, moment = _settled(crowded_view(), memo, statuses)
     settled = next(d for d in plan(view, moment, memo).slots if d.kept is not None)
     key = settled.slot.key
     services = {k: v for k, v in view.services.items() if k != key}
