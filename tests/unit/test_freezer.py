@@ -24,6 +24,7 @@ def test_a_burst_is_frozen_once_a_quiet_pass_follows_it(monkeypatch: pytest.Monk
                                                         ) -> None:
     freezer = Freezer()
     freezer.freeze(1000)
+    freezer.after_pass(1000, quiet=True)  # the first quiet pass: the memo it filled
     frozen = gc.get_freeze_count()
     held = [[index] for index in range(5000)]  # lists, which the collector tracks
     freezes: list[int] = []
@@ -41,6 +42,19 @@ def test_a_burst_is_frozen_once_a_quiet_pass_follows_it(monkeypatch: pytest.Monk
     freezer.after_pass(1400, quiet=True)
     assert freezes == [1]
     assert gc.get_freeze_count() >= frozen + len(held)
+
+
+def test_the_first_quiet_pass_freezes_what_it_filled(monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    freezer = Freezer()
+    freezer.freeze(10)
+    freezes: list[int] = []
+    monkeypatch.setattr(gc, "freeze", lambda: freezes.append(1))
+    freezer.after_pass(10, quiet=False)
+    assert not freezes, "the first passes are still writing"
+    freezer.after_pass(10, quiet=True)
+    freezer.after_pass(10, quiet=True)
+    assert freezes == [1]
 
 
 def test_a_full_collection_runs_every_so_often(monkeypatch: pytest.MonkeyPatch) -> None:

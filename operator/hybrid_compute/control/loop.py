@@ -447,13 +447,16 @@ class Freezer:
     What the loop holds (the modules, the caches' records, the plan's memo) would be
     scanned again by every full collection, every few plans, at a cost that grows with
     the number of objects the cluster has. It is frozen (``gc.freeze``) once the
-    caches are filled, and again after a quiet pass once they have grown by a quarter
-    (a burst of new objects has settled), after a collection so that no garbage is
-    frozen. Frozen objects that become garbage through reference cycles are kept
-    until the next full collection, which runs every ``FULL_COLLECTION_SECONDS``."""
+    caches are filled; again after the first quiet pass, which has filled the plan's
+    memo; and again after a quiet pass once the caches have grown by a quarter (a
+    burst of new objects has settled). Each freeze follows a collection, so that no
+    garbage is frozen. Frozen objects that become garbage through reference cycles
+    are kept until the next full collection, which runs every
+    ``FULL_COLLECTION_SECONDS``."""
 
     def __init__(self) -> None:
         self._frozen_records = 0
+        self._memo_frozen = False
         self._last_full = time.monotonic()
 
     def freeze(self, records: int) -> None:
@@ -466,5 +469,7 @@ class Freezer:
             gc.unfreeze()
             self._last_full = time.monotonic()
             self.freeze(records)
-        elif quiet and records > self._frozen_records * 5 // 4 + FREEZE_SLACK_RECORDS:
+        elif quiet and (not self._memo_frozen
+                        or records > self._frozen_records * 5 // 4 + FREEZE_SLACK_RECORDS):
+            self._memo_frozen = True
             self.freeze(records)
