@@ -124,6 +124,18 @@ def test_router_outcomes_and_spend_are_recorded() -> None:
     assert sample(metrics, "hybrid_compute_reconcile_errors_total", cause="api") == 1
 
 
+def test_each_stage_of_a_pass_is_a_histogram_series() -> None:
+    metrics = OperatorMetrics()
+    metrics.record_pass_stages({"observe": 0.004, "plan": 0.02, "diff": 0.003,
+                                "act": 0.03, "after": 0.001})
+    metrics.record_pass_stages({"observe": 0.002, "plan": 0.01, "diff": 0.001,
+                                "act": 0.0, "after": 0.001})
+    name = "hybrid_compute_pass_stage_duration_seconds"
+    assert sample(metrics, f"{name}_count", stage="plan") == 2
+    assert sample(metrics, f"{name}_sum", stage="plan") == pytest.approx(0.03)
+    assert sample(metrics, f"{name}_bucket", stage="act", le="0.005") == 1
+
+
 def test_metrics_endpoint_serves_the_registry() -> None:
     metrics = OperatorMetrics()
     metrics.record_route("served", "local/fast", "local/fast")

@@ -196,7 +196,6 @@ class Runtime:
         view = await observe(cache, self.api, self.settings, self._signals(), now)
         started = _stage(stages, "observe", started)
         result = plan(view, now, self.memo)
-        plan_seconds = time.perf_counter() - started
         started = _stage(stages, "plan", started)
         await self._keep_prompt_caches(result)
         # Routers follow the plan, not the statuses: they learn of a slot that stops
@@ -215,7 +214,7 @@ class Runtime:
             self._start_evaluation(decision)
         if self.telemetry is not None:
             self.telemetry.want_warm(result.warm)
-        self.metrics.record_plan(view, result, plan_seconds)
+        self.metrics.record_plan(view, result, stages["plan"])
         for line in writes:
             logger.info("applied %s", line)
         self.freezer.after_pass(cache.size(), quiet=not writes)

@@ -68,7 +68,8 @@ class OperatorMetrics:
             "hybrid_compute_pass_stage_duration_seconds",
             "Time one stage of an observe-plan-diff-act pass took: observe (waiting for "
             "the watches to return the last pass's writes, then reading them), plan, "
-            "diff, act (the writes) and after (metrics, evaluations, warm lists)",
+            "diff (with the prompt cache saves and restores the plan asks for first), "
+            "act (the writes) and after (metrics, evaluations, warm lists)",
             ["stage"], buckets=PLAN_SECONDS_BUCKETS, registry=registry)
         self.reconciles = Counter(
             "hybrid_compute_reconciles", "Observe-plan-act passes completed", registry=registry)
