@@ -15,12 +15,11 @@ the process's own, so other load on the machine slows it but is not counted.
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from pathlib import Path
 
 from crowd import NAMESPACE, crowd, slot, wait_all_phased
 from kubernetes import client
+from process_stats import cpu_seconds, rss_mb
 
 from hybrid_compute.control import kube
 from hybrid_compute.dev.bootstrap import bootstrap_manifests
@@ -29,19 +28,6 @@ from hybrid_compute.dev.cluster import DevCluster
 TARGET_CPU_PERCENT = 2.0
 TARGET_RSS_MB = 150.0
 SETTLE_SECONDS = 15.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def measure(cluster: DevCluster, custom: client.CustomObjectsApi, expected: int,

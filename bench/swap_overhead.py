@@ -32,11 +32,11 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import crowd
 from kubernetes import client, watch
+from process_stats import cpu_seconds
 
 from hybrid_compute.control import kube
 from hybrid_compute.dev.bootstrap import bootstrap_manifests
@@ -162,16 +162,14 @@ class Swaps:
     """How long the swaps took, in all."""
 
 
-def cpu_seconds(cluster: DevCluster) -> dict[str, float]:
+def cluster_cpu_seconds(cluster: DevCluster) -> dict[str, float]:
     """CPU seconds (user and system) each process of the cluster has used so far."""
     state = cluster.state()
     assert state is not None
-    ticks = os.sysconf("SC_CLK_TCK")
     used = {}
     for name, pid in state.pids.items():
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            used[name] = (int(fields[11]) + int(fields[12])) / ticks
+            used[name] = cpu_seconds(pid)
     return used
 
 
@@ -202,7 +200,7 @@ def swap(cluster: DevCluster, custom: client.CustomObjectsApi, recorder: Recorde
     demand_url = f"http://127.0.0.1:{state.ports['operator-api']}/v1/demand"
     swaps = Swaps()
     stages_before = pass_stages(cluster)
-    cpu_before, began = cpu_seconds(cluster), time.monotonic()
+    cpu_before, began = cluster_cpu_seconds(cluster), time.monotonic()
     for _ in range(rounds):
         wait(lambda: phase(custom, "fast") == "Ready"
              and phase(custom, "quality") == "Standby", custom)
@@ -233,7 +231,7 @@ def swap(cluster: DevCluster, custom: client.CustomObjectsApi, recorder: Recorde
                     for stage, (total, count) in pass_stages(cluster).items()}
     swaps.seconds = time.monotonic() - began
     swaps.cpu = {name: used - cpu_before.get(name, 0.0)
-                 for name, used in cpu_seconds(cluster).items()}
+                 for name, used in cluster_cpu_seconds(cluster).items()}
     return swaps
 
 

@@ -120,9 +120,14 @@ class DiffMemo:
         self._quiet: dict[tuple[str, str], _QuietSlot] = {}
         self._quiet_before: dict[tuple[str, str], _QuietSlot] = {}
 
+    def start(self) -> None:
+        """A new diff: what the last one found is what this one reads; only what
+        this diff and the one before found is kept."""
+        self._equal_before, self._equal = self._equal, {}
+        self._quiet_before, self._quiet = self._quiet, {}
+
     def dumps(self, statuses: Iterable[BaseModel]) -> list[dict[str, Any]]:
-        """Each status as a dict, at the start of a diff; only the statuses asked for
-        now, and the equalities found in this diff and the one before, are kept."""
+        """Each status as a dict; only the statuses asked for now are kept."""
         kept: dict[int, tuple[BaseModel, dict[str, Any]]] = {}
         dumps: list[dict[str, Any]] = []
         for status in statuses:
@@ -132,8 +137,6 @@ class DiffMemo:
             kept[id(status)] = held
             dumps.append(held[1])
         self._dumps = kept
-        self._equal_before, self._equal = self._equal, {}
-        self._quiet_before, self._quiet = self._quiet, {}
         return dumps
 
     def quiet(self, decision: SlotDecision, observed: DeploymentInfo | None,
@@ -200,8 +203,9 @@ def diff(plan: Plan, view: View, memo: DiffMemo | None = None) -> list[Write]:
     """The writes that make the cluster read as ``plan``, in the order to write them.
     ``memo`` carries what one diff hands to the next."""
     memo = memo or DiffMemo()
+    memo.start()
     dumps = memo.dumps([*(slot.status for slot in view.slots),
-                            *(workload.status for workload in view.workloads)])
+                        *(workload.status for workload in view.workloads)])
     stored = {slot.key: dump for slot, dump in zip(view.slots, dumps, strict=False)}
     stored_workloads = {workload.key: dump for workload, dump
                         in zip(view.workloads, dumps[len(view.slots):], strict=True)}
@@ -209,7 +213,7 @@ def diff(plan: Plan, view: View, memo: DiffMemo | None = None) -> list[Write]:
     services = view.services
     quiet = {decision.slot.key for decision in plan.slots
              if memo.quiet(decision, deployments.get(decision.slot.key),
-                               services.get(decision.slot.key))}
+                           services.get(decision.slot.key))}
     demands = _demand_statuses(plan, stored, quiet)
     demanded = {(write.namespace, write.name) for write in demands}
     writes: list[Write] = list(demands)
