@@ -88,15 +88,21 @@ def test_a_kept_memo_computes_nothing_again_for_unchanged_objects(
     figures = Counter(monkeypatch, model_vram, "choose")
     templates = Counter(monkeypatch, children, "pod_template")
     warm_lists_built = Counter(monkeypatch, warm_standby, "warm_files")
+    warm_orders = Counter(monkeypatch, warm_standby, "_in_rank_order")
+    files_listed = Counter(monkeypatch, warm_standby, "_loadable_files")
     view = crowded_view()
     memo = PlanMemo()
     first = plan(view, NOW, memo)
     assert figures.calls == SLOTS, "one VRAM figure per GPU slot"
     assert warm_lists_built.calls == 2, "one warm list per shape of node"
-    before = (figures.calls, templates.calls, warm_lists_built.calls)
+    assert (warm_orders.calls, files_listed.calls) == (1, 2), \
+        "the slots put in order once, their files listed once per shape of node"
+    before = (figures.calls, templates.calls, warm_lists_built.calls, warm_orders.calls,
+              files_listed.calls)
     later = plan(view, NOW + datetime.timedelta(seconds=1), memo)
-    assert (figures.calls, templates.calls, warm_lists_built.calls) == before, \
-        "the same objects planned again: no figure, template or warm list is rebuilt"
+    assert (figures.calls, templates.calls, warm_lists_built.calls, warm_orders.calls,
+            files_listed.calls) == before, \
+        "the same objects planned again: no figure, template, order or warm list is rebuilt"
     assert later.warm == first.warm
     assert all(later.warm[node] is first.warm[node] for node in first.warm)
 

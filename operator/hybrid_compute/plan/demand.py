@@ -146,10 +146,11 @@ def _slot_candidate(slot: SlotInfo, spec: ModelSlotSpec, vram: int, view: View,
                     now: datetime.datetime, wakeups: list[datetime.datetime],
                     found: SlotDemand) -> Candidate | None:
     pods = owned.slot_pods.get(slot.key, [])
+    requested = found.requests[slot.key] = last_request(slot, view)
+    if not pods and requested is None and spec.activation == "OnDemand" and not spec.default:
+        return None  # never asked for and holding nothing: most slots of a large install
     ready_pod = bool(pods) and any_serving(pods)
     pinned = _pinned(slot, spec, view, ready_pod, now, wakeups)
-    requested = last_request(slot, view)
-    found.requests[slot.key] = requested
     in_use = _in_use(slot, spec, view, requested, ready_pod, now, wakeups)
     if spec.activation == "OnDemand" and (in_use or pods):
         found.busy.append(spec.alias)

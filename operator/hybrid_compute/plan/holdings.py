@@ -60,16 +60,19 @@ def record_holdings(view: View, owned: Owned, gpus: dict[str, Gpu], mutex_bytes:
 def _slot_holdings(view: View, owned: Owned, gpus: dict[str, Gpu], mutex_bytes: int
                    ) -> dict[Key, list[str]]:
     held_gpus: dict[Key, list[str]] = {}
-    slots_by_key = {slot.key: slot for slot in view.slots}
-    # Only pods and Deployments hold memory: a slot with neither holds none.
-    for key in sorted(owned.slot_pods.keys() | owned.deployments.keys()):
-        slot = slots_by_key.get(key)
-        pods = owned.slot_pods.get(key, [])
+    # Only pods and Deployments hold memory: a slot with neither holds none. Most
+    # slots of a large install hold nothing (a Deployment scaled to zero).
+    holding: list[tuple[Key, int]] = []
+    for key in owned.slot_pods.keys() | owned.deployments.keys():
         deployment = owned.deployments.get(key)
         asked = deployment.replicas * deployment.vram_bytes if deployment else 0
-        held = max(sum(p.vram_bytes for p in pods), asked)
-        if held == 0:
-            continue
+        held = max(sum(p.vram_bytes for p in owned.slot_pods.get(key, ())), asked)
+        if held:
+            holding.append((key, held))
+    slots_by_key = {slot.key: slot for slot in view.slots} if holding else {}
+    for key, held in sorted(holding):
+        slot = slots_by_key.get(key)
+        pods = owned.slot_pods.get(key, [])
         gpu_count = max([p.gpus for p in pods] + [1])
         placed = located_gpus(gpus, slot.status.gpu if slot else None,
                               {p.node for p in pods if p.node}, gpu_count) or list(gpus)

@@ -76,9 +76,6 @@ def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[
         if view.page_cache:  # without the agents' reports there is nothing to show
             decision.page_cache = page_cache_status(view, slot,
                                                     decision.node or decision.pinned_node, memo)
-        if slot.spec is not None:
-            decision.status_updates["idle_timeout"] = idle.auto_status(
-                slot.spec, slot.status, decision.status_updates, view.settings)
         events += new_events
         if decision.phase in ("Loading", "Unloading"):
             wakeups.append(now + LOAD_POLL)
@@ -114,8 +111,9 @@ def decide_slot(slot: SlotInfo, view: View, now: datetime.datetime, memo: PlanMe
     has no place is decided once while what its decision reads stays the same."""
     inputs = settled_inputs(slot, view, now, findings)
     if inputs is None:
-        return _decide(slot, view, now, memo, gpus, findings)
-    return memo.settled_slot(slot, inputs, now, _decide, slot, view, now, memo, gpus, findings)
+        return _decide_with_idle_timeout(slot, view, now, memo, gpus, findings)
+    return memo.settled_slot(slot, inputs, now, _decide_with_idle_timeout, slot, view, now,
+                             memo, gpus, findings)
 
 
 def settled_inputs(slot: SlotInfo, view: View, now: datetime.datetime,
@@ -148,6 +146,18 @@ def settled_inputs(slot: SlotInfo, view: View, now: datetime.datetime,
             requested.utcoffset() if requested is not None else None, choice, wanted,
             demand.unschedulable.get(key), demand.asleep.get(key),
             placement.slot_waiting.get(key), placement.slot_standby.get(key))
+
+
+def _decide_with_idle_timeout(slot: SlotInfo, view: View, now: datetime.datetime,
+                              memo: PlanMemo, gpus: dict[str, Gpu], findings: SlotFindings
+                              ) -> tuple[SlotDecision, list[EventIntent]]:
+    """The decision with ``status.idleTimeout`` of an Auto slot, which reads the records
+    the decision writes and nothing else: a kept decision holds it already."""
+    decision, events = _decide(slot, view, now, memo, gpus, findings)
+    if slot.spec is not None:
+        decision.status_updates["idle_timeout"] = idle.auto_status(
+            slot.spec, slot.status, decision.status_updates, view.settings)
+    return decision, events
 
 
 def _decide(slot: SlotInfo, view: View, now: datetime.datetime, memo: PlanMemo,

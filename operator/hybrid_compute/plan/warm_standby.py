@@ -145,7 +145,10 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
                 loaded.setdefault(outcome.node, set()).add(key)
             continue
         ranked.append(entry_for(slot, key, phase, requested(slot), outcome.template_vram, now))
-    ranked.sort(key=_by_rank)
+    # The memo hands out the same entry while a slot's rank holds, so on most plans
+    # the order, and each shape's files, are the previous plan's.
+    in_order = (memo.while_unchanged("warm ranked", (tuple(ranked),), _in_rank_order, ranked)
+                if memo is not None else _in_rank_order(ranked))
     # Nodes of one shape (devices and their memory) take the same files: each
     # shape's list is worked out once, and a node leaves out what it has loaded.
     files_for = memo.warm_files if memo is not None else _unmemoized_files
@@ -155,7 +158,10 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
     for node in sorted(view.nodes, key=lambda n: n.name):
         shape = (node.gpu_count, node.gpu_memory_bytes)
         if shape not in by_shape:
-            keys, listed = _loadable_files(node, ranked, settings)
+            keys, listed = (
+                memo.while_unchanged(f"warm files {shape}", (in_order, settings),
+                                     _loadable_files, node, in_order, settings)
+                if memo is not None else _loadable_files(node, in_order, settings))
             by_shape[shape] = keys, listed, files_for(shape, keys)
         keys, listed, files = by_shape[shape]
         skipped = loaded.get(node.name)
@@ -163,6 +169,10 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
             files = files_for(node.name, [key for key in keys if key not in skipped])
         lists[node.name] = files
     return lists
+
+
+def _in_rank_order(ranked: list[RankedSlot]) -> list[RankedSlot]:
+    return sorted(ranked, key=_by_rank)
 
 
 def _loadable_files(node: GpuNode, in_order: list[RankedSlot], settings: PlanSettings
