@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec, GpuWorkloadStatus
 from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.units import MIB
+from hybrid_compute.control import clock, state_api
 from hybrid_compute.control import diff as diff_module
 from hybrid_compute.control.diff import ApplyObject, ApplyStatus, DiffMemo, Write, diff
+from hybrid_compute.control.loop import Runtime
 from hybrid_compute.plan import (
     conditions,
     conflicts,
@@ -406,3 +409,36 @@ def test_a_settled_slot_is_written_again_when_its_children_change_under_it() -> 
     writes = diff(plan(scaled, moment, memo), scaled, statuses)
     assert [w.line for w in writes] == [f"deployment {key[0]}/{key[1]} replicas=0"]
     assert not diff(plan(view, moment, memo), view, statuses)
+
+
+def test_the_routers_state_writes_a_settled_slot_once(monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    """Every router fetches the state after every plan: a settled slot's entry is
+    written once, a loading slot's (its predicted wait reads the clock) on every
+    fetch, and the text says what :func:`state_api.state_document` says."""
+    memo, statuses = PlanMemo(), DiffMemo()
+    view, moment = _settled(crowded_view(), memo, statuses)
+    monkeypatch.setattr(clock, "now", lambda: moment)
+    runtime = Runtime(cast(Any, None), view.settings)
+    states = state_api.RouterStates()
+    written = Counter(monkeypatch, state_api, "slot_entry")
+    for version in range(1, 4):
+        runtime.last_plan = result = plan(view, moment + datetime.timedelta(seconds=version),
+                                          memo)
+        runtime.plan_version = version
+        loading = sum(1 for d in result.slots if d.phase == "Loading")
+        afresh = sum(1 for d in result.slots if d.kept is None and d.phase != "Loading")
+        assert loading > 0 and afresh < SLOTS - loading
+        for fetch in range(2):
+            before = written.calls
+            text, not_ready = states.body(runtime)
+            if version == 1 and fetch == 0:
+                assert written.calls - before == SLOTS, "the first plan writes every slot"
+            elif fetch == 0:
+                assert written.calls - before == loading + afresh
+            else:
+                assert written.calls - before == loading, "the same plan: loading slots only"
+            document = state_api.state_document(runtime)
+            assert json.loads(text) == document
+            assert not_ready == {(s["namespace"], s["name"]) for s in document["slots"]
+                                 if not s["ready"]}

@@ -19,6 +19,7 @@ above with 503, so that a Service sends the router only to the leader.
 
 from __future__ import annotations
 
+import datetime
 import hmac
 import json
 from dataclasses import replace
@@ -30,6 +31,7 @@ from hybrid_compute.control import clock
 from hybrid_compute.control.loop import Runtime
 from hybrid_compute.plan import reservations, swaps
 from hybrid_compute.plan.drain import ANONYMOUS_ROUTER
+from hybrid_compute.plan.outputs import Plan, SlotDecision
 from hybrid_compute.plan.routing import PolicyDecision, valid_spend
 from hybrid_compute.server import metrics
 
@@ -46,29 +48,51 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def state_document(runtime: Runtime) -> dict[str, Any]:
+    """What ``GET /v1/state`` answers, as a document."""
     result = runtime.last_plan
     if result is None:
-        return {"ready": False, "version": runtime.plan_version, "slots": [], "gpus": []}
+        return _not_planned(runtime)
     now = clock.now()
+    return {**_head(runtime, now), "slots": [slot_entry(d, now) for d in _routed(result)],
+            **_rest(runtime, result)}
+
+
+def slot_entry(decision: SlotDecision, now: datetime.datetime) -> dict[str, Any]:
+    """A slot as routers read it."""
     return {
-        "ready": True,
-        "version": runtime.plan_version,
-        "generatedAt": now.isoformat().replace("+00:00", "Z"),
-        "slots": [{
-            "namespace": d.namespace,
-            "name": d.name,
-            "alias": d.alias,
-            "phase": d.phase,
-            "ready": d.ready,
-            "reason": d.reason,
-            "endpoint": d.endpoint,
-            "fallback": d.fallback,
-            "gpu": d.gpu,
-            "node": d.node,
-            "lastRequestTime": d.status.get("lastRequestTime"),
-            "predictedWaitSeconds": swaps.predicted_wait(
-                d.phase, d.status, now, d.settings.default_swap_time.total_seconds()),
-        } for d in result.slots if not d.refused],
+        "namespace": decision.namespace,
+        "name": decision.name,
+        "alias": decision.alias,
+        "phase": decision.phase,
+        "ready": decision.ready,
+        "reason": decision.reason,
+        "endpoint": decision.endpoint,
+        "fallback": decision.fallback,
+        "gpu": decision.gpu,
+        "node": decision.node,
+        "lastRequestTime": decision.status.get("lastRequestTime"),
+        "predictedWaitSeconds": swaps.predicted_wait(
+            decision.phase, decision.status, now,
+            decision.settings.default_swap_time.total_seconds()),
+    }
+
+
+def _routed(result: Plan) -> list[SlotDecision]:
+    return [d for d in result.slots if not d.refused]
+
+
+def _not_planned(runtime: Runtime) -> dict[str, Any]:
+    return {"ready": False, "version": runtime.plan_version, "slots": [], "gpus": []}
+
+
+def _head(runtime: Runtime, now: datetime.datetime) -> dict[str, Any]:
+    return {"ready": True, "version": runtime.plan_version,
+            "generatedAt": now.isoformat().replace("+00:00", "Z")}
+
+
+def _rest(runtime: Runtime, result: Plan) -> dict[str, Any]:
+    """Everything but the head and the slots."""
+    return {
         "gpus": [{
             "id": g.id,
             "capacityBytes": g.capacity_bytes,
@@ -91,6 +115,57 @@ def state_document(runtime: Runtime) -> dict[str, Any]:
         } for w in result.workloads if w.workload.spec is not None
             and reservations.is_reservation(w.workload.spec)],
     }
+
+
+class RouterStates:
+    """``GET /v1/state`` as JSON text, the slots of each plan written once.
+
+    Every router asks for the state after every plan, and a large install has a
+    thousand slots: building and encoding each slot on every fetch made the state
+    API the dearest part of a pass. A slot's text is kept while its decision is the
+    kept one of a settled slot (``SlotDecision.kept``), which says the same on every
+    plan; only a loading slot's predicted wait reads the clock, so only loading
+    slots are written again on each fetch."""
+
+    def __init__(self) -> None:
+        self._version: int | None = None
+        self._parts: list[str | SlotDecision] = []
+        """Each slot's JSON text, or a loading slot's decision to write per fetch."""
+        self._not_ready: frozenset[tuple[str, str]] = frozenset()
+        self._kept: dict[int, tuple[SlotDecision, str]] = {}
+
+    def body(self, runtime: Runtime) -> tuple[str, frozenset[tuple[str, str]]]:
+        """The JSON text of the state now, and the slots it shows not Ready."""
+        result = runtime.last_plan
+        if result is None:
+            return json.dumps(_not_planned(runtime)), frozenset()
+        now = clock.now()
+        if self._version != runtime.plan_version:
+            self._take(result, runtime.plan_version, now)
+        slots = ",".join(part if isinstance(part, str) else json.dumps(slot_entry(part, now))
+                         for part in self._parts)
+        # Both documents have members: each is spliced around the slots.
+        text = (f"{json.dumps(_head(runtime, now))[:-1]}, \"slots\": [{slots}], "
+                f"{json.dumps(_rest(runtime, result))[1:]}")
+        return text, self._not_ready
+
+    def _take(self, result: Plan, version: int, now: datetime.datetime) -> None:
+        parts: list[str | SlotDecision] = []
+        kept: dict[int, tuple[SlotDecision, str]] = {}
+        for decision in _routed(result):
+            if decision.phase == "Loading":
+                parts.append(decision)
+                continue
+            source = decision.kept
+            held = self._kept.get(id(source)) if source is not None else None
+            if held is None or held[0] is not source:
+                held = (source or decision, json.dumps(slot_entry(decision, now)))
+            if source is not None:
+                kept[id(source)] = held
+            parts.append(held[1])
+        self._version, self._parts, self._kept = version, parts, kept
+        self._not_ready = frozenset((d.namespace, d.name) for d in _routed(result)
+                                    if not d.ready)
 
 
 def _policy_state(runtime: Runtime, decision: PolicyDecision) -> dict[str, Any]:
@@ -129,6 +204,7 @@ def _route_problem(entry: object) -> str | None:
 
 def build_app(runtime: Runtime, token: str | None) -> web.Application:
     """The API; without a token only ``/readyz``."""
+    states = RouterStates()
     expected = f"Bearer {token}".encode() if token else None
 
     @web.middleware
@@ -224,11 +300,10 @@ def build_app(runtime: Runtime, token: str | None) -> web.Application:
                 return _error(400, "after must be a plan version (a whole number) and wait "
                                    "a number of seconds")
             await runtime.plan_after(after, wait)
-        document = state_document(runtime)
-        runtime.state_fetched(request.headers.get(ROUTER_ID_HEADER, ANONYMOUS_ROUTER), frozenset(
-            (slot["namespace"], slot["name"]) for slot in document["slots"]
-            if not slot["ready"]))
-        return web.json_response(document)
+        text, not_ready = states.body(runtime)
+        runtime.state_fetched(request.headers.get(ROUTER_ID_HEADER, ANONYMOUS_ROUTER),
+                              not_ready)
+        return web.Response(text=text, content_type="application/json")
 
     app = web.Application(middlewares=[authenticate], client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/readyz", ready)
