@@ -146,7 +146,7 @@ class DiffMemo:
         if decision.kept is None:
             return False
         held = self._quiet_before.get(decision.slot.key)
-        if held is None or held != _QuietSlot.of(decision, observed, service):
+        if held is None or not held.holds(decision, observed, service):
             return False
         self._quiet[decision.slot.key] = held
         return True
@@ -189,14 +189,17 @@ class _QuietSlot:
         return cls(decision.kept, decision.slot, decision.status_updates,
                    decision.condition_updates, decision.page_cache, observed, service)
 
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, _QuietSlot) and self.kept is other.kept
-                and self.slot is other.slot and self.service == other.service
-                and self.observed == other.observed and self.page_cache == other.page_cache
-                and self.status_updates == other.status_updates
-                and self.condition_updates == other.condition_updates)
-
-    __hash__ = None  # type: ignore[assignment]
+    def holds(self, decision: SlotDecision, observed: DeploymentInfo | None,
+              service: bool | None) -> bool:
+        """Whether ``decision``, read against ``observed`` and ``service``, is what was
+        held. Identity first: on a settled pass every part is the same object."""
+        return (self.kept is decision.kept and self.slot is decision.slot
+                and self.service == service
+                and (self.observed is observed or self.observed == observed)
+                and (self.page_cache is decision.page_cache
+                     or self.page_cache == decision.page_cache)
+                and self.status_updates == decision.status_updates
+                and self.condition_updates == decision.condition_updates)
 
 
 def diff(plan: Plan, view: View, memo: DiffMemo | None = None) -> list[Write]:
