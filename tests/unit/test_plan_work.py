@@ -266,6 +266,34 @@ def test_conflicts_are_judged_again_only_when_a_slot_or_policy_changes(
     assert judged.calls == 1, "the same slot records, in a new view: the verdicts stand"
     plan(_with_vram(view, 0, "3Gi"), NOW + datetime.timedelta(seconds=2), memo)
     assert judged.calls == 2, "a slot stored anew is judged with the others again"
+    plan(_with_status(view, 1, "edited"), NOW + datetime.timedelta(seconds=3), memo)
+    assert judged.calls == 3, "back to the first spec of slot 0"
+    plan(_with_status(view, 1, "edited again"), NOW + datetime.timedelta(seconds=4), memo)
+    assert judged.calls == 3, "a status stored anew, the spec object kept: the verdicts stand"
+
+
+def _with_status(view: View, index: int, reason: str) -> View:
+    """``view`` with slot ``index`` stored anew with another status and the same spec
+    object, as the watch caches hand back a status write."""
+    slot = view.slots[index]
+    stored = dataclasses.replace(slot, status=slot.status.model_copy(update={"reason": reason}))
+    return dataclasses.replace(view, slots=(*view.slots[:index], stored,
+                                            *view.slots[index + 1:]))
+
+
+def test_a_refused_slot_is_decided_from_its_record_as_observed_now() -> None:
+    view = crowded_view()
+    first = dataclasses.replace(view.slots[0], created=NOW - datetime.timedelta(hours=1))
+    assert first.spec is not None and view.slots[1].spec is not None
+    twin = dataclasses.replace(view.slots[1], spec=view.slots[1].spec.model_copy(
+        update={"alias": first.spec.alias}), created=NOW)
+    view = dataclasses.replace(view, slots=(first, twin, *view.slots[2:]))
+    memo = PlanMemo()
+    assert plan(view, NOW, memo).slot(twin.namespace, twin.name).refused
+    later = _with_status(view, 1, "edited")
+    decision = plan(later, NOW + datetime.timedelta(seconds=1), memo).slot(
+        twin.namespace, twin.name)
+    assert decision.refused and decision.slot is later.slots[1]
 
 
 def test_a_settled_slot_is_decided_again_only_when_what_it_reads_changes(

@@ -272,10 +272,13 @@ Specified = TypeVar("Specified", SlotInfo, WorkloadInfo, PolicyInfo)
 
 def _same_spec(held: Specified, record: Specified) -> Specified:
     """The held record when nothing changed; else ``record``, holding the held spec
-    object when the spec is equal (most events of a custom object are its status)."""
+    object when the spec of the same object is equal (most events of a custom object
+    are its status). A spec object so stands for one object's spec, name and
+    creation: the plan keeps what it judged from those while the spec is the same
+    object, and an object deleted and made again is another object."""
     if record == held:
         return held
-    if held.spec is not None and record.spec == held.spec:
+    if held.spec is not None and record.uid == held.uid and record.spec == held.spec:
         return dataclasses.replace(record, spec=held.spec)
     return record
 

@@ -94,11 +94,22 @@ def judge(slots: Sequence[SlotInfo], policies: Sequence[PolicyInfo], gpu_nodes: 
 
 def judge_view(view: View, memo: PlanMemo | None = None) -> Verdicts:
     """:func:`judge` of the view's objects; with ``memo``, the previous plan's verdicts
-    while the slots and policies are the same objects (nothing is changed after)."""
+    while the slots' specs and the policies are the same objects (nothing is changed
+    after). A verdict reads a slot's spec, name and creation, never its status, and
+    the watch caches keep a slot's spec object while only its status changes: the
+    status writes of a swap do not judge every slot again. The refused slots are
+    handed out as observed now."""
     inputs = (view.slots, view.policies, len(view.nodes))
     if memo is None:
         return judge(*inputs)
-    return memo.while_unchanged("verdicts", inputs, judge, *inputs)
+    verdicts = memo.while_specs_unchanged("verdicts", view.slots,
+                                          (view.policies, len(view.nodes)), judge, *inputs)
+    if verdicts.slots:
+        # The refused slots as observed now: their statuses are written from these.
+        observed = tuple(slot for slot in view.slots if slot.key in verdicts.slots)
+        if observed != verdicts.refused_slots:
+            verdicts = dataclasses.replace(verdicts, refused_slots=observed)
+    return verdicts
 
 
 def _claim_aliases(slots: Sequence[SlotInfo], policies: Sequence[PolicyInfo],

@@ -119,6 +119,13 @@ def _same_objects(inputs: tuple[object, ...], before: tuple[object, ...]) -> boo
     return True
 
 
+def _same_specs(slots: tuple[SlotInfo, ...], before: tuple[SlotInfo, ...]) -> bool:
+    return len(slots) == len(before) and all(
+        now is then or (now.spec is then.spec and now.uid == then.uid and now.key == then.key
+                        and now.created == then.created)
+        for now, then in zip(slots, before, strict=True))
+
+
 class PlanMemo:
     """The results one plan hands to the next."""
 
@@ -170,6 +177,21 @@ class PlanMemo:
             return cast("ValueT", last[1])
         value = compute(*args)
         self._last[name] = (inputs, value)
+        return value
+
+    def while_specs_unchanged(self, name: str, slots: tuple[SlotInfo, ...],
+                              others: tuple[object, ...],
+                              compute: Callable[[*ArgsT], ValueT], *args: *ArgsT) -> ValueT:
+        """``compute(*args)``, a pure function of ``others`` and of each slot's spec,
+        name, uid and creation (not its status); the previous plan's result for
+        ``name`` while ``others`` are the same objects and each slot is the same
+        record, or a record of the same object holding the same spec object."""
+        last = self._last.get(name)
+        if last is not None and _same_objects(others, cast("tuple[object, ...]", last[0][1])) \
+                and _same_specs(slots, cast("tuple[SlotInfo, ...]", last[0][0])):
+            return cast("ValueT", last[1])
+        value = compute(*args)
+        self._last[name] = ((slots, others), value)
         return value
 
     def settled_slot(self, slot: SlotInfo, inputs: tuple[object, ...],
