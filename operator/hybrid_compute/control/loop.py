@@ -298,6 +298,8 @@ class Runtime:
     def _unrecorded_prompt_caches(self, slots: tuple[SlotInfo, ...]
                                   ) -> dict[tuple[str, str], PromptCacheOutcomes]:
         """Drops outcomes a slot's status holds, or whose slot is gone."""
+        if not self.prompt_caches:
+            return {}
         statuses = {slot.key: slot.status for slot in slots}
         for key, outcomes in list(self.prompt_caches.items()):
             status = statuses.get(key)
@@ -308,6 +310,8 @@ class Runtime:
     def _unrecorded_evaluations(self, slots: tuple[SlotInfo, ...]
                                 ) -> dict[tuple[str, str], evaluation.EvaluationResult]:
         """Drops results whose verdict a slot's status holds, or whose slot is gone."""
+        if not self.evaluations:
+            return {}
         statuses = {slot.key: slot.status for slot in slots}
         for key, result in list(self.evaluations.items()):
             status = statuses.get(key)
