@@ -120,10 +120,12 @@ def _same_objects(inputs: tuple[object, ...], before: tuple[object, ...]) -> boo
 
 
 def _same_specs(slots: tuple[SlotInfo, ...], before: tuple[SlotInfo, ...]) -> bool:
+    """Each slot is the record it was before, or a record of the same object (uid,
+    name, creation) holding the same spec object: only its status changed."""
     return len(slots) == len(before) and all(
-        now is then or (now.spec is then.spec and now.uid == then.uid and now.key == then.key
-                        and now.created == then.created)
-        for now, then in zip(slots, before, strict=True))
+        slot is held or (slot.spec is held.spec and slot.uid == held.uid
+                         and slot.key == held.key and slot.created == held.created)
+        for slot, held in zip(slots, before, strict=True))
 
 
 class PlanMemo:
