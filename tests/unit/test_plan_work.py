@@ -91,7 +91,7 @@ def test_a_kept_memo_computes_nothing_again_for_unchanged_objects(
     figures = Counter(monkeypatch, model_vram, "choose")
     templates = Counter(monkeypatch, children, "pod_template")
     warm_lists_built = Counter(monkeypatch, warm_standby, "warm_files")
-    warm_orders = Counter(monkeypatch, warm_standby, "_in_rank_order")
+    warm_orders = Counter(monkeypatch, warm_standby, "_sorted_by_rank")
     files_listed = Counter(monkeypatch, warm_standby, "_loadable_files")
     view = crowded_view()
     memo = PlanMemo()
@@ -123,6 +123,32 @@ def test_a_new_request_rebuilds_only_the_warm_lists_it_changes(
     assert later.warm != first.warm
     assert later.warm == plan(asked, NOW + datetime.timedelta(seconds=1)).warm, \
         "the memo changes how much is computed, never the result"
+
+
+def test_a_new_request_puts_its_slot_in_the_warm_order_without_sorting_every_slot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    view = crowded_view()
+    memo = PlanMemo()
+    first = plan(view, NOW, memo)
+    sorts = Counter(monkeypatch, warm_standby, "_sorted_by_rank")
+    placed: list[list[warm_standby.RankedSlot]] = []
+    original = warm_standby.in_rank_order
+
+    def recorded(ranked: list[warm_standby.RankedSlot],
+                 previous: list[warm_standby.RankedSlot] | None = None
+                 ) -> list[warm_standby.RankedSlot]:
+        order = original(ranked, previous)
+        placed.append(order)
+        assert order == sorted(ranked, key=lambda entry: (entry[0], entry[1]))
+        return order
+
+    monkeypatch.setattr(warm_standby, "in_rank_order", recorded)
+    standby = [d.alias for d in first.slots if d.phase == "Standby" and d.alias]
+    for second, alias in enumerate(standby[:3], start=1):
+        asked = dataclasses.replace(view, demands={**view.demands, alias: NOW})
+        plan(asked, NOW + datetime.timedelta(seconds=second), memo)
+    assert len(placed) == 3 and sorts.calls == 0, \
+        "each request changes one entry: it is put in place, the others keep their order"
 
 
 def _with_vram(view: View, index: int, vram: str) -> View:

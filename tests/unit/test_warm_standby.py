@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import logging
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hybrid_compute.agent.page_cache import evict_file, measure_residency
 from hybrid_compute.agent.server import AgentService, build_app
@@ -33,7 +36,7 @@ from hybrid_compute.agent.snapshot import (
     PageCacheReport,
 )
 from hybrid_compute.agent.warmer import parse_warm_request
-from hybrid_compute.api.modelslot import ModelSlotStatus
+from hybrid_compute.api.modelslot import ModelSlotSpec, ModelSlotStatus
 from hybrid_compute.api.units import MIB
 from hybrid_compute.control.telemetry import (
     GpuTelemetry,
@@ -45,7 +48,7 @@ from hybrid_compute.control.telemetry import (
 from hybrid_compute.plan import plan
 from hybrid_compute.plan.model_vram import ModelFileKey
 from hybrid_compute.plan.view import FileResidency, GpuNode, SlotInfo, View
-from hybrid_compute.plan.warm_standby import WarmFile, warm_lists
+from hybrid_compute.plan.warm_standby import RankedSlot, WarmFile, in_rank_order, warm_lists
 from hybrid_compute.server.metrics import OperatorMetrics
 from tests.fake_nvml import GIB, FakeNvml
 from tests.simworld import SEED_SLOTS, START, World, dreamteam, dual_node, slot
@@ -594,3 +597,32 @@ def test_a_restarted_agent_gets_the_list_again(
     finally:
         again.terminate()
         again.wait(10)
+
+
+_RANKS = st.tuples(st.integers(0, 1), st.integers(0, 1), st.integers(0, 1),
+                   st.floats(-10, 0), st.integers(-3, 3), st.floats(-10, 0))
+
+
+@given(st.lists(st.tuples(_RANKS, st.booleans()), min_size=8, max_size=40),
+       st.lists(_RANKS, max_size=6), st.randoms())
+def test_the_warm_order_built_on_the_previous_one_is_the_sorted_order(
+        listed: list[tuple[tuple[int, int, int, float, int, float], bool]],
+        new: list[tuple[int, int, int, float, int, float]], rng: random.Random) -> None:
+    """Entries the last plan ordered, some gone, some new (a slot whose rank changed
+    is a new entry of the same slot), handed over in any order: the same order as a
+    sort."""
+    spec = ModelSlotSpec.model_validate({"alias": "local/a", "model": {"path": "a.gguf"}})
+
+    def entry(rank: tuple[int, int, int, float, int, float], index: int) -> RankedSlot:
+        return (rank, ("ns", f"s{index:03d}"), ("/models", f"s{index}.gguf"), spec, None)
+
+    before = [entry(rank, index) for index, (rank, _) in enumerate(listed)]
+    previous = in_rank_order(before)
+    staying = [e for e, (_, keep) in zip(before, listed, strict=True) if keep]
+    # A slot is listed once: a new entry takes the name of one that left, or a new one.
+    left = [e[1][1] for e in before if e not in staying]
+    names = iter([*left, *(f"n{index:03d}" for index in range(len(new)))])
+    ranked = [*staying, *((rank, ("ns", next(names)), ("/models", "x.gguf"), spec, None)
+                          for rank in new)]
+    rng.shuffle(ranked)
+    assert in_rank_order(ranked, previous) == sorted(ranked, key=lambda e: (e[0], e[1]))

@@ -122,10 +122,10 @@ def _same_objects(inputs: tuple[object, ...], before: tuple[object, ...]) -> boo
 def _same_specs(slots: tuple[SlotInfo, ...], before: tuple[SlotInfo, ...]) -> bool:
     """Each slot is the record it was before, or a record of the same object (uid,
     name, creation) holding the same spec object: only its status changed."""
-    return len(slots) == len(before) and all(
+    return slots is before or (len(slots) == len(before) and all(
         slot is held or (slot.spec is held.spec and slot.uid == held.uid
                          and slot.key == held.key and slot.created == held.created)
-        for slot, held in zip(slots, before, strict=True))
+        for slot, held in zip(slots, before, strict=True)))
 
 
 class PlanMemo:
@@ -134,7 +134,7 @@ class PlanMemo:
     __slots__ = ("_conditions", "_endpoints", "_file_keys", "_fingerprints", "_fits",
                  "_gate_served", "_last", "_served", "_settings", "_settled",
                  "_slot_templates", "_statuses", "_vram_choices", "_warm_entries",
-                 "_warm_file_keys", "_warm_lists", "_workload_templates")
+                 "_warm_file_keys", "_warm_lists", "_warm_order", "_workload_templates")
 
     def __init__(self) -> None:
         self._slot_templates: IdentityCache[dict[str, Any]] = IdentityCache(8192)
@@ -150,6 +150,7 @@ class PlanMemo:
         self._warm_entries: IdentityCache[RankedSlot] = IdentityCache(16384, _slot_key)
         self._warm_lists: dict[Hashable, tuple[list[ModelFileKey],
                                                tuple[WarmFile, ...]]] = {}
+        self._warm_order: list[RankedSlot] | None = None
         self._settings: PlanSettings | None = None
         self._last: dict[str, tuple[tuple[object, ...], object]] = {}
         self._settled: dict[tuple[str, str], tuple[SlotInfo, tuple[object, ...],
@@ -313,6 +314,13 @@ class PlanMemo:
         return self._warm_entries.get(slot, (key, phase, requested, template_vram, recent),
                                       warm_standby.ranked_entry, slot, key, phase, requested,
                                       template_vram, now)
+
+    def warm_order(self, ranked: list[RankedSlot]) -> list[RankedSlot]:
+        """:func:`hybrid_compute.plan.warm_standby.in_rank_order` from the previous
+        plan's order; the same list while no entry changed."""
+        order = warm_standby.in_rank_order(ranked, self._warm_order)
+        self._warm_order = order
+        return order
 
     def warm_files(self, owner: Hashable, keys: list[ModelFileKey]
                    ) -> tuple[WarmFile, ...]:

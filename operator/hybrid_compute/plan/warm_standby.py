@@ -11,6 +11,7 @@ here: the order is the bet on which model is asked for next.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import math
 import operator
@@ -147,8 +148,7 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
         ranked.append(entry_for(slot, key, phase, requested(slot), outcome.template_vram, now))
     # The memo hands out the same entry while a slot's rank holds, so on most plans
     # the order, and each shape's files, are the previous plan's.
-    in_order = (memo.while_unchanged("warm ranked", (tuple(ranked),), _in_rank_order, ranked)
-                if memo is not None else _in_rank_order(ranked))
+    in_order = memo.warm_order(ranked) if memo is not None else in_rank_order(ranked)
     # Nodes of one shape (devices and their memory) take the same files: each
     # shape's list is worked out once, and a node leaves out what it has loaded.
     files_for = memo.warm_files if memo is not None else _unmemoized_files
@@ -171,7 +171,28 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
     return lists
 
 
-def _in_rank_order(ranked: list[RankedSlot]) -> list[RankedSlot]:
+def in_rank_order(ranked: list[RankedSlot], previous: list[RankedSlot] | None = None
+                  ) -> list[RankedSlot]:
+    """``ranked`` sorted by rank. With the ``previous`` order, the entries that are
+    still there keep their order (rank and slot are unique per slot) and the new
+    ones are put in their place: a plan changes a few entries of thousands, and a
+    sort costs most of this pass on a large install."""
+    if previous is None:
+        return _sorted_by_rank(ranked)
+    current = {id(entry) for entry in ranked}
+    order = [entry for entry in previous if id(entry) in current]
+    if len(order) == len(ranked):
+        return previous if len(order) == len(previous) else order
+    if len(ranked) - len(order) > len(ranked) // 4:
+        return _sorted_by_rank(ranked)
+    held = {id(entry) for entry in order}
+    for entry in ranked:
+        if id(entry) not in held:
+            bisect.insort(order, entry, key=_by_rank)
+    return order
+
+
+def _sorted_by_rank(ranked: list[RankedSlot]) -> list[RankedSlot]:
     return sorted(ranked, key=_by_rank)
 
 
