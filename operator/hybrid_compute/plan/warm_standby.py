@@ -17,8 +17,7 @@ import math
 import operator
 import posixpath
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from hybrid_compute.api.modelslot import ModelPageCache, ModelSlotSpec
 from hybrid_compute.plan.model_vram import ModelFileKey, model_file_key
@@ -35,9 +34,9 @@ RECENT_DEMAND = datetime.timedelta(hours=1)
 again soon, while an older request says little more than the slot's priority."""
 
 
-@dataclass(frozen=True)
-class WarmFile:
-    """One entry of a node's warm list, as ``PUT /warm`` names it."""
+class WarmFile(NamedTuple):
+    """One entry of a node's warm list, as ``PUT /warm`` names it (a named tuple: a
+    large install's lists hold thousands, made again whenever their order changes)."""
 
     host_path: str
     """The node folder (the slot's ``spec.model.hostPath``)."""
