@@ -100,8 +100,8 @@ class OperatorMetrics:
             "hybrid_compute_swaps_deferred",
             "Times a wanted slot had to wait for room (GPU taken, mutex, foreign memory)",
             SLOT_LABELS, registry=registry)
-        self._slots_shown = SlotPhases()
-        registry.register(self._slots_shown)
+        self._slot_phases = SlotPhases()
+        registry.register(self._slot_phases)
         self.vram_capacity = Gauge(
             "hybrid_compute_gpu_vram_capacity_bytes",
             "VRAM the plan may use on the GPU: memory less headroom and foreign processes",
@@ -204,15 +204,12 @@ class OperatorMetrics:
                 self.drains_cut.labels(*labels).inc(decision.cut_requests)
             if decision.started_waiting:
                 self.swaps_deferred.labels(*labels).inc()
-            shown = self._slots_shown.shown
-            showing = (decision.phase,
-                       decision.phase in RESIDENT_PHASES and bool(decision.gpu))
-            if shown.get(labels) != showing:  # most slots keep theirs for hours
-                shown[labels] = showing
+            self._slot_phases.shown[labels] = (
+                decision.phase, decision.phase in RESIDENT_PHASES and bool(decision.gpu))
         self._record_fetches(decisions)
         self._record_page_cache(decisions)
-        for gone in self._slots_shown.shown.keys() - seen:
-            del self._slots_shown.shown[gone]
+        for gone in self._slot_phases.shown.keys() - seen:
+            del self._slot_phases.shown[gone]
 
     def _record_swap_phases(self, labels: tuple[str, str, str], decision: SlotDecision) -> None:
         """Each phase once: the plan writes a swap's phases at Ready, and the route
