@@ -10,6 +10,7 @@ Targets: idle CPU <= 2% of a core and RSS <= 150 MB with 1,000 slots. CPU time i
 the process's own, so other load on the machine slows it but is not counted.
 
     .venv/bin/python bench/idle_cost.py [--slots 1000] [--seconds 60]
+        [--cluster bench-idle]
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slots", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--cluster", default="bench-idle",
+                        help="local cluster name, so runs beside others do not collide")
     args = parser.parse_args()
-    cluster = DevCluster("bench-idle")
+    cluster = DevCluster(args.cluster)
     cluster.up(manifests=bootstrap_manifests(None, samples=False), log=True)
     try:
         cluster.kubectl("create", "namespace", NAMESPACE, check=False)

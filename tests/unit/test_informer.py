@@ -240,3 +240,30 @@ def test_a_custom_objects_status_change_keeps_its_spec_object() -> None:
     changed = slots.records()[0]
     assert changed.spec is not None and changed.spec.alias == "local/b"
     assert changed.spec is not first.spec
+
+
+def test_records_share_the_sets_of_field_names_and_stay_read_only() -> None:
+    """The models of two records given the same fields hold one set of their names (a
+    set per model would cost each a few hundred bytes); a copy with changes has a set
+    of its own, and changing a record in place fails loudly."""
+    cache = ClusterCache(client.ApiClient(), lambda: None)
+    standby = {"phase": "Standby", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "Standby", "message": "idle",
+         "lastTransitionTime": "2026-12-01T02:00:00Z"}]}
+    cache.slots._receive(event("ADDED", modelslot(1, standby)))
+    cache.slots._receive(event("ADDED", {**modelslot(2, standby),
+                                         "metadata": {"namespace": "lab", "name": "b",
+                                                      "resourceVersion": "2"}}))
+    first, second = cache.slots.records()
+    assert first.status is not second.status
+    assert first.status.model_fields_set is second.status.model_fields_set
+    assert (first.status.conditions[0].model_fields_set
+            is second.status.conditions[0].model_fields_set)
+    assert first.spec is not None and second.spec is not None
+    assert first.spec.model.model_fields_set is second.spec.model.model_fields_set
+    ready = first.status.model_copy(update={"phase": "Ready", "node": "gpu"})
+    assert ready.phase == "Ready" and "node" in ready.model_fields_set
+    assert "node" not in second.status.model_fields_set
+    with pytest.raises(TypeError, match="not changed in place"):
+        first.status.node = "gpu"
+    assert "node" not in second.status.model_fields_set

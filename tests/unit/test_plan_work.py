@@ -446,6 +446,21 @@ def test_a_diff_of_a_settled_cluster_renders_and_compares_nothing_again(
     assert [(w.group.namespace, w.group.name) for w in writes] == [changed.key]
 
 
+def test_a_stored_status_found_equal_is_held_as_the_rendered_dict() -> None:
+    """Once a stored status is found equal to the plan's render, the diff keeps the
+    rendered dict as its dump: one dict per status rather than two equal ones."""
+    memo, statuses = PlanMemo(), DiffMemo()
+    view, moment = _settled(crowded_view(), memo, statuses)
+    result = plan(view, moment, memo)
+    assert not diff(result, view, statuses), "the cluster has settled"
+    rendered = {decision.slot.key: decision.status for decision in result.slots
+                if decision.kept is None}
+    assert rendered, "some slots are decided afresh on every pass"
+    dumps = statuses.dumps([slot.status for slot in view.slots])
+    held = {slot.key: dump for slot, dump in zip(view.slots, dumps, strict=True)}
+    assert all(held[key] is status for key, status in rendered.items())
+
+
 def test_a_settled_slot_is_written_again_when_its_children_change_under_it() -> None:
     """The diff passes over a settled slot only while what it observed is the same: a
     Service deleted by hand, or a Deployment scaled by hand, is put back."""

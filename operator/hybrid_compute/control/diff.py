@@ -106,37 +106,39 @@ class DiffMemo:
     * The stored statuses as the plan renders them, kept while their records are the
       same objects: the watch caches hand a record back unchanged until its object
       changes, and dumping a thousand statuses on every pass is most of a diff.
-    * Which stored status a rendered one was found equal to: the plan hands out the
-      same rendered dict while nothing it reads changed, and comparing two equal
-      statuses field by field on every pass would cost as much again.
+    * A stored status found equal to the rendered one is kept as the rendered dict
+      itself: the plan hands out the same rendered dict while nothing it reads
+      changed, so the next diff finds the two the same object rather than comparing
+      them field by field, and one dict per status is held rather than two equal ones.
     * The slots a diff found nothing to write for, with what it read: a slot whose
       decision the plan copied from the same kept one (``SlotDecision.kept``), with
       the same record, Deployment and Service, needs no write again."""
 
     def __init__(self) -> None:
         self._dumps: dict[int, tuple[BaseModel, dict[str, Any]]] = {}
-        self._equal: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
-        self._equal_before: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._owners: dict[int, int] = {}
+        """id of a dict in ``_dumps`` -> the id of the status it is the dump of."""
         self._quiet: dict[tuple[str, str], _QuietSlot] = {}
         self._quiet_before: dict[tuple[str, str], _QuietSlot] = {}
 
     def start(self) -> None:
         """A new diff: what the last one found is what this one reads; only what
         this diff and the one before found is kept."""
-        self._equal_before, self._equal = self._equal, {}
         self._quiet_before, self._quiet = self._quiet, {}
 
     def dumps(self, statuses: Iterable[BaseModel]) -> list[dict[str, Any]]:
         """Each status as a dict; only the statuses asked for now are kept."""
         kept: dict[int, tuple[BaseModel, dict[str, Any]]] = {}
+        owners: dict[int, int] = {}
         dumps: list[dict[str, Any]] = []
         for status in statuses:
             held = kept.get(id(status)) or self._dumps.get(id(status))
             if held is None or held[0] is not status:
                 held = (status, _dump(status))
             kept[id(status)] = held
+            owners[id(held[1])] = id(status)
             dumps.append(held[1])
-        self._dumps = kept
+        self._dumps, self._owners = kept, owners
         return dumps
 
     def quiet(self, decision: SlotDecision, observed: DeploymentInfo | None,
@@ -157,15 +159,19 @@ class DiffMemo:
             self._quiet[decision.slot.key] = _QuietSlot.of(decision, observed, service)
 
     def same(self, stored: dict[str, Any], rendered: dict[str, Any]) -> bool:
-        """``stored == rendered``, known at once for a pair found equal before (each
-        pair holds its two dicts, so neither id is reused while it is kept)."""
-        known = self._equal.get(id(rendered)) or self._equal_before.get(id(rendered))
-        if known is not None and known[0] is rendered and known[1] is stored:
-            self._equal[id(rendered)] = known
+        """``stored == rendered``, known at once for a pair found equal before: a
+        stored dump found equal is replaced by the rendered dict (which neither side
+        changes once made), so the next diff is handed the very object."""
+        if stored is rendered:
             return True
         if stored != rendered:
             return False
-        self._equal[id(rendered)] = (rendered, stored)
+        owner = self._owners.get(id(stored))
+        held = self._dumps.get(owner) if owner is not None else None
+        if owner is not None and held is not None and held[1] is stored:
+            self._dumps[owner] = (held[0], rendered)
+            del self._owners[id(stored)]
+            self._owners[id(rendered)] = owner
         return True
 
 

@@ -24,13 +24,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from pydantic import BaseModel
 
 from hybrid_compute.api.common import GROUP, VERSION
 from hybrid_compute.api.labels import MANAGED_BY, MANAGED_BY_LABEL, SLOT_LABEL, WORKLOAD_LABEL
@@ -114,12 +115,58 @@ def _lines(response: Any) -> Iterator[bytes]:
         yield pending
 
 
+class _FieldsSet(set[str]):
+    """The names of the fields a parsed model was given (pydantic's
+    ``__pydantic_fields_set__``), one object for every model of an informer given the
+    same names. A set of its own costs each model a few hundred bytes, and the records
+    of a thousand slots hold thousands of models. The records are never changed in
+    place, nor is this set; a copy (``model_copy`` makes one) is a set of its own."""
+
+    def add(self, name: str) -> None:
+        raise TypeError(f"a record read from the API is not changed in place ({name})")
+
+    def update(self, *names: Iterable[str]) -> None:
+        raise TypeError("a record read from the API is not changed in place")
+
+    def __copy__(self) -> set[str]:
+        return set(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> set[str]:
+        return set(self)
+
+
+class _FieldsSets:
+    """One :class:`_FieldsSet` per combination of names, for the models of a record."""
+
+    def __init__(self) -> None:
+        self._sets: dict[frozenset[str], _FieldsSet] = {}
+
+    def share(self, value: object) -> None:
+        """Gives every model in ``value`` (a record, a model, or a list, tuple or dict
+        holding them) the shared set of its names."""
+        if isinstance(value, BaseModel):
+            names = frozenset(value.__pydantic_fields_set__)
+            shared = self._sets.get(names)
+            if shared is None:
+                shared = self._sets[names] = _FieldsSet(names)
+            object.__setattr__(value, "__pydantic_fields_set__", shared)
+            self.share(list(value.__dict__.values()))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                self.share(item)
+        elif isinstance(value, dict):
+            self.share(list(value.values()))
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            self.share([getattr(value, field.name) for field in dataclasses.fields(value)])
+
+
 class Informer(Generic[T]):
     """The records of one :class:`Source`, kept current by a watch in a thread."""
 
     def __init__(self, source: Source[T], changed: Callable[[], None]) -> None:
         self.source = source
         self._changed = changed
+        self._fields_sets = _FieldsSets()
         self._lock = threading.Lock()
         self._records: dict[Key, T] = {}
         self._versions: dict[Key, int] = {}
@@ -188,6 +235,12 @@ class Informer(Generic[T]):
                                status or error, hint, delay)
                 stop.wait(delay)
 
+    def _parse(self, obj: Mapping[str, Any]) -> T | None:
+        record = self.source.parse(obj)
+        if record is not None:
+            self._fields_sets.share(record)
+        return record
+
     def _relist(self) -> None:
         records: dict[Key, T] = {}
         versions: dict[Key, int] = {}
@@ -199,7 +252,7 @@ class Informer(Generic[T]):
                 limit=LIST_PAGE, _continue=page or None, _preload_content=False,
                 _request_timeout=60).data)
             for obj in listed.get("items") or []:
-                record = self.source.parse(obj)
+                record = self._parse(obj)
                 if record is not None:
                     records[_key(obj)] = record
                     versions[_key(obj)] = _version(obj)
@@ -241,7 +294,7 @@ class Informer(Generic[T]):
             self._resource_version = version
             return
         key = _key(obj)
-        record = None if kind == "DELETED" else self.source.parse(obj)
+        record = None if kind == "DELETED" else self._parse(obj)
         with self._lock:
             own = (key, int(version or 0)) in self._own
             self._own.discard((key, int(version or 0)))

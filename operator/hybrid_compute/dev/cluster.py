@@ -29,12 +29,15 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hybrid_compute.dev import nodes, pki, toolchain
+from hybrid_compute.dev import nodes, toolchain
 from hybrid_compute.dev.service_proxy import endpoint_template
+
+if TYPE_CHECKING:
+    from hybrid_compute.dev import pki
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
@@ -179,6 +182,8 @@ class DevCluster:
     def _start_control_plane(self, tools: toolchain.Toolchain) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "logs").mkdir(exist_ok=True)
+        from hybrid_compute.dev import pki  # cryptography: not loaded by the operator's CLI
+
         keys = pki.create_pki(self.folder / "pki", SERVICE_IP)
         state = ClusterState(
             name=self.name,
@@ -338,6 +343,8 @@ class DevCluster:
     # ------------------------------------------------------------------ access
 
     def _ssl_context(self) -> ssl.SSLContext:
+        from hybrid_compute.dev import pki  # cryptography: not loaded by the operator's CLI
+
         keys = pki.Pki(self.folder / "pki")
         context = ssl.create_default_context(cafile=str(keys.ca_cert))
         context.load_cert_chain(str(keys.admin_cert), str(keys.admin_key))

@@ -27,12 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from kubernetes import client
 from pydantic import ValidationError
 
-from hybrid_compute import tls
 from hybrid_compute.api.common import GROUP, VERSION, parse_bytes
 from hybrid_compute.api.gpuworkload import GpuWorkloadSpec
 from hybrid_compute.api.modelslot import ModelSlotSpec
@@ -150,6 +147,13 @@ async def refusal_for(kind: str, body: Mapping[str, Any], old: Mapping[str, Any]
 def self_signed_certificate(host: str, folder: Path | None = None) -> tuple[Path, Path]:
     """A certificate for ``host`` (a name or an IP address) that is its own CA, as the
     webhook's caBundle; returns the certificate and key files."""
+    # cryptography is loaded only by an operator that serves the webhook: it makes
+    # the process several megabytes larger.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from hybrid_compute import tls
+
     folder = folder or Path(tempfile.mkdtemp(prefix="hybrid-compute-webhook-"))
     key = tls.new_key()
     subject = tls.name("hybrid-compute-webhook")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+from collections.abc import Iterator
 from typing import Literal
 
 from aiohttp import web
@@ -28,6 +29,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from hybrid_compute.plan.outputs import Plan, SlotDecision
 from hybrid_compute.plan.view import View
@@ -97,13 +100,8 @@ class OperatorMetrics:
             "hybrid_compute_swaps_deferred",
             "Times a wanted slot had to wait for room (GPU taken, mutex, foreign memory)",
             SLOT_LABELS, registry=registry)
-        self.slot_resident = Gauge(
-            "hybrid_compute_slot_resident",
-            "1 while the slot holds its GPU (Loading, Evaluating, Ready or Draining)",
-            SLOT_LABELS, registry=registry)
-        self.slot_phase = Gauge(
-            "hybrid_compute_slot_phase", "1 for the slot's current phase, 0 for the others",
-            [*SLOT_LABELS, "phase"], registry=registry)
+        self._slot_phases = SlotPhases()
+        registry.register(self._slot_phases)
         self.vram_capacity = Gauge(
             "hybrid_compute_gpu_vram_capacity_bytes",
             "VRAM the plan may use on the GPU: memory less headroom and foreign processes",
@@ -173,8 +171,6 @@ class OperatorMetrics:
             "on (present where a GPU agent keeps it warm)", SLOT_LABELS, registry=registry)
         self._fetch_series: set[tuple[str, str, str]] = set()
         self._page_cache_series: set[tuple[str, str, str]] = set()
-        self._slot_shown: dict[tuple[str, str, str], tuple[str | None, bool]] = {}
-        """Per slot's series, the phase and residency its gauges show."""
         self._gpu_series: set[tuple[str, str]] = set()
         self._gpu_unloaded: dict[tuple[str, str], tuple[datetime.datetime, bool]] = {}
         """Per GPU, the last pass's moment and whether no model was loaded then."""
@@ -208,20 +204,12 @@ class OperatorMetrics:
                 self.drains_cut.labels(*labels).inc(decision.cut_requests)
             if decision.started_waiting:
                 self.swaps_deferred.labels(*labels).inc()
-            shown = (decision.phase, decision.phase in RESIDENT_PHASES and bool(decision.gpu))
-            if self._slot_shown.get(labels) != shown:  # most slots keep theirs for hours
-                self._slot_shown[labels] = shown
-                self.slot_resident.labels(*labels).set(1 if shown[1] else 0)
-                for phase in SLOT_PHASES:
-                    self.slot_phase.labels(*labels, phase).set(
-                        1 if phase == decision.phase else 0)
+            self._slot_phases.shown[labels] = (
+                decision.phase, decision.phase in RESIDENT_PHASES and bool(decision.gpu))
         self._record_fetches(decisions)
         self._record_page_cache(decisions)
-        for gone in self._slot_shown.keys() - seen:
-            del self._slot_shown[gone]
-            self.slot_resident.remove(*gone)
-            for phase in SLOT_PHASES:
-                self.slot_phase.remove(*gone, phase)
+        for gone in self._slot_phases.shown.keys() - seen:
+            del self._slot_phases.shown[gone]
 
     def _record_swap_phases(self, labels: tuple[str, str, str], decision: SlotDecision) -> None:
         """Each phase once: the plan writes a swap's phases at Ready, and the route
@@ -337,6 +325,40 @@ class OperatorMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class SlotPhases(Collector):
+    """``hybrid_compute_slot_resident`` and ``hybrid_compute_slot_phase``, made at
+    each scrape from the phase and residency each slot shows. A gauge child per
+    series would hold ten objects per slot between scrapes (one per phase, and the
+    residency): megabytes with a thousand slots, for values that fit in one entry."""
+
+    def __init__(self) -> None:
+        self.shown: dict[tuple[str, str, str], tuple[str | None, bool]] = {}
+        """Per slot's labels, its phase and whether it holds its GPU."""
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return self._families({})
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        return self._families(dict(self.shown))
+
+    @staticmethod
+    def _families(shown: dict[tuple[str, str, str], tuple[str | None, bool]]
+                  ) -> Iterator[GaugeMetricFamily]:
+        resident = GaugeMetricFamily(
+            "hybrid_compute_slot_resident",
+            "1 while the slot holds its GPU (Loading, Evaluating, Ready or Draining)",
+            labels=SLOT_LABELS)
+        phases = GaugeMetricFamily(
+            "hybrid_compute_slot_phase", "1 for the slot's current phase, 0 for the others",
+            labels=(*SLOT_LABELS, "phase"))
+        for labels, (current, held) in shown.items():
+            resident.add_metric(labels, 1.0 if held else 0.0)
+            for phase in SLOT_PHASES:
+                phases.add_metric((*labels, phase), 1.0 if phase == current else 0.0)
+        yield resident
+        yield phases
 
 
 METRICS = OperatorMetrics()
