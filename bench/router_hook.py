@@ -50,12 +50,19 @@ WARMUP = 40
 TARGET_ADDED_MS = 1.0
 TARGET_RATIO = 0.05
 MASTER_KEY = "sk-bench"
+FRONTIER_INPUT_PER_M = 3.0
+FRONTIER_OUTPUT_PER_M = 15.0
+"""The sample policy's cloud/frontier prices. A priced model, as every cloud model
+is in use: LiteLLM skips its key budget checks (and their Prometheus budget
+metrics) for a model priced at zero, and ``hybrid/auto`` is never that, so a free
+cloud model would charge the hooked proxy for budget work the plain one skips."""
 
 
 def _configs(cloud_url: str, folder: Path) -> tuple[Path, Path]:
     policy = RoutePolicySpec.model_validate({"cloudModels": [
         {"alias": "cloud/frontier", "model": "openai/cloud-frontier", "apiBase": cloud_url,
-         "inputCostPerMillion": 0, "outputCostPerMillion": 0}]})
+         "inputCostPerMillion": FRONTIER_INPUT_PER_M,
+         "outputCostPerMillion": FRONTIER_OUTPUT_PER_M}]})
     files = litellm_config.config_files(policy, [])
     hooked = folder / "hooked"
     hooked.mkdir()
