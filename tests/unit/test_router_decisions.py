@@ -201,6 +201,29 @@ def test_the_last_state_is_kept_while_the_operator_is_away(
     assert time.monotonic() - started >= 0.25, "a held request polled an absent operator flat out"
 
 
+def test_requests_that_find_the_state_stale_share_one_fetch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 50 requests at once, each starting a fetch of its own would queue 50 in the
+    thread pool the proxy runs its own calls in."""
+    client = OperatorClient()
+    fetches: list[float] = []
+
+    def fetch(wait: float = 0.0) -> None:
+        fetches.append(wait)
+        time.sleep(0.05)
+        client.state, client.fetched_at = {"slots": [], "fetch": len(fetches)}, time.monotonic()
+
+    monkeypatch.setattr(client, "_fetch", fetch)
+
+    async def requests() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(client.current() for _ in range(50))))
+
+    assert [s["fetch"] for s in asyncio.run(requests())] == [1] * 50
+    assert asyncio.run(requests())[0]["fetch"] == 1, "a fresh state was fetched again"
+    client.fetched_at = 0.0
+    assert [s["fetch"] for s in asyncio.run(requests())] == [2] * 50
+
+
 # ------------------------------------------------- patience: wait for a swap or bridge
 
 
@@ -377,14 +400,21 @@ def test_a_held_request_is_bridged_early_when_the_prediction_outgrows_its_patien
 
 NEEDED_CALLBACKS = {
     "async_pre_call_hook": "resolves the model: hybrid/auto, holds, bridges, refusals",
+    # LiteLLM calls it on every registered logger anyway, with the response cost it
+    # has already computed (for a stream, once the stream is complete).
     "async_log_success_event": "reports cloud spend, which the budget counts",
+    # The one path to headers that also serves streamed responses; overriding it
+    # makes LiteLLM call the headers hook of every registered logger per request.
     "async_post_call_response_headers_hook": "the x-hybrid-route, -model and -reason headers",
 }
+"""The callbacks the hook overrides, and why. ``tests/serving/test_router_callbacks.py``
+checks them against the installed LiteLLM's ``CustomLogger``."""
 
 
 def test_the_hook_defines_only_the_callbacks_it_needs() -> None:
-    """LiteLLM runs every callback a logger defines on every request: each one costs
-    the proxy's median, so the hook defines no other."""
+    """Some callbacks, once a logger overrides them, switch on per-request work in the
+    proxy for every logger (streaming iterators and chunk hooks, the headers loop,
+    moderation), so the hook defines no other than it needs."""
     defined = {name for name in vars(hybrid_router.HybridRouter)
                if name.startswith(("async_", "log_")) or name.endswith("_hook")}
     assert defined == set(NEEDED_CALLBACKS)

@@ -388,6 +388,10 @@ class OperatorClient:
         hears from has fetched a state that shows the draining slot not Ready."""
         self.state: dict[str, Any] = {"slots": []}
         self.fetched_at = 0.0
+        self.refreshing: asyncio.Future[None] | None = None
+        """The refresh of a stale state under way: requests that find the state stale
+        meanwhile wait for it instead of each queueing a fetch of its own in the
+        thread pool the proxy runs its own calls in."""
         self.version: int | None = None
         """The operator's plan version the state comes from."""
         self.last_demand: dict[str, float] = {}
@@ -471,10 +475,22 @@ class OperatorClient:
 
     async def current(self, fresh: bool = False) -> dict[str, Any]:
         if fresh or time.monotonic() - self.fetched_at > STATE_REFRESH_SECONDS:
-            await asyncio.to_thread(self._fetch)
+            await self._refresh(fresh)
             if self.unsent_spend and not self.sending:
                 self.report_spend(0.0)  # retry what an earlier report could not send
         return self.with_unsent_spend()
+
+    async def _refresh(self, fresh: bool) -> None:
+        """Fetches the state; a stale one once for all the requests that find it
+        stale while the fetch is under way. ``fresh``: a fetch that starts now."""
+        if fresh:
+            await asyncio.to_thread(self._fetch)
+            return
+        if self.refreshing is None or self.refreshing.done():
+            self.refreshing = asyncio.ensure_future(asyncio.to_thread(self._fetch))
+        # Shielded: a waiter cancelled (its client went away) leaves the fetch to
+        # the others.
+        await asyncio.shield(self.refreshing)
 
     def report_spend(self, amount: float) -> None:
         """Adds cloud spend and sends the sum; on failure it is kept and sent with the
