@@ -116,39 +116,15 @@ def test_a_new_request_rebuilds_only_the_warm_lists_it_changes(
     memo = PlanMemo()
     first = plan(view, NOW, memo)
     warm_lists_built = Counter(monkeypatch, warm_standby, "warm_files")
+    sorts = Counter(monkeypatch, warm_standby, "_sorted_by_rank")
     asked = View(nodes=view.nodes, slots=view.slots, workloads=view.workloads,
                  demands={**view.demands, "local/m1": NOW})
     later = plan(asked, NOW + datetime.timedelta(seconds=1), memo)
     assert warm_lists_built.calls <= 2, "at most one list per shape of node"
+    assert sorts.calls == 0, "one slot's entry changed: it is put in its place, no slot is sorted"
     assert later.warm != first.warm
     assert later.warm == plan(asked, NOW + datetime.timedelta(seconds=1)).warm, \
         "the memo changes how much is computed, never the result"
-
-
-def test_a_new_request_puts_its_slot_in_the_warm_order_without_sorting_every_slot(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    view = crowded_view()
-    memo = PlanMemo()
-    first = plan(view, NOW, memo)
-    sorts = Counter(monkeypatch, warm_standby, "_sorted_by_rank")
-    placed: list[list[warm_standby.RankedSlot]] = []
-    original = warm_standby.in_rank_order
-
-    def recorded(ranked: list[warm_standby.RankedSlot],
-                 previous: list[warm_standby.RankedSlot] | None = None
-                 ) -> list[warm_standby.RankedSlot]:
-        order = original(ranked, previous)
-        placed.append(order)
-        assert order == sorted(ranked, key=lambda entry: (entry[0], entry[1]))
-        return order
-
-    monkeypatch.setattr(warm_standby, "in_rank_order", recorded)
-    standby = [d.alias for d in first.slots if d.phase == "Standby" and d.alias]
-    for second, alias in enumerate(standby[:3], start=1):
-        asked = dataclasses.replace(view, demands={**view.demands, alias: NOW})
-        plan(asked, NOW + datetime.timedelta(seconds=second), memo)
-    assert len(placed) == 3 and sorts.calls == 0, \
-        "each request changes one entry: it is put in place, the others keep their order"
 
 
 def _with_vram(view: View, index: int, vram: str) -> View:
