@@ -147,14 +147,15 @@ class SlotDecision:
         add to, and nothing rendered yet (the rendered status names the moment).
         Copied field by field rather than through ``dataclasses.replace``, which takes
         several times as long, for every settled slot of every plan."""
-        fields = dict(self.__dict__)
+        again = object.__new__(SlotDecision)
+        fields = again.__dict__
+        fields.update(self.__dict__)
         if len(fields) > _FIELD_COUNT:  # something was rendered: not carried over
             for name in _RENDERED:
                 fields.pop(name, None)
-        fields.update(now=now, status_updates=dict(self.status_updates),
-                      condition_updates=list(self.condition_updates))
-        again = object.__new__(SlotDecision)
-        again.__dict__.update(fields)
+        fields["now"] = now
+        fields["status_updates"] = dict(self.status_updates)
+        fields["condition_updates"] = list(self.condition_updates)
         return again
 
     @property
