@@ -34,7 +34,7 @@ from hybrid_compute.plan import (
 )
 from hybrid_compute.plan.memo import PlanMemo, ValueCache
 from hybrid_compute.plan.settings import PlanSettings
-from hybrid_compute.plan.view import GpuNode, SlotInfo, View, WorkloadInfo
+from hybrid_compute.plan.view import DeploymentInfo, GpuNode, SlotInfo, View, WorkloadInfo
 from hybrid_compute.render import children
 
 NOW = datetime.datetime(2026, 12, 1, 2, 0, tzinfo=datetime.UTC)
@@ -435,6 +435,29 @@ def test_a_stored_status_found_equal_is_held_as_the_rendered_dict() -> None:
     dumps = statuses.dumps([slot.status for slot in view.slots])
     held = {slot.key: dump for slot, dump in zip(view.slots, dumps, strict=True)}
     assert all(held[key] is status for key, status in rendered.items())
+
+
+def test_a_deployment_stored_anew_but_equal_is_compared_once_then_found_by_identity(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Deployment's status event stores its record anew, equal to the one before (the
+    plan does not read its status): the settled slots' decisions and the diff compare
+    it once, and hold it from then on."""
+    memo, statuses = PlanMemo(), DiffMemo()
+    view, moment = _settled(crowded_view(), memo, statuses)
+    renewed = dataclasses.replace(view, deployments=tuple(
+        dataclasses.replace(d, resource_version=f"{d.resource_version}-status")
+        for d in view.deployments))
+    compared = Counter(monkeypatch, DeploymentInfo, "__eq__")
+    result = plan(renewed, moment, memo)
+    assert not diff(result, renewed, statuses)
+    settled = sum(1 for d in result.slots if d.kept is not None)
+    assert settled > 0 and compared.calls > 0
+    before = compared.calls
+    for second in range(1, 3):
+        result = plan(renewed, moment + datetime.timedelta(seconds=second), memo)
+        assert not diff(result, renewed, statuses)
+    assert sum(1 for d in result.slots if d.kept is not None) == settled
+    assert compared.calls == before, "held as observed now: found by identity"
 
 
 def test_a_settled_slot_is_written_again_when_its_children_change_under_it() -> None:

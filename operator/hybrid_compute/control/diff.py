@@ -18,7 +18,7 @@ Each write names its :class:`Group`: a failed write stops the rest of its group.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
@@ -150,6 +150,9 @@ class DiffMemo:
         held = self._quiet_before.get(decision.slot.key)
         if held is None or not held.holds(decision, observed, service):
             return False
+        if held.observed is not observed:
+            # Stored anew but equal: held as observed now, so found by identity next.
+            held = replace(held, observed=observed)
         self._quiet[decision.slot.key] = held
         return True
 
