@@ -208,10 +208,11 @@ class PlanMemo:
         the plan adds to it."""
         entry = self._settled.get(slot.key)
         if entry is not None and entry[0] is slot and entry[1] == inputs:
-            # The inputs of this plan are held from now on: an input stored anew but
-            # equal (a Deployment record after a status event) is then found by
-            # identity on the next plan, not compared field by field on every plan.
-            self._settled[slot.key] = (slot, inputs, entry[2], entry[3])
+            if not all(map(operator.is_, inputs, entry[1])):
+                # An input stored anew but equal (a Deployment record after a status
+                # event) is held as observed now, to be found by identity on the next
+                # plan rather than compared field by field on every plan.
+                self._settled[slot.key] = (slot, inputs, entry[2], entry[3])
             again = entry[2].at(now)
             again.kept = entry[2]
             return again, list(entry[3])
