@@ -152,7 +152,8 @@ class RouterStates:
     def _take(self, result: Plan, version: int, now: datetime.datetime) -> None:
         parts: list[str | SlotDecision] = []
         kept: dict[int, tuple[SlotDecision, str]] = {}
-        for decision in _routed(result):
+        routed = _routed(result)
+        for decision in routed:
             if decision.phase == "Loading":
                 parts.append(decision)
                 continue
@@ -164,8 +165,7 @@ class RouterStates:
                 kept[id(source)] = held
             parts.append(held[1])
         self._version, self._parts, self._kept = version, parts, kept
-        self._not_ready = frozenset((d.namespace, d.name) for d in _routed(result)
-                                    if not d.ready)
+        self._not_ready = frozenset((d.namespace, d.name) for d in routed if not d.ready)
 
 
 def _policy_state(runtime: Runtime, decision: PolicyDecision) -> dict[str, Any]:
