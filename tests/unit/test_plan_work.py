@@ -32,9 +32,18 @@ from hybrid_compute.plan import (
     warm_standby,
     workloads,
 )
+from hybrid_compute.plan import demand as demand_module
 from hybrid_compute.plan.memo import PlanMemo, ValueCache
+from hybrid_compute.plan.outputs import Plan
 from hybrid_compute.plan.settings import PlanSettings
-from hybrid_compute.plan.view import DeploymentInfo, GpuNode, SlotInfo, View, WorkloadInfo
+from hybrid_compute.plan.view import (
+    DeploymentInfo,
+    GpuNode,
+    PodInfo,
+    SlotInfo,
+    View,
+    WorkloadInfo,
+)
 from hybrid_compute.render import children
 
 NOW = datetime.datetime(2026, 12, 1, 2, 0, tzinfo=datetime.UTC)
@@ -75,15 +84,78 @@ class Counter:
         monkeypatch.setattr(module, name, counted)
 
 
-def test_each_slot_and_workload_is_decided_once_per_plan(monkeypatch: pytest.MonkeyPatch
-                                                         ) -> None:
+ASKED = len(range(0, SLOTS, 3))
+"""The slots of :func:`crowded_view` with a request: the others are quiet."""
+
+
+def test_each_slot_and_workload_is_decided_at_most_once_per_plan_and_quiet_slots_not_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quiet slot (OnDemand, not asked for, holding nothing) is decided on the first
+    plan and taken from it on the next ones; every plan still holds one decision per
+    slot, the same as a plan without a memo makes."""
     slot_decisions = Counter(monkeypatch, slots, "decide_slot")
+    candidates = Counter(monkeypatch, demand_module, "_slot_candidate")
     workload_decisions = Counter(monkeypatch, workloads, "decide")
     view = crowded_view()
     memo = PlanMemo()
-    for second in range(3):
-        plan(view, NOW + datetime.timedelta(seconds=second), memo)
-    assert (slot_decisions.calls, workload_decisions.calls) == (3 * SLOTS, 3 * WORKLOADS)
+    plan(view, NOW, memo)
+    assert (slot_decisions.calls, candidates.calls, workload_decisions.calls) == (
+        SLOTS, SLOTS, WORKLOADS)
+    for second in range(1, 3):
+        moment = NOW + datetime.timedelta(seconds=second)
+        result = plan(view, moment, memo)
+        assert len(result.slots) == SLOTS
+        fresh = plan(view, moment)
+        assert [d.status for d in result.slots] == [d.status for d in fresh.slots]
+        assert [d.replicas for d in result.slots] == [d.replicas for d in fresh.slots]
+    assert (slot_decisions.calls, candidates.calls, workload_decisions.calls) == (
+        SLOTS + 2 * ASKED + 2 * SLOTS, SLOTS + 2 * ASKED + 2 * SLOTS, 5 * WORKLOADS), \
+        "the plans with the memo decide only the asked-for slots again"
+
+
+def _planned_again(view: View, changed: View, moment: datetime.datetime,
+                   monkeypatch: pytest.MonkeyPatch) -> tuple[int, Plan]:
+    """How many slots besides the asked-for ones a plan of ``changed`` decides again
+    after ``view`` settled in its memo, and that plan."""
+    memo = PlanMemo()
+    plan(view, NOW, memo)
+    plan(view, NOW + datetime.timedelta(seconds=1), memo)
+    decisions = Counter(monkeypatch, slots, "decide_slot")
+    result = plan(changed, moment, memo)
+    return decisions.calls - ASKED, result
+
+
+@pytest.mark.parametrize("change", ["request", "new record", "pod", "clock set back",
+                                    "settings"])
+def test_a_quiet_slot_is_planned_again_when_what_it_reads_changes(
+        change: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    view = crowded_view()
+    quiet = view.slots[1]
+    moment = NOW + datetime.timedelta(seconds=2)
+    if change == "clock set back":
+        moment = NOW - datetime.timedelta(minutes=1)
+    changed = {
+        "request": lambda: dataclasses.replace(
+            view, demands={**view.demands, quiet.spec.alias: moment}),
+        "new record": lambda: dataclasses.replace(view, slots=(
+            view.slots[0], dataclasses.replace(quiet), *view.slots[2:])),
+        "pod": lambda: dataclasses.replace(view, pods=(_pod_going_away(quiet),)),
+        "clock set back": lambda: view,
+        "settings": lambda: dataclasses.replace(
+            view, settings=PlanSettings(idle_check_interval=datetime.timedelta(seconds=7))),
+    }[change]()
+    again, result = _planned_again(view, changed, moment, monkeypatch)
+    assert again == (SLOTS - ASKED if change in ("clock set back", "settings") else 1)
+    assert [d.status for d in result.slots] == [d.status for d in plan(changed, moment).slots]
+    if change == "request":
+        assert result.slot("ns", quiet.name).phase in ("Loading", "Pending"), \
+            "asked for: it wants a GPU"
+
+
+def _pod_going_away(slot: SlotInfo) -> PodInfo:
+    """A pod of ``slot`` that is going away: the slot holds memory again."""
+    return PodInfo(f"{slot.name}-pod", slot.namespace, slot.name, "node-0", 2 * 1024**3, 1,
+                   "stale", ready=False, terminating=True)
 
 
 def test_a_kept_memo_computes_nothing_again_for_unchanged_objects(

@@ -10,7 +10,7 @@ keeps its place.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,6 +23,7 @@ from hybrid_compute.plan.ledger import Gpu, fit_problem, located_gpus
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.model_vram import VramChoice, vram_choice
 from hybrid_compute.plan.placement import Candidate, Rank, Tier
+from hybrid_compute.plan.quiet import QuietSlot
 from hybrid_compute.plan.settings import PlanSettings
 from hybrid_compute.plan.view import SlotInfo, View
 
@@ -109,17 +110,27 @@ class SlotDemand:
     """Aliases of OnDemand slots in use, which ``onlyWhenGpuIdle`` workloads wait for."""
     asleep: dict[Key, str] = field(default_factory=dict)
     """Idle default slots that sleep (:mod:`.sleep`), and why."""
+    idle: list[Key] = field(default_factory=list)
+    """OnDemand slots that nothing keeps wanted and that have no pods (:mod:`.quiet`)."""
 
 
 def slot_demand(view: View, owned: Owned, holdings: Holdings,
                 gpus: dict[str, Gpu], memo: PlanMemo, now: datetime.datetime,
-                wakeups: list[datetime.datetime]) -> SlotDemand:
-    """The GPU slots that want a GPU now, ranked; the VRAM and demand of every one."""
+                wakeups: list[datetime.datetime],
+                quiet: Mapping[Key, QuietSlot] | None = None) -> SlotDemand:
+    """The GPU slots that want a GPU now, ranked; the VRAM and demand of every one.
+    A ``quiet`` slot is no candidate, with the VRAM and request it had."""
     found = SlotDemand()
     # Many slots share a size, and whether one fits reads only the GPUs' sizes.
     problems: dict[tuple[int, int], str | None] = {}
+    quiet = quiet or {}
     for slot in view.slots:
         if slot.spec is None or slot.spec.device != "gpu":
+            continue
+        kept = quiet.get(slot.key)
+        if kept is not None:
+            found.vram[slot.key] = kept.choice
+            found.requests[slot.key] = kept.requested
             continue
         # The evaluation gate picks the model the slot's pods run before it is sized.
         spec = memo.gate_served(slot, view.evaluations.get(slot.key), now)
@@ -148,6 +159,7 @@ def _slot_candidate(slot: SlotInfo, spec: ModelSlotSpec, vram: int, view: View,
     pods = owned.slot_pods.get(slot.key, [])
     requested = found.requests[slot.key] = last_request(slot, view)
     if not pods and requested is None and spec.activation == "OnDemand" and not spec.default:
+        found.idle.append(slot.key)
         return None  # never asked for and holding nothing: most slots of a large install
     ready_pod = bool(pods) and any_serving(pods)
     pinned = _pinned(slot, spec, view, ready_pod, now, wakeups)
@@ -167,6 +179,8 @@ def _slot_candidate(slot: SlotInfo, spec: ModelSlotSpec, vram: int, view: View,
             return None
         tier = Tier.IDLE_DEFAULT  # the idle default slot; workloads come before it
     else:
+        if not pods:  # an OnDemand slot whose requests no longer keep it wanted
+            found.idle.append(slot.key)
         return None
     current = located_gpus(gpus, slot.status.gpu, {p.node for p in pods if p.node},
                            spec.gpus)

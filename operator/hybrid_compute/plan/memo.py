@@ -20,6 +20,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, cast
 
 from hybrid_compute.plan import conditions, evaluation, model_vram, warm_standby
+from hybrid_compute.plan.quiet import QuietSlots
 from hybrid_compute.render import children
 
 if TYPE_CHECKING:
@@ -101,6 +102,14 @@ class ValueCache(Generic[KeyT, ValueT]):
 
 
 _MISSING = object()
+
+
+def _again(kept: SlotDecision, events: tuple[EventIntent, ...], now: datetime.datetime
+           ) -> tuple[SlotDecision, list[EventIntent]]:
+    """A kept decision made again at ``now``, and its Events."""
+    again = kept.at(now)
+    again.kept = kept
+    return again, list(events)
 _slot_key = operator.attrgetter("key")
 """Where the caches keyed by slot records file them: one entry per slot."""
 
@@ -134,7 +143,8 @@ class PlanMemo:
     __slots__ = ("_conditions", "_endpoints", "_file_keys", "_fingerprints", "_fits",
                  "_gate_served", "_last", "_served", "_settings", "_settled",
                  "_slot_templates", "_statuses", "_vram_choices", "_warm_entries",
-                 "_warm_file_keys", "_warm_lists", "_warm_order", "_workload_templates")
+                 "_warm_file_keys", "_warm_lists", "_warm_order", "_workload_templates",
+                 "quiet")
 
     def __init__(self) -> None:
         self._slot_templates: IdentityCache[dict[str, Any]] = IdentityCache(8192)
@@ -157,6 +167,8 @@ class PlanMemo:
                                                    SlotDecision, tuple[EventIntent, ...]]] = {}
         self._statuses: dict[Hashable, tuple[BaseModel, object, dict[str, Any]]] = {}
         self._endpoints: IdentityCache[str] = IdentityCache(16384, _slot_key)
+        self.quiet = QuietSlots()
+        """The quiet slots of the previous plan (:mod:`.quiet`)."""
 
     def known_settings(self, view: View) -> View:
         """``view`` with the previous plan's settings object when the two are equal.
@@ -213,14 +225,27 @@ class PlanMemo:
                 # event) is held as observed now, to be found by identity on the next
                 # plan rather than compared field by field on every plan.
                 self._settled[slot.key] = (slot, inputs, entry[2], entry[3])
-            again = entry[2].at(now)
-            again.kept = entry[2]
-            return again, list(entry[3])
+            return _again(entry[2], entry[3], now)
         decision, events = decide(*args)
         if len(self._settled) > 16384:
             self._settled.clear()
         self._settled[slot.key] = (slot, inputs, decision.at(decision.now), tuple(events))
         return decision, events
+
+    def is_settled(self, slot: SlotInfo) -> bool:
+        """Whether ``slot``'s decision is kept as a settled one (:meth:`settled_slot`)."""
+        entry = self._settled.get(slot.key)
+        return entry is not None and entry[0] is slot
+
+    def kept_settled(self, slot: SlotInfo, now: datetime.datetime
+                     ) -> tuple[SlotDecision, list[EventIntent]] | None:
+        """The kept decision of settled ``slot``, made again at ``now``, without
+        looking at its inputs: for a slot whose inputs are known to be the same
+        (:mod:`.quiet`). None when none is kept for this record."""
+        entry = self._settled.get(slot.key)
+        if entry is None or entry[0] is not slot:
+            return None
+        return _again(entry[2], entry[3], now)
 
     def status(self, owner: Hashable, previous: BaseModel, updates: Sequence[ConditionUpdate],
                generation: int, now: datetime.datetime, fields: dict[str, Any]

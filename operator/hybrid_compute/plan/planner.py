@@ -57,7 +57,8 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     holdings.workloads.update(reservations.record_holdings(view, gpus, mutex_bytes))
     # 2. Who wants a GPU, in what order; the evaluation gate picks the model each
     #    slot's pods run, before it is sized.
-    demand = slot_demand(view, owned, holdings, gpus, memo, now, wakeups)
+    quiet = memo.quiet.find(view, owned, now)
+    demand = slot_demand(view, owned, holdings, gpus, memo, now, wakeups, quiet)
     workload_verdicts = WorkloadVerdicts()
     candidates = demand.candidates + workloads.candidates(
         view.workloads, owned.workload_children, holdings.workloads, gpus, demand.busy, now,
@@ -71,7 +72,9 @@ def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Pl
     # 5. Slots turn their place into replicas, respecting what is still held.
     slot_decisions, events = decide_slots(
         view, now, memo, gpus,
-        SlotFindings(owned, holdings, demand, placement, leaving), wakeups)
+        SlotFindings(owned, holdings, demand, placement, leaving, quiet), wakeups)
+    memo.quiet.remember(view, owned, holdings, demand.idle, quiet, demand.vram,
+                        demand.requests, memo.is_settled, now)
     # 6. Workloads after slots: a slot starting now counts against them.
     workload_decisions, workload_events = workloads.decide_all(
         view, now, memo, gpus, owned,

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime
 import operator
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from hybrid_compute.api.modelslot import (
@@ -44,6 +45,7 @@ from hybrid_compute.plan.outputs import (
     SlotDecision,
 )
 from hybrid_compute.plan.placement import Departures, Placement
+from hybrid_compute.plan.quiet import QuietSlot
 from hybrid_compute.plan.slot_turn import SlotTurn
 from hybrid_compute.plan.view import DeploymentInfo, PodInfo, SlotInfo, View
 from hybrid_compute.plan.warm_standby import page_cache_status
@@ -62,6 +64,8 @@ class SlotFindings:
     demand: SlotDemand
     placement: Placement
     departures: Departures
+    quiet: Mapping[Key, QuietSlot] = field(default_factory=dict)
+    """Slots whose decision is the kept one of the previous plan (:mod:`.quiet`)."""
 
 
 def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[str, Gpu],
@@ -70,8 +74,11 @@ def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[
     """Every slot's decision, in name order, and the Events they post."""
     decisions: list[SlotDecision] = []
     events: list[EventIntent] = []
+    quiet = findings.quiet
     for slot in sorted(view.slots, key=_by_key):
-        decision, new_events = decide_slot(slot, view, now, memo, gpus, findings)
+        kept = memo.kept_settled(slot, now) if slot.key in quiet else None
+        decision, new_events = (kept if kept is not None
+                                else decide_slot(slot, view, now, memo, gpus, findings))
         decisions.append(decision)
         if view.page_cache:  # without the agents' reports there is nothing to show
             decision.page_cache = page_cache_status(view, slot,
