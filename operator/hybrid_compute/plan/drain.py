@@ -141,11 +141,12 @@ def draining_decision(turn: SlotTurn, spec: ModelSlotSpec, drain: DrainVerdict,
     return decision
 
 
-def mark_drained(decisions: list[SlotDecision], now: datetime.datetime) -> None:
-    """A load waiting only on slots that are no longer draining has its drain
-    phase over: what is left is their pods going away."""
-    draining = {d.name for d in decisions if d.phase == "Draining"}
-    for decision in decisions:
+def mark_drained(loading: list[SlotDecision], draining: set[str], now: datetime.datetime
+                 ) -> None:
+    """A load waiting only on slots that are no longer ``draining`` (names) has its
+    drain phase over: what is left is their pods going away. Only ``loading``
+    decisions mark the moments of a load."""
+    for decision in loading:
         marks = decision.status_updates.get("swap_progress")
         if (isinstance(marks, SwapProgress) and marks.drained_at is None
                 and not draining.intersection(decision.waiting_on)):

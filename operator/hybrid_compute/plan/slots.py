@@ -74,6 +74,8 @@ def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[
     """Every slot's decision, in name order, and the Events they post."""
     decisions: list[SlotDecision] = []
     events: list[EventIntent] = []
+    loading: list[SlotDecision] = []
+    draining: set[str] = set()
     quiet = findings.quiet
     for slot in sorted(view.slots, key=_by_key):
         kept = memo.kept_settled(slot, now) if slot.key in quiet else None
@@ -84,13 +86,18 @@ def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[
             decision.page_cache = page_cache_status(view, slot,
                                                     decision.node or decision.pinned_node, memo)
         events += new_events
-        if decision.phase in ("Loading", "Unloading"):
+        phase = decision.phase
+        if phase == "Loading":
+            loading.append(decision)
             wakeups.append(now + LOAD_POLL)
-        elif decision.phase == "Draining":
+        elif phase == "Unloading":
+            wakeups.append(now + LOAD_POLL)
+        elif phase == "Draining":
+            draining.add(slot.name)
             wakeups.append(now + DRAIN_POLL)
-        elif swaps.route_restore_pending(decision, view, now):
+        elif phase == "Ready" and swaps.route_restore_pending(decision, view, now):
             wakeups.append(now + swaps.ROUTE_RESTORE_POLL)
-    mark_drained(decisions, now)
+    mark_drained(loading, draining, now)
     return decisions, events
 
 

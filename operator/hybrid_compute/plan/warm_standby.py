@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import datetime
+import functools
 import math
 import operator
 import posixpath
@@ -44,6 +45,9 @@ class WarmFile(NamedTuple):
     """The file, relative to that folder."""
     priority: float
     """Higher first; the list is already in this order."""
+
+
+_new_warm_file = functools.partial(tuple.__new__, WarmFile)
 
 
 class SlotOutcome(Protocol):
@@ -213,8 +217,11 @@ def _loadable_files(node: GpuNode, in_order: list[RankedSlot], settings: PlanSet
 
 def warm_files(keys: Sequence[ModelFileKey]) -> tuple[WarmFile, ...]:
     """A node's warm list for its files in order: the priority falls along the list."""
-    return tuple(WarmFile(host, path, float(len(keys) - index))
-                 for index, (host, path) in enumerate(keys))
+    count = len(keys)
+    # Made by tuple.__new__ through map, without a Python call per entry: a large
+    # install's lists hold thousands and are made again whenever their order changes.
+    return tuple(map(_new_warm_file, [(host, path, float(count - index))
+                                      for index, (host, path) in enumerate(keys)]))
 
 
 def _unmemoized_files(_owner: Hashable, keys: Sequence[ModelFileKey]

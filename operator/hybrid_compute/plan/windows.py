@@ -76,7 +76,9 @@ def _window_state(time_zone: str, windows: tuple[tuple[str, str], ...],
     return WindowState(False, upcoming, description)
 
 
+@functools.lru_cache(maxsize=512)
 def local_text(moment: datetime.datetime, time_zone: str) -> str:
-    """A moment as people in the zone read it: 2026-12-02 02:00 NZDT."""
+    """A moment as people in the zone read it: 2026-12-02 02:00 NZDT. Memoised: the
+    workloads that share a window name the same moment on every plan until it comes."""
     local = moment.astimezone(zoneinfo.ZoneInfo(time_zone))
     return local.strftime("%Y-%m-%d %H:%M %Z")

@@ -194,12 +194,14 @@ class OperatorMetrics:
     def _record_slots(self, view: View, decisions: tuple[SlotDecision, ...]) -> None:
         seen: set[tuple[str, str, str]] = set()
         for decision in decisions:
-            labels = (decision.namespace, decision.name, decision.alias or "")
+            slot = decision.slot
+            labels = (slot.namespace, slot.name, slot.spec.alias if slot.spec else "")
             seen.add(labels)
             if decision.completed_swap is not None:
                 self.swaps.labels(*labels).inc()
                 self.swap_duration.labels(*labels).observe(decision.completed_swap.seconds)
-            self._record_swap_phases(labels, decision)
+            if decision.phases_recorded is not None:
+                self._record_swap_phases(labels, decision)
             if decision.cut_requests:
                 self.drains_cut.labels(*labels).inc(decision.cut_requests)
             if decision.started_waiting:
@@ -215,8 +217,7 @@ class OperatorMetrics:
         """Each phase once: the plan writes a swap's phases at Ready, and the route
         restoration in a later pass."""
         phases = decision.phases_recorded
-        if phases is None:
-            return
+        assert phases is not None
         before = None if decision.completed_swap is not None else \
             decision.slot.status.last_swap_phases
         for phase in SWAP_PHASES:
