@@ -123,9 +123,12 @@ def choose_gpus(candidate: Candidate, gpus: dict[str, Gpu], by_node: list[list[G
                         continue
                 elif not fits(gpu):
                     continue
-                if best is None or (gpu.exclusive, gpu.held) < (best.exclusive, best.held):
+                exclusive = gpu.exclusive
+                # (exclusive, held) below the best's, without a tuple per device.
+                if (best is None or exclusive < best.exclusive
+                        or (exclusive == best.exclusive and gpu.held < best.held)):
                     best = gpu
-                    if not gpu.exclusive and gpu.held == 0:
+                    if not exclusive and gpu.held == 0:
                         return [best.id]  # nothing can beat an empty shared device
         return [best.id] if best else None
     for devices in by_node:

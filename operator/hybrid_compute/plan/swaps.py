@@ -14,7 +14,6 @@ Pure: statuses, pods and the clock in; moments, phases and seconds out.
 from __future__ import annotations
 
 import datetime
-import functools
 import itertools
 import statistics
 from collections.abc import Mapping, Sequence
@@ -91,7 +90,8 @@ def progress(previous: ModelSlotStatus, current: list[PodInfo], replicas: int,
     marks = (previous.swap_progress if previous.loading_since is not None
              and previous.swap_progress is not None else _NOTHING_SEEN)
     if marks is _NOTHING_SEEN and not current:
-        return _started(now) if replicas > 0 else marks
+        # Most loads a plan starts have no pod yet: made directly, not copied.
+        return SwapProgress(started_at=now, drained_at=now) if replicas > 0 else marks
     seen: dict[str, datetime.datetime] = {}
     if replicas > 0 or current:
         seen["started_at"] = marks.started_at or now
@@ -101,13 +101,6 @@ def progress(previous: ModelSlotStatus, current: list[PodInfo], replicas: int,
     if any(p.phase == "Running" or p.ready for p in current):
         seen["running_at"] = marks.running_at or now
     return marks.model_copy(update=seen) if seen else marks
-
-
-@functools.lru_cache(maxsize=8)
-def _started(now: datetime.datetime) -> SwapProgress:
-    """The moments of a load decided at ``now`` that has no pod yet: one object for
-    all the loads a plan starts (read, never changed)."""
-    return SwapProgress(started_at=now, drained_at=now)
 
 
 def swap_phases(decided: datetime.datetime, marks: SwapProgress, ready: datetime.datetime,
