@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import json
 from collections.abc import Callable
 from typing import Any, cast
@@ -582,3 +583,36 @@ def test_the_routers_state_writes_a_settled_slot_once(monkeypatch: pytest.Monkey
             assert json.loads(text) == document
             assert not_ready == {(s["namespace"], s["name"]) for s in document["slots"]
                                  if not s["ready"]}
+
+
+def test_the_collector_waits_while_a_plan_is_made_and_runs_again_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No collection walks a plan being built; the collector runs again afterwards,
+    also when the plan fails, and a caller that paused it finds it paused."""
+    enabled_while_planning: list[bool] = []
+    original = slots.decide_slot
+
+    def deciding(*args: Any, **kwargs: Any) -> Any:
+        enabled_while_planning.append(gc.isenabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(slots, "decide_slot", deciding)
+    assert gc.isenabled()
+    plan(crowded_view(), NOW)
+    assert enabled_while_planning and not any(enabled_while_planning)
+    assert gc.isenabled()
+
+    def failing(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("a bug in a decision")
+
+    monkeypatch.setattr(slots, "decide_slot", failing)
+    with pytest.raises(RuntimeError):
+        plan(crowded_view(), NOW)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        monkeypatch.setattr(slots, "decide_slot", original)
+        plan(crowded_view(), NOW)
+        assert not gc.isenabled(), "left as the caller set it"
+    finally:
+        gc.enable()

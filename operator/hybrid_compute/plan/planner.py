@@ -21,6 +21,7 @@ plan. The rules are the seed's swap strategy and GPU scheduling:
 from __future__ import annotations
 
 import datetime
+import gc
 
 from hybrid_compute.plan import conflicts, reservations, routing, workloads
 from hybrid_compute.plan.demand import last_request, slot_demand
@@ -41,8 +42,22 @@ __all__ = ["EventIntent", "GpuSummary", "Plan", "PolicyDecision", "SlotDecision"
 
 def plan(view: View, now: datetime.datetime, memo: PlanMemo | None = None) -> Plan:
     """Decides residency, swaps, admission, children and statuses. ``memo`` carries
-    rendered templates from one plan to the next; None plans without one."""
-    memo = PlanMemo() if memo is None else memo
+    rendered templates from one plan to the next; None plans without one.
+
+    The garbage collector waits while it plans: a plan makes tens of thousands of
+    objects on a large install, and its temporaries go by reference counting, so a
+    collection in the middle only walks the plan being built (a fifth of the time
+    with 10,000 objects). Whatever the plan leaves is collected afterwards."""
+    if not gc.isenabled():
+        return _plan(view, now, PlanMemo() if memo is None else memo)
+    gc.disable()
+    try:
+        return _plan(view, now, PlanMemo() if memo is None else memo)
+    finally:
+        gc.enable()
+
+
+def _plan(view: View, now: datetime.datetime, memo: PlanMemo) -> Plan:
     view = memo.known_settings(view)
     # 0. Objects that conflict with an earlier one are refused; the rest of the plan
     #    does not see the refused slots (:mod:`.conflicts`).
