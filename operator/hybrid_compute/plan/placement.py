@@ -82,10 +82,12 @@ class Candidate:
 
 
 def choose_gpus(candidate: Candidate, gpus: dict[str, Gpu], by_node: list[list[Gpu]],
-                mutex_bytes: int, free_bound: int) -> list[str] | None:
+                mutex_bytes: int, free_bound: int, open_gpus: list[Gpu]) -> list[str] | None:
     """GPUs with room for the candidate, preferring where it already is.
     ``free_bound`` is the most any GPU has left (:func:`most_free`): a candidate
-    larger than that is turned away without looking at every device."""
+    larger than that is turned away without looking at every device. ``open_gpus``:
+    the devices of ``by_node`` in the same order, less the whole (not time-sliced)
+    ones a consumer has taken, which no one else may share."""
     per_device = candidate.vram // candidate.gpus
     if per_device > free_bound:
         return None
@@ -113,23 +115,22 @@ def choose_gpus(candidate: Candidate, gpus: dict[str, Gpu], by_node: list[list[G
         # would waste; among those, the emptiest, so fewer consumers give way.
         best: Gpu | None = None
         anywhere = candidate.node is None and not candidate.whole_gpu
-        for devices in by_node:
-            for gpu in devices:
-                if gpu.capacity - gpu.reserved < per_device:
+        for gpu in open_gpus:
+            if gpu.capacity - gpu.reserved < per_device:
+                continue
+            if anywhere:
+                # fits() without the call, for the many consumers it is asked about.
+                if (gpu.exclusive and gpu.residents) or (large and gpu.large_residents):
                     continue
-                if anywhere:
-                    # fits() without the call, for the many consumers it is asked about.
-                    if (gpu.exclusive and gpu.residents) or (large and gpu.large_residents):
-                        continue
-                elif not fits(gpu):
-                    continue
-                exclusive = gpu.exclusive
-                # (exclusive, held) below the best's, without a tuple per device.
-                if (best is None or exclusive < best.exclusive
-                        or (exclusive == best.exclusive and gpu.held < best.held)):
-                    best = gpu
-                    if not exclusive and gpu.held == 0:
-                        return [best.id]  # nothing can beat an empty shared device
+            elif not fits(gpu):
+                continue
+            exclusive = gpu.exclusive
+            # (exclusive, held) below the best's, without a tuple per device.
+            if (best is None or exclusive < best.exclusive
+                    or (exclusive == best.exclusive and gpu.held < best.held)):
+                best = gpu
+                if not exclusive and gpu.held == 0:
+                    return [best.id]  # nothing can beat an empty shared device
         return [best.id] if best else None
     for devices in by_node:
         if devices[0].node.time_sliced:
@@ -164,9 +165,11 @@ def place(candidates: list[Candidate], gpus: dict[str, Gpu], mutex_bytes: int) -
         if gpu.node.ready:
             ready_nodes[gpu.node.name].append(gpu)
     by_node = [devices for _name, devices in sorted(ready_nodes.items())]
+    open_gpus = [gpu for devices in by_node for gpu in devices
+                 if not (gpu.exclusive and gpu.residents)]
     free_bound, roomiest = most_free(gpus)
     for candidate in sorted(candidates, key=lambda c: c.rank):
-        chosen = choose_gpus(candidate, gpus, by_node, mutex_bytes, free_bound)
+        chosen = choose_gpus(candidate, gpus, by_node, mutex_bytes, free_bound, open_gpus)
         if chosen is None:
             _record_waiting(placement, candidate,
                             *waiting_reason(candidate, gpus, bool(by_node), roomiest,
@@ -176,6 +179,8 @@ def place(candidates: list[Candidate], gpus: dict[str, Gpu], mutex_bytes: int) -
         per_device = (gpus[chosen[0]].free_for_plan if candidate.whole_gpu
                       else candidate.per_device)
         reserve(gpus, chosen, per_device, candidate.label, mutex_bytes)
+        if any(gpus[gpu_id].exclusive for gpu_id in chosen):
+            open_gpus[:] = [gpu for gpu in open_gpus if not (gpu.exclusive and gpu.residents)]
         if candidate.reservation:
             for gpu_id in chosen:
                 gpus[gpu_id].reservations.append(candidate.label)
