@@ -168,9 +168,15 @@ def place(candidates: list[Candidate], gpus: dict[str, Gpu], mutex_bytes: int) -
     open_gpus = [gpu for devices in by_node for gpu in devices
                  if not (gpu.exclusive and gpu.residents)]
     free_bound, roomiest = most_free(gpus)
+    # Once a placement takes from the roomiest device, the bound is worked out again
+    # only when a waiting reason names that device: until then the old bound, which
+    # can only be higher, still turns away whoever fits no device.
+    bound_stale = False
     for candidate in sorted(candidates, key=lambda c: c.rank):
         chosen = choose_gpus(candidate, gpus, by_node, mutex_bytes, free_bound, open_gpus)
         if chosen is None:
+            if bound_stale:
+                (free_bound, roomiest), bound_stale = most_free(gpus), False
             _record_waiting(placement, candidate,
                             *waiting_reason(candidate, gpus, bool(by_node), roomiest,
                                             mutex_bytes))
@@ -185,7 +191,7 @@ def place(candidates: list[Candidate], gpus: dict[str, Gpu], mutex_bytes: int) -
             for gpu_id in chosen:
                 gpus[gpu_id].reservations.append(candidate.label)
         if any(gpus[g].free_for_plan + per_device >= free_bound for g in chosen):
-            free_bound, roomiest = most_free(gpus)
+            bound_stale = True
     return placement
 
 
