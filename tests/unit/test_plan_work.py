@@ -616,3 +616,26 @@ def test_the_collector_waits_while_a_plan_is_made_and_runs_again_after(
         assert not gc.isenabled(), "left as the caller set it"
     finally:
         gc.enable()
+
+
+def test_a_quiet_slot_keeps_its_decision_while_its_status_reads_no_clock() -> None:
+    """Once its status is stored, a quiet slot's decision is the same object on every
+    plan (nothing is copied, rendered or compared for it again); before that, while
+    its status would still name the moment of a change, it is made again at each
+    plan's moment, as a plan without a memo makes it."""
+    memo, statuses = PlanMemo(), DiffMemo()
+    view = crowded_view()
+    quiet_key = view.slots[1].key
+    unstored = [plan(view, NOW + datetime.timedelta(seconds=second), memo)
+                for second in range(3)]
+    decisions = [result.slot(*quiet_key) for result in unstored]
+    assert [d.now for d in decisions] == [NOW + datetime.timedelta(seconds=s)
+                                          for s in range(3)], "its conditions change now"
+    assert decisions[2].status == plan(view, decisions[2].now).slot(*quiet_key).status
+    stored, moment = _settled(view, memo, statuses)
+    first = plan(stored, moment, memo).slot(*quiet_key)
+    later = [plan(stored, moment + datetime.timedelta(seconds=s), memo).slot(*quiet_key)
+             for s in range(1, 3)]
+    assert all(decision is first for decision in later)
+    fresh = plan(stored, moment + datetime.timedelta(seconds=2)).slot(*quiet_key)
+    assert first.status == fresh.status and first.phase == fresh.phase == "Standby"

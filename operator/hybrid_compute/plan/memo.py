@@ -268,6 +268,14 @@ class PlanMemo:
             self._statuses[owner] = (previous, variant, rendered)
         return rendered
 
+    def renders_timeless(self, decision: SlotDecision) -> bool:
+        """Whether ``decision``'s status, rendered now if it is not yet, reads no clock
+        (no condition changes against the stored status): one :meth:`status` keeps."""
+        rendered = decision.status
+        entry = self._statuses.get(("ModelSlot", *decision.slot.key))
+        return (entry is not None and entry[2] is rendered
+                and entry[0] is decision.slot.status)
+
     def endpoint(self, slot: SlotInfo, port: int, template: str) -> str:
         """:func:`hybrid_compute.render.children.endpoint` of a slot."""
         return self._endpoints.get(slot, (port, template), children.endpoint, slot.namespace,

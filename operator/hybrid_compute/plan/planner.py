@@ -25,7 +25,7 @@ import gc
 
 from hybrid_compute.plan import conflicts, reservations, routing, workloads
 from hybrid_compute.plan.demand import last_request, slot_demand
-from hybrid_compute.plan.holdings import group_owned, record_holdings
+from hybrid_compute.plan.holdings import Key, group_owned, record_holdings
 from hybrid_compute.plan.ledger import build_gpus, summarize
 from hybrid_compute.plan.memo import PlanMemo
 from hybrid_compute.plan.outputs import EventIntent, GpuSummary, Plan, SlotDecision
@@ -85,11 +85,12 @@ def _plan(view: View, now: datetime.datetime, memo: PlanMemo) -> Plan:
     workload_verdicts.queued.update(placement.workload_waiting)
     workload_verdicts.taken_by.update(leaving.workload_taken_by)
     # 5. Slots turn their place into replicas, respecting what is still held.
+    made: dict[Key, tuple[SlotDecision, list[EventIntent]]] = {}
     slot_decisions, events = decide_slots(
         view, now, memo, gpus,
-        SlotFindings(owned, holdings, demand, placement, leaving, quiet), wakeups)
+        SlotFindings(owned, holdings, demand, placement, leaving, quiet), wakeups, made)
     memo.quiet.remember(view, owned, holdings, demand.idle, quiet, demand.vram,
-                        demand.requests, memo.is_settled, now)
+                        demand.requests, memo.is_settled, made, memo.renders_timeless, now)
     # 6. Workloads after slots: a slot starting now counts against them.
     workload_decisions, workload_events = workloads.decide_all(
         view, now, memo, gpus, owned,

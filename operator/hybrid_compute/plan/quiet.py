@@ -15,12 +15,15 @@ every pass while almost none of them changed.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, NamedTuple
 
 from hybrid_compute.plan.holdings import Holdings, Key, Owned
 from hybrid_compute.plan.model_vram import VramChoice
 from hybrid_compute.plan.view import DeploymentInfo, SlotInfo, View
+
+if TYPE_CHECKING:
+    from hybrid_compute.plan.outputs import EventIntent, SlotDecision
 
 
 class QuietSlot(NamedTuple):
@@ -33,6 +36,11 @@ class QuietSlot(NamedTuple):
     """The router's demand for its alias then (none, or one long idle)."""
     choice: VramChoice
     requested: datetime.datetime | None
+    decision: SlotDecision | None = None
+    """The decision a plan handed out for it, made from its kept one, while its status
+    reads no clock: the next plans hand out the same object. It keeps the moment it
+    was made, which nothing but a status that reads the clock would show."""
+    events: tuple[EventIntent, ...] = ()
 
 
 class QuietSlots:
@@ -82,11 +90,20 @@ class QuietSlots:
     def remember(self, view: View, owned: Owned, holdings: Holdings, idle: Iterable[Key],
                  still_quiet: dict[Key, QuietSlot], vram: dict[Key, VramChoice],
                  requests: dict[Key, datetime.datetime | None],
-                 settled: Callable[[SlotInfo], bool], now: datetime.datetime) -> None:
+                 settled: Callable[[SlotInfo], bool],
+                 made: Mapping[Key, tuple[SlotDecision, list[EventIntent]]],
+                 timeless: Callable[[SlotDecision], bool], now: datetime.datetime) -> None:
         """The quiet slots for the next plan: those still quiet, and the ``idle`` ones
-        of this plan (no candidate, no pods) whose decision was kept as settled."""
+        of this plan (no candidate, no pods) whose decision was kept as settled; with
+        the decisions ``made`` for them in this plan from their kept ones, to hand out
+        again when their status reads no clock (``timeless``)."""
         slots = {slot.key: slot for slot in view.slots} if idle else {}
         entries = dict(still_quiet)
+        for key, (decision, events) in made.items():
+            entry = entries.get(key)
+            if entry is not None:
+                entries[key] = entry._replace(
+                    decision=decision if timeless(decision) else None, events=tuple(events))
         for key in idle:
             slot = slots[key]
             deployment = owned.deployments.get(key)
@@ -95,8 +112,11 @@ class QuietSlots:
                     or key in view.prompt_caches or not settled(slot)
                     or (deployment is not None and deployment.replicas > 0)):
                 continue
+            handed = made.get(key)
             entries[key] = QuietSlot(slot, deployment, view.demands.get(spec.alias),
-                                     vram[key], requests.get(key))
+                                     vram[key], requests.get(key),
+                                     handed[0] if handed and timeless(handed[0]) else None,
+                                     tuple(handed[1]) if handed else ())
         self._entries = entries
         self._context = (view.settings, view.nodes, view.model_headers)
         self._at = now

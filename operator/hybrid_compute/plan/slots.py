@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from hybrid_compute.api.modelslot import (
     ModelFetchProgress,
+    ModelPageCache,
     ModelSlotSpec,
     ModelSlotStatus,
     SwapPhases,
@@ -69,22 +70,29 @@ class SlotFindings:
 
 
 def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[str, Gpu],
-                 findings: SlotFindings, wakeups: list[datetime.datetime]
+                 findings: SlotFindings, wakeups: list[datetime.datetime],
+                 made: dict[Key, tuple[SlotDecision, list[EventIntent]]]
                  ) -> tuple[list[SlotDecision], list[EventIntent]]:
-    """Every slot's decision, in name order, and the Events they post."""
+    """Every slot's decision, in name order, and the Events they post; ``made`` gets
+    the decisions made again from a kept one (:mod:`.quiet` hands them out again)."""
     decisions: list[SlotDecision] = []
     events: list[EventIntent] = []
     loading: list[SlotDecision] = []
     draining: set[str] = set()
     quiet = findings.quiet
     for slot in sorted(view.slots, key=_by_key):
-        kept = memo.kept_settled(slot, now) if slot.key in quiet else None
-        decision, new_events = (kept if kept is not None
-                                else decide_slot(slot, view, now, memo, gpus, findings))
+        entry = quiet.get(slot.key)
+        handed = _quiet_decision(entry, slot, view, now, memo) if entry is not None else None
+        if handed is not None and handed[0] is (entry.decision if entry else None):
+            decision, new_events = handed
+        else:
+            decision, new_events = (handed if handed is not None
+                                    else decide_slot(slot, view, now, memo, gpus, findings))
+            if view.page_cache:  # without the agents' reports there is nothing to show
+                decision.page_cache = _page_cache(view, slot, decision, memo)
+            if decision.kept is not None:
+                made[slot.key] = decision, new_events
         decisions.append(decision)
-        if view.page_cache:  # without the agents' reports there is nothing to show
-            decision.page_cache = page_cache_status(view, slot,
-                                                    decision.node or decision.pinned_node, memo)
         events += new_events
         phase = decision.phase
         if phase == "Loading":
@@ -102,6 +110,23 @@ def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[
 
 
 _by_key = operator.attrgetter("key")
+
+
+def _quiet_decision(entry: QuietSlot, slot: SlotInfo, view: View, now: datetime.datetime,
+                    memo: PlanMemo) -> tuple[SlotDecision, list[EventIntent]] | None:
+    """A quiet slot's decision: the very one the previous plan handed out while it
+    shows the same page cache (it keeps the moment it was made: nothing it reads
+    changed since), else its kept decision made again now; None when none is kept."""
+    before = entry.decision
+    if before is not None and (not view.page_cache
+                               or _page_cache(view, slot, before, memo) == before.page_cache):
+        return before, list(entry.events)
+    return memo.kept_settled(slot, now)
+
+
+def _page_cache(view: View, slot: SlotInfo, decision: SlotDecision, memo: PlanMemo
+                ) -> ModelPageCache | None:
+    return page_cache_status(view, slot, decision.node or decision.pinned_node, memo)
 
 
 class SlotPods(NamedTuple):
