@@ -3,6 +3,8 @@ stream of chunks with the usage last when the request asks for it."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Iterator
 
 import openai
@@ -57,3 +59,17 @@ def test_a_streamed_chat_arrives_word_by_word_with_the_usage_last_when_asked(
     else:
         assert usage == []
     assert stand_in.calls[-1].body["stream"] is True
+
+
+def test_fifty_connections_at_once_are_all_let_in_before_any_is_accepted() -> None:
+    """A proxy under load opens its connections to the cloud together: none of them
+    may be dropped and retried a second later, as a five-deep listen queue would."""
+    stand_in = CloudStandIn()  # listening, but not yet accepting
+    try:
+        with contextlib.ExitStack() as opened:
+            for _ in range(50):
+                connection = opened.enter_context(socket.socket())
+                connection.settimeout(0.5)
+                connection.connect(("127.0.0.1", stand_in.port))
+    finally:
+        stand_in.server.server_close()

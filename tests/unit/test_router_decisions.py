@@ -16,6 +16,8 @@ from hybrid_compute.plan.objects import slot_from_object
 from hybrid_compute.render.litellm_config import render_rules
 from hybrid_compute.router import hybrid_router
 from hybrid_compute.router.hybrid_router import (
+    EARLY_REFRESH_SECONDS,
+    STATE_REFRESH_SECONDS,
     HybridRouter,
     OperatorClient,
     decide,
@@ -222,6 +224,35 @@ def test_requests_that_find_the_state_stale_share_one_fetch(
     assert asyncio.run(requests())[0]["fetch"] == 1, "a fresh state was fetched again"
     client.fetched_at = 0.0
     assert [s["fetch"] for s in asyncio.run(requests())] == [2] * 50
+
+
+def test_under_steady_traffic_a_request_never_waits_for_the_refresh(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state past the early refresh age is refreshed in the background: the
+    requests meanwhile decide on the held one (still younger than the refresh age)
+    and start no second fetch; the next request sees the new state."""
+    client = OperatorClient()
+    fetches: list[float] = []
+
+    def fetch(wait: float = 0.0) -> None:
+        fetches.append(wait)
+        time.sleep(0.05)
+        client.state, client.fetched_at = {"slots": [], "fetch": len(fetches)}, time.monotonic()
+
+    monkeypatch.setattr(client, "_fetch", fetch)
+    client.state = {"slots": [], "fetch": 0}
+    client.fetched_at = time.monotonic() - (EARLY_REFRESH_SECONDS + STATE_REFRESH_SECONDS) / 2
+
+    async def steady_traffic() -> tuple[list[int], list[int]]:
+        started = time.monotonic()
+        meanwhile = [(await client.current())["fetch"] for _ in range(50)]
+        assert time.monotonic() - started < 0.05, "a request waited for the refresh"
+        assert client.refreshing is not None
+        await client.refreshing
+        return meanwhile, [(await client.current())["fetch"] for _ in range(50)]
+
+    assert asyncio.run(steady_traffic()) == ([0] * 50, [1] * 50)
+    assert fetches == [0.0]
 
 
 # ------------------------------------------------- patience: wait for a swap or bridge

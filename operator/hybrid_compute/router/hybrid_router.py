@@ -361,6 +361,12 @@ def decide(data: dict[str, Any], rules: dict[str, Any], state: dict[str, Any],
 # for a proxy without an operator.
 
 STATE_REFRESH_SECONDS = 2.0
+"""A request never decides on a state older than this: it waits for a fresh one."""
+EARLY_REFRESH_SECONDS = 1.5
+"""A request that finds the state older than this starts its refresh and decides on
+the state held: under steady traffic the refresh lands before any request has to
+wait for it. (A request waiting for the refresh yields to every other request in
+the proxy's queue, and the waiters are released together.)"""
 # The operator's metric outcomes for each route a decision takes.
 ROUTE_OUTCOMES = {"local": "served", "cloud": "served", "bridged": "bridged",
                   "hold": "held", "refused": "refused"}
@@ -474,23 +480,30 @@ class OperatorClient:
                                          "exhausted": remaining <= 0}}
 
     async def current(self, fresh: bool = False) -> dict[str, Any]:
-        if fresh or time.monotonic() - self.fetched_at > STATE_REFRESH_SECONDS:
-            await self._refresh(fresh)
-            if self.unsent_spend and not self.sending:
-                self.report_spend(0.0)  # retry what an earlier report could not send
-        return self.with_unsent_spend()
-
-    async def _refresh(self, fresh: bool) -> None:
-        """Fetches the state; a stale one once for all the requests that find it
-        stale while the fetch is under way. ``fresh``: a fetch that starts now."""
+        age = time.monotonic() - self.fetched_at
         if fresh:
             await asyncio.to_thread(self._fetch)
-            return
+            self._retry_spend()
+        elif age > STATE_REFRESH_SECONDS:
+            # Shielded: a waiter cancelled (its client went away) leaves the fetch to
+            # the others.
+            await asyncio.shield(self._refreshing())
+        elif age > EARLY_REFRESH_SECONDS:
+            self._refreshing()
+        return self.with_unsent_spend()
+
+    def _refreshing(self) -> asyncio.Future[None]:
+        """The refresh under way, started now if none is: one fetch for all the
+        requests that find the state old while it runs."""
         if self.refreshing is None or self.refreshing.done():
             self.refreshing = asyncio.ensure_future(asyncio.to_thread(self._fetch))
-        # Shielded: a waiter cancelled (its client went away) leaves the fetch to
-        # the others.
-        await asyncio.shield(self.refreshing)
+            self._retry_spend()
+        return self.refreshing
+
+    def _retry_spend(self) -> None:
+        """Sends again, with each refresh, what an earlier report could not send."""
+        if self.unsent_spend and not self.sending:
+            self.report_spend(0.0)
 
     def report_spend(self, amount: float) -> None:
         """Adds cloud spend and sends the sum; on failure it is kept and sent with the
