@@ -269,12 +269,14 @@ class PlanMemo:
         return rendered
 
     def renders_timeless(self, decision: SlotDecision) -> bool:
-        """Whether ``decision``'s status, rendered now if it is not yet, reads no clock
-        (no condition changes against the stored status): one :meth:`status` keeps."""
-        rendered = decision.status
+        """Whether ``decision``'s status reads no clock (no condition changes against
+        the stored status): one :meth:`status` keeps. Known only once a status of the
+        stored one was rendered timeless (the diff renders what it writes or
+        compares): a status never rendered is not rendered here to find out."""
         entry = self._statuses.get(("ModelSlot", *decision.slot.key))
-        return (entry is not None and entry[2] is rendered
-                and entry[0] is decision.slot.status)
+        if entry is None or entry[0] is not decision.slot.status:
+            return False
+        return decision.status is entry[2]
 
     def endpoint(self, slot: SlotInfo, port: int, template: str) -> str:
         """:func:`hybrid_compute.render.children.endpoint` of a slot."""
