@@ -89,6 +89,33 @@ def test_a_deleted_slot_leaves_no_residency_series() -> None:
     assert sample(metrics, "hybrid_compute_slot_resident", **FAST) == 1
 
 
+def test_a_decision_handed_out_again_is_recorded_once() -> None:
+    """A plan hands a quiet slot's decision out again as the same object: recording
+    it again counts nothing again, and a slot whose alias changes leaves no series
+    under its old one."""
+    metrics = OperatorMetrics()
+    world = World([slot(name, spec) for name, spec in SEED_SLOTS.items()])
+    swapped: list[Plan] = []
+    for _ in range(60):
+        view = world.view()
+        result = world.step()
+        metrics.record_plan(view, result, 0.002)
+        if result.slot("lab", "fast").completed_swap is not None:
+            swapped.append(result)
+            metrics.record_plan(view, result, 0.002)
+            break
+    assert swapped, "the default slot swapped in"
+    assert sample(metrics, "hybrid_compute_swaps_total", **FAST) == 1
+    index = next(i for i, s in enumerate(world.slots) if s.name == "quality-alt")
+    renamed = slot("quality-alt", {**SEED_SLOTS["quality-alt"], "alias": "local/renamed"})
+    world.slots[index] = renamed
+    step(world, metrics)
+    old = {"namespace": "lab", "slot": "quality-alt", "alias": "local/quality-alt"}
+    assert sample(metrics, "hybrid_compute_slot_phase", **old, phase="Standby") is None
+    assert sample(metrics, "hybrid_compute_slot_phase", **{**old, "alias": "local/renamed"},
+                  phase="Standby") is not None
+
+
 def test_workloads_admitted_and_preempted_are_counted_on_the_transition() -> None:
     metrics = OperatorMetrics()
     world = night_world(INSIDE_WINDOW, 10,

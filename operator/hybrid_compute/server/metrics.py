@@ -101,6 +101,8 @@ class OperatorMetrics:
             "Times a wanted slot had to wait for room (GPU taken, mutex, foreign memory)",
             SLOT_LABELS, registry=registry)
         self._slot_phases = SlotPhases()
+        self._recorded: dict[tuple[str, str], tuple[SlotDecision, tuple[str, str, str]]] = {}
+        """Per slot, the decision last recorded and its labels."""
         registry.register(self._slot_phases)
         self.vram_capacity = Gauge(
             "hybrid_compute_gpu_vram_capacity_bytes",
@@ -192,11 +194,21 @@ class OperatorMetrics:
                                policy.budget.remaining)
 
     def _record_slots(self, view: View, decisions: tuple[SlotDecision, ...]) -> None:
-        seen: set[tuple[str, str, str]] = set()
+        """Each decision once: one the plan hands out again (a quiet slot's) was
+        recorded when it was made."""
+        recorded = self._recorded
+        now_recorded: dict[tuple[str, str], tuple[SlotDecision, tuple[str, str, str]]] = {}
+        shown = self._slot_phases.shown
         for decision in decisions:
             slot = decision.slot
+            held = recorded.get(slot.key)
+            if held is not None and held[0] is decision:
+                now_recorded[slot.key] = held
+                continue
             labels = (slot.namespace, slot.name, slot.spec.alias if slot.spec else "")
-            seen.add(labels)
+            if held is not None and held[1] != labels:
+                shown.pop(held[1], None)
+            now_recorded[slot.key] = (decision, labels)
             if decision.completed_swap is not None:
                 self.swaps.labels(*labels).inc()
                 self.swap_duration.labels(*labels).observe(decision.completed_swap.seconds)
@@ -206,12 +218,13 @@ class OperatorMetrics:
                 self.drains_cut.labels(*labels).inc(decision.cut_requests)
             if decision.started_waiting:
                 self.swaps_deferred.labels(*labels).inc()
-            self._slot_phases.shown[labels] = (
+            shown[labels] = (
                 decision.phase, decision.phase in RESIDENT_PHASES and bool(decision.gpu))
+        for gone in recorded.keys() - now_recorded.keys():
+            shown.pop(recorded[gone][1], None)
+        self._recorded = now_recorded
         self._record_fetches(decisions)
         self._record_page_cache(decisions)
-        for gone in self._slot_phases.shown.keys() - seen:
-            del self._slot_phases.shown[gone]
 
     def _record_swap_phases(self, labels: tuple[str, str, str], decision: SlotDecision) -> None:
         """Each phase once: the plan writes a swap's phases at Ready, and the route
