@@ -277,17 +277,19 @@ def departures(view: View, candidates: list[Candidate], placement: Placement,
         if target and already != target:
             for gpu_id in target:
                 newcomers[gpu_id].append(candidate.label)
+    # Who takes a device, named once per device: many leave the same one.
+    takers = {gpu_id: ", ".join(sorted(labels)) for gpu_id, labels in newcomers.items()}
     found = Departures()
     for slot in view.slots:
         if slot.key in holdings.slots and slot.key not in placement.slots and slot.spec:
             for gpu_id in holdings.slots[slot.key]:
                 found.by_gpu[gpu_id].append(slot.spec.alias)
-                if newcomers.get(gpu_id):
-                    found.slot_taken_by[slot.key] = ", ".join(sorted(newcomers[gpu_id]))
+                if gpu_id in takers:
+                    found.slot_taken_by[slot.key] = takers[gpu_id]
     for key, held_on in holdings.workloads.items():
         if key not in placement.workloads:
             for gpu_id in held_on:
                 found.by_gpu[gpu_id].append(key[1])
-                if newcomers.get(gpu_id):
-                    found.workload_taken_by[key] = ", ".join(sorted(newcomers[gpu_id]))
+                if gpu_id in takers:
+                    found.workload_taken_by[key] = takers[gpu_id]
     return found
