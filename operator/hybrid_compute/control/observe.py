@@ -225,6 +225,8 @@ def _still_there(api: client.ApiClient, plural: str, owners: tuple[Owner, ...],
                  orphaned: set[tuple[str, str]]) -> tuple[Owner, ...]:
     """``owners`` without those of them, among the ``orphaned`` (a child of theirs was
     deleted a moment ago and none is held), that the API server no longer has."""
+    if not orphaned:
+        return owners
     gone = set()
     custom = client.CustomObjectsApi(api)
     for owner in owners:
