@@ -639,3 +639,20 @@ def test_a_quiet_slot_keeps_its_decision_while_its_status_reads_no_clock() -> No
     assert all(decision is first for decision in later)
     fresh = plan(stored, moment + datetime.timedelta(seconds=2)).slot(*quiet_key)
     assert first.status == fresh.status and first.phase == fresh.phase == "Standby"
+
+
+def test_a_quiet_slot_handed_out_again_keeps_its_part_in_the_warm_lists(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm lists work out a slot's part again only for decisions made anew: a
+    quiet slot's decision handed out again keeps the part it had, and the lists are
+    what a plan without a memo makes."""
+    memo, statuses = PlanMemo(), DiffMemo()
+    view, moment = _settled(crowded_view(), memo, statuses)
+    before = plan(view, moment, memo)
+    parts = Counter(monkeypatch, warm_standby, "_part")
+    later = moment + datetime.timedelta(seconds=1)
+    result = plan(view, later, memo)
+    again = sum(1 for old, new in zip(before.slots, result.slots, strict=True) if old is new)
+    assert again > 0, "quiet slots are handed out again"
+    assert parts.calls == len(result.slots) - again
+    assert result.warm == plan(view, later).warm

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from hybrid_compute.plan.settings import PlanSettings
     from hybrid_compute.plan.view import SlotInfo, View
     from hybrid_compute.plan.vram import ModelShape
-    from hybrid_compute.plan.warm_standby import RankedSlot, WarmFile
+    from hybrid_compute.plan.warm_standby import RankedSlot, SlotOutcome, WarmFile, WarmPart
 
 KeyT = TypeVar("KeyT", bound=Hashable)
 ValueT = TypeVar("ValueT")
@@ -143,8 +143,8 @@ class PlanMemo:
     __slots__ = ("_conditions", "_endpoints", "_file_keys", "_fingerprints", "_fits",
                  "_gate_served", "_last", "_served", "_settings", "_settled",
                  "_slot_templates", "_statuses", "_vram_choices", "_warm_entries",
-                 "_warm_file_keys", "_warm_lists", "_warm_order", "_workload_templates",
-                 "quiet")
+                 "_warm_file_keys", "_warm_lists", "_warm_order", "_warm_parts",
+                 "_warm_parts_before", "_workload_templates", "quiet")
 
     def __init__(self) -> None:
         self._slot_templates: IdentityCache[dict[str, Any]] = IdentityCache(8192)
@@ -161,6 +161,9 @@ class PlanMemo:
         self._warm_lists: dict[Hashable, tuple[list[ModelFileKey],
                                                tuple[WarmFile, ...]]] = {}
         self._warm_order: list[RankedSlot] | None = None
+        self._warm_parts: dict[int, tuple[SlotOutcome, WarmPart | None, datetime.datetime,
+                                          datetime.datetime | None]] = {}
+        self._warm_parts_before = self._warm_parts
         self._settings: PlanSettings | None = None
         self._last: dict[str, tuple[tuple[object, ...], object]] = {}
         self._settled: dict[tuple[str, str], tuple[SlotInfo, tuple[object, ...],
@@ -354,6 +357,30 @@ class PlanMemo:
         return self._warm_entries.get(slot, (key, phase, requested, template_vram, recent),
                                       warm_standby.ranked_entry, slot, key, phase, requested,
                                       template_vram, now)
+
+    def warm_parts_start(self) -> None:
+        """A new plan's warm lists: the parts of the last one are what it reads."""
+        self._warm_parts_before, self._warm_parts = self._warm_parts, {}
+
+    def warm_part(self, outcome: SlotOutcome, now: datetime.datetime,
+                  compute: Callable[[*ArgsT], tuple[WarmPart | None,
+                                                    datetime.datetime | None]],
+                  *args: *ArgsT) -> WarmPart | None:
+        """A slot's part in the warm lists (``compute(*args)``, with until when it
+        holds); the last plan's for the very decision it was worked out for, a quiet
+        slot's handed out again, while the moment it holds until has not come (and
+        the clock did not go back). Only such decisions are kept: the others are new
+        objects on every plan."""
+        if not self.quiet.hands_out_again(outcome):
+            return compute(*args)[0]
+        held = self._warm_parts_before.get(id(outcome))
+        if (held is not None and held[0] is outcome and held[2] <= now
+                and (held[3] is None or now < held[3])):
+            self._warm_parts[id(outcome)] = held
+            return held[1]
+        part, until = compute(*args)
+        self._warm_parts[id(outcome)] = (outcome, part, now, until)
+        return part
 
     def warm_order(self, ranked: list[RankedSlot]) -> list[RankedSlot]:
         """:func:`hybrid_compute.plan.warm_standby.in_rank_order` from the previous

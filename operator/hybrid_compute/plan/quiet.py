@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from hybrid_compute.plan.holdings import Holdings, Key, Owned
 from hybrid_compute.plan.model_vram import VramChoice
@@ -24,6 +24,11 @@ from hybrid_compute.plan.view import DeploymentInfo, SlotInfo, View
 
 if TYPE_CHECKING:
     from hybrid_compute.plan.outputs import EventIntent, SlotDecision
+
+
+class _Decided(Protocol):
+    @property
+    def slot(self) -> SlotInfo: ...
 
 
 class QuietSlot(NamedTuple):
@@ -55,6 +60,11 @@ class QuietSlots:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def hands_out_again(self, decision: _Decided) -> bool:
+        """Whether ``decision`` is the one the next plan hands out again for its slot."""
+        entry = self._entries.get(decision.slot.key)
+        return entry is not None and entry.decision is decision
 
     def find(self, view: View, owned: Owned, now: datetime.datetime) -> dict[Key, QuietSlot]:
         """The slots of ``view`` still quiet as they were in the previous plan."""

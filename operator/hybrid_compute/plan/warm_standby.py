@@ -120,6 +120,37 @@ def ranked_entry(slot: SlotInfo, key: ModelFileKey, phase: str,
             template_vram)
 
 
+class WarmPart(NamedTuple):
+    """A slot's part in the warm lists: its ranked entry while not loaded, else the
+    node whose page cache already holds its file (``ranked`` None)."""
+
+    ranked: RankedSlot | None
+    node: str | None
+    key: ModelFileKey
+
+
+def _part(outcome: SlotOutcome, settings: PlanSettings,
+          file_key: Callable[[ModelSlotSpec, PlanSettings], ModelFileKey | None],
+          entry_for: Callable[[SlotInfo, ModelFileKey, str, datetime.datetime | None,
+                               int | None, datetime.datetime], RankedSlot],
+          requested: Callable[[SlotInfo], datetime.datetime | None],
+          now: datetime.datetime) -> tuple[WarmPart | None, datetime.datetime | None]:
+    """A slot's :class:`WarmPart` (None without a file to keep warm), and until when it
+    holds: the moment its request stops being recent, or None."""
+    slot = outcome.slot
+    spec = slot.spec
+    key = file_key(spec, settings) if spec is not None else None
+    if spec is None or key is None:
+        return None, None
+    phase = outcome.phase
+    if phase not in WARM_PHASES:
+        return WarmPart(None, outcome.node, key), None
+    when = requested(slot)
+    until = when + RECENT_DEMAND if when is not None and now - when < RECENT_DEMAND else None
+    return WarmPart(entry_for(slot, key, phase, when, outcome.template_vram, now),
+                    None, key), until
+
+
 def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
                requested: Callable[[SlotInfo], datetime.datetime | None],
                now: datetime.datetime, memo: PlanMemo | None = None
@@ -137,18 +168,19 @@ def warm_lists(view: View, outcomes: Iterable[SlotOutcome],
     entry_for = memo.warm_entry if memo is not None else ranked_entry
     loaded: dict[str, set[ModelFileKey]] = {}
     ranked: list[RankedSlot] = []
+    if memo is not None:
+        memo.warm_parts_start()
     for outcome in outcomes:
-        slot = outcome.slot
-        spec = slot.spec
-        key = file_key(spec, settings) if spec is not None else None
-        if spec is None or key is None:
+        part = (memo.warm_part(outcome, now, _part, outcome, settings, file_key, entry_for,
+                               requested, now)
+                if memo is not None
+                else _part(outcome, settings, file_key, entry_for, requested, now)[0])
+        if part is None:
             continue
-        phase = outcome.phase
-        if phase not in WARM_PHASES:
-            if outcome.node is not None:
-                loaded.setdefault(outcome.node, set()).add(key)
-            continue
-        ranked.append(entry_for(slot, key, phase, requested(slot), outcome.template_vram, now))
+        if part.ranked is not None:
+            ranked.append(part.ranked)
+        elif part.node is not None:
+            loaded.setdefault(part.node, set()).add(part.key)
     # The memo hands out the same entry while a slot's rank holds, so on most plans
     # the order, and each shape's files, are the previous plan's.
     in_order = memo.warm_order(ranked) if memo is not None else in_rank_order(ranked)
