@@ -203,11 +203,9 @@ def test_the_last_state_is_kept_while_the_operator_is_away(
     assert time.monotonic() - started >= 0.25, "a held request polled an absent operator flat out"
 
 
-def test_requests_that_find_the_state_stale_share_one_fetch(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """At 50 requests at once, each starting a fetch of its own would queue 50 in the
-    thread pool the proxy runs its own calls in."""
-    client = OperatorClient()
+def _slow_fetches(client: OperatorClient, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Fetches that take 50 ms, each state numbered by its fetch; the list of waits
+    asked for."""
     fetches: list[float] = []
 
     def fetch(wait: float = 0.0) -> None:
@@ -216,6 +214,15 @@ def test_requests_that_find_the_state_stale_share_one_fetch(
         client.state, client.fetched_at = {"slots": [], "fetch": len(fetches)}, time.monotonic()
 
     monkeypatch.setattr(client, "_fetch", fetch)
+    return fetches
+
+
+def test_requests_that_find_the_state_stale_share_one_fetch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 50 requests at once, each starting a fetch of its own would queue 50 in the
+    thread pool the proxy runs its own calls in."""
+    client = OperatorClient()
+    _slow_fetches(client, monkeypatch)
 
     async def requests() -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(client.current() for _ in range(50))))
@@ -232,14 +239,7 @@ def test_under_steady_traffic_a_request_never_waits_for_the_refresh(
     requests meanwhile decide on the held one (still younger than the refresh age)
     and start no second fetch; the next request sees the new state."""
     client = OperatorClient()
-    fetches: list[float] = []
-
-    def fetch(wait: float = 0.0) -> None:
-        fetches.append(wait)
-        time.sleep(0.05)
-        client.state, client.fetched_at = {"slots": [], "fetch": len(fetches)}, time.monotonic()
-
-    monkeypatch.setattr(client, "_fetch", fetch)
+    fetches = _slow_fetches(client, monkeypatch)
     client.state = {"slots": [], "fetch": 0}
     client.fetched_at = time.monotonic() - (EARLY_REFRESH_SECONDS + STATE_REFRESH_SECONDS) / 2
 
