@@ -82,11 +82,12 @@ def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[
     quiet = findings.quiet
     for slot in sorted(view.slots, key=_by_key):
         entry = quiet.get(slot.key)
-        handed = _quiet_decision(entry, slot, view, now, memo) if entry is not None else None
-        if handed is not None and handed[0] is (entry.decision if entry else None):
-            decision, new_events = handed
+        if entry is not None and entry.decision is not None and _shows_the_same(
+                entry.decision, slot, view, memo):
+            decision, new_events = entry.decision, list(entry.events)
         else:
-            decision, new_events = (handed if handed is not None
+            kept = memo.kept_settled(slot, now) if entry is not None else None
+            decision, new_events = (kept if kept is not None
                                     else decide_slot(slot, view, now, memo, gpus, findings))
             if view.page_cache:  # without the agents' reports there is nothing to show
                 decision.page_cache = _page_cache(view, slot, decision, memo)
@@ -112,16 +113,12 @@ def decide_slots(view: View, now: datetime.datetime, memo: PlanMemo, gpus: dict[
 _by_key = operator.attrgetter("key")
 
 
-def _quiet_decision(entry: QuietSlot, slot: SlotInfo, view: View, now: datetime.datetime,
-                    memo: PlanMemo) -> tuple[SlotDecision, list[EventIntent]] | None:
-    """A quiet slot's decision: the very one the previous plan handed out while it
-    shows the same page cache (it keeps the moment it was made: nothing it reads
-    changed since), else its kept decision made again now; None when none is kept."""
-    before = entry.decision
-    if before is not None and (not view.page_cache
-                               or _page_cache(view, slot, before, memo) == before.page_cache):
-        return before, list(entry.events)
-    return memo.kept_settled(slot, now)
+def _shows_the_same(before: SlotDecision, slot: SlotInfo, view: View, memo: PlanMemo
+                    ) -> bool:
+    """Whether a quiet slot's decision handed out before can be handed out again: it
+    shows the page cache there is now (the rest it reads did not change; it keeps the
+    moment it was made)."""
+    return not view.page_cache or _page_cache(view, slot, before, memo) == before.page_cache
 
 
 def _page_cache(view: View, slot: SlotInfo, decision: SlotDecision, memo: PlanMemo
